@@ -1,0 +1,1 @@
+"""flowmill: durable task execution for Python."""

@@ -1,0 +1,141 @@
+"""Wake-ups between processes sharing one SQLite file, over Unix datagram sockets.
+
+Every process that waits (a worker for work, an app for results) binds one socket in a
+directory derived from the database path; a process that commits a change sends one byte
+to each socket there. A lost datagram only delays work until the waiter's fallback poll,
+so nothing here needs to be reliable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+import tempfile
+import time
+
+WORK = b"w"
+FINISH = b"f"
+
+_LIST_TTL_S = 0.25
+
+
+class Pulse:
+    """A sticky wake-up flag: a `fire` before `wait` is not lost; `wait` consumes it."""
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+
+    def _ev(self) -> asyncio.Event:
+        if self._event is None:
+            self._event = asyncio.Event()
+        return self._event
+
+    def fire(self) -> None:
+        self._ev().set()
+
+    async def wait(self, timeout_s: float) -> None:
+        ev = self._ev()
+        if not ev.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ev.wait(), timeout_s)
+        ev.clear()
+
+
+def wake_dir_for(db_path: str) -> str:
+    """A short per-database directory: socket paths must stay under 108 bytes."""
+    digest = hashlib.sha256(os.path.abspath(db_path).encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"flowmill-{os.getuid()}-{digest}")
+
+
+class WakeBus:
+    """Sends and receives wake-ups for one database among local processes."""
+
+    def __init__(self, directory: str | None) -> None:
+        self.directory = directory
+        self.work = Pulse()
+        self.finish = Pulse()
+        self._sock: socket.socket | None = None
+        self._path: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._peers: list[str] = []
+        self._peers_at = 0.0
+        self._send_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._send_sock.setblocking(False)
+
+    def listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind this process's socket (once) so that other processes can wake it."""
+        self._loop = loop
+        if self._sock is not None or self.directory is None:
+            return
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        path = os.path.join(self.directory, f"{os.getpid()}-{os.urandom(4).hex()}.s")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind(path)
+        self._sock, self._path = sock, path
+        self._peers_at = 0.0
+        loop.add_reader(sock.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                data = self._sock.recv(64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
+        if WORK in data:
+            self.work.fire()
+        if FINISH in data:
+            self.finish.fire()
+
+    def notify(self, data: bytes) -> None:
+        """Wake local waiters in this process and every other process. Thread-safe."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._deliver, data)
+        if self.directory is None:
+            return
+        for peer in self._peer_paths():
+            if peer == self._path:
+                continue
+            try:
+                self._send_sock.sendto(data, peer)
+            except (ConnectionRefusedError, FileNotFoundError):
+                # The process that bound it is gone: tidy up after it.
+                with contextlib.suppress(OSError):
+                    os.unlink(peer)
+                self._peers_at = 0.0
+            except OSError:
+                pass  # a full buffer means that peer already has a wake-up pending
+
+    def _peer_paths(self) -> list[str]:
+        now = time.monotonic()
+        if now - self._peers_at > _LIST_TTL_S:
+            assert self.directory is not None
+            try:
+                self._peers = [e.path for e in os.scandir(self.directory) if e.name.endswith(".s")]
+            except FileNotFoundError:
+                self._peers = []
+            self._peers_at = now
+        return self._peers
+
+    def close(self) -> None:
+        if self._sock is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+            if self._path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._path)
+        self._send_sock.close()

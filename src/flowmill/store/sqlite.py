@@ -1,0 +1,678 @@
+"""The embedded SQLite store: WAL, one group-committing writer thread, one reader thread."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from .._errors import (
+    DuplicateTask,
+    IllegalTransition,
+    LeaseLost,
+    SchemaError,
+    StoreError,
+    TaskNotFound,
+)
+from .._states import TERMINAL, TRANSITIONS, Phase, State, can_transition, sources_of
+from . import _wake
+from ._base import (
+    CancelOutcome,
+    ClaimedRow,
+    CountRow,
+    ErrorInfo,
+    Event,
+    EventsRead,
+    ExpiredLease,
+    Finish,
+    FinishOutcome,
+    FinishStatus,
+    InsertOutcome,
+    InsertStatus,
+    LeasesExpired,
+    LeasesRenew,
+    RenewOutcome,
+    ResultRow,
+    TaskCancel,
+    TaskProgress,
+    TaskRecord,
+    TaskRetry,
+    TasksClaim,
+    TasksExpire,
+    TasksFinish,
+    TasksInsert,
+    TasksList,
+    TasksPromote,
+)
+from ._serde import decode_error, decode_tags, encode_error, encode_tags
+from ._sqlite_schema import migrate
+from ._threads import ConnectionThread, Tx
+
+Synchronous = Literal["FULL", "NORMAL"]
+
+_TASK_COLUMNS = (
+    "id, kind, queue, priority, state, phase, attempts, max_attempts, payload, error, tags, "
+    "dedup_key, parent_id, progress_pct, progress_message, lease_epoch, lease_owner, "
+    "lease_expires_at, cancel_requested, timeout_ms, created_at, updated_at, run_at, "
+    "expires_at, started_at, finished_at"
+)
+_IN_CHUNK = 500
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _check_parent_dir(path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise StoreError(f"cannot open {path}: directory {parent} does not exist")
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+class SQLiteStore:
+    """Tasks in one SQLite file (or in memory), shared safely by processes on one machine."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: Synchronous = "FULL",
+        busy_timeout_ms: int = 10_000,
+    ) -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise StoreError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
+        self.path = path
+        self.memory = path == ":memory:"
+        self.url = "sqlite://:memory:" if self.memory else f"sqlite:///{path}"
+        self.synchronous = synchronous
+        self.busy_timeout_ms = busy_timeout_ms
+        self._uri = f"file:flowmill-{os.urandom(6).hex()}?mode=memory" if self.memory else None
+        self._bus = _wake.WakeBus(None if self.memory else _wake.wake_dir_for(path))
+        self._writer: ConnectionThread | None = None
+        self._reader: ConnectionThread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.memory:
+            assert self._uri is not None
+            conn = sqlite3.connect(
+                self._uri, uri=True, isolation_level=None, check_same_thread=False
+            )
+        else:
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self.busy_timeout_ms / 1000,
+            )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            if not self.memory:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreError(f"cannot switch {self.path} to WAL mode (got {mode})")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            conn.execute("PRAGMA cache_size = -32000")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise SchemaError(f"{self.path} is not a usable SQLite database: {exc}") from exc
+        return conn
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            return
+        if not self.memory:
+            _check_parent_dir(self.path)
+        self._writer = ConnectionThread(
+            "flowmill-sqlite-writer", self._connect, writer=True, after_commit=self._bus.notify
+        )
+        try:
+            await self._writer.run(lambda conn, tx: migrate_outside(conn))
+        except BaseException:
+            self._writer.stop()
+            self._writer = None
+            raise
+        # An in-memory database lives in one connection: reads go through the writer.
+        self._reader = (
+            self._writer
+            if self.memory
+            else ConnectionThread(
+                "flowmill-sqlite-reader", self._connect, writer=False, after_commit=self._bus.notify
+            )
+        )
+
+    async def close(self) -> None:
+        if self._reader is not None and self._reader is not self._writer:
+            self._reader.stop()
+        if self._writer is not None:
+            self._writer.stop()
+        self._reader = self._writer = None
+        self._bus.close()
+
+    async def _write(self, job: Any) -> Any:
+        if self._writer is None:
+            raise StoreError("the store is not open")
+        return await self._writer.run(job)
+
+    async def _read(self, job: Any) -> Any:
+        if self._reader is None:
+            raise StoreError("the store is not open")
+        return await self._reader.run(job)
+
+    async def now_ms(self) -> int:
+        return _wall_ms()
+
+    # -- wake-ups --------------------------------------------------------------------
+
+    async def wait_for_work(self, timeout_s: float) -> None:
+        self._bus.listen(asyncio.get_running_loop())
+        await self._bus.work.wait(timeout_s)
+
+    async def wait_for_finish(self, timeout_s: float) -> None:
+        self._bus.listen(asyncio.get_running_loop())
+        await self._bus.finish.wait(timeout_s)
+
+    # -- submission ------------------------------------------------------------------
+
+    async def tasks_insert(self, p: TasksInsert) -> list[InsertOutcome]:
+        result: list[InsertOutcome] = await self._write(lambda c, tx: _insert(c, tx, p))
+        return result
+
+    async def tasks_claim(self, p: TasksClaim) -> list[ClaimedRow]:
+        if p.limit <= 0 or not p.kinds or not p.queues:
+            return []
+        result: list[ClaimedRow] = await self._write(lambda c, tx: _claim(c, tx, p))
+        return result
+
+    async def leases_renew(self, p: LeasesRenew) -> list[RenewOutcome]:
+        if not p.leases:
+            return []
+        result: list[RenewOutcome] = await self._write(lambda c, tx: _renew(c, p))
+        return result
+
+    async def tasks_finish(self, p: TasksFinish) -> list[FinishOutcome]:
+        result: list[FinishOutcome] = await self._write(lambda c, tx: _finish(c, tx, p))
+        return result
+
+    async def tasks_promote(self, p: TasksPromote) -> int:
+        result: int = await self._write(lambda c, tx: _promote(c, tx, p))
+        return result
+
+    async def tasks_expire(self, p: TasksExpire) -> int:
+        result: int = await self._write(lambda c, tx: _expire(c, tx, p))
+        return result
+
+    async def leases_expired(self, p: LeasesExpired) -> list[ExpiredLease]:
+        result: list[ExpiredLease] = await self._read(lambda c, tx: _expired_leases(c, p))
+        return result
+
+    async def task_cancel(self, p: TaskCancel) -> CancelOutcome:
+        result: CancelOutcome = await self._write(lambda c, tx: _cancel(c, tx, p))
+        return result
+
+    async def task_retry(self, p: TaskRetry) -> State:
+        result: State = await self._write(lambda c, tx: _retry(c, tx, p))
+        return result
+
+    async def task_progress(self, p: TaskProgress) -> None:
+        await self._write(lambda c, tx: _progress(c, p))
+
+    # -- inspection ------------------------------------------------------------------
+
+    async def task_get(self, task_id: str) -> TaskRecord | None:
+        result: TaskRecord | None = await self._read(lambda c, tx: _get(c, task_id))
+        return result
+
+    async def tasks_list(self, p: TasksList) -> list[TaskRecord]:
+        result: list[TaskRecord] = await self._read(lambda c, tx: _list(c, p))
+        return result
+
+    async def tasks_count(self) -> list[CountRow]:
+        def job(c: sqlite3.Connection, tx: Tx) -> list[CountRow]:
+            rows = c.execute(
+                "SELECT queue, state, count(*) FROM fm_tasks GROUP BY queue, state "
+                "ORDER BY queue, state"
+            )
+            return [CountRow(q, State(s), n) for q, s, n in rows]
+
+        result: list[CountRow] = await self._read(job)
+        return result
+
+    async def results_get(self, task_ids: Sequence[str]) -> list[ResultRow]:
+        ids = list(task_ids)
+
+        def job(c: sqlite3.Connection, tx: Tx) -> list[ResultRow]:
+            out: list[ResultRow] = []
+            for i in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[i : i + _IN_CHUNK]
+                rows = c.execute(
+                    "SELECT task_id, state, result, error FROM fm_results "
+                    f"WHERE task_id IN ({_marks(len(chunk))})",
+                    chunk,
+                )
+                out.extend(ResultRow(t, State(s), r, decode_error(e)) for t, s, r, e in rows)
+            return out
+
+        result: list[ResultRow] = await self._read(job)
+        return result
+
+    async def events_read(self, p: EventsRead) -> list[Event]:
+        def job(c: sqlite3.Connection, tx: Tx) -> list[Event]:
+            rows = c.execute(
+                "SELECT id, task_id, kind, state, at, detail FROM fm_events WHERE id > ? "
+                "ORDER BY id LIMIT ?",
+                (p.after, p.limit),
+            )
+            return [Event(i, t, k, State(s), a, d) for i, t, k, s, a, d in rows]
+
+        result: list[Event] = await self._read(job)
+        return result
+
+
+def migrate_outside(conn: sqlite3.Connection) -> int:
+    """Run the migration on the writer connection, outside the group-commit transaction."""
+    return migrate(conn)
+
+
+# -- jobs: each runs on the writer (or reader) thread, inside the group transaction -----
+
+_INSERT_SQL = (
+    "INSERT INTO fm_tasks (id, kind, queue, priority, state, payload, dedup_key, parent_id, "
+    "tags, max_attempts, retry_policy, timeout_ms, created_at, updated_at, run_at, expires_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_EVENT_SQL = "INSERT INTO fm_events (task_id, kind, state, at, detail) VALUES (?, ?, ?, ?, ?)"
+_ACTIVE_LIST = tuple(s.value for s in State if not s.terminal)
+_REPLACEABLE = (State.SCHEDULED.value, State.READY.value, State.BLOCKED.value)
+
+
+def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome]:
+    now = p.now_ms if p.now_ms is not None else _wall_ms()
+    outcomes: list[InsertOutcome] = []
+    rows: list[tuple[Any, ...]] = []
+    events: list[tuple[Any, ...]] = []
+    seen_keys: dict[tuple[str, str], str] = {}
+    any_ready = False
+    for t in p.tasks:
+        run_at = now + t.delay_ms if t.delay_ms is not None else t.run_at_ms
+        state = State.SCHEDULED if run_at is not None and run_at > now else State.READY
+        expires_at = now + t.ttl_ms if t.ttl_ms is not None else None
+        if t.dedup_key is not None:
+            existing = seen_keys.get((t.kind, t.dedup_key))
+            if existing is None:
+                row = c.execute(
+                    "SELECT id, state FROM fm_tasks WHERE kind = ? AND dedup_key = ? "
+                    f"AND state IN ({_marks(len(_ACTIVE_LIST))})",
+                    (t.kind, t.dedup_key, *_ACTIVE_LIST),
+                ).fetchone()
+                existing_state = row[1] if row else None
+                existing = row[0] if row else None
+            else:
+                existing_state = None  # inserted earlier in this same batch
+            if existing is not None:
+                if p.on_duplicate == "reject":
+                    raise DuplicateTask(t.dedup_key, existing)
+                if p.on_duplicate == "replace" and existing_state in _REPLACEABLE:
+                    c.execute(
+                        "UPDATE fm_tasks SET payload = ?, queue = ?, priority = ?, state = ?, "
+                        "tags = ?, max_attempts = ?, retry_policy = ?, timeout_ms = ?, "
+                        "run_at = ?, expires_at = ?, updated_at = ? WHERE id = ?",
+                        (
+                            t.payload,
+                            t.queue,
+                            t.priority,
+                            state.value,
+                            encode_tags(t.tags),
+                            t.max_attempts,
+                            t.retry_policy,
+                            t.timeout_ms,
+                            run_at,
+                            expires_at,
+                            now,
+                            existing,
+                        ),
+                    )
+                    events.append((existing, t.kind, state.value, now, "replaced"))
+                    any_ready = any_ready or state is State.READY
+                    outcomes.append(InsertOutcome(existing, InsertStatus.REPLACED))
+                else:
+                    outcomes.append(InsertOutcome(existing, InsertStatus.SKIPPED))
+                continue
+            seen_keys[(t.kind, t.dedup_key)] = t.id
+        any_ready = any_ready or state is State.READY
+        rows.append(
+            (
+                t.id,
+                t.kind,
+                t.queue,
+                t.priority,
+                state.value,
+                t.payload,
+                t.dedup_key,
+                t.parent_id,
+                encode_tags(t.tags),
+                t.max_attempts,
+                t.retry_policy,
+                t.timeout_ms,
+                now,
+                now,
+                run_at,
+                expires_at,
+            )
+        )
+        events.append((t.id, t.kind, state.value, now, None))
+        outcomes.append(InsertOutcome(t.id, InsertStatus.INSERTED))
+    if rows:
+        c.executemany(_INSERT_SQL, rows)
+    if events:
+        c.executemany(_EVENT_SQL, events)
+    if any_ready:
+        tx.wake(_wake.WORK)
+    return outcomes
+
+
+def _claim(c: sqlite3.Connection, tx: Tx, p: TasksClaim) -> list[ClaimedRow]:
+    now = p.now_ms if p.now_ms is not None else _wall_ms()
+    expires = now + p.lease_ttl_ms
+    queues, kinds = list(p.queues), list(p.kinds)
+    rows = c.execute(
+        "UPDATE fm_tasks SET state = 'running', attempts = attempts + 1, "
+        "lease_epoch = lease_epoch + 1, lease_owner = ?, lease_expires_at = ?, "
+        "cancel_requested = 0, last_finish = NULL, started_at = ?, updated_at = ? "
+        "WHERE seq IN (SELECT seq FROM fm_tasks WHERE state = 'ready' "
+        f"AND queue IN ({_marks(len(queues))}) AND kind IN ({_marks(len(kinds))}) "
+        "AND (expires_at IS NULL OR expires_at > ?) ORDER BY priority DESC, seq LIMIT ?) "
+        "RETURNING seq, id, kind, queue, priority, payload, phase, memo, attempts, "
+        "max_attempts, retry_policy, timeout_ms, lease_epoch, parent_id",
+        (p.worker_id, expires, now, now, *queues, *kinds, now, p.limit),
+    ).fetchall()
+    rows.sort(key=lambda r: (-r[4], r[0]))
+    c.executemany(_EVENT_SQL, [(r[1], r[2], "running", now, p.worker_id) for r in rows])
+    return [
+        ClaimedRow(
+            id=r[1],
+            kind=r[2],
+            queue=r[3],
+            priority=r[4],
+            payload=r[5],
+            phase=Phase(r[6]),
+            memo=r[7],
+            attempt=r[8],
+            max_attempts=r[9],
+            retry_policy=r[10],
+            timeout_ms=r[11],
+            lease_epoch=r[12],
+            lease_expires_at_ms=expires,
+            parent_id=r[13],
+        )
+        for r in rows
+    ]
+
+
+def _renew(c: sqlite3.Connection, p: LeasesRenew) -> list[RenewOutcome]:
+    now = p.now_ms if p.now_ms is not None else _wall_ms()
+    expires = now + p.lease_ttl_ms
+    out: list[RenewOutcome] = []
+    for lease in p.leases:
+        row = c.execute(
+            "UPDATE fm_tasks SET lease_expires_at = ? WHERE id = ? AND lease_epoch = ? "
+            "AND state = 'running' RETURNING cancel_requested",
+            (expires, lease.task_id, lease.epoch),
+        ).fetchone()
+        if row is None:
+            out.append(RenewOutcome(lease.task_id, False, False, None))
+        else:
+            out.append(RenewOutcome(lease.task_id, True, bool(row[0]), expires))
+    return out
+
+
+_FINISH_TARGETS = frozenset(t for (s, t) in TRANSITIONS if s is State.RUNNING)
+_TTL_ERROR = ErrorInfo("Expired", "the task was not started before its ttl ran out", "ttl")
+
+
+def _finish(c: sqlite3.Connection, tx: Tx, p: TasksFinish) -> list[FinishOutcome]:
+    now = p.now_ms if p.now_ms is not None else _wall_ms()
+    out: list[FinishOutcome] = []
+    events: list[tuple[Any, ...]] = []
+    results: list[tuple[Any, ...]] = []
+    for f in p.items:
+        if f.target not in _FINISH_TARGETS:
+            raise StoreError(f"a running task cannot be finished as {f.target}")
+        terminal = f.target in TERMINAL
+        run_at = None
+        if f.target is State.SCHEDULED:
+            run_at = now + f.delay_ms if f.delay_ms is not None else f.run_at_ms
+            if run_at is None:
+                raise StoreError("a finish to scheduled needs delay_ms or run_at_ms")
+        err = encode_error(f.error)
+        row = c.execute(
+            "UPDATE fm_tasks SET state = ?, last_finish = ?, lease_owner = NULL, "
+            "lease_expires_at = NULL, error = coalesce(?, error), run_at = ?, updated_at = ?, "
+            "finished_at = ?, attempts = attempts - ? "
+            "WHERE id = ? AND lease_epoch = ? AND state = 'running' "
+            + ("AND lease_expires_at < ? " if f.expired_lease else "AND ? IS NULL ")
+            + "RETURNING kind",
+            (
+                f.target.value,
+                f.target.value,
+                err,
+                run_at,
+                now,
+                now if terminal else None,
+                1 if f.release else 0,
+                f.task_id,
+                f.epoch,
+                now if f.expired_lease else None,
+            ),
+        ).fetchone()
+        if row is None:
+            out.append(_finish_refused(c, f))
+            continue
+        kind = row[0]
+        events.append((f.task_id, kind, f.target.value, now, f.error.category if f.error else None))
+        if terminal:
+            results.append((f.task_id, f.target.value, f.result, err, now))
+            tx.wake(_wake.FINISH)
+        elif f.target is State.READY:
+            tx.wake(_wake.WORK)
+        out.append(FinishOutcome(f.task_id, FinishStatus.APPLIED, f.target))
+    if results:
+        c.executemany(
+            "INSERT OR REPLACE INTO fm_results (task_id, state, result, error, finished_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            results,
+        )
+    if events:
+        c.executemany(_EVENT_SQL, events)
+    return out
+
+
+def _finish_refused(c: sqlite3.Connection, f: Finish) -> FinishOutcome:
+    row = c.execute(
+        "SELECT state, lease_epoch, last_finish FROM fm_tasks WHERE id = ?", (f.task_id,)
+    ).fetchone()
+    if row is not None and row[1] == f.epoch and row[2] == f.target.value:
+        return FinishOutcome(f.task_id, FinishStatus.ALREADY, State(row[0]))
+    return FinishOutcome(f.task_id, FinishStatus.LEASE_LOST, State(row[0]) if row else None)
+
+
+def _promote(c: sqlite3.Connection, tx: Tx, p: TasksPromote) -> int:
+    now = p.now_ms if p.now_ms is not None else _wall_ms()
+    rows = c.execute(
+        "UPDATE fm_tasks SET state = 'ready', updated_at = ? WHERE seq IN (SELECT seq FROM "
+        "fm_tasks WHERE state = 'scheduled' AND run_at <= ? ORDER BY run_at LIMIT ?) "
+        "RETURNING id, kind",
+        (now, now, p.limit),
+    ).fetchall()
+    if rows:
+        c.executemany(_EVENT_SQL, [(i, k, "ready", now, "promoted") for i, k in rows])
+        tx.wake(_wake.WORK)
+    return len(rows)
+
+
+def _expire(c: sqlite3.Connection, tx: Tx, p: TasksExpire) -> int:
+    now = p.now_ms if p.now_ms is not None else _wall_ms()
+    err = encode_error(_TTL_ERROR)
+    rows = c.execute(
+        "UPDATE fm_tasks SET state = 'expired', error = ?, updated_at = ?, finished_at = ? "
+        "WHERE seq IN (SELECT seq FROM fm_tasks WHERE state = 'ready' AND expires_at <= ? "
+        "ORDER BY expires_at LIMIT ?) RETURNING id, kind",
+        (err, now, now, now, p.limit),
+    ).fetchall()
+    if rows:
+        c.executemany(_EVENT_SQL, [(i, k, "expired", now, "ttl") for i, k in rows])
+        c.executemany(
+            "INSERT OR REPLACE INTO fm_results (task_id, state, result, error, finished_at) "
+            "VALUES (?, 'expired', NULL, ?, ?)",
+            [(i, err, now) for i, _ in rows],
+        )
+        tx.wake(_wake.FINISH)
+    return len(rows)
+
+
+def _expired_leases(c: sqlite3.Connection, p: LeasesExpired) -> list[ExpiredLease]:
+    now = p.now_ms if p.now_ms is not None else _wall_ms()
+    rows = c.execute(
+        "SELECT id, kind, lease_epoch, attempts, max_attempts, retry_policy, lease_owner, "
+        "cancel_requested FROM fm_tasks WHERE state = 'running' AND lease_expires_at < ? "
+        "ORDER BY lease_expires_at LIMIT ?",
+        (now, p.limit),
+    )
+    return [ExpiredLease(i, k, e, a, m, r, o, bool(cr)) for i, k, e, a, m, r, o, cr in rows]
+
+
+def _cancel(c: sqlite3.Connection, tx: Tx, p: TaskCancel) -> CancelOutcome:
+    now = p.now_ms if p.now_ms is not None else _wall_ms()
+    row = c.execute("SELECT state, kind FROM fm_tasks WHERE id = ?", (p.task_id,)).fetchone()
+    if row is None:
+        raise TaskNotFound(p.task_id)
+    state, kind = State(row[0]), row[1]
+    if state is State.RUNNING:
+        c.execute(
+            "UPDATE fm_tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+            (now, p.task_id),
+        )
+        tx.wake(_wake.FINISH)
+        return CancelOutcome(p.task_id, state, True)
+    if not can_transition(state, State.CANCELLED):
+        return CancelOutcome(p.task_id, state, False)
+    err = encode_error(ErrorInfo("Cancelled", p.reason, "cancelled"))
+    sources = sources_of(State.CANCELLED)
+    updated = c.execute(
+        "UPDATE fm_tasks SET state = 'cancelled', error = ?, updated_at = ?, finished_at = ? "
+        f"WHERE id = ? AND state IN ({_marks(len(sources))})",
+        (err, now, now, p.task_id, *sources),
+    ).rowcount
+    if updated:
+        c.execute(_EVENT_SQL, (p.task_id, kind, "cancelled", now, p.reason))
+        c.execute(
+            "INSERT OR REPLACE INTO fm_results (task_id, state, result, error, finished_at) "
+            "VALUES (?, 'cancelled', NULL, ?, ?)",
+            (p.task_id, err, now),
+        )
+        tx.wake(_wake.FINISH)
+    return CancelOutcome(p.task_id, State.CANCELLED, False)
+
+
+def _retry(c: sqlite3.Connection, tx: Tx, p: TaskRetry) -> State:
+    now = p.now_ms if p.now_ms is not None else _wall_ms()
+    row = c.execute("SELECT state, kind FROM fm_tasks WHERE id = ?", (p.task_id,)).fetchone()
+    if row is None:
+        raise TaskNotFound(p.task_id)
+    state = State(row[0])
+    if not can_transition(state, State.READY) or state not in (State.FAILED, State.DEAD_LETTERED):
+        raise IllegalTransition(state.value, State.READY.value)
+    c.execute(
+        "UPDATE fm_tasks SET state = 'ready', attempts = 0, error = NULL, finished_at = NULL, "
+        "run_at = NULL, last_finish = NULL, cancel_requested = 0, progress_pct = NULL, "
+        "progress_message = NULL, updated_at = ? WHERE id = ?",
+        (now, p.task_id),
+    )
+    c.execute("DELETE FROM fm_results WHERE task_id = ?", (p.task_id,))
+    c.execute(_EVENT_SQL, (p.task_id, row[1], "ready", now, "operator retry"))
+    tx.wake(_wake.WORK)
+    return State.READY
+
+
+def _progress(c: sqlite3.Connection, p: TaskProgress) -> None:
+    now = p.now_ms if p.now_ms is not None else _wall_ms()
+    n = c.execute(
+        "UPDATE fm_tasks SET progress_pct = ?, progress_message = ?, updated_at = ? "
+        "WHERE id = ? AND lease_epoch = ? AND state = 'running'",
+        (p.pct, p.message, now, p.task_id, p.epoch),
+    ).rowcount
+    if n == 0:
+        raise LeaseLost(p.task_id, p.epoch)
+
+
+def _record(r: Sequence[Any], result: bytes | None) -> TaskRecord:
+    return TaskRecord(
+        id=r[0],
+        kind=r[1],
+        queue=r[2],
+        priority=r[3],
+        state=State(r[4]),
+        phase=Phase(r[5]),
+        attempts=r[6],
+        max_attempts=r[7],
+        payload=r[8],
+        result=result,
+        error=decode_error(r[9]),
+        tags=decode_tags(r[10]),
+        dedup_key=r[11],
+        parent_id=r[12],
+        progress_pct=r[13],
+        progress_message=r[14],
+        lease_epoch=r[15],
+        lease_owner=r[16],
+        lease_expires_at_ms=r[17],
+        cancel_requested=bool(r[18]),
+        timeout_ms=r[19],
+        created_at_ms=r[20],
+        updated_at_ms=r[21],
+        run_at_ms=r[22],
+        expires_at_ms=r[23],
+        started_at_ms=r[24],
+        finished_at_ms=r[25],
+    )
+
+
+def _result_of(c: sqlite3.Connection, task_id: str) -> bytes | None:
+    row = c.execute("SELECT result FROM fm_results WHERE task_id = ?", (task_id,)).fetchone()
+    return None if row is None else row[0]
+
+
+def _get(c: sqlite3.Connection, task_id: str) -> TaskRecord | None:
+    row = c.execute(f"SELECT {_TASK_COLUMNS} FROM fm_tasks WHERE id = ?", (task_id,)).fetchone()
+    return None if row is None else _record(row, _result_of(c, task_id))
+
+
+def _list(c: sqlite3.Connection, p: TasksList) -> list[TaskRecord]:
+    where: list[str] = ["1 = 1"]
+    args: list[Any] = []
+    if p.states:
+        where.append(f"state IN ({_marks(len(p.states))})")
+        args.extend(s.value for s in p.states)
+    if p.queue is not None:
+        where.append("queue = ?")
+        args.append(p.queue)
+    if p.kind is not None:
+        where.append("kind = ?")
+        args.append(p.kind)
+    if p.after_id is not None:
+        where.append("seq > (SELECT seq FROM fm_tasks WHERE id = ?)")
+        args.append(p.after_id)
+    rows = c.execute(
+        f"SELECT {_TASK_COLUMNS} FROM fm_tasks WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+        (*args, p.limit),
+    ).fetchall()
+    return [_record(r, _result_of(c, r[0])) for r in rows]
