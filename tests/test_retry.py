@@ -199,10 +199,10 @@ def test_jitter_on_huge_delay_stays_in_range() -> None:
         (lambda: Exponential(multiplier=float("inf")), "multiplier"),
         (lambda: Exponential(multiplier=float("nan")), "multiplier"),
         (lambda: Exponential(multiplier=True), "multiplier"),
-        (lambda: Exponential(multiplier="2"), "multiplier"),
-        (lambda: Fixed(5), "delay"),
-        (lambda: Linear(step=1.0), "step"),
-        (lambda: Exponential(jitter=1), "jitter"),
+        (lambda: Exponential(multiplier="2"), "multiplier"),  # type: ignore[arg-type]
+        (lambda: Fixed(5), "delay"),  # type: ignore[arg-type]
+        (lambda: Linear(step=1.0), "step"),  # type: ignore[arg-type]
+        (lambda: Exponential(jitter=1), "jitter"),  # type: ignore[arg-type]
     ],
 )
 def test_invalid_config_raises(make: object, field: str) -> None:
@@ -339,7 +339,8 @@ def test_retry_rejects_non_backoff() -> None:
 
 def test_retry_action_values() -> None:
     assert [a.value for a in RetryAction] == ["retry", "fail", "dead_letter"]
-    assert RetryAction.DEAD_LETTER == "dead_letter"
+    assert RetryAction("dead_letter") is RetryAction.DEAD_LETTER
+    assert f"{RetryAction.RETRY}" == "retry"
 
 
 # --- decide_retry ---------------------------------------------------------------------------

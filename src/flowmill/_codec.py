@@ -80,8 +80,8 @@ def _enc_hook(obj: Any) -> Any:
     base = _pydantic_base()
     if base is not None and isinstance(obj, base):
         return obj.model_dump(mode="json")
-    # NotImplementedError makes msgspec report "Encoding objects of type X is unsupported".
-    raise NotImplementedError
+    # msgspec lets a NotImplementedError escape as is; a TypeError is what encode raises.
+    raise TypeError(f"Encoding objects of type {type(obj).__name__} is unsupported")
 
 
 def _dec_hook(tp: Any, obj: Any) -> Any:
@@ -196,7 +196,10 @@ class Codec(Generic[T]):
         self._instance_of: type[Any] | None = None if skip else _instance_check_class(tp)
         self._strict_check = not skip and self._instance_of is None
         try:
-            self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(tp, dec_hook=_dec_hook)
+            # msgspec treats `object` as a custom type; it means "any JSON value" here.
+            self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
+                Any if base is object else tp, dec_hook=_dec_hook
+            )
         except TypeError as exc:
             raise ConfigurationError(
                 f"task {task!r}: {what} type {describe_type(tp)} is not supported: {exc}"

@@ -54,8 +54,10 @@ class ConnectionThread:
         *,
         writer: bool,
         after_commit: Callable[[bytes], None],
+        init: Callable[[sqlite3.Connection], object] | None = None,
     ) -> None:
         self._connect = connect
+        self._init = init
         self._writer = writer
         self._after_commit = after_commit
         self._queue: queue.SimpleQueue[tuple[Job, asyncio.Future[Any]] | None] = queue.SimpleQueue()
@@ -80,9 +82,18 @@ class ConnectionThread:
         try:
             conn = self._connect()
         except BaseException as exc:
-            self._error = exc
+            self._error = translate(exc)
             self._ready.set()
             return
+        if self._init is not None:
+            # Runs before any job, outside the group transaction (migrations need their own).
+            try:
+                self._init(conn)
+            except BaseException as exc:
+                conn.close()
+                self._error = translate(exc)
+                self._ready.set()
+                return
         self._ready.set()
         try:
             while True:

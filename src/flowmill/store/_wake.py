@@ -15,6 +15,8 @@ import os
 import socket
 import tempfile
 import time
+import weakref
+from typing import Any
 
 WORK = b"w"
 FINISH = b"f"
@@ -23,21 +25,29 @@ _LIST_TTL_S = 0.25
 
 
 class Pulse:
-    """A sticky wake-up flag: a `fire` before `wait` is not lost; `wait` consumes it."""
+    """A sticky wake-up flag per waiting asyncio task: a `fire` between two waits is kept.
+
+    Several loops in one process wait on the same pulse (a claim loop, result waiters, the
+    lease keeper); each has its own flag, so one consuming a wake-up never hides it from
+    another. A task's first wait returns at once, since it cannot know what it missed.
+    """
 
     def __init__(self) -> None:
-        self._event: asyncio.Event | None = None
-
-    def _ev(self) -> asyncio.Event:
-        if self._event is None:
-            self._event = asyncio.Event()
-        return self._event
+        self._flags: weakref.WeakKeyDictionary[asyncio.Task[Any], asyncio.Event] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def fire(self) -> None:
-        self._ev().set()
+        for ev in list(self._flags.values()):
+            ev.set()
 
     async def wait(self, timeout_s: float) -> None:
-        ev = self._ev()
+        task = asyncio.current_task()
+        assert task is not None
+        ev = self._flags.get(task)
+        if ev is None:
+            self._flags[task] = asyncio.Event()
+            return
         if not ev.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ev.wait(), timeout_s)

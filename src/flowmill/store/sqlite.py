@@ -132,15 +132,15 @@ class SQLiteStore:
             return
         if not self.memory:
             _check_parent_dir(self.path)
-        self._writer = ConnectionThread(
-            "flowmill-sqlite-writer", self._connect, writer=True, after_commit=self._bus.notify
+        # Thread start-up (connect + migrate) blocks briefly; keep it off the event loop.
+        self._writer = await asyncio.to_thread(
+            ConnectionThread,
+            "flowmill-sqlite-writer",
+            self._connect,
+            writer=True,
+            after_commit=self._bus.notify,
+            init=migrate,
         )
-        try:
-            await self._writer.run(lambda conn, tx: migrate_outside(conn))
-        except BaseException:
-            self._writer.stop()
-            self._writer = None
-            raise
         # An in-memory database lives in one connection: reads go through the writer.
         self._reader = (
             self._writer
@@ -276,11 +276,6 @@ class SQLiteStore:
 
         result: list[Event] = await self._read(job)
         return result
-
-
-def migrate_outside(conn: sqlite3.Connection) -> int:
-    """Run the migration on the writer connection, outside the group-commit transaction."""
-    return migrate(conn)
 
 
 # -- jobs: each runs on the writer (or reader) thread, inside the group transaction -----

@@ -1,0 +1,458 @@
+"""The App: task registry, submission, inspection; the entry point of the public API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar, overload
+
+from ._clock import Clock, SystemClock
+from ._codec import DEFAULT_MAX_BYTES
+from ._errors import ConfigurationError, PayloadError, TaskNotFound, UnknownTask
+from ._handle import ResultWaiter, TaskHandle, decode_json
+from ._retry import Retry
+from ._states import Phase, State
+from ._task import Priority, TaskDef, check_queue, make_task_def, positive_ms
+from ._worker import Worker
+from .store import DEFAULT_URL, open_store
+from .store._base import (
+    ON_DUPLICATE_CHOICES,
+    CountRow,
+    ErrorInfo,
+    Event,
+    EventsRead,
+    NewTask,
+    OnDuplicate,
+    Store,
+    TaskCancel,
+    TaskRecord,
+    TaskRetry,
+    TasksInsert,
+    TasksList,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+MAX_KEY_LEN = 512
+
+
+def new_task_id() -> str:
+    """A time-ordered UUID (version 7 layout): sortable, unique across processes."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
+    value |= 0b10 << 62 | (rand & ((1 << 62) - 1))
+    return str(uuid.UUID(int=value))
+
+
+def _dt(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """A task as `app.get` shows it: state, attempts, timestamps, error, result, progress."""
+
+    id: str
+    name: str
+    queue: str
+    priority: int
+    state: State
+    phase: Phase
+    attempts: int
+    max_attempts: int
+    payload: Any
+    result: Any
+    error: ErrorInfo | None
+    tags: dict[str, str]
+    key: str | None
+    parent_id: str | None
+    progress: float | None
+    progress_message: str | None
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    cancel_requested: bool
+    created_at: datetime
+    updated_at: datetime
+    run_at: datetime | None
+    expires_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class App:
+    """A flowmill application: `fm.App("sqlite:///jobs.db")` or `fm.App("postgresql://...")`."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_BYTES,
+        clock: Clock | None = None,
+        store: Store | None = None,
+        **store_options: Any,
+    ) -> None:
+        if not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
+            raise ConfigurationError(f"max_payload_bytes must be >= 1, got {max_payload_bytes!r}")
+        self.url = url or os.environ.get("FLOWMILL_URL") or DEFAULT_URL
+        self.store: Store = store if store is not None else open_store(self.url, **store_options)
+        self.max_payload_bytes = max_payload_bytes
+        self.clock: Clock = clock or SystemClock()
+        self.registry: dict[str, TaskDef] = {}
+        self.results = ResultWaiter(self)
+        self._opened = False
+        self._open_lock: asyncio.Lock | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> App:
+        """Open the store (creating or upgrading its schema). Called on first use."""
+        if self._opened:
+            return self
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if not self._opened:
+                await self.store.open()
+                self._opened = True
+        return self
+
+    async def close(self) -> None:
+        self.results.close()
+        if self._opened:
+            await self.store.close()
+            self._opened = False
+
+    async def __aenter__(self) -> App:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- registry --------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: F, /) -> TaskDef: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+        timeout: timedelta | None = None,
+        queue: str = "default",
+        priority: int = Priority.NORMAL,
+        max_concurrency: int | None = None,
+        ttl: timedelta | None = None,
+    ) -> Callable[[F], TaskDef]: ...
+
+    def task(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+        timeout: timedelta | None = None,
+        queue: str = "default",
+        priority: int = Priority.NORMAL,
+        max_concurrency: int | None = None,
+        ttl: timedelta | None = None,
+    ) -> TaskDef | Callable[[F], TaskDef]:
+        """Register a handler as a task: `@app.task` or `@app.task(retry=..., timeout=...)`."""
+
+        def register(f: F) -> TaskDef:
+            tdef = make_task_def(
+                f,
+                name=name,
+                retry=retry,
+                timeout=timeout,
+                queue=queue,
+                priority=priority,
+                max_concurrency=max_concurrency,
+                ttl=ttl,
+                max_payload_bytes=self.max_payload_bytes,
+            )
+            if tdef.name in self.registry:
+                raise ConfigurationError(f"a task named {tdef.name!r} is already registered")
+            self.registry[tdef.name] = tdef
+            return tdef
+
+        return register(fn) if fn is not None else register
+
+    def task_names(self) -> list[str]:
+        return sorted(self.registry)
+
+    def queues(self) -> set[str]:
+        return {t.queue for t in self.registry.values()} or {"default"}
+
+    def _resolve(self, task: TaskDef | str) -> TaskDef:
+        name = task.name if isinstance(task, TaskDef) else task
+        tdef = self.registry.get(name) if isinstance(name, str) else None
+        if tdef is None or (isinstance(task, TaskDef) and tdef is not task):
+            raise UnknownTask(f"task {name!r} is not registered on this app")
+        return tdef
+
+    # -- submission ------------------------------------------------------------------
+
+    async def submit(
+        self,
+        task: TaskDef | str,
+        payload: Any = None,
+        *,
+        key: str | None = None,
+        on_duplicate: OnDuplicate = "skip",
+        delay: timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        ttl: timedelta | None = None,
+    ) -> TaskHandle[Any]:
+        """Submit one task; durable when this returns. A duplicate `key` follows `on_duplicate`."""
+        tdef = self._resolve(task)
+        _check_on_duplicate(on_duplicate)
+        common = _Common.build(tdef, delay, run_at, priority, queue, tags, ttl)
+        new = common.task(tdef, tdef.payload.encode(payload), _check_key(key))
+        await self.open()
+        [out] = await self.store.tasks_insert(
+            TasksInsert([new], on_duplicate, self.clock.store_now())
+        )
+        return TaskHandle(out.id, self, tdef.name, out.status)
+
+    async def submit_many(
+        self,
+        task: TaskDef | str,
+        payloads: Iterable[Any],
+        *,
+        keys: Sequence[str | None] | None = None,
+        on_duplicate: OnDuplicate = "skip",
+        delay: timedelta | None = None,
+        run_at: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        ttl: timedelta | None = None,
+    ) -> list[TaskHandle[Any]]:
+        """Submit many tasks of one kind in one transaction: all are stored, or none."""
+        tdef = self._resolve(task)
+        _check_on_duplicate(on_duplicate)
+        common = _Common.build(tdef, delay, run_at, priority, queue, tags, ttl)
+        items = list(payloads)
+        if keys is not None and len(keys) != len(items):
+            raise ConfigurationError(f"{len(keys)} keys for {len(items)} payloads")
+        encode = tdef.payload.encode
+        news = [
+            common.task(tdef, encode(p), _check_key(keys[i]) if keys is not None else None)
+            for i, p in enumerate(items)
+        ]
+        await self.open()
+        outs = await self.store.tasks_insert(
+            TasksInsert(news, on_duplicate, self.clock.store_now())
+        )
+        return [TaskHandle(o.id, self, tdef.name, o.status) for o in outs]
+
+    def handle(self, task_id: str, task: TaskDef | str | None = None) -> TaskHandle[Any]:
+        """A handle for a task submitted elsewhere (its result decodes by its registered kind)."""
+        kind = self._resolve(task).name if task is not None else ""
+        return TaskHandle(task_id, self, kind)
+
+    def decode_result(self, kind: str, data: bytes | None) -> Any:
+        tdef = self.registry.get(kind)
+        if tdef is None or data is None:
+            return decode_json(data)
+        return tdef.result.decode(data)
+
+    # -- inspection and operations ---------------------------------------------------
+
+    async def get(self, task_id: str) -> TaskInfo:
+        """The task record; `TaskNotFound` when there is no such task."""
+        await self.open()
+        rec = await self.store.task_get(task_id)
+        if rec is None:
+            raise TaskNotFound(task_id)
+        return self._info(rec)
+
+    def _info(self, r: TaskRecord) -> TaskInfo:
+        tdef = self.registry.get(r.kind)
+        try:
+            payload = tdef.payload.decode(r.payload) if tdef else decode_json(r.payload)
+        except PayloadError:
+            payload = decode_json(r.payload)
+        try:
+            result = self.decode_result(r.kind, r.result)
+        except PayloadError:
+            result = decode_json(r.result)
+        return TaskInfo(
+            id=r.id,
+            name=r.kind,
+            queue=r.queue,
+            priority=r.priority,
+            state=r.state,
+            phase=r.phase,
+            attempts=r.attempts,
+            max_attempts=r.max_attempts,
+            payload=payload,
+            result=result,
+            error=r.error,
+            tags=r.tags,
+            key=r.dedup_key,
+            parent_id=r.parent_id,
+            progress=r.progress_pct,
+            progress_message=r.progress_message,
+            lease_owner=r.lease_owner,
+            lease_expires_at=_dt(r.lease_expires_at_ms),
+            cancel_requested=r.cancel_requested,
+            created_at=_dt(r.created_at_ms) or _EPOCH,
+            updated_at=_dt(r.updated_at_ms) or _EPOCH,
+            run_at=_dt(r.run_at_ms),
+            expires_at=_dt(r.expires_at_ms),
+            started_at=_dt(r.started_at_ms),
+            finished_at=_dt(r.finished_at_ms),
+        )
+
+    async def list_tasks(
+        self,
+        *,
+        states: Sequence[State | str] = (),
+        queue: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[TaskInfo]:
+        """Tasks in submission order, filtered; pass the last id as `after` for the next page."""
+        await self.open()
+        recs = await self.store.tasks_list(
+            TasksList(tuple(State(s) for s in states), queue, name, limit, after)
+        )
+        return [self._info(r) for r in recs]
+
+    async def cancel(self, task_id: str, reason: str = "cancelled by operator") -> State:
+        """Cancel a queued task now, or ask a running one to stop; returns the state after."""
+        await self.open()
+        out = await self.store.task_cancel(TaskCancel(task_id, reason, self.clock.store_now()))
+        return out.state
+
+    async def retry(self, task_id: str) -> State:
+        """Run a failed or dead-lettered task again, with a fresh attempt budget."""
+        await self.open()
+        return await self.store.task_retry(TaskRetry(task_id, self.clock.store_now()))
+
+    replay = retry
+
+    async def dead_letters(self, *, limit: int = 100, after: str | None = None) -> list[TaskInfo]:
+        """Tasks whose retries ran out (the dead-letter queue), oldest first."""
+        return await self.list_tasks(states=[State.DEAD_LETTERED], limit=limit, after=after)
+
+    async def status(self) -> list[CountRow]:
+        """Task counts by queue and state."""
+        await self.open()
+        return await self.store.tasks_count()
+
+    async def events(
+        self, *, after: int = 0, follow: bool = True, batch: int = 500
+    ) -> AsyncIterator[Event]:
+        """State changes in order; with `follow`, waits for new ones (pass `after` to resume)."""
+        await self.open()
+        cursor = after
+        while True:
+            evs = await self.store.events_read(EventsRead(cursor, batch))
+            for ev in evs:
+                cursor = ev.id
+                yield ev
+            if len(evs) < batch:
+                if not follow:
+                    return
+                await self.store.wait_for_finish(0.25)
+
+    def worker(self, **options: Any) -> Worker:
+        """A worker for this app's tasks (see `Worker` for the options)."""
+        return Worker(self, **options)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _check_on_duplicate(value: str) -> None:
+    if value not in ON_DUPLICATE_CHOICES:
+        raise ConfigurationError(
+            f"on_duplicate must be one of {', '.join(ON_DUPLICATE_CHOICES)}, got {value!r}"
+        )
+
+
+def _check_key(key: str | None) -> str | None:
+    if key is not None and (not isinstance(key, str) or not key or len(key) > MAX_KEY_LEN):
+        raise ConfigurationError(
+            f"key must be a non-empty string of at most {MAX_KEY_LEN} characters, got {key!r}"
+        )
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class _Common:
+    """The options shared by every task of one submit call, validated once."""
+
+    queue: str
+    priority: int
+    delay_ms: int | None
+    run_at_ms: int | None
+    ttl_ms: int | None
+    tags: Mapping[str, str]
+
+    @staticmethod
+    def build(
+        tdef: TaskDef,
+        delay: timedelta | None,
+        run_at: datetime | None,
+        priority: int | None,
+        queue: str | None,
+        tags: Mapping[str, str] | None,
+        ttl: timedelta | None,
+    ) -> _Common:
+        if delay is not None and run_at is not None:
+            raise ConfigurationError("pass delay or run_at, not both")
+        run_at_ms = None
+        if run_at is not None:
+            if not isinstance(run_at, datetime) or run_at.tzinfo is None:
+                raise ConfigurationError(
+                    f"run_at must be a timezone-aware datetime, got {run_at!r}"
+                )
+            run_at_ms = int(run_at.timestamp() * 1000)
+        if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
+            raise ConfigurationError(f"priority must be an int, got {priority!r}")
+        tags = dict(tags or {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+            raise ConfigurationError("tags must map strings to strings")
+        ttl_ms = positive_ms("ttl", ttl) if ttl is not None else tdef.ttl_ms
+        return _Common(
+            queue=check_queue(queue) if queue is not None else tdef.queue,
+            priority=int(priority) if priority is not None else tdef.priority,
+            delay_ms=positive_ms("delay", delay, allow_zero=True),
+            run_at_ms=run_at_ms,
+            ttl_ms=ttl_ms,
+            tags=tags,
+        )
+
+    def task(self, tdef: TaskDef, payload: bytes, key: str | None) -> NewTask:
+        return NewTask(
+            id=new_task_id(),
+            kind=tdef.name,
+            payload=payload,
+            queue=self.queue,
+            priority=self.priority,
+            delay_ms=self.delay_ms,
+            run_at_ms=self.run_at_ms,
+            ttl_ms=self.ttl_ms,
+            dedup_key=key,
+            max_attempts=tdef.retry.max_attempts,
+            retry_policy=tdef.retry_policy,
+            timeout_ms=tdef.timeout_ms,
+            tags=self.tags,
+        )

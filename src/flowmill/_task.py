@@ -1,0 +1,123 @@
+"""Task definitions: what `@app.task` records about a handler and its options."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import IntEnum
+from typing import Any
+
+from ._codec import Codec, inspect_handler
+from ._errors import ConfigurationError
+from ._retry import Retry, backoff_to_json
+
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+
+
+class Priority(IntEnum):
+    """Named priorities; any int works, and higher runs first."""
+
+    LOW = -10
+    NORMAL = 0
+    HIGH = 10
+    CRITICAL = 20
+
+
+def check_queue(name: str) -> str:
+    """A queue name: 1-128 letters, digits, `_ . : -`, starting with a letter or digit."""
+    if not isinstance(name, str) or not QUEUE_NAME.match(name):
+        raise ConfigurationError(
+            f"bad queue name {name!r}: use 1-128 letters, digits, '_', '.', ':' or '-'"
+        )
+    return name
+
+
+def positive_ms(name: str, value: timedelta | None, *, allow_zero: bool = False) -> int | None:
+    """A duration option as integer milliseconds, refusing negative (or zero) values."""
+    if value is None:
+        return None
+    if not isinstance(value, timedelta):
+        raise ConfigurationError(f"{name} must be a timedelta, got {type(value).__name__}")
+    ms = int(value.total_seconds() * 1000)
+    if ms < 0 or (ms == 0 and not allow_zero):
+        raise ConfigurationError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return ms
+
+
+@dataclass(slots=True)
+class TaskDef:
+    """A registered task: its handler, codecs and defaults."""
+
+    name: str
+    fn: Callable[..., Any]
+    payload: Codec[Any]
+    result: Codec[Any]
+    wants_context: bool
+    takes_payload: bool
+    is_async: bool
+    retry: Retry
+    timeout_ms: int | None
+    queue: str
+    priority: int
+    max_concurrency: int | None
+    ttl_ms: int | None
+    retry_policy: bytes = field(default=b"{}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Calling the task object calls the handler directly (handy in unit tests)."""
+        return self.fn(*args, **kwargs)
+
+
+def _positional_count(fn: Callable[..., Any]) -> int:
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(1 for p in inspect.signature(fn).parameters.values() if p.kind in kinds)
+
+
+def make_task_def(
+    fn: Callable[..., Any],
+    *,
+    name: str | None,
+    retry: Retry | None,
+    timeout: timedelta | None,
+    queue: str,
+    priority: int,
+    max_concurrency: int | None,
+    ttl: timedelta | None,
+    max_payload_bytes: int,
+) -> TaskDef:
+    if not callable(fn):
+        raise ConfigurationError(f"@task needs a function, got {fn!r}")
+    task_name = name or f"{fn.__module__}.{fn.__qualname__}"
+    if not isinstance(task_name, str) or not task_name or len(task_name) > 255:
+        raise ConfigurationError(f"bad task name {task_name!r}")
+    retry = retry if retry is not None else Retry()
+    if not isinstance(retry, Retry):
+        raise ConfigurationError(f"retry must be fm.Retry(...), got {retry!r}")
+    if max_concurrency is not None and (
+        not isinstance(max_concurrency, int) or max_concurrency < 1
+    ):
+        raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency!r}")
+    if not isinstance(priority, int):
+        raise ConfigurationError(f"priority must be an int, got {priority!r}")
+    sig = inspect_handler(fn)
+    return TaskDef(
+        name=task_name,
+        fn=fn,
+        payload=Codec(
+            sig.payload_type, task=task_name, what="payload", max_bytes=max_payload_bytes
+        ),
+        result=Codec(sig.result_type, task=task_name, what="result", max_bytes=max_payload_bytes),
+        wants_context=sig.wants_context,
+        takes_payload=_positional_count(fn) > 0,
+        is_async=inspect.iscoroutinefunction(fn),
+        retry=retry,
+        timeout_ms=positive_ms("timeout", timeout),
+        queue=check_queue(queue),
+        priority=int(priority),
+        max_concurrency=max_concurrency,
+        ttl_ms=positive_ms("ttl", ttl),
+        retry_policy=backoff_to_json(retry.backoff),
+    )

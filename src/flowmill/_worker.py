@@ -1,0 +1,472 @@
+"""The worker runtime: claims, dispatches, keeps leases, records outcomes, maintains the store."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from ._batch import Batcher
+from ._clock import Clock
+from ._context import CancelToken, Context
+from ._errors import ConfigurationError, PayloadError, StoreError
+from ._outcome import (
+    STOP_LEASE_LOST,
+    STOP_LEASE_UNHEALTHY,
+    STOP_OPERATOR,
+    STOP_SHUTDOWN,
+    Category,
+    beyond_cap,
+    decide_finish,
+    decode_failure,
+    reap,
+)
+from ._runner import AttemptRunner, SyncPool
+from ._states import State
+from ._task import TaskDef, check_queue
+from .store._base import (
+    ClaimedRow,
+    ErrorInfo,
+    Finish,
+    FinishOutcome,
+    FinishStatus,
+    LeaseRef,
+    LeasesExpired,
+    LeasesRenew,
+    TasksClaim,
+    TasksExpire,
+    TasksFinish,
+    TasksPromote,
+)
+
+if TYPE_CHECKING:
+    from ._app import App
+
+log = logging.getLogger("flowmill.worker")
+
+UNHEALTHY_AFTER = 3  # consecutive failed renewals before an attempt is told to stop
+_BUSY_STATES = frozenset(
+    {State.SCHEDULED, State.RUNNING, State.WAITING_CHILDREN, State.SUSPENDED, State.BLOCKED}
+)
+
+
+@dataclass(slots=True)
+class _Attempt:
+    row: ClaimedRow
+    tdef: TaskDef
+    token: CancelToken = field(default_factory=CancelToken)
+    renew_failures: int = 0
+    started: bool = False
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """What this worker has done since it started."""
+
+    claimed: int = 0
+    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
+    lease_lost: int = 0
+    unhealthy: int = 0
+    reaped: int = 0
+    promoted: int = 0
+    expired: int = 0
+
+
+def _ms(value: timedelta) -> int:
+    return int(value.total_seconds() * 1000)
+
+
+class Worker:
+    """Runs the app's tasks: `await app.worker(concurrency=64).run()` or `flowmill worker`."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 64,
+        worker_id: str | None = None,
+        lease_ttl: timedelta = timedelta(seconds=30),
+        prefetch: int | None = None,
+        claim_batch: int = 100,
+        shutdown_grace: timedelta = timedelta(seconds=30),
+        cancel_grace: timedelta = timedelta(seconds=5),
+        poll_interval: timedelta = timedelta(seconds=2),
+        promote_interval: timedelta = timedelta(seconds=1),
+        reap_interval: timedelta = timedelta(seconds=5),
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"concurrency must be >= 1, got {concurrency!r}")
+        if lease_ttl <= timedelta(0):
+            raise ConfigurationError(f"lease_ttl must be > 0, got {lease_ttl}")
+        self.app = app
+        self.queues = [check_queue(q) for q in (queues or sorted(app.queues()))]
+        self.concurrency = concurrency
+        self.prefetch = prefetch if prefetch is not None else min(concurrency, claim_batch)
+        self.claim_batch = claim_batch
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(2).hex()}"
+        self.lease_ttl_ms = _ms(lease_ttl)
+        self.shutdown_grace_s = shutdown_grace.total_seconds()
+        self.poll_s = poll_interval.total_seconds()
+        self.promote_s = promote_interval.total_seconds()
+        self.reap_s = reap_interval.total_seconds()
+        self.clock = clock or app.clock
+        self.pool = SyncPool(concurrency)
+        self.runner = AttemptRunner(
+            clock=self.clock, grace_s=cancel_grace.total_seconds(), pool=self.pool
+        )
+        self.stats = WorkerStats()
+        self._attempts: dict[str, _Attempt] = {}
+        self._queue: collections.deque[_Attempt] = collections.deque()
+        self._running = 0
+        self._per_kind: collections.Counter[str] = collections.Counter()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._stopping = False
+        self._stop_when_idle = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._finisher: Batcher[Finish, FinishOutcome] = Batcher(self._finish_batch)
+
+    # -- public ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask for a graceful stop: no more claims, running attempts get the grace period."""
+        self._stop_requested.set()
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._attempts)
+
+    async def run(
+        self, *, install_signal_handlers: bool = False, stop_when_idle: bool = False
+    ) -> None:
+        """Work until `stop()` (or SIGTERM/SIGINT when asked to install handlers)."""
+        await self.app.open()
+        self._stop_when_idle = stop_when_idle
+        loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            self._install_signals(loop)
+        kinds = self.app.task_names()
+        log.info(
+            "worker %s: queues %s, %d task kinds, concurrency %d",
+            self.worker_id,
+            ",".join(self.queues),
+            len(kinds),
+            self.concurrency,
+        )
+        background = [
+            loop.create_task(self._listen_for_work(), name="flowmill-listen"),
+            loop.create_task(self._lease_keeper(), name="flowmill-leases"),
+            loop.create_task(self._maintenance(), name="flowmill-maintenance"),
+        ]
+        claim = loop.create_task(self._claim_loop(), name="flowmill-claim")
+        try:
+            await self._stop_requested.wait()
+            self._stopping = True
+            self._wake.set()
+            await claim
+            await self._drain()
+        finally:
+            claim.cancel()
+            for t in background:
+                t.cancel()
+            await asyncio.gather(claim, *background, return_exceptions=True)
+            self.pool.close()
+            if install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    with contextlib.suppress(Exception):
+                        loop.remove_signal_handler(sig)
+        log.info("worker %s stopped", self.worker_id)
+
+    # -- claiming --------------------------------------------------------------------
+
+    def _claim_requests(self, free: int) -> list[tuple[list[str], int]]:
+        unlimited: list[str] = []
+        requests: list[tuple[list[str], int]] = []
+        for name, tdef in self.app.registry.items():
+            if tdef.max_concurrency is None:
+                unlimited.append(name)
+                continue
+            room = tdef.max_concurrency - self._per_kind[name]
+            if room > 0:
+                requests.append(([name], min(room, free)))
+        if unlimited:
+            requests.insert(0, (unlimited, min(free, self.claim_batch)))
+        return requests
+
+    async def _claim_loop(self) -> None:
+        backoff = 0.05
+        while not self._stopping:
+            self._wake.clear()
+            free = self.concurrency + self.prefetch - len(self._attempts)
+            requests = self._claim_requests(free) if free > 0 else []
+            if not requests:
+                await self._wake.wait()
+                continue
+            short = False
+            try:
+                for kinds, limit in requests:
+                    rows = await self.app.store.tasks_claim(
+                        TasksClaim(
+                            self.worker_id,
+                            self.queues,
+                            kinds,
+                            limit,
+                            self.lease_ttl_ms,
+                            self.clock.store_now(),
+                        )
+                    )
+                    short = short or len(rows) < limit
+                    for row in rows:
+                        self._accept(row)
+                backoff = 0.05
+            except StoreError as exc:
+                log.warning("claim failed (%s); retrying in %.2fs", exc, backoff)
+                await self.clock.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self._dispatch()
+            if short:
+                if self._stop_when_idle and not self._attempts and await self._store_idle():
+                    self.stop()
+                    return
+                await self._wake.wait()
+
+    async def _listen_for_work(self) -> None:
+        # One long-lived consumer of the store's wake-ups; a timeout doubles as the fallback
+        # poll, so a lost wake-up only delays work by poll_interval.
+        while True:
+            try:
+                await self.app.store.wait_for_work(self.poll_s)
+            except StoreError as exc:
+                log.debug("waiting for work failed: %s", exc)
+                await self.clock.sleep(self.poll_s)
+            self._wake.set()
+
+    async def _store_idle(self) -> bool:
+        counts = await self.app.store.tasks_count()
+        return not any(
+            c.count for c in counts if c.queue in self.queues and c.state in _BUSY_STATES
+        )
+
+    def _accept(self, row: ClaimedRow) -> None:
+        self.stats.claimed += 1
+        tdef = self.app.registry.get(row.kind)
+        attempt = _Attempt(row, tdef) if tdef is not None else None
+        if attempt is None:  # the claim filters on our kinds, so this means a registry change
+            log.error("claimed task %s of unknown kind %s", row.id, row.kind)
+            return
+        self._attempts[row.id] = attempt
+        self._per_kind[row.kind] += 1
+        self._queue.append(attempt)
+
+    def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue and self._running < self.concurrency:
+            attempt = self._queue.popleft()
+            self._running += 1
+            task = loop.create_task(self._run_one(attempt))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    # -- running ---------------------------------------------------------------------
+
+    async def _run_one(self, a: _Attempt) -> None:
+        row = a.row
+        try:
+            finish = await self._attempt(a)
+            if finish is not None:
+                await self._record(a, finish)
+        except Exception:
+            log.exception("worker error while running task %s", row.id)
+        finally:
+            self._running -= 1
+            self._release_slot(a)
+            self._dispatch()
+
+    def _release_slot(self, a: _Attempt) -> None:
+        self._attempts.pop(a.row.id, None)
+        self._per_kind[a.row.kind] -= 1
+        self._wake.set()
+        if not self._attempts:
+            self._idle.set()
+
+    async def _attempt(self, a: _Attempt) -> Finish | None:
+        row, tdef = a.row, a.tdef
+        a.started = True
+        if a.token.is_set:
+            return self._before_start(a)
+        if row.attempt > row.max_attempts:
+            return beyond_cap(row)
+        try:
+            payload = tdef.payload.decode(row.payload)
+        except PayloadError as err:
+            return decode_failure(row, err)
+        ctx = Context(
+            task_id=row.id,
+            kind=row.kind,
+            queue=row.queue,
+            attempt=row.attempt,
+            max_attempts=row.max_attempts,
+            lease_epoch=row.lease_epoch,
+            worker_id=self.worker_id,
+            store=self.app.store,
+            token=a.token,
+            loop=asyncio.get_running_loop(),
+            now_ms=self.clock.store_now(),
+        )
+        ended = await self.runner.call(tdef, payload, ctx, a.token)
+        return decide_finish(row, tdef, ended)
+
+    def _before_start(self, a: _Attempt) -> Finish | None:
+        reason = a.token.reason
+        row = a.row
+        if reason == STOP_OPERATOR:
+            return Finish(
+                row.id,
+                row.lease_epoch,
+                State.CANCELLED,
+                error=ErrorInfo("Cancelled", reason, Category.CANCELLED, None),
+            )
+        if reason == STOP_LEASE_LOST:
+            return None
+        return Finish(row.id, row.lease_epoch, State.READY, release=True)
+
+    async def _record(self, a: _Attempt, finish: Finish) -> None:
+        delay = 0.05
+        while True:
+            try:
+                outcome = await self._finisher.submit(finish)
+                break
+            except StoreError as exc:
+                # Keep the outcome until the store takes it or the lease is gone: a result
+                # that was computed must not be dropped because of a passing outage.
+                if a.token.reason == STOP_LEASE_LOST:
+                    log.warning("dropping outcome of %s: lease lost (%s)", a.row.id, exc)
+                    return
+                log.warning("recording %s failed (%s); retrying in %.2fs", a.row.id, exc, delay)
+                await self.clock.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if outcome.status is FinishStatus.LEASE_LOST:
+            self.stats.lease_lost += 1
+            log.warning("task %s: lease lost before its outcome was recorded", a.row.id)
+        else:
+            self.stats.outcomes[str(outcome.state)] += 1
+
+    async def _finish_batch(self, items: list[Finish]) -> list[FinishOutcome]:
+        return await self.app.store.tasks_finish(TasksFinish(items, self.clock.store_now()))
+
+    # -- leases ----------------------------------------------------------------------
+
+    async def _lease_keeper(self) -> None:
+        while True:
+            await self.clock.sleep(self.lease_ttl_ms / 3000)
+            await self.renew_leases()
+
+    async def renew_leases(self) -> None:
+        """Renew every held lease once (the background keeper calls this every ttl/3)."""
+        held = list(self._attempts.values())
+        if not held:
+            return
+        try:
+            outcomes = await self.app.store.leases_renew(
+                LeasesRenew(
+                    [LeaseRef(a.row.id, a.row.lease_epoch) for a in held],
+                    self.lease_ttl_ms,
+                    self.clock.store_now(),
+                )
+            )
+        except StoreError as exc:
+            log.warning("lease renewal failed: %s", exc)
+            for a in held:
+                a.renew_failures += 1
+                if a.renew_failures >= UNHEALTHY_AFTER and not a.token.is_set:
+                    self.stats.unhealthy += 1
+                    a.token.fire(STOP_LEASE_UNHEALTHY)
+            return
+        for a, out in zip(held, outcomes, strict=True):
+            a.renew_failures = 0
+            if not out.held:
+                if not a.token.is_set:
+                    self.stats.lease_lost += 1
+                a.token.fire(STOP_LEASE_LOST)
+            elif out.cancel_requested:
+                a.token.fire(STOP_OPERATOR)
+
+    # -- maintenance -----------------------------------------------------------------
+
+    async def _maintenance(self) -> None:
+        since_reap = self.reap_s
+        while True:
+            try:
+                await self.maintain(reap_leases=since_reap >= self.reap_s)
+            except StoreError as exc:
+                log.warning("maintenance failed: %s", exc)
+            since_reap = 0.0 if since_reap >= self.reap_s else since_reap + self.promote_s
+            await self.clock.sleep(self.promote_s)
+
+    async def maintain(self, *, reap_leases: bool = True) -> None:
+        """One maintenance pass: promote due tasks, expire stale ones, reap expired leases."""
+        store, now = self.app.store, self.clock.store_now()
+        self.stats.promoted += await store.tasks_promote(TasksPromote(now_ms=now))
+        self.stats.expired += await store.tasks_expire(TasksExpire(now_ms=now))
+        if reap_leases:
+            expired = await store.leases_expired(LeasesExpired(now_ms=now))
+            if expired:
+                outs = await store.tasks_finish(TasksFinish([reap(e) for e in expired], now))
+                self.stats.reaped += sum(o.status is FinishStatus.APPLIED for o in outs)
+
+    # -- shutdown --------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        # Claimed but never started: give them back at once, without spending an attempt.
+        queued = list(self._queue)
+        self._queue.clear()
+        for a in queued:
+            a.token.fire(STOP_SHUTDOWN)
+            self._running += 1
+            task = asyncio.get_running_loop().create_task(self._run_one(a))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if self._attempts:
+            self._idle.clear()
+            grace_over = asyncio.Event()
+            timer = self.clock.call_later(self.shutdown_grace_s, grace_over.set)
+            idle = asyncio.ensure_future(self._idle.wait())
+            over = asyncio.ensure_future(grace_over.wait())
+            await asyncio.wait((idle, over), return_when=asyncio.FIRST_COMPLETED)
+            timer.cancel()
+            idle.cancel()
+            over.cancel()
+        for a in list(self._attempts.values()):
+            a.token.fire(STOP_SHUTDOWN)
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        def on_signal(sig: signal.Signals) -> None:
+            if self._stop_requested.is_set():
+                log.warning("second %s: cancelling running attempts now", sig.name)
+                for a in list(self._attempts.values()):
+                    a.token.fire(STOP_SHUTDOWN)
+                return
+            log.info(
+                "%s: stopping after the running attempts (grace %.0fs)",
+                sig.name,
+                self.shutdown_grace_s,
+            )
+            self.stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
