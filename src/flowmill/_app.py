@@ -169,8 +169,10 @@ class App:
         """Register a handler as a task: `@app.task` or `@app.task(retry=..., timeout=...)`."""
 
         def register(f: F) -> TaskDef:
+            # A TaskDef of another app (stacked decorators) registers the same function here.
+            handler = f.fn if isinstance(f, TaskDef) else f
             tdef = make_task_def(
-                f,
+                handler,
                 name=name,
                 retry=retry,
                 timeout=timeout,

@@ -72,8 +72,8 @@ class WakeBus:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._peers: list[str] = []
         self._peers_at = 0.0
-        self._send_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._send_sock.setblocking(False)
+        self._send_sock: socket.socket | None = None  # made on first notify: building a
+        # store must not allocate anything that needs closing
 
     def listen(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind this process's socket (once) so that other processes can wake it."""
@@ -114,6 +114,9 @@ class WakeBus:
                 loop.call_soon_threadsafe(self._deliver, data)
         if self.directory is None:
             return
+        if self._send_sock is None:
+            self._send_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._send_sock.setblocking(False)
         for peer in self._peer_paths():
             if peer == self._path:
                 continue
@@ -148,4 +151,6 @@ class WakeBus:
             if self._path is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(self._path)
-        self._send_sock.close()
+        if self._send_sock is not None:
+            self._send_sock.close()
+            self._send_sock = None

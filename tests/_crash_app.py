@@ -1,0 +1,74 @@
+"""A task module for the crash tests, run in worker subprocesses.
+
+Each task writes its effect to a ledger database keyed by task id (idempotent, as real
+effects must be under at-least-once execution) and logs every execution separately, so a
+test can tell "each task's effect happened once" from "each task ran once".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import sys
+from datetime import timedelta
+
+import flowmill as fm
+
+
+def build(url: str, ledger: str) -> fm.App:
+    app = fm.App(url)
+
+    def record(task_id: str, n: int, attempt: int) -> None:
+        with sqlite3.connect(ledger, timeout=30) as conn:
+            conn.execute("INSERT INTO executions (task_id, n, pid, attempt) VALUES (?, ?, ?, ?)",
+                         (task_id, n, os.getpid(), attempt))
+            conn.execute("INSERT OR IGNORE INTO effects (task_id, n) VALUES (?, ?)", (task_id, n))
+
+    @app.task(name="effect", retry=fm.Retry(max_attempts=5, backoff=fm.Fixed(timedelta(0))))
+    async def effect(n: int, ctx: fm.Context) -> int:
+        await asyncio.sleep(0.02)  # the work: long enough for a kill to land mid-task
+        await asyncio.to_thread(record, ctx.task_id, n, ctx.attempt)
+        return n
+
+    @app.task(name="slow", retry=fm.Retry(max_attempts=5, backoff=fm.Fixed(timedelta(0))))
+    async def slow(n: int, ctx: fm.Context) -> int:
+        await asyncio.to_thread(record, ctx.task_id, n, ctx.attempt)
+        if ctx.attempt == 1:
+            await asyncio.sleep(3600)  # still running when the worker is killed
+        return n
+
+    @app.task(name="flaky",
+              retry=fm.Retry(max_attempts=3, backoff=fm.Fixed(timedelta(milliseconds=500))))
+    async def flaky(n: int, ctx: fm.Context) -> int:
+        await asyncio.to_thread(record, ctx.task_id, n, ctx.attempt)
+        if ctx.attempt == 1:
+            raise RuntimeError("first attempt fails")
+        return n
+
+    return app
+
+
+def init_ledger(path: str) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE effects (task_id TEXT PRIMARY KEY, n INTEGER)")
+        conn.execute("CREATE TABLE executions (task_id TEXT, n INTEGER, pid INTEGER, attempt INTEGER)")
+
+
+async def _main(url: str, ledger: str, until_idle: bool) -> None:
+    app = build(url, ledger)
+    worker = app.worker(concurrency=8, prefetch=8, lease_ttl=timedelta(seconds=1),
+                        reap_interval=timedelta(milliseconds=200),
+                        promote_interval=timedelta(milliseconds=100),
+                        poll_interval=timedelta(milliseconds=200),
+                        shutdown_grace=timedelta(seconds=1),
+                        cancel_grace=timedelta(milliseconds=300))
+    await app.open()
+    print("ready", flush=True)
+    await worker.run(install_signal_handlers=True, stop_when_idle=until_idle)
+    await app.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(_main(sys.argv[1], sys.argv[2], sys.argv[3] == "idle"))
