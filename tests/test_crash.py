@@ -131,3 +131,20 @@ async def test_sigterm_stops_gracefully_and_releases(tmp_path: Path) -> None:
         info = await app.get(h.id)
         assert (info.state, info.attempts) == (fm.State.READY, 0)
     await app.close()
+
+
+async def test_several_worker_processes_share_one_file(tmp_path: Path) -> None:
+    url, ledger = f"sqlite:///{tmp_path / 'jobs.db'}", tmp_path / "ledger.db"
+    _crash_app.init_ledger(str(ledger))
+    app = _crash_app.build(url, str(ledger))
+    n = 1000
+    handles = await app.submit_many("effect", range(n))
+    with worker_process(url, ledger, until_idle=True) as a, \
+            worker_process(url, ledger, until_idle=True) as b:
+        assert a.wait(timeout=120) == 0
+        assert b.wait(timeout=120) == 0
+    assert [await h.result(timeout=timedelta(seconds=30)) for h in handles] == list(range(n))
+    # No task ran twice: with no crash, at-least-once is exactly once.
+    assert ledger_count(ledger, "SELECT count(*) FROM executions") == n
+    assert ledger_count(ledger, "SELECT count(DISTINCT pid) FROM executions") == 2
+    await app.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,13 +39,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 MAX_KEY_LEN = 512
 
 
-def new_task_id() -> str:
-    """A time-ordered UUID (version 7 layout): sortable, unique across processes."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
-    value |= 0b10 << 62 | (rand & ((1 << 62) - 1))
-    return str(uuid.UUID(int=value))
+def new_task_id(_urandom: Callable[[int], bytes] = os.urandom) -> str:
+    """A time-ordered UUID (version 7 layout): sortable, unique across processes.
+
+    Built from hex strings rather than `uuid.UUID`: it is on the submit hot path.
+    """
+    h = (time.time_ns() // 1_000_000).to_bytes(6, "big").hex() + _urandom(10).hex()
+    variant = "89ab"[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-7{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
 
 
 def _dt(ms: int | None) -> datetime | None:

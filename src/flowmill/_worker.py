@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("flowmill.worker")
 
 UNHEALTHY_AFTER = 3  # consecutive failed renewals before an attempt is told to stop
+CANCEL_CHECK_INTERVAL_S = 0.5  # at most two cancel-driven renewals a second
 _BUSY_STATES = frozenset(
     {State.SCHEDULED, State.RUNNING, State.WAITING_CHILDREN, State.SUSPENDED, State.BLOCKED}
 )
@@ -168,6 +169,7 @@ class Worker:
         background = [
             loop.create_task(self._listen_for_work(), name="flowmill-listen"),
             loop.create_task(self._lease_keeper(), name="flowmill-leases"),
+            loop.create_task(self._cancel_watcher(), name="flowmill-cancels"),
             loop.create_task(self._maintenance(), name="flowmill-maintenance"),
         ]
         claim = loop.create_task(self._claim_loop(), name="flowmill-claim")
@@ -373,6 +375,20 @@ class Worker:
         while True:
             await self.clock.sleep(self.lease_ttl_ms / 3000)
             await self.renew_leases()
+
+    async def _cancel_watcher(self) -> None:
+        # A cancel request wakes waiters on the finish channel; renewing at once tells the
+        # attempt within about a second instead of at the next ttl/3 renewal. The channel
+        # also fires on every completion, hence the one-renewal-per-interval limit.
+        while True:
+            try:
+                await self.app.store.wait_for_finish(self.poll_s)
+            except StoreError:
+                await asyncio.sleep(self.poll_s)
+                continue
+            if self._attempts:
+                await self.renew_leases()
+                await asyncio.sleep(CANCEL_CHECK_INTERVAL_S)
 
     async def renew_leases(self) -> None:
         """Renew every held lease once (the background keeper calls this every ttl/3)."""
