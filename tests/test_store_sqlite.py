@@ -33,7 +33,9 @@ from flowmill.testing._conformance_wake import wait_until_woken
 
 class TestSQLiteStore(StoreConformance):
     @pytest.fixture(params=["file", "memory"])
-    async def store(self, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    async def store(
+        self, request: pytest.FixtureRequest, tmp_path: Path
+    ) -> AsyncIterator[SQLiteStore]:
         path = ":memory:" if request.param == "memory" else str(tmp_path / "flowmill.db")
         s = SQLiteStore(path)
         await s.open()
@@ -77,7 +79,7 @@ class TestOpen:
         assert mode == "wal"
 
     async def test_not_a_sqlite_file(self, db_path: str) -> None:
-        Path(db_path).write_bytes(b"this is not a database, just some text\n" * 200)
+        _write_junk(db_path)
         await _expect_open_error(db_path, SchemaError, "not a usable SQLite database")
 
     async def test_a_foreign_sqlite_database(self, db_path: str) -> None:
@@ -134,9 +136,12 @@ class TestOpen:
         finally:
             await second.close()
 
-    async def test_close_and_open_the_same_instance(self, opened: SQLiteStore) -> None:
+    async def test_close_and_open_the_same_instance(
+        self, opened: SQLiteStore, db_path: str
+    ) -> None:
         t = task()
         await opened.tasks_insert(TasksInsert([t], now_ms=T0))
+        await opened.wait_for_work(0)
         await opened.close()
         with pytest.raises(StoreError, match="not open"):
             await opened.task_get(t.id)
@@ -145,6 +150,14 @@ class TestOpen:
         await wait_until_woken(
             opened.wait_for_work, lambda: opened.tasks_insert(TasksInsert([task()]))
         )
+        other = SQLiteStore(db_path)  # and its wake-ups still reach other stores
+        await other.open()
+        try:
+            await wait_until_woken(
+                other.wait_for_work, lambda: opened.tasks_insert(TasksInsert([task()]))
+            )
+        finally:
+            await other.close()
 
     async def test_open_twice_is_harmless(self, opened: SQLiteStore) -> None:
         await opened.open()
@@ -294,13 +307,36 @@ class TestSharing:
             await a.close()
             await b.close()
 
+    async def test_a_waiter_that_just_arrived_is_woken(self, db_path: str) -> None:
+        a = SQLiteStore(db_path)
+        await a.open()
+        await a.wait_for_work(0)
+        try:
+            for _ in range(3):  # a has just listed its peers when each newcomer binds
+                await a.tasks_insert(TasksInsert([task()]))
+                b = SQLiteStore(db_path)
+                await b.open()
+                try:
+                    await wait_until_woken(
+                        b.wait_for_work, lambda: a.tasks_insert(TasksInsert([task()]))
+                    )
+                finally:
+                    await b.close()
+        finally:
+            await a.close()
+
     async def test_a_wake_up_from_another_process(self, opened: SQLiteStore, db_path: str) -> None:
         task_id = "from-the-other-process"
 
         async def insert_elsewhere() -> None:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _CHILD, db_path, task_id,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                sys.executable,
+                "-c",
+                _CHILD,
+                db_path,
+                task_id,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
             out, err = await proc.communicate()
             assert proc.returncode == 0, err.decode()
@@ -318,7 +354,7 @@ class TestSharing:
         sock.bind(dead)
         sock.close()  # the file stays, nobody listens: like a process that was killed
         await opened.tasks_insert(TasksInsert([task()]))
-        assert not os.path.exists(dead)
+        assert not _exists(dead)
 
 
 _CHILD = """
@@ -340,6 +376,14 @@ asyncio.run(main())
 """
 
 
+def _write_junk(path: str) -> None:
+    Path(path).write_bytes(b"this is not a database, just some text\n" * 200)
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
 def _set_meta(path: str, key: str, value: str) -> None:
     with closing(sqlite3.connect(path)) as conn:
         conn.execute("UPDATE fm_meta SET value = ? WHERE key = ?", (value, key))
@@ -348,5 +392,7 @@ def _set_meta(path: str, key: str, value: str) -> None:
 
 async def _pragma(store: SQLiteStore, name: str) -> object:
     """A pragma as the store's writer connection sees it."""
-    value: object = await store._write(lambda conn, tx: conn.execute(f"PRAGMA {name}").fetchone()[0])
+    value: object = await store._write(
+        lambda conn, tx: conn.execute(f"PRAGMA {name}").fetchone()[0]
+    )
     return value

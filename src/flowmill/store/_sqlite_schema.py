@@ -77,6 +77,14 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def not_a_database(exc: BaseException) -> bool:
+    """Whether SQLite says the file is not a database, or not a readable one."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(exc, sqlite3.DatabaseError) or code is None:
+        return False
+    return code & 0xFF in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)
+
+
 def _version(conn: sqlite3.Connection) -> int | None:
     """The stored schema version; None for an empty file; SchemaError for a foreign one."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -90,7 +98,12 @@ def _version(conn: sqlite3.Connection) -> int | None:
     rows = dict(conn.execute("SELECT key, value FROM fm_meta").fetchall())
     if rows.get("app") != APP_ID or "schema_version" not in rows:
         raise SchemaError("this database is not a flowmill database (fm_meta is not ours)")
-    return int(rows["schema_version"])
+    try:
+        return int(rows["schema_version"])
+    except ValueError:
+        raise SchemaError(
+            f"fm_meta holds an invalid schema version {rows['schema_version']!r}"
+        ) from None
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -98,7 +111,9 @@ def migrate(conn: sqlite3.Connection) -> int:
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.DatabaseError as exc:
-        raise SchemaError(f"cannot open the database: {exc}") from exc
+        if not_a_database(exc):
+            raise SchemaError(f"cannot open the database: {exc}") from exc
+        raise  # locked, busy, I/O: not a schema problem (translated by the caller)
     try:
         current = _version(conn)
         if current is not None and current > SCHEMA_VERSION:

@@ -16,6 +16,7 @@ T = TypeVar("T")
 
 # A job runs on the connection's thread; it may return notifications to send after commit.
 Job = Callable[[sqlite3.Connection, "Tx"], Any]
+_Item = tuple[Job, "asyncio.Future[Any]"]
 
 _MAX_GROUP = 256
 
@@ -60,7 +61,10 @@ class ConnectionThread:
         self._init = init
         self._writer = writer
         self._after_commit = after_commit
-        self._queue: queue.SimpleQueue[tuple[Job, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        # `_closed` and every put are under this lock, so nothing is queued after the drain.
+        self._lock = threading.Lock()
+        self._closed = False
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
@@ -71,11 +75,16 @@ class ConnectionThread:
 
     async def run(self, job: Job) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put((job, fut))
+        with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            self._queue.put((job, fut))
         return await fut
 
     def stop(self) -> None:
-        self._queue.put(None)
+        with self._lock:
+            if not self._closed:
+                self._queue.put(None)
         self._thread.join()
 
     def _main(self) -> None:
@@ -83,6 +92,7 @@ class ConnectionThread:
             conn = self._connect()
         except BaseException as exc:
             self._error = translate(exc)
+            self._closed = True
             self._ready.set()
             return
         if self._init is not None:
@@ -92,85 +102,134 @@ class ConnectionThread:
             except BaseException as exc:
                 conn.close()
                 self._error = translate(exc)
+                self._closed = True
                 self._ready.set()
                 return
         self._ready.set()
         try:
-            while True:
-                first = self._queue.get()
-                if first is None:
-                    return
-                group = [first]
-                stop = False
+            self._serve(conn)
+        finally:
+            with self._lock:
+                self._closed = True
+            _fail_all(self._drain(), StoreError("the store is closed"))
+            conn.close()
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            stop = False
+            if self._writer:
+                while len(group) < _MAX_GROUP:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stop = True
+                        break
+                    group.append(item)
+            try:
                 if self._writer:
-                    while len(group) < _MAX_GROUP:
-                        try:
-                            item = self._queue.get_nowait()
-                        except queue.Empty:
-                            break
-                        if item is None:
-                            stop = True
-                            break
-                        group.append(item)
                     self._run_group(conn, group)
                 else:
                     self._run_single(conn, first)
-                if stop:
-                    return
-        finally:
-            conn.close()
+            except BaseException as exc:  # a bug here must not leave callers waiting forever
+                _fail_all(group, translate(exc))
+                if not isinstance(exc, Exception):
+                    raise
+            if stop:
+                return
 
-    def _run_single(self, conn: sqlite3.Connection, item: tuple[Job, asyncio.Future[Any]]) -> None:
+    def _drain(self) -> list[_Item]:
+        items: list[_Item] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return items
+            if item is not None:
+                items.append(item)
+
+    def _run_single(self, conn: sqlite3.Connection, item: _Item) -> None:
+        """A read: one deferred transaction, so that all its statements see one snapshot."""
         job, fut = item
         try:
-            outcome: tuple[bool, Any] = (True, job(conn, Tx()))
+            conn.execute("BEGIN")
+            try:
+                outcome: tuple[bool, Any] = (True, job(conn, Tx()))
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
         except BaseException as exc:
             outcome = (False, translate(exc))
         _settle_all([(fut, outcome)])
 
-    def _run_group(
-        self, conn: sqlite3.Connection, group: list[tuple[Job, asyncio.Future[Any]]]
-    ) -> None:
-        outcomes: list[tuple[asyncio.Future[Any], tuple[bool, Any]]] = []
-        tx = Tx()
+    def _run_group(self, conn: sqlite3.Connection, group: list[_Item]) -> None:
+        """Run jobs in one transaction, each in a savepoint; commit once; then answer all.
+
+        A job that fails is rolled back to its savepoint and answered with its error. If the
+        whole transaction is gone (the job ended it, or SQLite rolled it back on an I/O or
+        disk-full error), the jobs before it were undone too: they run again in a new group.
+        """
         try:
             conn.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
-            err = translate(exc)
-            _settle_all([(fut, (False, err)) for _, fut in group])
+            _fail_all(group, translate(exc))
             return
-        single = len(group) == 1
-        for job, fut in group:
+        tx = Tx()
+        outcomes: list[tuple[asyncio.Future[Any], tuple[bool, Any]]] = []
+        for index, (job, fut) in enumerate(group):
             job_tx = Tx()
             try:
-                if not single:
-                    conn.execute("SAVEPOINT job")
+                conn.execute("SAVEPOINT job")
                 value = job(conn, job_tx)
-                if not single:
-                    conn.execute("RELEASE job")
-                outcomes.append((fut, (True, value)))
-                for ch in job_tx.notify:
-                    tx.wake(bytes([ch]))
+                conn.execute("RELEASE job")
             except BaseException as exc:
-                if not single:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                else:
-                    conn.execute("ROLLBACK")
+                if not _rollback_to_savepoint(conn):
                     _settle_all([(fut, (False, translate(exc)))])
+                    rest = group[:index] + group[index + 1 :]
+                    if rest:
+                        self._run_group(conn, rest)
                     return
                 outcomes.append((fut, (False, translate(exc))))
+                continue
+            outcomes.append((fut, (True, value)))
+            for ch in job_tx.notify:
+                tx.wake(bytes([ch]))
         try:
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            err = translate(exc)
-            _settle_all([(fut, (False, err)) for _, fut in group])
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            _fail_all(group, translate(exc))
             return
         if tx.notify:
-            self._after_commit(tx.notify)
+            with contextlib.suppress(Exception):  # a wake-up is a hint; the commit stands
+                self._after_commit(tx.notify)
         _settle_all(outcomes)
+
+
+def _rollback_to_savepoint(conn: sqlite3.Connection) -> bool:
+    """Undo the failed job; False when the group's transaction is gone as a whole."""
+    if not conn.in_transaction:
+        return False
+    try:
+        conn.execute("ROLLBACK TO job")
+        conn.execute("RELEASE job")
+    except sqlite3.Error:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        return False
+    return True
+
+
+def _fail_all(items: list[_Item], error: BaseException) -> None:
+    _settle_all([(fut, (False, error)) for _, fut in items])
 
 
 def _settle_all(outcomes: list[tuple[asyncio.Future[Any], tuple[bool, Any]]]) -> None:

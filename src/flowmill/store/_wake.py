@@ -21,7 +21,9 @@ from typing import Any
 WORK = b"w"
 FINISH = b"f"
 
-_LIST_TTL_S = 0.25
+# Directory timestamps are coarse (a clock tick of a few ms): a listing taken this soon
+# after the directory's last change may miss a socket bound later in the same tick.
+_RACY_NS = 50_000_000
 
 
 class Pulse:
@@ -71,7 +73,9 @@ class WakeBus:
         self._path: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._peers: list[str] = []
-        self._peers_at = 0.0
+        # The peer list is reused while the directory's mtime stays what it was when listed.
+        self._peers_mtime: int | None = None
+        self._peers_racy = True
         self._send_sock: socket.socket | None = None  # made on first notify: building a
         # store must not allocate anything that needs closing
 
@@ -86,7 +90,7 @@ class WakeBus:
         sock.setblocking(False)
         sock.bind(path)
         self._sock, self._path = sock, path
-        self._peers_at = 0.0
+        self._peers_mtime = None
         loop.add_reader(sock.fileno(), self._on_readable)
 
     def _on_readable(self) -> None:
@@ -126,19 +130,30 @@ class WakeBus:
                 # The process that bound it is gone: tidy up after it.
                 with contextlib.suppress(OSError):
                     os.unlink(peer)
-                self._peers_at = 0.0
+                self._peers_mtime = None
             except OSError:
                 pass  # a full buffer means that peer already has a wake-up pending
 
     def _peer_paths(self) -> list[str]:
-        now = time.monotonic()
-        if now - self._peers_at > _LIST_TTL_S:
-            assert self.directory is not None
+        """The sockets in the directory; listed again whenever the directory has changed.
+
+        A time-based cache would hide a waiter that binds just after a listing until the
+        cache ran out; one stat per notify is cheap and exact.
+        """
+        assert self.directory is not None
+        try:
+            mtime = os.stat(self.directory).st_mtime_ns
+        except FileNotFoundError:
+            self._peers, self._peers_mtime = [], None
+            return self._peers
+        if mtime != self._peers_mtime or self._peers_racy:
+            listed_at = time.time_ns()
             try:
                 self._peers = [e.path for e in os.scandir(self.directory) if e.name.endswith(".s")]
             except FileNotFoundError:
                 self._peers = []
-            self._peers_at = now
+            self._peers_mtime = mtime
+            self._peers_racy = listed_at - mtime < _RACY_NS
         return self._peers
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from .._errors import (
+    ConfigurationError,
     DuplicateTask,
     IllegalTransition,
     LeaseLost,
@@ -20,6 +21,7 @@ from .._errors import (
 from .._states import TERMINAL, TRANSITIONS, Phase, State, can_transition, sources_of
 from . import _wake
 from ._base import (
+    ON_DUPLICATE_CHOICES,
     CancelOutcome,
     ClaimedRow,
     CountRow,
@@ -34,6 +36,7 @@ from ._base import (
     InsertStatus,
     LeasesExpired,
     LeasesRenew,
+    NewTask,
     RenewOutcome,
     ResultRow,
     TaskCancel,
@@ -48,7 +51,7 @@ from ._base import (
     TasksPromote,
 )
 from ._serde import decode_error, decode_tags, encode_error, encode_tags
-from ._sqlite_schema import migrate
+from ._sqlite_schema import migrate, not_a_database
 from ._threads import ConnectionThread, Tx
 
 Synchronous = Literal["FULL", "NORMAL"]
@@ -66,10 +69,12 @@ def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _check_parent_dir(path: str) -> None:
+def _check_path(path: str) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise StoreError(f"cannot open {path}: directory {parent} does not exist")
+    if os.path.isdir(path):
+        raise StoreError(f"cannot open {path}: it is a directory, not a database file")
 
 
 def _marks(n: int) -> str:
@@ -101,18 +106,21 @@ class SQLiteStore:
     # -- lifecycle -------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        if self.memory:
-            assert self._uri is not None
-            conn = sqlite3.connect(
-                self._uri, uri=True, isolation_level=None, check_same_thread=False
-            )
-        else:
-            conn = sqlite3.connect(
-                self.path,
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=self.busy_timeout_ms / 1000,
-            )
+        try:
+            if self.memory:
+                assert self._uri is not None
+                conn = sqlite3.connect(
+                    self._uri, uri=True, isolation_level=None, check_same_thread=False
+                )
+            else:
+                conn = sqlite3.connect(
+                    self.path,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=self.busy_timeout_ms / 1000,
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             if not self.memory:
@@ -122,18 +130,22 @@ class SQLiteStore:
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA temp_store = MEMORY")
             conn.execute("PRAGMA cache_size = -32000")
-        except sqlite3.DatabaseError as exc:
+        except BaseException as exc:
             conn.close()
-            raise SchemaError(f"{self.path} is not a usable SQLite database: {exc}") from exc
+            if not_a_database(exc):
+                raise SchemaError(f"{self.path} is not a usable SQLite database: {exc}") from exc
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open {self.path}: {exc}") from exc
+            raise
         return conn
 
     async def open(self) -> None:
         if self._writer is not None:
             return
         if not self.memory:
-            _check_parent_dir(self.path)
+            _check_path(self.path)
         # Thread start-up (connect + migrate) blocks briefly; keep it off the event loop.
-        self._writer = await asyncio.to_thread(
+        writer = await asyncio.to_thread(
             ConnectionThread,
             "flowmill-sqlite-writer",
             self._connect,
@@ -142,13 +154,22 @@ class SQLiteStore:
             init=migrate,
         )
         # An in-memory database lives in one connection: reads go through the writer.
-        self._reader = (
-            self._writer
-            if self.memory
-            else ConnectionThread(
-                "flowmill-sqlite-reader", self._connect, writer=False, after_commit=self._bus.notify
+        try:
+            reader = (
+                writer
+                if self.memory
+                else await asyncio.to_thread(
+                    ConnectionThread,
+                    "flowmill-sqlite-reader",
+                    self._connect,
+                    writer=False,
+                    after_commit=self._bus.notify,
+                )
             )
-        )
+        except BaseException:
+            writer.stop()
+            raise
+        self._writer, self._reader = writer, reader
 
     async def close(self) -> None:
         if self._reader is not None and self._reader is not self._writer:
@@ -290,30 +311,73 @@ _ACTIVE_LIST = tuple(s.value for s in State if not s.terminal)
 _REPLACEABLE = (State.SCHEDULED.value, State.READY.value, State.BLOCKED.value)
 
 
+def _key_holder(c: sqlite3.Connection, kind: str, key: str) -> tuple[str, str] | None:
+    """(id, state) of the active task holding this dedup key, if any."""
+    row: tuple[str, str] | None = c.execute(
+        "SELECT id, state FROM fm_tasks WHERE kind = ? AND dedup_key = ? "
+        f"AND state IN ({_marks(len(_ACTIVE_LIST))})",
+        (kind, key, *_ACTIVE_LIST),
+    ).fetchone()
+    return row
+
+
+def _task_row(
+    t: NewTask, task_id: str, state: State, run_at: int | None, expires_at: int | None, now: int
+) -> tuple[Any, ...]:
+    return (
+        task_id,
+        t.kind,
+        t.queue,
+        t.priority,
+        state.value,
+        t.payload,
+        t.dedup_key,
+        t.parent_id,
+        encode_tags(t.tags),
+        t.max_attempts,
+        t.retry_policy,
+        t.timeout_ms,
+        now,
+        now,
+        run_at,
+        expires_at,
+    )
+
+
 def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome]:
+    """Insert a batch as if its tasks were inserted one after another, in one transaction."""
+    if p.on_duplicate not in ON_DUPLICATE_CHOICES:
+        raise ConfigurationError(
+            f"on_duplicate must be one of {', '.join(ON_DUPLICATE_CHOICES)}, got {p.on_duplicate!r}"
+        )
     now = p.now_ms if p.now_ms is not None else _wall_ms()
     outcomes: list[InsertOutcome] = []
     rows: list[tuple[Any, ...]] = []
-    events: list[tuple[Any, ...]] = []
-    seen_keys: dict[tuple[str, str], str] = {}
+    events: list[tuple[Any, ...]] = []  # events[i] records rows[i]
+    replaced: list[tuple[Any, ...]] = []  # events of tasks already stored, rewritten here
+    batch_keys: dict[tuple[str, str], int] = {}  # (kind, key) -> index in rows
     any_ready = False
     for t in p.tasks:
         run_at = now + t.delay_ms if t.delay_ms is not None else t.run_at_ms
         state = State.SCHEDULED if run_at is not None and run_at > now else State.READY
         expires_at = now + t.ttl_ms if t.ttl_ms is not None else None
         if t.dedup_key is not None:
-            existing = seen_keys.get((t.kind, t.dedup_key))
-            if existing is None:
-                row = c.execute(
-                    "SELECT id, state FROM fm_tasks WHERE kind = ? AND dedup_key = ? "
-                    f"AND state IN ({_marks(len(_ACTIVE_LIST))})",
-                    (t.kind, t.dedup_key, *_ACTIVE_LIST),
-                ).fetchone()
-                existing_state = row[1] if row else None
-                existing = row[0] if row else None
-            else:
-                existing_state = None  # inserted earlier in this same batch
-            if existing is not None:
+            index = batch_keys.get((t.kind, t.dedup_key))
+            if index is not None:  # an earlier task of this batch holds the key
+                first_id = rows[index][0]
+                if p.on_duplicate == "reject":
+                    raise DuplicateTask(t.dedup_key, first_id)
+                if p.on_duplicate == "replace":
+                    rows[index] = _task_row(t, first_id, state, run_at, expires_at, now)
+                    events[index] = (first_id, t.kind, state.value, now, None)
+                    any_ready = any_ready or state is State.READY
+                    outcomes.append(InsertOutcome(first_id, InsertStatus.REPLACED))
+                else:
+                    outcomes.append(InsertOutcome(first_id, InsertStatus.SKIPPED))
+                continue
+            row = _key_holder(c, t.kind, t.dedup_key)
+            if row is not None:
+                existing, existing_state = row
                 if p.on_duplicate == "reject":
                     raise DuplicateTask(t.dedup_key, existing)
                 if p.on_duplicate == "replace" and existing_state in _REPLACEABLE:
@@ -336,40 +400,21 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
                             existing,
                         ),
                     )
-                    events.append((existing, t.kind, state.value, now, "replaced"))
+                    replaced.append((existing, t.kind, state.value, now, "replaced"))
                     any_ready = any_ready or state is State.READY
                     outcomes.append(InsertOutcome(existing, InsertStatus.REPLACED))
                 else:
                     outcomes.append(InsertOutcome(existing, InsertStatus.SKIPPED))
                 continue
-            seen_keys[(t.kind, t.dedup_key)] = t.id
+            batch_keys[(t.kind, t.dedup_key)] = len(rows)
+        rows.append(_task_row(t, t.id, state, run_at, expires_at, now))
         any_ready = any_ready or state is State.READY
-        rows.append(
-            (
-                t.id,
-                t.kind,
-                t.queue,
-                t.priority,
-                state.value,
-                t.payload,
-                t.dedup_key,
-                t.parent_id,
-                encode_tags(t.tags),
-                t.max_attempts,
-                t.retry_policy,
-                t.timeout_ms,
-                now,
-                now,
-                run_at,
-                expires_at,
-            )
-        )
         events.append((t.id, t.kind, state.value, now, None))
         outcomes.append(InsertOutcome(t.id, InsertStatus.INSERTED))
     if rows:
         c.executemany(_INSERT_SQL, rows)
-    if events:
-        c.executemany(_EVENT_SQL, events)
+    if events or replaced:
+        c.executemany(_EVENT_SQL, events + replaced)
     if any_ready:
         tx.wake(_wake.WORK)
     return outcomes
@@ -385,7 +430,8 @@ def _claim(c: sqlite3.Connection, tx: Tx, p: TasksClaim) -> list[ClaimedRow]:
         "cancel_requested = 0, last_finish = NULL, started_at = ?, updated_at = ? "
         "WHERE seq IN (SELECT seq FROM fm_tasks WHERE state = 'ready' "
         f"AND queue IN ({_marks(len(queues))}) AND kind IN ({_marks(len(kinds))}) "
-        "AND (expires_at IS NULL OR expires_at > ?) ORDER BY priority DESC, seq LIMIT ?) "
+        "AND (expires_at IS NULL OR expires_at > ? OR started_at IS NOT NULL) "
+        "ORDER BY priority DESC, seq LIMIT ?) "
         "RETURNING seq, id, kind, queue, priority, payload, phase, memo, attempts, "
         "max_attempts, retry_policy, timeout_ms, lease_epoch, parent_id",
         (p.worker_id, expires, now, now, *queues, *kinds, now, p.limit),
@@ -432,6 +478,11 @@ def _renew(c: sqlite3.Connection, p: LeasesRenew) -> list[RenewOutcome]:
 
 _FINISH_TARGETS = frozenset(t for (s, t) in TRANSITIONS if s is State.RUNNING)
 _TTL_ERROR = ErrorInfo("Expired", "the task was not started before its ttl ran out", "ttl")
+_CANCELLED_ON_RETRY = ErrorInfo(
+    "Cancelled",
+    "cancel was requested while the attempt ran; it ended asking for a retry",
+    "cancelled",
+)
 
 
 def _finish(c: sqlite3.Connection, tx: Tx, p: TasksFinish) -> list[FinishOutcome]:
@@ -442,27 +493,29 @@ def _finish(c: sqlite3.Connection, tx: Tx, p: TasksFinish) -> list[FinishOutcome
     for f in p.items:
         if f.target not in _FINISH_TARGETS:
             raise StoreError(f"a running task cannot be finished as {f.target}")
-        terminal = f.target in TERMINAL
+        target = f.target
         run_at = None
-        if f.target is State.SCHEDULED:
+        if target is State.SCHEDULED:
             run_at = now + f.delay_ms if f.delay_ms is not None else f.run_at_ms
             if run_at is None:
                 raise StoreError("a finish to scheduled needs delay_ms or run_at_ms")
         err = encode_error(f.error)
+        # `last_finish` keeps the requested target: a repeat of this call is then ALREADY.
         row = c.execute(
             "UPDATE fm_tasks SET state = ?, last_finish = ?, lease_owner = NULL, "
-            "lease_expires_at = NULL, error = coalesce(?, error), run_at = ?, updated_at = ?, "
-            "finished_at = ?, attempts = attempts - ? "
+            "lease_expires_at = NULL, error = CASE WHEN ? THEN NULL ELSE coalesce(?, error) END, "
+            "run_at = ?, updated_at = ?, finished_at = ?, attempts = attempts - ? "
             "WHERE id = ? AND lease_epoch = ? AND state = 'running' "
             + ("AND lease_expires_at < ? " if f.expired_lease else "AND ? IS NULL ")
-            + "RETURNING kind",
+            + "RETURNING kind, cancel_requested",
             (
-                f.target.value,
-                f.target.value,
+                target.value,
+                target.value,
+                target is State.COMPLETED,
                 err,
                 run_at,
                 now,
-                now if terminal else None,
+                now if target in TERMINAL else None,
                 1 if f.release else 0,
                 f.task_id,
                 f.epoch,
@@ -472,14 +525,25 @@ def _finish(c: sqlite3.Connection, tx: Tx, p: TasksFinish) -> list[FinishOutcome
         if row is None:
             out.append(_finish_refused(c, f))
             continue
-        kind = row[0]
-        events.append((f.task_id, kind, f.target.value, now, f.error.category if f.error else None))
-        if terminal:
-            results.append((f.task_id, f.target.value, f.result, err, now))
+        kind, cancel_requested = row
+        detail = f.error.category if f.error else None
+        if cancel_requested and target not in TERMINAL:
+            # Cancelled while running, and the attempt asked for another: the cancel wins,
+            # or the next claim would clear the request and run the task again.
+            target, err = State.CANCELLED, encode_error(_CANCELLED_ON_RETRY)
+            c.execute(
+                "UPDATE fm_tasks SET state = 'cancelled', error = ?, run_at = NULL, "
+                "finished_at = ? WHERE id = ?",
+                (err, now, f.task_id),
+            )
+            detail = "cancel requested"
+        events.append((f.task_id, kind, target.value, now, detail))
+        if target in TERMINAL:
+            results.append((f.task_id, target.value, f.result, err, now))
             tx.wake(_wake.FINISH)
-        elif f.target is State.READY:
+        elif target is State.READY:
             tx.wake(_wake.WORK)
-        out.append(FinishOutcome(f.task_id, FinishStatus.APPLIED, f.target))
+        out.append(FinishOutcome(f.task_id, FinishStatus.APPLIED, target))
     if results:
         c.executemany(
             "INSERT OR REPLACE INTO fm_results (task_id, state, result, error, finished_at) "
@@ -520,7 +584,7 @@ def _expire(c: sqlite3.Connection, tx: Tx, p: TasksExpire) -> int:
     rows = c.execute(
         "UPDATE fm_tasks SET state = 'expired', error = ?, updated_at = ?, finished_at = ? "
         "WHERE seq IN (SELECT seq FROM fm_tasks WHERE state = 'ready' AND expires_at <= ? "
-        "ORDER BY expires_at LIMIT ?) RETURNING id, kind",
+        "AND started_at IS NULL ORDER BY expires_at LIMIT ?) RETURNING id, kind",
         (err, now, now, now, p.limit),
     ).fetchall()
     if rows:
@@ -580,12 +644,19 @@ def _cancel(c: sqlite3.Connection, tx: Tx, p: TaskCancel) -> CancelOutcome:
 
 def _retry(c: sqlite3.Connection, tx: Tx, p: TaskRetry) -> State:
     now = p.now_ms if p.now_ms is not None else _wall_ms()
-    row = c.execute("SELECT state, kind FROM fm_tasks WHERE id = ?", (p.task_id,)).fetchone()
+    row = c.execute(
+        "SELECT state, kind, dedup_key FROM fm_tasks WHERE id = ?", (p.task_id,)
+    ).fetchone()
     if row is None:
         raise TaskNotFound(p.task_id)
-    state = State(row[0])
+    state, kind, key = State(row[0]), row[1], row[2]
     if not can_transition(state, State.READY) or state not in (State.FAILED, State.DEAD_LETTERED):
         raise IllegalTransition(state.value, State.READY.value)
+    if key is not None:
+        # The key was freed when this task ended; a newer task may hold it now.
+        holder = _key_holder(c, kind, key)
+        if holder is not None:
+            raise DuplicateTask(key, holder[0])
     c.execute(
         "UPDATE fm_tasks SET state = 'ready', attempts = 0, error = NULL, finished_at = NULL, "
         "run_at = NULL, last_finish = NULL, cancel_requested = 0, progress_pct = NULL, "
@@ -593,7 +664,7 @@ def _retry(c: sqlite3.Connection, tx: Tx, p: TaskRetry) -> State:
         (now, p.task_id),
     )
     c.execute("DELETE FROM fm_results WHERE task_id = ?", (p.task_id,))
-    c.execute(_EVENT_SQL, (p.task_id, row[1], "ready", now, "operator retry"))
+    c.execute(_EVENT_SQL, (p.task_id, kind, "ready", now, "operator retry"))
     tx.wake(_wake.WORK)
     return State.READY
 

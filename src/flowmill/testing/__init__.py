@@ -1,0 +1,13 @@
+"""Test support shipped with flowmill: the store conformance suite every backend runs.
+
+from flowmill.testing import StoreConformance
+
+class TestMyStore(StoreConformance):
+    @pytest.fixture
+    async def store(self): ...   # yield an open, empty store; close it afterwards
+"""
+
+from ._conformance import StoreConformance
+from ._docs import mermaid_diagram, states_table
+
+__all__ = ["StoreConformance", "mermaid_diagram", "states_table"]

@@ -1,0 +1,45 @@
+"""The store conformance suite: the tests every backend must pass to be done.
+
+A backend's test module subclasses `StoreConformance` (as `TestMyStore`) and provides an
+async fixture `store` that yields an open, empty store, isolated from every other test,
+and closes it afterwards. Tests drive time through `now_ms=`; none sleeps for a timer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from ..store._base import Store
+from ._conformance_claim import ClaimConformance, ProgressConformance, RenewConformance
+from ._conformance_finish import FinishConformance, TerminalConformance
+from ._conformance_insert import DedupConformance, InsertConformance
+from ._conformance_ops import InspectConformance, MaintenanceConformance, OperatorConformance
+from ._conformance_util import assert_history_legal
+from ._conformance_wake import ClockConformance, WakeConformance
+from ._conformance_walk import WalkConformance
+
+
+class StoreConformance(
+    InsertConformance,
+    DedupConformance,
+    ClaimConformance,
+    RenewConformance,
+    ProgressConformance,
+    FinishConformance,
+    TerminalConformance,
+    MaintenanceConformance,
+    OperatorConformance,
+    InspectConformance,
+    WakeConformance,
+    ClockConformance,
+    WalkConformance,
+):
+    """Every behaviour of the `Store` contract. Subclass it as `Test...` with a `store` fixture."""
+
+    @pytest.fixture(autouse=True)
+    async def _history_is_legal(self, store: Store) -> AsyncIterator[None]:
+        """After every test: each move the store recorded is in TRANSITIONS."""
+        yield
+        await assert_history_legal(store)
