@@ -52,6 +52,7 @@ TRANSITIONS: Final[dict[tuple[State, State], str]] = {
     (S.BLOCKED, S.SKIPPED): "dependency resolver: upstream failed or condition false",
     (S.BLOCKED, S.CANCELLED): "cancel",
     (S.READY, S.RUNNING): "claim",
+    (S.READY, S.SCHEDULED): "dedup replace with a later run_at",
     (S.READY, S.CANCELLED): "cancel",
     (S.READY, S.EXPIRED): "ttl reached before any claim",
     (S.RUNNING, S.COMPLETED): "complete",

@@ -42,7 +42,7 @@ _OPS = (
     *("stale", "renew", "promote", "expire", "reap", "cancel", "retry", "progress"),
 )
 # Not "replace": it may move a ready task back to scheduled, a move TRANSITIONS lacks.
-_MODES: tuple[OnDuplicate, ...] = ("skip", "skip", "reject")
+_MODES: tuple[OnDuplicate, ...] = ("skip", "replace", "reject")
 _LEASE_ERROR = ErrorInfo("LeaseExpired", "lease expired", "lease_expired")
 
 
