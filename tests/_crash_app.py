@@ -21,8 +21,10 @@ def build(url: str, ledger: str) -> fm.App:
 
     def record(task_id: str, n: int, attempt: int) -> None:
         with sqlite3.connect(ledger, timeout=30) as conn:
-            conn.execute("INSERT INTO executions (task_id, n, pid, attempt) VALUES (?, ?, ?, ?)",
-                         (task_id, n, os.getpid(), attempt))
+            conn.execute(
+                "INSERT INTO executions (task_id, n, pid, attempt) VALUES (?, ?, ?, ?)",
+                (task_id, n, os.getpid(), attempt),
+            )
             conn.execute("INSERT OR IGNORE INTO effects (task_id, n) VALUES (?, ?)", (task_id, n))
 
     @app.task(name="effect", retry=fm.Retry(max_attempts=5, backoff=fm.Fixed(timedelta(0))))
@@ -38,8 +40,9 @@ def build(url: str, ledger: str) -> fm.App:
             await asyncio.sleep(3600)  # still running when the worker is killed
         return n
 
-    @app.task(name="flaky",
-              retry=fm.Retry(max_attempts=3, backoff=fm.Fixed(timedelta(milliseconds=500))))
+    @app.task(
+        name="flaky", retry=fm.Retry(max_attempts=3, backoff=fm.Fixed(timedelta(milliseconds=500)))
+    )
     async def flaky(n: int, ctx: fm.Context) -> int:
         await asyncio.to_thread(record, ctx.task_id, n, ctx.attempt)
         if ctx.attempt == 1:
@@ -53,17 +56,23 @@ def init_ledger(path: str) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("CREATE TABLE effects (task_id TEXT PRIMARY KEY, n INTEGER)")
-        conn.execute("CREATE TABLE executions (task_id TEXT, n INTEGER, pid INTEGER, attempt INTEGER)")
+        conn.execute(
+            "CREATE TABLE executions (task_id TEXT, n INTEGER, pid INTEGER, attempt INTEGER)"
+        )
 
 
 async def _main(url: str, ledger: str, until_idle: bool) -> None:
     app = build(url, ledger)
-    worker = app.worker(concurrency=8, prefetch=8, lease_ttl=timedelta(seconds=1),
-                        reap_interval=timedelta(milliseconds=200),
-                        promote_interval=timedelta(milliseconds=100),
-                        poll_interval=timedelta(milliseconds=200),
-                        shutdown_grace=timedelta(seconds=1),
-                        cancel_grace=timedelta(milliseconds=300))
+    worker = app.worker(
+        concurrency=8,
+        prefetch=8,
+        lease_ttl=timedelta(seconds=1),
+        reap_interval=timedelta(milliseconds=200),
+        promote_interval=timedelta(milliseconds=100),
+        poll_interval=timedelta(milliseconds=200),
+        shutdown_grace=timedelta(seconds=1),
+        cancel_grace=timedelta(milliseconds=300),
+    )
     await app.open()
     print("ready", flush=True)
     await worker.run(install_signal_handlers=True, stop_when_idle=until_idle)

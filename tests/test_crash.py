@@ -28,9 +28,18 @@ ROOT = Path(__file__).resolve().parent.parent
 def worker_process(url: str, ledger: Path, *, until_idle: bool) -> Iterator[subprocess.Popen[str]]:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests._crash_app", url, str(ledger),
-         "idle" if until_idle else "forever"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tests._crash_app",
+            url,
+            str(ledger),
+            "idle" if until_idle else "forever",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -65,8 +74,10 @@ async def test_sigkill_mid_run_every_task_completes_with_one_effect(tmp_path: Pa
     n = 300
     handles = await app.submit_many("effect", range(n))
     with worker_process(url, ledger, until_idle=False) as first:
-        wait_for(lambda: ledger_count(ledger, "SELECT count(*) FROM effects") >= 60,
-                 what="the first worker to make progress")
+        wait_for(
+            lambda: ledger_count(ledger, "SELECT count(*) FROM effects") >= 60,
+            what="the first worker to make progress",
+        )
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
     in_flight = len(await app.list_tasks(states=[fm.State.RUNNING], limit=1000))
@@ -93,9 +104,10 @@ async def test_restart_with_tasks_scheduled_running_and_retrying(tmp_path: Path)
     slow = await app.submit_many("slow", range(100, 104))
     flaky = await app.submit_many("flaky", range(200, 210))
     with worker_process(url, ledger, until_idle=False) as first:
-        wait_for(lambda: ledger_count(
-            ledger, "SELECT count(*) FROM executions WHERE n >= 100") >= 14,
-            what="slow tasks running and flaky tasks failed once")
+        wait_for(
+            lambda: ledger_count(ledger, "SELECT count(*) FROM executions WHERE n >= 100") >= 14,
+            what="slow tasks running and flaky tasks failed once",
+        )
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
     states = {t.id: t.state for t in await app.list_tasks(limit=100)}
@@ -103,8 +115,11 @@ async def test_restart_with_tasks_scheduled_running_and_retrying(tmp_path: Path)
     assert fm.State.SCHEDULED in {states[h.id] for h in scheduled}
     with worker_process(url, ledger, until_idle=True) as second:
         assert second.wait(timeout=120) == 0
-    for group, values in ((scheduled, range(10)), (slow, range(100, 104)),
-                          (flaky, range(200, 210))):
+    for group, values in (
+        (scheduled, range(10)),
+        (slow, range(100, 104)),
+        (flaky, range(200, 210)),
+    ):
         assert [await h.result(timeout=timedelta(seconds=30)) for h in group] == list(values)
     for h in slow:
         info = await app.get(h.id)
@@ -121,8 +136,10 @@ async def test_sigterm_stops_gracefully_and_releases(tmp_path: Path) -> None:
     app = _crash_app.build(url, str(ledger))
     slow = await app.submit_many("slow", range(3))
     with worker_process(url, ledger, until_idle=False) as proc:
-        wait_for(lambda: ledger_count(ledger, "SELECT count(*) FROM executions") >= 3,
-                 what="slow tasks to start")
+        wait_for(
+            lambda: ledger_count(ledger, "SELECT count(*) FROM executions") >= 3,
+            what="slow tasks to start",
+        )
         proc.send_signal(signal.SIGTERM)
         # The handlers ignore the stop request; after the grace periods they are cancelled
         # and their tasks released without spending an attempt.
@@ -139,8 +156,10 @@ async def test_several_worker_processes_share_one_file(tmp_path: Path) -> None:
     app = _crash_app.build(url, str(ledger))
     n = 1000
     handles = await app.submit_many("effect", range(n))
-    with worker_process(url, ledger, until_idle=True) as a, \
-            worker_process(url, ledger, until_idle=True) as b:
+    with (
+        worker_process(url, ledger, until_idle=True) as a,
+        worker_process(url, ledger, until_idle=True) as b,
+    ):
         assert a.wait(timeout=120) == 0
         assert b.wait(timeout=120) == 0
     assert [await h.result(timeout=timedelta(seconds=30)) for h in handles] == list(range(n))

@@ -110,7 +110,9 @@ async def _is(app: fm.App, task_id: str, state: fm.State) -> bool:
     return await state_of(app, task_id) is state
 
 
-async def test_fail_is_not_retried_and_retry_later_counts(app: fm.App, clock: fm.ManualClock) -> None:
+async def test_fail_is_not_retried_and_retry_later_counts(
+    app: fm.App, clock: fm.ManualClock
+) -> None:
     @app.task(retry=fm.Retry(max_attempts=5))
     async def refuse(job: Job) -> None:
         raise fm.Fail("bad input", category="validation")
@@ -183,15 +185,18 @@ async def test_result_of_the_wrong_type_fails_the_task(app: fm.App) -> None:
     assert (err.value.state, err.value.category) == ("failed", "result_error")
 
 
-async def test_expired_lease_is_reaped_on_the_store_clock(app: fm.App, clock: fm.ManualClock) -> None:
+async def test_expired_lease_is_reaped_on_the_store_clock(
+    app: fm.App, clock: fm.ManualClock
+) -> None:
     @app.task(retry=fm.Retry(max_attempts=2, backoff=fm.Fixed(timedelta(0))))
     async def work(job: Job) -> int:
         return job.n
 
     h = await app.submit(work, Job(5))
     # A worker claims it and dies without a word.
-    [row] = await app.store.tasks_claim(TasksClaim("dead-worker", ["default"], [work.name], 1,
-                                                   30_000, clock.store_now()))
+    [row] = await app.store.tasks_claim(
+        TasksClaim("dead-worker", ["default"], [work.name], 1, 30_000, clock.store_now())
+    )
     worker = app.worker(lease_ttl=TTL)
     async with running(worker):
         await worker.maintain()
@@ -217,8 +222,9 @@ async def test_a_task_that_kills_its_worker_is_dead_lettered(
     h = await app.submit(poison, Job(0))
     worker = app.worker(lease_ttl=TTL)
     for _ in range(3):
-        rows = await app.store.tasks_claim(TasksClaim("doomed", ["default"], [poison.name], 1,
-                                                      30_000, clock.store_now()))
+        rows = await app.store.tasks_claim(
+            TasksClaim("doomed", ["default"], [poison.name], 1, 30_000, clock.store_now())
+        )
         assert len(rows) == 1
         await clock.advance(timedelta(seconds=31))
         await worker.maintain()
@@ -330,7 +336,7 @@ async def test_per_kind_max_concurrency_and_backpressure(app: fm.App) -> None:
         # The free tasks get through even though the limited kind is saturated.
         assert sum([await f.result(timeout=timedelta(seconds=10)) for f in free_handles]) == 190
         await eventually(lambda: _true(live["now"] == 2), what="two limited running")
-        running_now = [t for t in await app.list_tasks(states=[fm.State.RUNNING])]
+        running_now = await app.list_tasks(states=[fm.State.RUNNING])
         assert len(running_now) <= 4 + 2  # never more claimed than slots + prefetch
         assert worker.in_flight <= 6
         gate.set()
@@ -356,8 +362,9 @@ async def test_worker_never_claims_kinds_it_has_no_handler_for(db_url: str) -> N
         orphan = await producer.submit(only_here, Job(1))
         shared = await producer.submit("both", Job(2))
         async with running(consumer.worker(worker_id="consumer")):
-            assert await consumer.handle(shared.id, "both").result(
-                timeout=timedelta(seconds=10)) == 2
+            assert (
+                await consumer.handle(shared.id, "both").result(timeout=timedelta(seconds=10)) == 2
+            )
             info = await consumer.get(orphan.id)
             assert (info.state, info.attempts) == (fm.State.READY, 0)
     finally:

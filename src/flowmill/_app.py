@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, overload
@@ -360,7 +360,7 @@ class App:
 
     async def events(
         self, *, after: int = 0, follow: bool = True, batch: int = 500
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """State changes in order; with `follow`, waits for new ones (pass `after` to resume)."""
         await self.open()
         cursor = after

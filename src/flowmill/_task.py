@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -71,6 +73,23 @@ class TaskDef:
         return self.fn(*args, **kwargs)
 
 
+def _module_name(fn: Callable[..., Any]) -> str:
+    """The importable name of the handler's module, also when it runs as `__main__`.
+
+    `python jobs.py` names the module `__main__`, but a worker started with `flowmill worker
+    jobs:app` imports it as `jobs`: both must derive the same task name.
+    """
+    module = getattr(fn, "__module__", None) or "unknown"
+    if module != "__main__":
+        return module
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        return str(spec.name)  # python -m package.jobs
+    path = getattr(main, "__file__", None)
+    return os.path.splitext(os.path.basename(path))[0] if path else module
+
+
 def _positional_count(fn: Callable[..., Any]) -> int:
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     return sum(1 for p in inspect.signature(fn).parameters.values() if p.kind in kinds)
@@ -90,7 +109,7 @@ def make_task_def(
 ) -> TaskDef:
     if not callable(fn):
         raise ConfigurationError(f"@task needs a function, got {fn!r}")
-    task_name = name or f"{fn.__module__}.{fn.__qualname__}"
+    task_name = name or f"{_module_name(fn)}.{fn.__qualname__}"
     if not isinstance(task_name, str) or not task_name or len(task_name) > 255:
         raise ConfigurationError(f"bad task name {task_name!r}")
     retry = retry if retry is not None else Retry()
