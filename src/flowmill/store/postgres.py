@@ -1,0 +1,637 @@
+"""The PostgreSQL store: psycopg 3 (async) with a pool, SKIP LOCKED claims, LISTEN/NOTIFY.
+
+Every operation is one statement in autocommit mode (one transaction, one round trip)
+except the few operator calls and keyed inserts, which lock what they read inside an
+explicit transaction. Times are judged on the database clock unless `now_ms` is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from .._errors import (
+    ConfigurationError,
+    DuplicateTask,
+    FlowmillError,
+    IllegalTransition,
+    LeaseLost,
+    StoreError,
+    StoreUnavailable,
+    TaskNotFound,
+)
+from .._states import TERMINAL, TRANSITIONS, State, can_transition, sources_of
+from . import _pg_schema
+from ._base import (
+    ON_DUPLICATE_CHOICES,
+    CancelOutcome,
+    ClaimedRow,
+    CountRow,
+    ErrorInfo,
+    Event,
+    EventsRead,
+    ExpiredLease,
+    Finish,
+    FinishOutcome,
+    FinishStatus,
+    InsertOutcome,
+    InsertStatus,
+    LeasesExpired,
+    LeasesRenew,
+    NewTask,
+    RenewOutcome,
+    ResultRow,
+    TaskCancel,
+    TaskProgress,
+    TaskRecord,
+    TaskRetry,
+    TasksClaim,
+    TasksExpire,
+    TasksFinish,
+    TasksInsert,
+    TasksList,
+    TasksPromote,
+)
+from ._pg_batch import Combiner
+from ._pg_errors import (
+    connect_error,
+    conninfo_for,
+    is_connection_error,
+    is_retryable,
+    one_line,
+    split_schema,
+    translate,
+)
+from ._pg_insert import insert_keyed, insert_params
+from ._pg_listen import Listener, channel_names
+from ._pg_rows import claimed_row, record
+from ._pg_sql import Queries
+from ._pg_text import dec, enc, enc_all
+from ._serde import decode_error, encode_error
+from ._wake import Pulse
+
+T = TypeVar("T")
+Conn = AsyncConnection[Any]
+
+log = logging.getLogger("flowmill.store.postgres")
+
+_FINISH_TARGETS = frozenset(t for (s, t) in TRANSITIONS if s is State.RUNNING)
+_TTL_ERROR = ErrorInfo("Expired", "the task was not started before its ttl ran out", "ttl")
+_CANCELLED_ON_RETRY = ErrorInfo(
+    "Cancelled",
+    "cancel was requested while the attempt ran; it ended asking for a retry",
+    "cancelled",
+)
+_CANCEL_SOURCES = [s.value for s in sources_of(State.CANCELLED)]
+# Calls larger than this run on their own rather than being merged with others.
+_COMBINE_MAX_ITEMS = 5000
+_CONNECTION_TRIES = 3
+_ROLLBACK_TRIES = 5
+_FIRST_LISTEN_S = 5.0
+_RETRY_WAIT_S = 1.0
+DEFAULT_SCHEMA = "flowmill"
+
+
+class PostgresStore:
+    """Tasks in one PostgreSQL schema, shared by any number of worker processes."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+        timeout_s: float = 10.0,
+        max_inflight_batches: int = 2,
+    ) -> None:
+        """`schema`: where the tables live; else the URL's `?schema=`, else "flowmill"."""
+        libpq_url, url_schema = split_schema(url)
+        schema = schema if schema is not None else url_schema or DEFAULT_SCHEMA
+        if not schema or len(schema.encode()) > 63:
+            raise StoreError(f"schema name must be 1 to 63 bytes long, got {schema!r}")
+        if min_size < 0 or max_size < max(1, min_size):
+            raise StoreError(f"invalid pool size: min_size={min_size}, max_size={max_size}")
+        self.url = url
+        self.schema = schema
+        self.min_size = min_size
+        self.max_size = max_size
+        self.timeout_s = timeout_s
+        self._conninfo, self._display = conninfo_for(libpq_url)
+        self._q = Queries(schema)
+        self.work_channel, self.finish_channel = channel_names(schema)
+        self._work = Pulse()
+        self._finish = Pulse()
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._listener: Listener | None = None
+        self._checking: asyncio.Task[None] | None = None
+        self._finisher: Combiner[Finish, FinishOutcome] = Combiner(
+            lambda items: self._finish_items(items, None),
+            max_items=_COMBINE_MAX_ITEMS,
+            max_inflight=max_inflight_batches,
+        )
+        self._inserter: Combiner[NewTask, InsertOutcome] = Combiner(
+            lambda tasks: self._insert_plain(tasks, None),
+            max_items=_COMBINE_MAX_ITEMS,
+            max_inflight=max_inflight_batches,
+            # A merged insert that fails for a reason of its own (a duplicate id) is run
+            # again call by call, so that only the guilty call sees the error.
+            split_on=lambda exc: not isinstance(exc, StoreUnavailable),
+        )
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._display!r}, schema={self.schema!r})"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def migrate(self) -> int:
+        """Create or upgrade the schema (refusing a newer one); return its version."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        except (psycopg.Error, OSError) as exc:
+            raise connect_error(exc, self._display) from exc
+        try:
+            async with conn:
+                return await _pg_schema.migrate(conn, self.schema)
+        except FlowmillError:
+            raise
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise StoreError(
+                f"permission denied creating or reading the flowmill schema {self.schema!r} "
+                f"at {self._display}: {one_line(str(exc))}"
+            ) from exc
+        except psycopg.Error as exc:
+            raise translate(exc, self._display) from exc
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        await self.migrate()
+        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            self._conninfo,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            kwargs={"autocommit": True},
+            timeout=self.timeout_s,
+            name=f"flowmill:{self.schema}",
+            open=False,
+        )
+        await pool.open(wait=False)
+        self._pool = pool
+        self._listener = Listener(
+            self._conninfo,
+            self._display,
+            {self.work_channel: self._work, self.finish_channel: self._finish},
+        )
+
+    async def close(self) -> None:
+        await self._finisher.close()
+        await self._inserter.close()
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        checking, self._checking = self._checking, None
+        if checking is not None:
+            checking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checking
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def _run(self, job: Callable[[Conn], Awaitable[T]], *, idempotent: bool) -> T:
+        """Run `job` on a pooled connection, translating driver errors at this boundary.
+
+        A job the server rolled back (deadlock, serialization failure) runs again. After a
+        broken connection (server restart, `pg_terminate_backend`) the pool is checked and
+        an idempotent job runs again on a fresh connection; others fail with
+        `StoreUnavailable`, since their first run may have committed before the reply was lost.
+        """
+        tries = 0
+        wait_s = self.timeout_s
+        while True:
+            pool = self._pool
+            if pool is None:
+                raise StoreError("the store is not open")
+            tries += 1
+            try:
+                async with pool.connection(timeout=wait_s) as conn:
+                    return await job(conn)
+            except FlowmillError:
+                raise
+            except (psycopg.Error, PoolTimeout) as exc:
+                if is_connection_error(exc):
+                    checking = self._check_pool(exc)
+                    if idempotent and tries < _CONNECTION_TRIES:
+                        # A restarted server answers at once; a server that is down should
+                        # not hold a lease renewal for long: fail fast, callers back off.
+                        wait_s = min(self.timeout_s, _RETRY_WAIT_S)
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(asyncio.shield(checking), wait_s)
+                        continue
+                elif is_retryable(exc) and tries < _ROLLBACK_TRIES:
+                    continue
+                raise translate(exc, self._display) from exc
+
+    def _check_pool(self, exc: BaseException) -> asyncio.Future[None]:
+        """Test every idle pooled connection (once at a time) after one was found broken."""
+        if self._checking is None or self._checking.done():
+            log.warning(
+                "flowmill: lost a connection to PostgreSQL at %s (%s); reconnecting",
+                self._display,
+                one_line(str(exc)),
+            )
+            self._checking = asyncio.get_running_loop().create_task(self._check_pool_now())
+        return self._checking
+
+    async def _check_pool_now(self) -> None:
+        pool = self._pool
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.check()
+
+    async def now_ms(self) -> int:
+        async def job(conn: Conn) -> int:
+            row = await (await conn.execute(self._q.now)).fetchone()
+            assert row is not None
+            return int(row[0])
+
+        return await self._run(job, idempotent=True)
+
+    # -- wake-ups --------------------------------------------------------------------
+
+    async def _wait(self, pulse: Pulse, timeout_s: float) -> None:
+        """Wait for a pulse, once the LISTEN connection is up.
+
+        The first wait of a store starts LISTEN and gives it up to `_FIRST_LISTEN_S` (even
+        past `timeout_s`) so that a caller that polls, waits and then expects a wake-up is
+        not left with a notification sent before anyone listened. While the connection is
+        lost later, waits simply time out: callers poll the store before they wait and
+        again when a wait times out, so a missed notification only delays work.
+        """
+        listener = self._listener
+        if listener is None:
+            raise StoreError("the store is not open")
+        listener.start()
+        if not listener.connected.is_set():
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout_s
+            grace = timeout_s if listener.was_connected else max(timeout_s, _FIRST_LISTEN_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(listener.connected.wait(), grace)
+            timeout_s = max(0.0, deadline - loop.time())
+        await pulse.wait(timeout_s)
+
+    async def wait_for_work(self, timeout_s: float) -> None:
+        await self._wait(self._work, timeout_s)
+
+    async def wait_for_finish(self, timeout_s: float) -> None:
+        await self._wait(self._finish, timeout_s)
+
+    # -- submission ------------------------------------------------------------------
+
+    async def tasks_insert(self, p: TasksInsert) -> list[InsertOutcome]:
+        if p.on_duplicate not in ON_DUPLICATE_CHOICES:
+            raise ConfigurationError(
+                f"on_duplicate must be one of {', '.join(ON_DUPLICATE_CHOICES)}, "
+                f"got {p.on_duplicate!r}"
+            )
+        if getattr(p, "fence", None) is not None:
+            # Spawns (fenced inserts with child bookkeeping) are newer than this backend:
+            # refuse clearly rather than insert children without their parent's fence.
+            raise StoreError("the PostgreSQL store does not support fenced spawns yet")
+        tasks = list(p.tasks)
+        if not tasks:
+            return []
+        if any(t.dedup_key is not None for t in tasks):
+            keyed = functools.partial(
+                insert_keyed, q=self._q, work_channel=self.work_channel, tasks=tasks, p=p
+            )
+            return await self._run(keyed, idempotent=False)
+        if p.now_ms is None and len(tasks) < _COMBINE_MAX_ITEMS:
+            return await self._inserter.call(tasks)
+        return await self._insert_plain(tasks, p.now_ms)
+
+    async def _insert_plain(self, tasks: list[NewTask], now_ms: int | None) -> list[InsertOutcome]:
+        """Tasks without dedup keys: one INSERT ... SELECT FROM unnest(...) statement."""
+        params = insert_params(tasks, now_ms, self.work_channel)
+
+        async def job(conn: Conn) -> None:
+            await conn.execute(self._q.insert_unkeyed, params)
+
+        async def again(conn: Conn) -> None:
+            # The statement is atomic: the first run committed all of these rows or none.
+            async with conn.transaction():
+                cur = await conn.execute(self._q.insert_unkeyed_again, params)
+                row = await cur.fetchone()
+                inserted = 0 if row is None else int(row[2])
+                if 0 < inserted < len(tasks):
+                    raise StoreError(
+                        f"{len(tasks) - inserted} of {len(tasks)} task ids already exist"
+                    )
+
+        try:
+            await self._run(job, idempotent=False)
+        except StoreUnavailable as exc:
+            if exc.__cause__ is None or not is_connection_error(exc.__cause__):
+                raise
+            # The connection failed under the insert (a server restart): whether it
+            # committed is unknown, so run it once more in a form that cannot insert twice.
+            log.warning("flowmill: %s; running the insert again", exc)
+            await self._run(again, idempotent=True)
+        return [InsertOutcome(t.id, InsertStatus.INSERTED) for t in tasks]
+
+    async def tasks_claim(self, p: TasksClaim) -> list[ClaimedRow]:
+        queues = list(dict.fromkeys(p.queues))
+        kinds = list(dict.fromkeys(p.kinds))
+        if p.limit <= 0 or not kinds or not queues:
+            return []
+        params: dict[str, Any] = {
+            "now": p.now_ms,
+            "kinds": enc_all(kinds),
+            "limit": p.limit,
+            "worker": p.worker_id,
+            "ttl": p.lease_ttl_ms,
+        }
+        if len(queues) == 1:
+            query, params["queue"] = self._q.claim_one, enc(queues[0])
+        else:
+            query, params["queues"] = self._q.claim_many, enc_all(queues)
+
+        async def job(conn: Conn) -> list[ClaimedRow]:
+            cur = await conn.execute(query, params)
+            return [claimed_row(r) for r in await cur.fetchall()]
+
+        # Run again after a lost connection: a claim whose reply was lost is reclaimed
+        # when its lease expires whether or not we ask again.
+        return await self._run(job, idempotent=True)
+
+    async def leases_renew(self, p: LeasesRenew) -> list[RenewOutcome]:
+        if not p.leases:
+            return []
+        leases = sorted(p.leases, key=lambda lease: lease.task_id)  # one lock order
+        params = {
+            "now": p.now_ms,
+            "ttl": p.lease_ttl_ms,
+            "ids": [lease.task_id for lease in leases],
+            "epochs": [lease.epoch for lease in leases],
+        }
+
+        async def job(conn: Conn) -> dict[tuple[str, int], tuple[bool, int]]:
+            cur = await conn.execute(self._q.renew, params)
+            return {(r[0], r[1]): (bool(r[2]), int(r[3])) for r in await cur.fetchall()}
+
+        held = await self._run(job, idempotent=True)
+        out: list[RenewOutcome] = []
+        for lease in p.leases:
+            got = held.get((lease.task_id, lease.epoch))
+            if got is None:
+                out.append(RenewOutcome(lease.task_id, False, False, None))
+            else:
+                out.append(RenewOutcome(lease.task_id, True, got[0], got[1]))
+        return out
+
+    async def tasks_finish(self, p: TasksFinish) -> list[FinishOutcome]:
+        items = list(p.items)
+        for f in items:
+            if f.target not in _FINISH_TARGETS:
+                raise StoreError(f"a running task cannot be finished as {f.target}")
+            if f.target is State.SCHEDULED and f.delay_ms is None and f.run_at_ms is None:
+                raise StoreError("a finish to scheduled needs delay_ms or run_at_ms")
+        if not items:
+            return []
+        if p.now_ms is None and len(items) < _COMBINE_MAX_ITEMS:
+            return await self._finisher.call(items)
+        return await self._finish_items(items, p.now_ms)
+
+    async def _finish_items(self, items: list[Finish], now_ms: int | None) -> list[FinishOutcome]:
+        """Apply finishes in order: a task named twice goes in a later round, as on SQLite."""
+        rounds: list[list[int]] = []
+        seen_in: dict[str, int] = {}
+        for idx, f in enumerate(items):
+            r = seen_in.get(f.task_id, -1) + 1
+            seen_in[f.task_id] = r
+            if r == len(rounds):
+                rounds.append([])
+            rounds[r].append(idx)
+        out: list[FinishOutcome | None] = [None] * len(items)
+        for round_ in rounds:
+            # Rows are locked in array order: one order for everyone avoids deadlocks
+            # between overlapping batches (a worker's finish, the reaper's, a renewal).
+            round_.sort(key=lambda i: items[i].task_id)
+            batch = [items[i] for i in round_]
+            got = await self._run(
+                functools.partial(self._finish_round, items=batch, now_ms=now_ms),
+                idempotent=True,  # a repeat of an applied finish answers ALREADY
+            )
+            for i, o in zip(round_, got, strict=True):
+                out[i] = o
+        return [o for o in out if o is not None]
+
+    async def _finish_round(
+        self, conn: Conn, items: list[Finish], now_ms: int | None
+    ) -> list[FinishOutcome]:
+        errors = [encode_error(f.error) for f in items]
+        cur = await conn.execute(
+            self._q.finish,
+            {
+                "now": now_ms,
+                "work_channel": self.work_channel,
+                "finish_channel": self.finish_channel,
+                "ids": [f.task_id for f in items],
+                "epochs": [f.epoch for f in items],
+                "targets": [f.target.value for f in items],
+                "errors": errors,
+                "details": [f.error.category if f.error else None for f in items],
+                "delays": [f.delay_ms for f in items],
+                "run_ats": [f.run_at_ms for f in items],
+                "releases": [1 if f.release else 0 for f in items],
+                "expired": [f.expired_lease for f in items],
+                "terminal": [f.target in TERMINAL for f in items],
+                "results": [f.result for f in items],
+                "cancel_error": encode_error(_CANCELLED_ON_RETRY),
+            },
+        )
+        applied = {int(r[0]): State(r[1]) for r in await cur.fetchall() if r[0] > 0}
+        refused = [f for k, f in enumerate(items, 1) if k not in applied]
+        now_rows: dict[str, tuple[str, int, str | None]] = {}
+        if refused:
+            cur = await conn.execute(self._q.finish_refused, {"ids": [f.task_id for f in refused]})
+            now_rows = {r[0]: (r[1], r[2], r[3]) for r in await cur.fetchall()}
+        out: list[FinishOutcome] = []
+        for k, f in enumerate(items, 1):
+            if k in applied:
+                out.append(FinishOutcome(f.task_id, FinishStatus.APPLIED, applied[k]))
+                continue
+            row = now_rows.get(f.task_id)
+            if row is not None and row[1] == f.epoch and row[2] == f.target.value:
+                out.append(FinishOutcome(f.task_id, FinishStatus.ALREADY, State(row[0])))
+            else:
+                state = State(row[0]) if row is not None else None
+                out.append(FinishOutcome(f.task_id, FinishStatus.LEASE_LOST, state))
+        return out
+
+    async def _count_and_notify(self, query: str, params: dict[str, Any]) -> int:
+        async def job(conn: Conn) -> int:
+            row = await (await conn.execute(query, params)).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self._run(job, idempotent=True)
+
+    async def tasks_promote(self, p: TasksPromote) -> int:
+        return await self._count_and_notify(
+            self._q.promote,
+            {"now": p.now_ms, "limit": p.limit, "work_channel": self.work_channel},
+        )
+
+    async def tasks_expire(self, p: TasksExpire) -> int:
+        return await self._count_and_notify(
+            self._q.expire,
+            {
+                "now": p.now_ms,
+                "limit": p.limit,
+                "error": encode_error(_TTL_ERROR),
+                "finish_channel": self.finish_channel,
+            },
+        )
+
+    async def leases_expired(self, p: LeasesExpired) -> list[ExpiredLease]:
+        async def job(conn: Conn) -> list[ExpiredLease]:
+            cur = await conn.execute(self._q.leases_expired, {"now": p.now_ms, "limit": p.limit})
+            return [
+                ExpiredLease(i, dec(k), e, a, m, r, o, bool(cr))
+                for i, k, e, a, m, r, o, cr in await cur.fetchall()
+            ]
+
+        return await self._run(job, idempotent=True)
+
+    async def task_cancel(self, p: TaskCancel) -> CancelOutcome:
+        err = encode_error(ErrorInfo("Cancelled", p.reason, "cancelled"))
+
+        async def job(conn: Conn) -> CancelOutcome:
+            async with conn.transaction():
+                row = await (await conn.execute(self._q.lock_task, {"id": p.task_id})).fetchone()
+                if row is None:
+                    raise TaskNotFound(p.task_id)
+                state = State(row[0])
+                if state is State.RUNNING:
+                    await conn.execute(
+                        self._q.cancel_request,
+                        {"now": p.now_ms, "id": p.task_id, "finish_channel": self.finish_channel},
+                    )
+                    return CancelOutcome(p.task_id, state, True)
+                if not can_transition(state, State.CANCELLED):
+                    return CancelOutcome(p.task_id, state, False)
+                await conn.execute(
+                    self._q.cancel,
+                    {
+                        "now": p.now_ms,
+                        "id": p.task_id,
+                        "error": err,
+                        "reason": p.reason,
+                        "sources": _CANCEL_SOURCES,
+                        "finish_channel": self.finish_channel,
+                    },
+                )
+                return CancelOutcome(p.task_id, State.CANCELLED, False)
+
+        # Running it twice answers the same: cancelled, or (still) requested.
+        return await self._run(job, idempotent=True)
+
+    async def task_retry(self, p: TaskRetry) -> State:
+        async def job(conn: Conn) -> State:
+            async with conn.transaction():
+                row = await (await conn.execute(self._q.lock_task, {"id": p.task_id})).fetchone()
+                if row is None:
+                    raise TaskNotFound(p.task_id)
+                state = State(row[0])
+                if not can_transition(state, State.READY) or state not in (
+                    State.FAILED,
+                    State.DEAD_LETTERED,
+                ):
+                    raise IllegalTransition(state.value, State.READY.value)
+                kind, key = row[1], row[2]
+                try:
+                    async with conn.transaction():
+                        await conn.execute(
+                            self._q.retry,
+                            {"now": p.now_ms, "id": p.task_id, "work_channel": self.work_channel},
+                        )
+                except psycopg.errors.UniqueViolation:
+                    # The key was freed when this task ended; a newer task holds it now.
+                    if key is None:
+                        raise
+                    cur = await conn.execute(self._q.key_holder, {"kind": kind, "key": key})
+                    holder = await cur.fetchone()
+                    raise DuplicateTask(dec(key), holder[0] if holder else "?") from None
+                return State.READY
+
+        return await self._run(job, idempotent=False)
+
+    async def task_progress(self, p: TaskProgress) -> None:
+        params = {
+            "now": p.now_ms,
+            "pct": p.pct,
+            "message": p.message,
+            "id": p.task_id,
+            "epoch": p.epoch,
+        }
+
+        async def job(conn: Conn) -> int:
+            return (await conn.execute(self._q.progress, params)).rowcount
+
+        if await self._run(job, idempotent=True) == 0:
+            raise LeaseLost(p.task_id, p.epoch)
+
+    # -- inspection ------------------------------------------------------------------
+
+    async def _fetch(self, query: str, params: dict[str, Any] | None = None) -> list[Any]:
+        async def job(conn: Conn) -> list[Any]:
+            return await (await conn.execute(query, params)).fetchall()
+
+        return await self._run(job, idempotent=True)
+
+    async def task_get(self, task_id: str) -> TaskRecord | None:
+        rows = await self._fetch(self._q.get, {"id": task_id})
+        return record(rows[0]) if rows else None
+
+    async def tasks_list(self, p: TasksList) -> list[TaskRecord]:
+        where = ["true"]
+        params: dict[str, Any] = {"limit": p.limit}
+        if p.states:
+            where.append("t.state = ANY(%(states)s::text[])")
+            params["states"] = [State(s).value for s in p.states]
+        if p.queue is not None:
+            where.append("t.queue = %(queue)s")
+            params["queue"] = enc(p.queue)
+        if p.kind is not None:
+            where.append("t.kind = %(kind)s")
+            params["kind"] = enc(p.kind)
+        if p.after_id is not None:
+            where.append(self._q.list_after)
+            params["after_id"] = p.after_id
+        query = self._q.list_head + " AND ".join(where) + " ORDER BY t.seq LIMIT %(limit)s"
+        return [record(r) for r in await self._fetch(query, params)]
+
+    async def tasks_count(self) -> list[CountRow]:
+        rows = await self._fetch(self._q.count)
+        return [CountRow(dec(q), State(s), int(n)) for q, s, n in rows]
+
+    async def results_get(self, task_ids: Sequence[str]) -> list[ResultRow]:
+        ids = list(task_ids)
+        if not ids:
+            return []
+        rows = await self._fetch(self._q.results, {"ids": ids})
+        return [ResultRow(t, State(s), r, decode_error(e)) for t, s, r, e in rows]
+
+    async def events_read(self, p: EventsRead) -> list[Event]:
+        rows = await self._fetch(self._q.events, {"after": p.after, "limit": p.limit})
+        return [Event(i, t, dec(k), State(s), a, d) for i, t, k, s, a, d in rows]
