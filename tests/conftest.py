@@ -14,9 +14,28 @@ import flowmill as fm
 CI = os.environ.get("CI", "").lower() == "true"
 
 
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'flowmill.db'}"
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh store per test: a SQLite file, or a schema of its own on PostgreSQL.
+
+    PostgreSQL tests skip when the server is unreachable, except in CI, where they fail.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'flowmill.db'}"
+        return
+    from flowmill.testing._pg import drop_pg_schema, pg_test_url, pg_unreachable
+
+    base = pg_test_url()
+    why = await asyncio.to_thread(pg_unreachable, base)
+    if why is not None:
+        if CI:
+            pytest.fail(f"PostgreSQL is required in CI but unreachable: {why}")
+        pytest.skip(f"PostgreSQL unreachable: {why}")
+    schema = f"fm_t_{os.urandom(6).hex()}"
+    try:
+        yield f"{base}?schema={schema}"
+    finally:
+        await drop_pg_schema(base, schema)
 
 
 @pytest.fixture

@@ -67,8 +67,10 @@ def wait_for(check: object, *, timeout: float = 60, what: str) -> None:
         time.sleep(0.02)
 
 
-async def test_sigkill_mid_run_every_task_completes_with_one_effect(tmp_path: Path) -> None:
-    url, ledger = f"sqlite:///{tmp_path / 'jobs.db'}", tmp_path / "ledger.db"
+async def test_sigkill_mid_run_every_task_completes_with_one_effect(
+    tmp_path: Path, db_url: str
+) -> None:
+    url, ledger = db_url, tmp_path / "ledger.db"
     _crash_app.init_ledger(str(ledger))
     app = _crash_app.build(url, str(ledger))
     n = 300
@@ -96,8 +98,10 @@ async def test_sigkill_mid_run_every_task_completes_with_one_effect(tmp_path: Pa
     await app.close()
 
 
-async def test_restart_with_tasks_scheduled_running_and_retrying(tmp_path: Path) -> None:
-    url, ledger = f"sqlite:///{tmp_path / 'jobs.db'}", tmp_path / "ledger.db"
+async def test_restart_with_tasks_scheduled_running_and_retrying(
+    tmp_path: Path, db_url: str
+) -> None:
+    url, ledger = db_url, tmp_path / "ledger.db"
     _crash_app.init_ledger(str(ledger))
     app = _crash_app.build(url, str(ledger))
     scheduled = await app.submit_many("effect", range(10), delay=timedelta(seconds=1))
@@ -130,8 +134,8 @@ async def test_restart_with_tasks_scheduled_running_and_retrying(tmp_path: Path)
     await app.close()
 
 
-async def test_sigterm_stops_gracefully_and_releases(tmp_path: Path) -> None:
-    url, ledger = f"sqlite:///{tmp_path / 'jobs.db'}", tmp_path / "ledger.db"
+async def test_sigterm_stops_gracefully_and_releases(tmp_path: Path, db_url: str) -> None:
+    url, ledger = db_url, tmp_path / "ledger.db"
     _crash_app.init_ledger(str(ledger))
     app = _crash_app.build(url, str(ledger))
     slow = await app.submit_many("slow", range(3))
@@ -150,8 +154,8 @@ async def test_sigterm_stops_gracefully_and_releases(tmp_path: Path) -> None:
     await app.close()
 
 
-async def test_several_worker_processes_share_one_file(tmp_path: Path) -> None:
-    url, ledger = f"sqlite:///{tmp_path / 'jobs.db'}", tmp_path / "ledger.db"
+async def test_several_worker_processes_share_one_store(tmp_path: Path, db_url: str) -> None:
+    url, ledger = db_url, tmp_path / "ledger.db"
     _crash_app.init_ledger(str(ledger))
     app = _crash_app.build(url, str(ledger))
     n = 1000

@@ -421,8 +421,13 @@ async def test_graceful_shutdown_releases_without_spending_an_attempt(
     worker.stop()
     finish_quick.set()  # finishes within the grace period: its result is kept
     assert await q.result(timeout=timedelta(seconds=10)) == 5
-    for _ in range(3):  # shutdown grace, then the token's grace, then the cancel's grace
+    # Drive the clock through the shutdown grace, the token's grace and the cancel's grace.
+    # The worker registers each timer only once it gets there, so keep advancing until done.
+    for _ in range(100):
+        if run.done():
+            break
         await clock.advance(timedelta(seconds=10))
+        await asyncio.wait({run}, timeout=0.05)
     await asyncio.wait_for(run, 10)
     info = await app.get(s.id)
     assert (info.state, info.attempts) == (fm.State.READY, 0)

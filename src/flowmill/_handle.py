@@ -36,7 +36,8 @@ class ResultWaiter:
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.get_running_loop().create_task(self._run())
         try:
-            return await asyncio.wait_for(fut, timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: see store._wake.Pulse.wait
+                return await fut
         finally:
             waiters = self._waiting.get(task_id)
             if waiters is not None:

@@ -51,8 +51,11 @@ class Pulse:
             self._flags[task] = asyncio.Event()
             return
         if not ev.is_set():
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation
+            # that arrives as the wait completes, and a worker's loop would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ev.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await ev.wait()
         ev.clear()
 
 

@@ -235,7 +235,8 @@ class PostgresStore:
                         # not hold a lease renewal for long: fail fast, callers back off.
                         wait_s = min(self.timeout_s, _RETRY_WAIT_S)
                         with contextlib.suppress(Exception):
-                            await asyncio.wait_for(asyncio.shield(checking), wait_s)
+                            async with asyncio.timeout(wait_s):  # see _wake.Pulse.wait
+                                await asyncio.shield(checking)
                         continue
                 elif is_retryable(exc) and tries < _ROLLBACK_TRIES:
                     continue
@@ -286,7 +287,8 @@ class PostgresStore:
             deadline = loop.time() + timeout_s
             grace = timeout_s if listener.was_connected else max(timeout_s, _FIRST_LISTEN_S)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(listener.connected.wait(), grace)
+                async with asyncio.timeout(grace):  # not wait_for: see _wake.Pulse.wait
+                    await listener.connected.wait()
             timeout_s = max(0.0, deadline - loop.time())
         await pulse.wait(timeout_s)
 
