@@ -5,6 +5,7 @@ an underscore may change without notice.
 """
 
 from ._app import App, TaskInfo
+from ._children import ChildrenReport, ChildResult
 from ._clock import Clock, ManualClock, SystemClock
 from ._context import Context
 from ._errors import (
@@ -14,6 +15,7 @@ from ._errors import (
     Fail,
     FlowmillError,
     IllegalTransition,
+    InvalidParent,
     LeaseLost,
     PayloadError,
     PayloadTooLarge,
@@ -28,6 +30,7 @@ from ._errors import (
     TaskTimeout,
     UnknownTask,
 )
+from ._executor import Executor
 from ._handle import TaskHandle
 from ._outcome import Category
 from ._retry import Exponential, Fixed, Linear, Retry, RetryAction, RetryDecision, decide_retry
@@ -35,7 +38,7 @@ from ._runner import TimeoutClass
 from ._states import TERMINAL, TRANSITIONS, Phase, State
 from ._task import Priority, TaskDef
 from ._worker import Worker, WorkerStats
-from .store._base import ErrorInfo, Event
+from .store._base import ErrorGroup, ErrorInfo, Event
 
 __version__ = "0.1.0"
 
@@ -45,17 +48,22 @@ __all__ = [
     "App",
     "Cancelled",
     "Category",
+    "ChildResult",
+    "ChildrenReport",
     "Clock",
     "ConfigurationError",
     "Context",
     "DuplicateTask",
+    "ErrorGroup",
     "ErrorInfo",
     "Event",
+    "Executor",
     "Exponential",
     "Fail",
     "Fixed",
     "FlowmillError",
     "IllegalTransition",
+    "InvalidParent",
     "LeaseLost",
     "Linear",
     "ManualClock",

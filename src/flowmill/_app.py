@@ -10,21 +10,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, overload
 
+from ._children import ChildResult
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_BYTES
 from ._errors import ConfigurationError, PayloadError, TaskNotFound, UnknownTask
+from ._executor import Executor, make_executor_def
 from ._handle import ResultWaiter, TaskHandle, decode_json
 from ._retry import Retry
 from ._states import Phase, State
-from ._task import Priority, TaskDef, check_queue, make_task_def, positive_ms
+from ._task import Priority, TaskDef, TaskOptions, check_queue, make_task_def, positive_ms
 from ._worker import Worker
 from .store import DEFAULT_URL, open_store
 from .store._base import (
     ON_DUPLICATE_CHOICES,
+    ChildRow,
     CountRow,
     ErrorInfo,
     Event,
     EventsRead,
+    LeaseRef,
     NewTask,
     OnDuplicate,
     Store,
@@ -168,26 +172,44 @@ class App:
     ) -> TaskDef | Callable[[F], TaskDef]:
         """Register a handler as a task: `@app.task` or `@app.task(retry=..., timeout=...)`."""
 
+        options = TaskOptions(name, retry, timeout, queue, priority, max_concurrency, ttl)
+
         def register(f: F) -> TaskDef:
             # A TaskDef of another app (stacked decorators) registers the same function here.
             handler = f.fn if isinstance(f, TaskDef) else f
-            tdef = make_task_def(
-                handler,
-                name=name,
-                retry=retry,
-                timeout=timeout,
-                queue=queue,
-                priority=priority,
-                max_concurrency=max_concurrency,
-                ttl=ttl,
-                max_payload_bytes=self.max_payload_bytes,
-            )
-            if tdef.name in self.registry:
-                raise ConfigurationError(f"a task named {tdef.name!r} is already registered")
-            self.registry[tdef.name] = tdef
-            return tdef
+            return self._register(make_task_def(handler, options, self.max_payload_bytes))
 
         return register(fn) if fn is not None else register
+
+    def _register(self, tdef: TaskDef) -> TaskDef:
+        if tdef.name in self.registry:
+            raise ConfigurationError(f"a task named {tdef.name!r} is already registered")
+        self.registry[tdef.name] = tdef
+        return tdef
+
+    def executor(
+        self,
+        cls: type[Executor[Any, Any, Any]] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+        timeout: timedelta | None = None,
+        queue: str = "default",
+        priority: int = Priority.NORMAL,
+        max_concurrency: int | None = None,
+        ttl: timedelta | None = None,
+    ) -> Any:
+        """Register an orchestrator class: `@app.executor` or `@app.executor(retry=...)`.
+
+        Returns the class's TaskDef, which `submit` takes like a task function's.
+        """
+        options = TaskOptions(name, retry, timeout, queue, priority, max_concurrency, ttl)
+
+        def register(c: type[Executor[Any, Any, Any]]) -> TaskDef:
+            return self._register(make_executor_def(c, options, self.max_payload_bytes))
+
+        return register(cls) if cls is not None else register
 
     def task_names(self) -> list[str]:
         return sorted(self.registry)
@@ -217,17 +239,22 @@ class App:
         queue: str | None = None,
         tags: Mapping[str, str] | None = None,
         ttl: timedelta | None = None,
+        parent: str | None = None,
+        fail_fast: bool | None = None,
     ) -> TaskHandle[Any]:
-        """Submit one task; durable when this returns. A duplicate `key` follows `on_duplicate`."""
-        tdef = self._resolve(task)
-        _check_on_duplicate(on_duplicate)
-        common = _Common.build(tdef, delay, run_at, priority, queue, tags, ttl)
-        new = common.task(tdef, tdef.payload.encode(payload), _check_key(key))
-        await self.open()
-        [out] = await self.store.tasks_insert(
-            TasksInsert([new], on_duplicate, self.clock.store_now())
+        """Submit one task; durable when this returns. A duplicate `key` follows `on_duplicate`.
+
+        `parent` makes it a child of that (active) task; `fail_fast` overrides the task's
+        default for its own children.
+        """
+        [handle] = await self._insert(
+            task,
+            [payload],
+            keys=[key],
+            on_duplicate=on_duplicate,
+            opts=_Opts(delay, run_at, priority, queue, tags, ttl, parent, fail_fast),
         )
-        return TaskHandle(out.id, self, tdef.name, out.status)
+        return handle
 
     async def submit_many(
         self,
@@ -242,24 +269,74 @@ class App:
         queue: str | None = None,
         tags: Mapping[str, str] | None = None,
         ttl: timedelta | None = None,
+        parent: str | None = None,
+        fail_fast: bool | None = None,
     ) -> list[TaskHandle[Any]]:
         """Submit many tasks of one kind in one transaction: all are stored, or none."""
+        return await self._insert(
+            task,
+            list(payloads),
+            keys=keys,
+            on_duplicate=on_duplicate,
+            opts=_Opts(delay, run_at, priority, queue, tags, ttl, parent, fail_fast),
+        )
+
+    async def _insert(
+        self,
+        task: TaskDef | str,
+        payloads: Sequence[Any],
+        *,
+        keys: Sequence[str | None] | None = None,
+        child_keys: Sequence[str | None] | None = None,
+        on_duplicate: OnDuplicate = "skip",
+        opts: _Opts,
+        fence: LeaseRef | None = None,
+    ) -> list[TaskHandle[Any]]:
+        """The one way tasks get in: submits and spawns. Validates everything before storing."""
         tdef = self._resolve(task)
         _check_on_duplicate(on_duplicate)
-        common = _Common.build(tdef, delay, run_at, priority, queue, tags, ttl)
-        items = list(payloads)
-        if keys is not None and len(keys) != len(items):
-            raise ConfigurationError(f"{len(keys)} keys for {len(items)} payloads")
+        common = _Common.build(tdef, opts)
+        for what, given in (("keys", keys), ("child keys", child_keys)):
+            if given is not None and len(given) != len(payloads):
+                raise ConfigurationError(f"{len(given)} {what} for {len(payloads)} payloads")
         encode = tdef.payload.encode
         news = [
-            common.task(tdef, encode(p), _check_key(keys[i]) if keys is not None else None)
-            for i, p in enumerate(items)
+            common.task(
+                tdef,
+                encode(p),
+                _check_key(keys[i]) if keys is not None else None,
+                _check_key(child_keys[i]) if child_keys is not None else None,
+            )
+            for i, p in enumerate(payloads)
         ]
         await self.open()
         outs = await self.store.tasks_insert(
-            TasksInsert(news, on_duplicate, self.clock.store_now())
+            TasksInsert(news, on_duplicate, self.clock.store_now(), fence)
         )
         return [TaskHandle(o.id, self, tdef.name, o.status) for o in outs]
+
+    def spawn_options(self, parent_id: str, given: Mapping[str, Any]) -> _Opts:
+        """Submit options for children spawned from a handler (`ctx.spawn(..., delay=...)`)."""
+        unknown = set(given) - _SPAWN_OPTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"spawn does not take {', '.join(sorted(unknown))}; it takes "
+                f"{', '.join(sorted(_SPAWN_OPTIONS))}"
+            )
+        return _Opts(parent=parent_id, **given)
+
+    def kind_names(self, kind: TaskDef | str | Iterable[TaskDef | str] | None) -> tuple[str, ...]:
+        """Task names for a filter given as task objects or names (None: every kind)."""
+        if kind is None:
+            return ()
+        if isinstance(kind, TaskDef | str):
+            kind = [kind]
+        return tuple(k.name if isinstance(k, TaskDef) else str(k) for k in kind)
+
+    def child_result(self, row: ChildRow) -> ChildResult[Any]:
+        ok = row.state is State.COMPLETED
+        result = self.decode_result(row.kind, row.result) if ok else None
+        return ChildResult(row.id, row.kind, row.state, ok, result, row.error, row.attempts)
 
     def handle(self, task_id: str, task: TaskDef | str | None = None) -> TaskHandle[Any]:
         """A handle for a task submitted elsewhere (its result decodes by its registered kind)."""
@@ -397,6 +474,23 @@ def _check_key(key: str | None) -> str | None:
     return key
 
 
+_SPAWN_OPTIONS = frozenset({"delay", "run_at", "priority", "queue", "tags", "ttl", "fail_fast"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Opts:
+    """Submit options as the caller gave them (None: the task's default)."""
+
+    delay: timedelta | None = None
+    run_at: datetime | None = None
+    priority: int | None = None
+    queue: str | None = None
+    tags: Mapping[str, str] | None = None
+    ttl: timedelta | None = None
+    parent: str | None = None
+    fail_fast: bool | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class _Common:
     """The options shared by every task of one submit call, validated once."""
@@ -407,42 +501,43 @@ class _Common:
     run_at_ms: int | None
     ttl_ms: int | None
     tags: Mapping[str, str]
+    parent_id: str | None
+    fail_fast: bool
 
     @staticmethod
-    def build(
-        tdef: TaskDef,
-        delay: timedelta | None,
-        run_at: datetime | None,
-        priority: int | None,
-        queue: str | None,
-        tags: Mapping[str, str] | None,
-        ttl: timedelta | None,
-    ) -> _Common:
-        if delay is not None and run_at is not None:
+    def build(tdef: TaskDef, o: _Opts) -> _Common:
+        if o.delay is not None and o.run_at is not None:
             raise ConfigurationError("pass delay or run_at, not both")
         run_at_ms = None
-        if run_at is not None:
-            if not isinstance(run_at, datetime) or run_at.tzinfo is None:
+        if o.run_at is not None:
+            if not isinstance(o.run_at, datetime) or o.run_at.tzinfo is None:
                 raise ConfigurationError(
-                    f"run_at must be a timezone-aware datetime, got {run_at!r}"
+                    f"run_at must be a timezone-aware datetime, got {o.run_at!r}"
                 )
-            run_at_ms = int(run_at.timestamp() * 1000)
-        if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
-            raise ConfigurationError(f"priority must be an int, got {priority!r}")
-        tags = dict(tags or {})
+            run_at_ms = int(o.run_at.timestamp() * 1000)
+        if o.priority is not None and (
+            not isinstance(o.priority, int) or isinstance(o.priority, bool)
+        ):
+            raise ConfigurationError(f"priority must be an int, got {o.priority!r}")
+        tags = dict(o.tags or {})
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
             raise ConfigurationError("tags must map strings to strings")
-        ttl_ms = positive_ms("ttl", ttl) if ttl is not None else tdef.ttl_ms
+        if o.parent is not None and (not isinstance(o.parent, str) or not o.parent):
+            raise ConfigurationError(f"parent must be a task id, got {o.parent!r}")
         return _Common(
-            queue=check_queue(queue) if queue is not None else tdef.queue,
-            priority=int(priority) if priority is not None else tdef.priority,
-            delay_ms=positive_ms("delay", delay, allow_zero=True),
+            queue=check_queue(o.queue) if o.queue is not None else tdef.queue,
+            priority=int(o.priority) if o.priority is not None else tdef.priority,
+            delay_ms=positive_ms("delay", o.delay, allow_zero=True),
             run_at_ms=run_at_ms,
-            ttl_ms=ttl_ms,
+            ttl_ms=positive_ms("ttl", o.ttl) if o.ttl is not None else tdef.ttl_ms,
             tags=tags,
+            parent_id=o.parent,
+            fail_fast=tdef.fail_fast if o.fail_fast is None else bool(o.fail_fast),
         )
 
-    def task(self, tdef: TaskDef, payload: bytes, key: str | None) -> NewTask:
+    def task(
+        self, tdef: TaskDef, payload: bytes, key: str | None, child_key: str | None
+    ) -> NewTask:
         return NewTask(
             id=new_task_id(),
             kind=tdef.name,
@@ -457,4 +552,8 @@ class _Common:
             retry_policy=tdef.retry_policy,
             timeout_ms=tdef.timeout_ms,
             tags=self.tags,
+            parent_id=self.parent_id,
+            child_key=child_key,
+            fail_fast=self.fail_fast,
+            has_on_cancel=tdef.executor is not None and tdef.executor.has_on_cancel,
         )

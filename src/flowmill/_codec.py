@@ -184,22 +184,20 @@ class Codec(Generic[T]):
     ) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
             raise ConfigurationError(f"max_bytes must be a positive integer, got {max_bytes!r}")
-        self.type: Any = tp
+        self.type: Any = tp  # as declared (the `object` rewrite below is for msgspec only)
         self.task = task
         self.what = what
         self.max_bytes = max_bytes
         self._prefix = f"task {task!r}: {what}"
         # All type analysis happens here so encode/decode stay a few microseconds.
+        tp = _object_as_any(tp)
         base = _strip_annotated(tp)
         self._model: Any = base if _is_pydantic_model(base) else None
         skip = base is Any or base is object
         self._instance_of: type[Any] | None = None if skip else _instance_check_class(tp)
         self._strict_check = not skip and self._instance_of is None
         try:
-            # msgspec treats `object` as a custom type; it means "any JSON value" here.
-            self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
-                Any if base is object else tp, dec_hook=_dec_hook
-            )
+            self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(tp, dec_hook=_dec_hook)
         except TypeError as exc:
             raise ConfigurationError(
                 f"task {task!r}: {what} type {describe_type(tp)} is not supported: {exc}"
@@ -264,6 +262,26 @@ class Codec(Generic[T]):
 
 def _describe_value(value: Any) -> str:
     return "None" if value is None else type(value).__name__
+
+
+def _object_as_any(tp: Any) -> Any:
+    """`object` means "any JSON value" here, but msgspec treats it as a custom class:
+    rewrite it to `Any`, also inside generics (`list[object]`, `dict[str, object]`)."""
+    if tp is object:
+        return Any
+    args = typing.get_args(tp)
+    origin = typing.get_origin(tp)
+    if not args or origin is None or origin is typing.Annotated or origin is typing.Literal:
+        return tp
+    new_args = tuple(_object_as_any(a) for a in args)
+    if new_args == args:
+        return tp
+    if origin is types.UnionType or origin is typing.Union:
+        return typing.Union[new_args]  # noqa: UP007 - built from a tuple of types
+    try:
+        return origin[new_args]
+    except TypeError:
+        return tp
 
 
 def describe_type(tp: Any) -> str:

@@ -5,13 +5,20 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import AsyncGenerator, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from ._errors import Cancelled
-from .store._base import TaskProgress
+from ._children import ChildrenReport, ChildResult
+from ._errors import Cancelled, ConfigurationError
+from ._states import Phase, State
+from .store._base import ChildrenPage, ChildrenSummaryQuery, LeaseRef, TaskProgress
 
 if TYPE_CHECKING:
-    from .store._base import Store
+    from ._app import App
+    from ._handle import TaskHandle
+    from ._task import TaskDef
+
+SPAWN_CHUNK = 1000  # children per transaction in spawn_many
 
 
 class CancelToken:
@@ -65,9 +72,11 @@ class Context:
         max_attempts: int,
         lease_epoch: int,
         worker_id: str,
-        store: Store,
+        app: App,
         token: CancelToken,
         loop: asyncio.AbstractEventLoop,
+        parent_id: str | None = None,
+        phase: Phase = Phase.EXECUTE,
         now_ms: int | None = None,
     ) -> None:
         self.task_id = task_id
@@ -77,7 +86,9 @@ class Context:
         self.max_attempts = max_attempts
         self.lease_epoch = lease_epoch
         self.worker_id = worker_id
-        self._store = store
+        self.parent_id = parent_id
+        self.phase = phase
+        self._app = app
         self._token = token
         self._loop = loop
         self._now_ms = now_ms
@@ -106,7 +117,7 @@ class Context:
             raise ValueError(f"progress must be a number from 0 to 100, got {pct!r}")
         if not 0 <= pct <= 100:
             raise ValueError(f"progress must be from 0 to 100, got {pct}")
-        await self._store.task_progress(
+        await self._app.store.task_progress(
             TaskProgress(self.task_id, self.lease_epoch, float(pct), message, self._now_ms)
         )
 
@@ -114,3 +125,105 @@ class Context:
         """`progress` for sync handlers running in a worker thread."""
         fut = asyncio.run_coroutine_threadsafe(self.progress(pct, message), self._loop)
         fut.result()
+
+    # -- children ------------------------------------------------------------------
+
+    def _fence(self, what: str) -> LeaseRef:
+        if self.phase is Phase.FINALIZE:
+            raise ConfigurationError(
+                f"{what} in finalize: children must be spawned by execute (or by siblings), "
+                "finalize runs once they have all ended"
+            )
+        return LeaseRef(self.task_id, self.lease_epoch)
+
+    async def spawn(
+        self, task: TaskDef | str, payload: Any = None, *, key: str | None = None, **opts: Any
+    ) -> TaskHandle[Any]:
+        """Start a child of this task. With `key`, a re-run execute does not spawn it twice."""
+        [handle] = await self.spawn_many(task, [payload], keys=[key], **opts)
+        return handle
+
+    async def spawn_many(
+        self,
+        task: TaskDef | str,
+        payloads: Iterable[Any],
+        *,
+        keys: Sequence[str | None] | None = None,
+        **opts: Any,
+    ) -> list[TaskHandle[Any]]:
+        """Start many children, `SPAWN_CHUNK` per transaction (each chunk fenced by our lease)."""
+        return await self._spawn(task, list(payloads), keys, self.task_id, "spawn", opts)
+
+    async def spawn_sibling(
+        self, task: TaskDef | str, payload: Any = None, *, key: str | None = None, **opts: Any
+    ) -> TaskHandle[Any]:
+        """Start a child of this task's parent (a BFS step); its finalize waits for it too."""
+        if self.parent_id is None:
+            raise ConfigurationError(
+                f"spawn_sibling: task {self.task_id} is a root task; it has no parent to share"
+            )
+        [handle] = await self._spawn(task, [payload], [key], self.parent_id, "spawn_sibling", opts)
+        return handle
+
+    async def _spawn(
+        self,
+        task: TaskDef | str,
+        payloads: list[Any],
+        keys: Sequence[str | None] | None,
+        parent_id: str,
+        what: str,
+        opts: dict[str, Any],
+    ) -> list[TaskHandle[Any]]:
+        fence = self._fence(what)
+        options = self._app.spawn_options(parent_id, opts)
+        handles: list[TaskHandle[Any]] = []
+        for i in range(0, len(payloads), SPAWN_CHUNK):
+            chunk_keys = None if keys is None else keys[i : i + SPAWN_CHUNK]
+            handles += await self._app._insert(
+                task,
+                payloads[i : i + SPAWN_CHUNK],
+                child_keys=chunk_keys,
+                opts=options,
+                fence=fence,
+            )
+        return handles
+
+    async def children(
+        self,
+        kind: TaskDef | str | Iterable[TaskDef | str] | None = None,
+        state: State | str | Iterable[State | str] | None = None,
+        *,
+        page_size: int = 500,
+    ) -> AsyncGenerator[ChildResult[Any], None]:
+        """This task's children in spawn order, read page by page (memory stays bounded).
+
+        `kind` keeps only children of those tasks; results are decoded with each child's
+        own result type.
+        """
+        kinds = self._app.kind_names(kind)
+        states = _states(state)
+        after = 0
+        while True:
+            rows = await self._app.store.children_page(
+                ChildrenPage(self.task_id, kinds, states, after, page_size)
+            )
+            for row in rows:
+                yield self._app.child_result(row)
+            if len(rows) < page_size:
+                return
+            after = rows[-1].seq
+
+    async def children_summary(self, *, top_errors: int = 5, examples: int = 3) -> ChildrenReport:
+        """Counts of the children by state, and the most common errors with example ids."""
+        summary = await self._app.store.children_summary(
+            ChildrenSummaryQuery(self.task_id, top_errors, examples)
+        )
+        return ChildrenReport.of(summary)
+
+
+def _states(state: State | str | Iterable[State | str] | None) -> tuple[State, ...]:
+    if state is None:
+        return ()
+    if isinstance(state, State | str):
+        return (State(state),)
+    return tuple(State(s) for s in state)

@@ -134,3 +134,13 @@ class Fail(FlowmillError):
         super().__init__(message)
         self.message = message
         self.category = category
+
+
+class InvalidParent(FlowmillError):
+    """A child was submitted to a parent that does not exist or has already ended."""
+
+    def __init__(self, parent_id: str, state: str | None) -> None:
+        what = "does not exist" if state is None else f"has already ended ({state})"
+        super().__init__(f"cannot add a child to task {parent_id}: it {what}")
+        self.parent_id = parent_id
+        self.state = state

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -91,20 +92,33 @@ class AttemptRunner:
         self.stats = RunnerStats()
 
     async def call(self, tdef: TaskDef, payload: Any, ctx: Context, token: CancelToken) -> Ended:
-        loop = asyncio.get_running_loop()
+        """Run a task function under its timeout."""
         args: tuple[Any, ...] = (payload,) if tdef.takes_payload else ()
         if tdef.wants_context:
             args = (*args, ctx)
+        return await self.invoke(
+            tdef.fn, args, is_async=tdef.is_async, timeout_ms=tdef.timeout_ms, token=token
+        )
+
+    async def invoke(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        *,
+        is_async: bool,
+        timeout_ms: int | None,
+        token: CancelToken,
+    ) -> Ended:
+        """Run any handler callable (a task, or an executor's execute/finalize/on_cancel)."""
+        loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any]
-        if tdef.is_async:
-            fut = asyncio.ensure_future(tdef.fn(*args))
+        if is_async:
+            fut = asyncio.ensure_future(fn(*args))
         else:
-            fut = loop.run_in_executor(self.pool.executor, functools.partial(tdef.fn, *args))
+            fut = loop.run_in_executor(self.pool.executor, functools.partial(fn, *args))
         timer = None
-        if tdef.timeout_ms is not None:
-            timer = self.clock.call_later(
-                tdef.timeout_ms / 1000, lambda: token.fire(TIMEOUT_REASON)
-            )
+        if timeout_ms is not None:
+            timer = self.clock.call_later(timeout_ms / 1000, lambda: token.fire(TIMEOUT_REASON))
         try:
             stop = token.future()
             await asyncio.wait((fut, stop), return_when=asyncio.FIRST_COMPLETED)
@@ -116,15 +130,15 @@ class AttemptRunner:
                 timer.cancel()
         if fut.done():
             return _ended(fut)
-        return await self._stop(tdef, fut, token)
+        return await self._stop(is_async, fut, token)
 
-    async def _stop(self, tdef: TaskDef, fut: asyncio.Future[Any], token: CancelToken) -> Ended:
+    async def _stop(self, is_async: bool, fut: asyncio.Future[Any], token: CancelToken) -> Ended:
         reason = token.reason or "cancelled"
         counter = self.stats.timeouts if reason == TIMEOUT_REASON else self.stats.stops
         if await self._within(fut, self.grace_s):
             counter[TimeoutClass.COOPERATIVE] += 1
             return _ended(fut, reason, TimeoutClass.COOPERATIVE)
-        if tdef.is_async:
+        if is_async:
             fut.cancel()
             if await self._within(fut, self.grace_s):
                 counter[TimeoutClass.LATE] += 1

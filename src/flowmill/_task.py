@@ -67,13 +67,15 @@ class TaskDef:
     max_concurrency: int | None
     ttl_ms: int | None
     retry_policy: bytes = field(default=b"{}")
+    executor: Any = None  # ExecutorParts for an orchestrator (see _executor.py)
+    fail_fast: bool = True  # as a parent: the first failed child fails it
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Calling the task object calls the handler directly (handy in unit tests)."""
         return self.fn(*args, **kwargs)
 
 
-def _module_name(fn: Callable[..., Any]) -> str:
+def module_name(fn: Any) -> str:
     """The importable name of the handler's module, also when it runs as `__main__`.
 
     `python jobs.py` names the module `__main__`, but a worker started with `flowmill worker
@@ -95,48 +97,71 @@ def _positional_count(fn: Callable[..., Any]) -> int:
     return sum(1 for p in inspect.signature(fn).parameters.values() if p.kind in kinds)
 
 
-def make_task_def(
-    fn: Callable[..., Any],
-    *,
-    name: str | None,
-    retry: Retry | None,
-    timeout: timedelta | None,
-    queue: str,
-    priority: int,
-    max_concurrency: int | None,
-    ttl: timedelta | None,
-    max_payload_bytes: int,
-) -> TaskDef:
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """The options `@app.task` and `@app.executor` share, validated once for both."""
+
+    name: str | None = None
+    retry: Retry | None = None
+    timeout: timedelta | None = None
+    queue: str = "default"
+    priority: int = Priority.NORMAL
+    max_concurrency: int | None = None
+    ttl: timedelta | None = None
+
+    def build(
+        self,
+        default_name: str,
+        fn: Callable[..., Any],
+        *,
+        payload_type: Any,
+        result_type: Any,
+        wants_context: bool,
+        takes_payload: bool,
+        max_payload_bytes: int,
+    ) -> TaskDef:
+        task_name = self.name or default_name
+        if not isinstance(task_name, str) or not task_name or len(task_name) > 255:
+            raise ConfigurationError(f"bad task name {task_name!r}")
+        retry = self.retry if self.retry is not None else Retry()
+        if not isinstance(retry, Retry):
+            raise ConfigurationError(f"retry must be fm.Retry(...), got {retry!r}")
+        limit = self.max_concurrency
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise ConfigurationError(f"max_concurrency must be >= 1, got {limit!r}")
+        if not isinstance(self.priority, int):
+            raise ConfigurationError(f"priority must be an int, got {self.priority!r}")
+        return TaskDef(
+            name=task_name,
+            fn=fn,
+            payload=Codec(
+                payload_type, task=task_name, what="payload", max_bytes=max_payload_bytes
+            ),
+            result=Codec(result_type, task=task_name, what="result", max_bytes=max_payload_bytes),
+            wants_context=wants_context,
+            takes_payload=takes_payload,
+            is_async=inspect.iscoroutinefunction(fn),
+            retry=retry,
+            timeout_ms=positive_ms("timeout", self.timeout),
+            queue=check_queue(self.queue),
+            priority=int(self.priority),
+            max_concurrency=limit,
+            ttl_ms=positive_ms("ttl", self.ttl),
+            retry_policy=backoff_to_json(retry.backoff),
+        )
+
+
+def make_task_def(fn: Callable[..., Any], options: TaskOptions, max_payload_bytes: int) -> TaskDef:
+    """A TaskDef for a plain function: its annotations give the payload and result types."""
     if not callable(fn):
         raise ConfigurationError(f"@task needs a function, got {fn!r}")
-    task_name = name or f"{_module_name(fn)}.{fn.__qualname__}"
-    if not isinstance(task_name, str) or not task_name or len(task_name) > 255:
-        raise ConfigurationError(f"bad task name {task_name!r}")
-    retry = retry if retry is not None else Retry()
-    if not isinstance(retry, Retry):
-        raise ConfigurationError(f"retry must be fm.Retry(...), got {retry!r}")
-    if max_concurrency is not None and (
-        not isinstance(max_concurrency, int) or max_concurrency < 1
-    ):
-        raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency!r}")
-    if not isinstance(priority, int):
-        raise ConfigurationError(f"priority must be an int, got {priority!r}")
     sig = inspect_handler(fn)
-    return TaskDef(
-        name=task_name,
-        fn=fn,
-        payload=Codec(
-            sig.payload_type, task=task_name, what="payload", max_bytes=max_payload_bytes
-        ),
-        result=Codec(sig.result_type, task=task_name, what="result", max_bytes=max_payload_bytes),
+    return options.build(
+        f"{module_name(fn)}.{fn.__qualname__}",
+        fn,
+        payload_type=sig.payload_type,
+        result_type=sig.result_type,
         wants_context=sig.wants_context,
         takes_payload=_positional_count(fn) > 0,
-        is_async=inspect.iscoroutinefunction(fn),
-        retry=retry,
-        timeout_ms=positive_ms("timeout", timeout),
-        queue=check_queue(queue),
-        priority=int(priority),
-        max_concurrency=max_concurrency,
-        ttl_ms=positive_ms("ttl", ttl),
-        retry_policy=backoff_to_json(retry.backoff),
+        max_payload_bytes=max_payload_bytes,
     )

@@ -12,12 +12,13 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._batch import Batcher
 from ._clock import Clock
+from ._codec import Codec
 from ._context import CancelToken, Context
-from ._errors import ConfigurationError, PayloadError, StoreError
+from ._errors import ConfigurationError, LeaseLost, PayloadError, StoreError
 from ._outcome import (
     STOP_LEASE_LOST,
     STOP_LEASE_UNHEALTHY,
@@ -27,10 +28,11 @@ from ._outcome import (
     beyond_cap,
     decide_finish,
     decode_failure,
+    error_info,
     reap,
 )
 from ._runner import AttemptRunner, SyncPool
-from ._states import State
+from ._states import Phase, State
 from ._task import TaskDef, check_queue
 from .store._base import (
     ClaimedRow,
@@ -38,6 +40,9 @@ from .store._base import (
     Finish,
     FinishOutcome,
     FinishStatus,
+    HookDone,
+    HookRow,
+    HooksClaim,
     LeaseRef,
     LeasesExpired,
     LeasesRenew,
@@ -45,6 +50,7 @@ from .store._base import (
     TasksExpire,
     TasksFinish,
     TasksPromote,
+    TaskWaitChildren,
 )
 
 if TYPE_CHECKING:
@@ -54,6 +60,9 @@ log = logging.getLogger("flowmill.worker")
 
 UNHEALTHY_AFTER = 3  # consecutive failed renewals before an attempt is told to stop
 CANCEL_CHECK_INTERVAL_S = 0.5  # at most two cancel-driven renewals a second
+HOOK_BATCH = 16
+HOOK_ATTEMPTS = 3
+HOOK_TIMEOUT_MS = 60_000  # on_cancel of a task without a timeout
 _BUSY_STATES = frozenset(
     {State.SCHEDULED, State.RUNNING, State.WAITING_CHILDREN, State.SUSPENDED, State.BLOCKED}
 )
@@ -79,6 +88,7 @@ class WorkerStats:
     reaped: int = 0
     promoted: int = 0
     expired: int = 0
+    hooks: int = 0
 
 
 def _ms(value: timedelta) -> int:
@@ -315,7 +325,32 @@ class Worker:
             payload = tdef.payload.decode(row.payload)
         except PayloadError as err:
             return decode_failure(row, err)
-        ctx = Context(
+        ctx = self._context(row, a.token)
+        parts = tdef.executor
+        if parts is None:
+            ended = await self.runner.call(tdef, payload, ctx, a.token)
+            return decide_finish(row, tdef, ended)
+        instance = parts.instance
+        if row.phase is Phase.FINALIZE:
+            try:
+                memo = parts.memo.decode(row.memo or b"null")
+            except PayloadError as err:
+                return decode_failure(row, err)
+            ended = await self.runner.invoke(
+                instance.finalize,
+                (payload, memo, ctx),
+                is_async=parts.finalize_async,
+                timeout_ms=tdef.timeout_ms,
+                token=a.token,
+            )
+            return decide_finish(row, tdef, ended)
+        ended = await self.runner.call(tdef, payload, ctx, a.token)
+        if ended.error is not None or ended.stop_reason is not None or not ended.finished:
+            return decide_finish(row, tdef, ended)
+        return await self._wait_children(row, parts.memo, ended.value)
+
+    def _context(self, row: ClaimedRow, token: CancelToken) -> Context:
+        return Context(
             task_id=row.id,
             kind=row.kind,
             queue=row.queue,
@@ -323,13 +358,35 @@ class Worker:
             max_attempts=row.max_attempts,
             lease_epoch=row.lease_epoch,
             worker_id=self.worker_id,
-            store=self.app.store,
-            token=a.token,
+            app=self.app,
+            token=token,
             loop=asyncio.get_running_loop(),
+            parent_id=row.parent_id,
+            phase=row.phase,
             now_ms=self.clock.store_now(),
         )
-        ended = await self.runner.call(tdef, payload, ctx, a.token)
-        return decide_finish(row, tdef, ended)
+
+    async def _wait_children(self, row: ClaimedRow, codec: Codec[Any], memo: Any) -> Finish | None:
+        """Execute returned: store its memo and park the task until its children end."""
+        try:
+            data = codec.encode(memo)
+        except PayloadError as err:
+            return Finish(
+                row.id,
+                row.lease_epoch,
+                State.FAILED,
+                error=error_info(err, Category.RESULT, with_traceback=False),
+            )
+        try:
+            state = await self.app.store.task_wait_children(
+                TaskWaitChildren(row.id, row.lease_epoch, data, self.clock.store_now())
+            )
+        except LeaseLost:
+            self.stats.lease_lost += 1
+            log.warning("task %s: lease lost before its memo was stored", row.id)
+            return None
+        self.stats.outcomes[str(state)] += 1
+        return None
 
     def _before_start(self, a: _Attempt) -> Finish | None:
         reason = a.token.reason
@@ -437,11 +494,77 @@ class Worker:
         store, now = self.app.store, self.clock.store_now()
         self.stats.promoted += await store.tasks_promote(TasksPromote(now_ms=now))
         self.stats.expired += await store.tasks_expire(TasksExpire(now_ms=now))
+        await self.run_hooks()
         if reap_leases:
             expired = await store.leases_expired(LeasesExpired(now_ms=now))
             if expired:
                 outs = await store.tasks_finish(TasksFinish([reap(e) for e in expired], now))
                 self.stats.reaped += sum(o.status is FinishStatus.APPLIED for o in outs)
+
+    async def run_hooks(self) -> int:
+        """Run pending on_cancel hooks of ended orchestrators; returns how many ran."""
+        kinds = [
+            n
+            for n, t in self.app.registry.items()
+            if t.executor is not None and t.executor.has_on_cancel
+        ]
+        if not kinds:
+            return 0
+        hooks = await self.app.store.hooks_claim(
+            HooksClaim(self.worker_id, kinds, HOOK_BATCH, self.lease_ttl_ms, self.clock.store_now())
+        )
+        for hook in hooks:
+            ok = await self._run_hook(hook)
+            try:
+                await self.app.store.hook_done(
+                    HookDone(hook.task_id, hook.epoch, ok, now_ms=self.clock.store_now())
+                )
+            except LeaseLost:
+                log.warning("on_cancel of %s: hook lease lost", hook.task_id)
+        return len(hooks)
+
+    async def _run_hook(self, hook: HookRow) -> bool:
+        tdef = self.app.registry[hook.kind]
+        parts = tdef.executor
+        assert parts is not None
+        try:
+            payload = tdef.payload.decode(hook.payload)
+            memo = parts.memo.decode(hook.memo) if hook.memo is not None else None
+        except PayloadError as err:
+            log.error("on_cancel of %s cannot run: %s", hook.task_id, err)
+            return True  # retrying cannot fix a payload: give up on the hook
+        token = CancelToken()
+        ctx = Context(
+            task_id=hook.task_id,
+            kind=hook.kind,
+            queue=tdef.queue,
+            attempt=hook.attempt,
+            max_attempts=HOOK_ATTEMPTS,
+            lease_epoch=hook.epoch,
+            worker_id=self.worker_id,
+            app=self.app,
+            token=token,
+            loop=asyncio.get_running_loop(),
+            phase=Phase.FINALIZE,
+            now_ms=self.clock.store_now(),
+        )
+        ended = await self.runner.invoke(
+            parts.instance.on_cancel,
+            (payload, memo, ctx),
+            is_async=parts.on_cancel_async,
+            timeout_ms=tdef.timeout_ms or HOOK_TIMEOUT_MS,
+            token=token,
+        )
+        if ended.error is not None or not ended.finished or ended.stop_reason is not None:
+            log.warning(
+                "on_cancel of %s failed (attempt %d): %r",
+                hook.task_id,
+                hook.attempt,
+                ended.error or ended.stop_reason,
+            )
+            return False
+        self.stats.hooks += 1
+        return True
 
     # -- shutdown --------------------------------------------------------------------
 

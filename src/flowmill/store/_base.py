@@ -29,6 +29,12 @@ class ErrorInfo:
     traceback: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseRef:
+    task_id: str
+    epoch: int
+
+
 @dataclass(slots=True)
 class NewTask:
     """One task to insert. At most one of `delay_ms` (store clock) and `run_at_ms` is set.
@@ -51,13 +57,23 @@ class NewTask:
     timeout_ms: int | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     parent_id: str | None = None
+    # Children: a key unique among the parent's children for the parent's whole life, so an
+    # execute that runs again does not spawn twice (even children that already ended).
+    child_key: str | None = None
+    fail_fast: bool = True  # as a parent: the first child failure fails this task
+    has_on_cancel: bool = False  # an executor: cancellation leaves an on_cancel hook to run
 
 
 @dataclass(frozen=True, slots=True)
 class TasksInsert:
+    """Insert tasks. With `fence`, the insert is a spawn: refused with `LeaseLost` unless that
+    task is running at that epoch. Every distinct `parent_id` must name an active task
+    (`InvalidParent` otherwise); its child counters grow in the same transaction."""
+
     tasks: Sequence[NewTask]
     on_duplicate: OnDuplicate = "skip"
     now_ms: int | None = None
+    fence: LeaseRef | None = None
 
 
 class InsertStatus(StrEnum):
@@ -100,12 +116,6 @@ class ClaimedRow:
     lease_epoch: int
     lease_expires_at_ms: int
     parent_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseRef:
-    task_id: str
-    epoch: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +308,100 @@ class Event:
     detail: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class TaskWaitChildren:
+    """Execute returned `memo`: park the task until its children end (fenced).
+
+    The memo is stored in the same transaction, so execute never runs again. With no child
+    outstanding the task goes straight to `ready` in phase finalize; with `fail_fast` and a
+    child already failed, it fails (cancelling what is left, leaving its on_cancel hook)."""
+
+    task_id: str
+    epoch: int
+    memo: bytes
+    now_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChildrenPage:
+    """One page of a parent's children in spawn order; pass the last `seq` as `after_seq`."""
+
+    parent_id: str
+    kinds: Sequence[str] = ()
+    states: Sequence[State] = ()
+    after_seq: int = 0
+    limit: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ChildRow:
+    seq: int
+    id: str
+    kind: str
+    state: State
+    result: bytes | None
+    error: ErrorInfo | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorGroup:
+    message: str
+    count: int
+    example_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChildrenSummary:
+    """Counts of a parent's children by state, and their most common error messages."""
+
+    parent_id: str
+    total: int
+    by_state: dict[State, int]
+    top_errors: tuple[ErrorGroup, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChildrenSummaryQuery:
+    parent_id: str
+    top_errors: int = 5
+    examples: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class HooksClaim:
+    """Claim pending on_cancel hooks of ended tasks (each under its own short lease)."""
+
+    worker_id: str
+    kinds: Sequence[str]
+    limit: int
+    lease_ttl_ms: int
+    now_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HookRow:
+    task_id: str
+    kind: str
+    hook: str
+    payload: bytes
+    memo: bytes | None
+    state: State
+    epoch: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class HookDone:
+    """The hook ran (`ok`), or failed; a failed hook is tried again up to `max_attempts`."""
+
+    task_id: str
+    epoch: int
+    ok: bool
+    max_attempts: int = 3
+    now_ms: int | None = None
+
+
 @runtime_checkable
 class Store(Protocol):
     """What every backend provides. `flowmill.testing.StoreConformance` checks it."""
@@ -342,6 +446,17 @@ class Store(Protocol):
         """Result rows of those tasks that have ended; tasks still active are left out."""
 
     async def events_read(self, p: EventsRead) -> list[Event]: ...
+
+    async def task_wait_children(self, p: TaskWaitChildren) -> State:
+        """Park a task whose execute returned; returns the state it moved to."""
+
+    async def children_page(self, p: ChildrenPage) -> list[ChildRow]: ...
+
+    async def children_summary(self, p: ChildrenSummaryQuery) -> ChildrenSummary: ...
+
+    async def hooks_claim(self, p: HooksClaim) -> list[HookRow]: ...
+
+    async def hook_done(self, p: HookDone) -> None: ...
 
     async def wait_for_work(self, timeout_s: float) -> None:
         """Return when new ready work may exist (a hint), or after `timeout_s`."""

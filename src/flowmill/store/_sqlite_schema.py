@@ -45,7 +45,15 @@ MIGRATIONS: tuple[str, ...] = (
         run_at INTEGER,
         expires_at INTEGER,
         started_at INTEGER,
-        finished_at INTEGER
+        finished_at INTEGER,
+        children_total INTEGER NOT NULL DEFAULT 0,
+        children_active INTEGER NOT NULL DEFAULT 0,
+        children_failed INTEGER NOT NULL DEFAULT 0,
+        fail_fast INTEGER NOT NULL DEFAULT 1,
+        child_key TEXT,
+        has_on_cancel INTEGER NOT NULL DEFAULT 0,
+        hook TEXT,
+        hook_attempts INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX fm_tasks_ready ON fm_tasks (queue, priority DESC, seq) WHERE state = 'ready';
     CREATE INDEX fm_tasks_due ON fm_tasks (run_at) WHERE state = 'scheduled';
@@ -54,6 +62,9 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE state = 'ready' AND expires_at IS NOT NULL;
     CREATE INDEX fm_tasks_state ON fm_tasks (state, queue);
     CREATE INDEX fm_tasks_parent ON fm_tasks (parent_id, seq) WHERE parent_id IS NOT NULL;
+    CREATE UNIQUE INDEX fm_tasks_child_key ON fm_tasks (parent_id, child_key)
+        WHERE child_key IS NOT NULL;
+    CREATE INDEX fm_tasks_hooks ON fm_tasks (seq) WHERE hook IS NOT NULL;
     CREATE UNIQUE INDEX fm_tasks_dedup ON fm_tasks (kind, dedup_key)
         WHERE dedup_key IS NOT NULL AND state IN ({_ACTIVE_SQL});
     CREATE TABLE fm_results (

@@ -13,16 +13,22 @@ from .._errors import (
     ConfigurationError,
     DuplicateTask,
     IllegalTransition,
+    InvalidParent,
     LeaseLost,
     SchemaError,
     StoreError,
     TaskNotFound,
 )
 from .._states import TERMINAL, TRANSITIONS, Phase, State, can_transition, sources_of
+from . import _sqlite_tree as _tree
 from . import _wake
 from ._base import (
     ON_DUPLICATE_CHOICES,
     CancelOutcome,
+    ChildrenPage,
+    ChildrenSummary,
+    ChildrenSummaryQuery,
+    ChildRow,
     ClaimedRow,
     CountRow,
     ErrorInfo,
@@ -32,6 +38,9 @@ from ._base import (
     Finish,
     FinishOutcome,
     FinishStatus,
+    HookDone,
+    HookRow,
+    HooksClaim,
     InsertOutcome,
     InsertStatus,
     LeasesExpired,
@@ -49,6 +58,7 @@ from ._base import (
     TasksInsert,
     TasksList,
     TasksPromote,
+    TaskWaitChildren,
 )
 from ._serde import decode_error, decode_tags, encode_error, encode_tags
 from ._sqlite_schema import migrate, not_a_database
@@ -67,6 +77,10 @@ _IN_CHUNK = 500
 
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _now(now_ms: int | None) -> int:
+    return now_ms if now_ms is not None else _wall_ms()
 
 
 def _check_path(path: str) -> None:
@@ -247,6 +261,33 @@ class SQLiteStore:
     async def task_progress(self, p: TaskProgress) -> None:
         await self._write(lambda c, tx: _progress(c, p))
 
+    # -- parents and children --------------------------------------------------------
+
+    async def task_wait_children(self, p: TaskWaitChildren) -> State:
+        def job(c: sqlite3.Connection, tx: Tx) -> State:
+            return _tree.wait_children(c, tx, p, _now(p.now_ms))
+
+        result: State = await self._write(job)
+        return result
+
+    async def children_page(self, p: ChildrenPage) -> list[ChildRow]:
+        result: list[ChildRow] = await self._read(lambda c, tx: _tree.children_page(c, p))
+        return result
+
+    async def children_summary(self, p: ChildrenSummaryQuery) -> ChildrenSummary:
+        result: ChildrenSummary = await self._read(lambda c, tx: _tree.children_summary(c, p))
+        return result
+
+    async def hooks_claim(self, p: HooksClaim) -> list[HookRow]:
+        def job(c: sqlite3.Connection, tx: Tx) -> list[HookRow]:
+            return _tree.hooks_claim(c, p, _now(p.now_ms))
+
+        result: list[HookRow] = await self._write(job)
+        return result
+
+    async def hook_done(self, p: HookDone) -> None:
+        await self._write(lambda c, tx: _tree.hook_done(c, p, _now(p.now_ms)))
+
     # -- inspection ------------------------------------------------------------------
 
     async def task_get(self, task_id: str) -> TaskRecord | None:
@@ -303,8 +344,9 @@ class SQLiteStore:
 
 _INSERT_SQL = (
     "INSERT INTO fm_tasks (id, kind, queue, priority, state, payload, dedup_key, parent_id, "
-    "tags, max_attempts, retry_policy, timeout_ms, created_at, updated_at, run_at, expires_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "tags, max_attempts, retry_policy, timeout_ms, created_at, updated_at, run_at, expires_at, "
+    "child_key, fail_fast, has_on_cancel) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _EVENT_SQL = "INSERT INTO fm_events (task_id, kind, state, at, detail) VALUES (?, ?, ?, ?, ?)"
 _ACTIVE_LIST = tuple(s.value for s in State if not s.terminal)
@@ -319,6 +361,13 @@ def _key_holder(c: sqlite3.Connection, kind: str, key: str) -> tuple[str, str] |
         (kind, key, *_ACTIVE_LIST),
     ).fetchone()
     return row
+
+
+def _child_key_holder(c: sqlite3.Connection, parent_id: str, key: str) -> str | None:
+    row = c.execute(
+        "SELECT id FROM fm_tasks WHERE parent_id = ? AND child_key = ?", (parent_id, key)
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _task_row(
@@ -341,7 +390,24 @@ def _task_row(
         now,
         run_at,
         expires_at,
+        t.child_key,
+        t.fail_fast,
+        t.has_on_cancel,
     )
+
+
+def _check_fence_and_parents(c: sqlite3.Connection, p: TasksInsert) -> None:
+    if p.fence is not None:
+        row = c.execute(
+            "SELECT 1 FROM fm_tasks WHERE id = ? AND lease_epoch = ? AND state = 'running'",
+            (p.fence.task_id, p.fence.epoch),
+        ).fetchone()
+        if row is None:
+            raise LeaseLost(p.fence.task_id, p.fence.epoch)
+    for parent_id in {t.parent_id for t in p.tasks if t.parent_id is not None}:
+        row = c.execute("SELECT state FROM fm_tasks WHERE id = ?", (parent_id,)).fetchone()
+        if row is None or State(row[0]).terminal:
+            raise InvalidParent(parent_id, row[0] if row else None)
 
 
 def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome]:
@@ -351,9 +417,12 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
             f"on_duplicate must be one of {', '.join(ON_DUPLICATE_CHOICES)}, got {p.on_duplicate!r}"
         )
     now = p.now_ms if p.now_ms is not None else _wall_ms()
+    _check_fence_and_parents(c, p)
     outcomes: list[InsertOutcome] = []
     rows: list[tuple[Any, ...]] = []
     events: list[tuple[Any, ...]] = []  # events[i] records rows[i]
+    child_keys: dict[tuple[str, str], str] = {}  # (parent, child key) -> id, this batch
+    grown: dict[str, int] = {}  # parent -> children inserted by this batch
     replaced: list[tuple[Any, ...]] = []  # events of tasks already stored, rewritten here
     batch_keys: dict[tuple[str, str], int] = {}  # (kind, key) -> index in rows
     any_ready = False
@@ -361,6 +430,15 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
         run_at = now + t.delay_ms if t.delay_ms is not None else t.run_at_ms
         state = State.SCHEDULED if run_at is not None and run_at > now else State.READY
         expires_at = now + t.ttl_ms if t.ttl_ms is not None else None
+        if t.child_key is not None and t.parent_id is not None:
+            # A spawn key names one child for the parent's whole life, ended or not.
+            holder = child_keys.get((t.parent_id, t.child_key)) or _child_key_holder(
+                c, t.parent_id, t.child_key
+            )
+            if holder is not None:
+                outcomes.append(InsertOutcome(holder, InsertStatus.SKIPPED))
+                continue
+            child_keys[(t.parent_id, t.child_key)] = t.id
         if t.dedup_key is not None:
             index = batch_keys.get((t.kind, t.dedup_key))
             if index is not None:  # an earlier task of this batch holds the key
@@ -408,11 +486,15 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
                 continue
             batch_keys[(t.kind, t.dedup_key)] = len(rows)
         rows.append(_task_row(t, t.id, state, run_at, expires_at, now))
+        if t.parent_id is not None:
+            grown[t.parent_id] = grown.get(t.parent_id, 0) + 1
         any_ready = any_ready or state is State.READY
         events.append((t.id, t.kind, state.value, now, None))
         outcomes.append(InsertOutcome(t.id, InsertStatus.INSERTED))
     if rows:
         c.executemany(_INSERT_SQL, rows)
+        if grown:
+            _tree.grow_parents(c, grown, now)
     if events or replaced:
         c.executemany(_EVENT_SQL, events + replaced)
     if any_ready:
@@ -485,8 +567,14 @@ _CANCELLED_ON_RETRY = ErrorInfo(
 )
 
 
+def _finish_mark(f: Finish) -> str:
+    return f"{f.target.value}:reaped" if f.expired_lease else f.target.value
+
+
 def _finish(c: sqlite3.Connection, tx: Tx, p: TasksFinish) -> list[FinishOutcome]:
     now = p.now_ms if p.now_ms is not None else _wall_ms()
+    ended: list[_tree.Ended] = []
+    cancelled: list[str] = []
     out: list[FinishOutcome] = []
     events: list[tuple[Any, ...]] = []
     results: list[tuple[Any, ...]] = []
@@ -500,17 +588,19 @@ def _finish(c: sqlite3.Connection, tx: Tx, p: TasksFinish) -> list[FinishOutcome
             if run_at is None:
                 raise StoreError("a finish to scheduled needs delay_ms or run_at_ms")
         err = encode_error(f.error)
-        # `last_finish` keeps the requested target: a repeat of this call is then ALREADY.
+        # `last_finish` keeps the requested target (marked when the reaper made it): a repeat
+        # of this same call is then ALREADY, and a worker's late finish is not mistaken for it.
+        mark = _finish_mark(f)
         row = c.execute(
             "UPDATE fm_tasks SET state = ?, last_finish = ?, lease_owner = NULL, "
             "lease_expires_at = NULL, error = CASE WHEN ? THEN NULL ELSE coalesce(?, error) END, "
             "run_at = ?, updated_at = ?, finished_at = ?, attempts = attempts - ? "
             "WHERE id = ? AND lease_epoch = ? AND state = 'running' "
             + ("AND lease_expires_at < ? " if f.expired_lease else "AND ? IS NULL ")
-            + "RETURNING kind, cancel_requested",
+            + "RETURNING kind, cancel_requested, parent_id",
             (
                 target.value,
-                target.value,
+                mark,
                 target is State.COMPLETED,
                 err,
                 run_at,
@@ -525,7 +615,7 @@ def _finish(c: sqlite3.Connection, tx: Tx, p: TasksFinish) -> list[FinishOutcome
         if row is None:
             out.append(_finish_refused(c, f))
             continue
-        kind, cancel_requested = row
+        kind, cancel_requested, parent_id = row
         detail = f.error.category if f.error else None
         if cancel_requested and target not in TERMINAL:
             # Cancelled while running, and the attempt asked for another: the cancel wins,
@@ -541,6 +631,10 @@ def _finish(c: sqlite3.Connection, tx: Tx, p: TasksFinish) -> list[FinishOutcome
         if target in TERMINAL:
             results.append((f.task_id, target.value, f.result, err, now))
             tx.wake(_wake.FINISH)
+            if parent_id is not None:
+                ended.append((parent_id, f.task_id, target))
+            if target is State.CANCELLED:
+                cancelled.append(f.task_id)
         elif target is State.READY:
             tx.wake(_wake.WORK)
         out.append(FinishOutcome(f.task_id, FinishStatus.APPLIED, target))
@@ -552,14 +646,32 @@ def _finish(c: sqlite3.Connection, tx: Tx, p: TasksFinish) -> list[FinishOutcome
         )
     if events:
         c.executemany(_EVENT_SQL, events)
+    if cancelled:
+        _cancelled_tasks(c, tx, cancelled, "parent cancelled", now)
+    if ended:
+        _tree.children_ended(c, tx, ended, now)
     return out
+
+
+def _cancelled_tasks(
+    c: sqlite3.Connection, tx: Tx, ids: Sequence[str], reason: str, now: int
+) -> None:
+    """What follows a cancel: on_cancel hooks are due and the descendants are cancelled."""
+    for i in range(0, len(ids), _IN_CHUNK):
+        chunk = list(ids[i : i + _IN_CHUNK])
+        c.execute(
+            f"UPDATE fm_tasks SET hook = '{_tree.ON_CANCEL}' WHERE has_on_cancel = 1 "
+            f"AND id IN ({_marks(len(chunk))})",
+            chunk,
+        )
+    _tree.cancel_descendants(c, tx, ids, reason, now)
 
 
 def _finish_refused(c: sqlite3.Connection, f: Finish) -> FinishOutcome:
     row = c.execute(
         "SELECT state, lease_epoch, last_finish FROM fm_tasks WHERE id = ?", (f.task_id,)
     ).fetchone()
-    if row is not None and row[1] == f.epoch and row[2] == f.target.value:
+    if row is not None and row[1] == f.epoch and row[2] == _finish_mark(f):
         return FinishOutcome(f.task_id, FinishStatus.ALREADY, State(row[0]))
     return FinishOutcome(f.task_id, FinishStatus.LEASE_LOST, State(row[0]) if row else None)
 
@@ -584,17 +696,18 @@ def _expire(c: sqlite3.Connection, tx: Tx, p: TasksExpire) -> int:
     rows = c.execute(
         "UPDATE fm_tasks SET state = 'expired', error = ?, updated_at = ?, finished_at = ? "
         "WHERE seq IN (SELECT seq FROM fm_tasks WHERE state = 'ready' AND expires_at <= ? "
-        "AND started_at IS NULL ORDER BY expires_at LIMIT ?) RETURNING id, kind",
+        "AND started_at IS NULL ORDER BY expires_at LIMIT ?) RETURNING id, kind, parent_id",
         (err, now, now, now, p.limit),
     ).fetchall()
     if rows:
-        c.executemany(_EVENT_SQL, [(i, k, "expired", now, "ttl") for i, k in rows])
+        c.executemany(_EVENT_SQL, [(i, k, "expired", now, "ttl") for i, k, _ in rows])
         c.executemany(
             "INSERT OR REPLACE INTO fm_results (task_id, state, result, error, finished_at) "
             "VALUES (?, 'expired', NULL, ?, ?)",
-            [(i, err, now) for i, _ in rows],
+            [(i, err, now) for i, _, _ in rows],
         )
         tx.wake(_wake.FINISH)
+        _tree.children_ended(c, tx, [(pid, i, State.EXPIRED) for i, _, pid in rows if pid], now)
     return len(rows)
 
 
@@ -611,10 +724,12 @@ def _expired_leases(c: sqlite3.Connection, p: LeasesExpired) -> list[ExpiredLeas
 
 def _cancel(c: sqlite3.Connection, tx: Tx, p: TaskCancel) -> CancelOutcome:
     now = p.now_ms if p.now_ms is not None else _wall_ms()
-    row = c.execute("SELECT state, kind FROM fm_tasks WHERE id = ?", (p.task_id,)).fetchone()
+    row = c.execute(
+        "SELECT state, kind, parent_id FROM fm_tasks WHERE id = ?", (p.task_id,)
+    ).fetchone()
     if row is None:
         raise TaskNotFound(p.task_id)
-    state, kind = State(row[0]), row[1]
+    state, kind, parent_id = State(row[0]), row[1], row[2]
     if state is State.RUNNING:
         c.execute(
             "UPDATE fm_tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?",
@@ -639,6 +754,9 @@ def _cancel(c: sqlite3.Connection, tx: Tx, p: TaskCancel) -> CancelOutcome:
             (p.task_id, err, now),
         )
         tx.wake(_wake.FINISH)
+        _cancelled_tasks(c, tx, [p.task_id], p.reason, now)
+        if parent_id is not None:
+            _tree.children_ended(c, tx, [(parent_id, p.task_id, State.CANCELLED)], now)
     return CancelOutcome(p.task_id, State.CANCELLED, False)
 
 
