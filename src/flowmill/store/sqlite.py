@@ -420,7 +420,6 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
     _check_fence_and_parents(c, p)
     outcomes: list[InsertOutcome] = []
     rows: list[tuple[Any, ...]] = []
-    events: list[tuple[Any, ...]] = []  # events[i] records rows[i]
     child_keys: dict[tuple[str, str], str] = {}  # (parent, child key) -> id, this batch
     grown: dict[str, int] = {}  # parent -> children inserted by this batch
     replaced: list[tuple[Any, ...]] = []  # events of tasks already stored, rewritten here
@@ -447,7 +446,6 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
                     raise DuplicateTask(t.dedup_key, first_id)
                 if p.on_duplicate == "replace":
                     rows[index] = _task_row(t, first_id, state, run_at, expires_at, now)
-                    events[index] = (first_id, t.kind, state.value, now, None)
                     any_ready = any_ready or state is State.READY
                     outcomes.append(InsertOutcome(first_id, InsertStatus.REPLACED))
                 else:
@@ -489,14 +487,21 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
         if t.parent_id is not None:
             grown[t.parent_id] = grown.get(t.parent_id, 0) + 1
         any_ready = any_ready or state is State.READY
-        events.append((t.id, t.kind, state.value, now, None))
         outcomes.append(InsertOutcome(t.id, InsertStatus.INSERTED))
     if rows:
+        # Every row inserted here gets a seq above the current maximum (we hold the write
+        # lock), so their creation events are copied by SQLite itself, not built in Python.
+        last_seq = c.execute("SELECT coalesce(max(seq), 0) FROM fm_tasks").fetchone()[0]
         c.executemany(_INSERT_SQL, rows)
+        c.execute(
+            "INSERT INTO fm_events (task_id, kind, state, at) "
+            "SELECT id, kind, state, created_at FROM fm_tasks WHERE seq > ? ORDER BY seq",
+            (last_seq,),
+        )
         if grown:
             _tree.grow_parents(c, grown, now)
-    if events or replaced:
-        c.executemany(_EVENT_SQL, events + replaced)
+    if replaced:
+        c.executemany(_EVENT_SQL, replaced)
     if any_ready:
         tx.wake(_wake.WORK)
     return outcomes
