@@ -11,6 +11,7 @@ import asyncio
 import os
 import sqlite3
 import sys
+import threading
 from datetime import timedelta
 
 import flowmill as fm
@@ -19,8 +20,16 @@ import flowmill as fm
 def build(url: str, ledger: str) -> fm.App:
     app = fm.App(url)
 
+    local = threading.local()
+
     def record(task_id: str, n: int, attempt: int) -> None:
-        with sqlite3.connect(ledger, timeout=30) as conn:
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            # One connection per thread; synchronous=OFF survives a killed process (the
+            # kernel has the writes), which is all these tests need of the ledger.
+            conn = local.conn = sqlite3.connect(ledger, timeout=30)
+            conn.execute("PRAGMA synchronous = OFF")
+        with conn:
             conn.execute(
                 "INSERT INTO executions (task_id, n, pid, attempt) VALUES (?, ?, ?, ?)",
                 (task_id, n, os.getpid(), attempt),
@@ -31,6 +40,11 @@ def build(url: str, ledger: str) -> fm.App:
     async def effect(n: int, ctx: fm.Context) -> int:
         await asyncio.sleep(0.02)  # the work: long enough for a kill to land mid-task
         await asyncio.to_thread(record, ctx.task_id, n, ctx.attempt)
+        return n
+
+    @app.task(name="tick", retry=fm.Retry(max_attempts=5, backoff=fm.Fixed(timedelta(0))))
+    def tick(n: int, ctx: fm.Context) -> int:
+        record(ctx.task_id, n, ctx.attempt)  # sync: runs in the worker's thread pool
         return n
 
     @app.task(name="slow", retry=fm.Retry(max_attempts=5, backoff=fm.Fixed(timedelta(0))))
@@ -66,7 +80,7 @@ async def _main(url: str, ledger: str, until_idle: bool) -> None:
     worker = app.worker(
         concurrency=8,
         prefetch=8,
-        lease_ttl=timedelta(seconds=1),
+        lease_ttl=timedelta(seconds=float(os.environ.get("FM_TEST_LEASE_S", "1"))),
         reap_interval=timedelta(milliseconds=200),
         promote_interval=timedelta(milliseconds=100),
         poll_interval=timedelta(milliseconds=200),

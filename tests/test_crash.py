@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -25,8 +26,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextmanager
-def worker_process(url: str, ledger: Path, *, until_idle: bool) -> Iterator[subprocess.Popen[str]]:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
+def worker_process(
+    url: str, ledger: Path, *, until_idle: bool, lease_s: float = 1.0
+) -> Iterator[subprocess.Popen[str]]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
+        "FM_TEST_LEASE_S": str(lease_s),
+    }
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -170,4 +177,28 @@ async def test_several_worker_processes_share_one_store(tmp_path: Path, db_url: 
     # No task ran twice: with no crash, at-least-once is exactly once.
     assert ledger_count(ledger, "SELECT count(*) FROM executions") == n
     assert ledger_count(ledger, "SELECT count(DISTINCT pid) FROM executions") == 2
+    await app.close()
+
+
+async def test_four_worker_processes_five_thousand_tasks_each_once(
+    tmp_path: Path, db_url: str
+) -> None:
+    ledger = tmp_path / "ledger.db"
+    _crash_app.init_ledger(str(ledger))
+    app = _crash_app.build(db_url, str(ledger))
+    n = 4 * 5000
+    handles = await app.submit_many("tick", range(n))
+    with contextlib.ExitStack() as stack:
+        workers = [
+            stack.enter_context(worker_process(db_url, ledger, until_idle=True)) for _ in range(4)
+        ]
+        for w in workers:
+            assert w.wait(timeout=300) == 0
+    rows = await app.store.results_get([h.id for h in handles])
+    assert len(rows) == n
+    assert {r.state for r in rows} == {fm.State.COMPLETED}
+    # The ledger: each task's effect once, and no task ran twice; all four did work.
+    assert ledger_count(ledger, "SELECT count(*) FROM effects") == n
+    assert ledger_count(ledger, "SELECT count(*) FROM executions") == n
+    assert ledger_count(ledger, "SELECT count(DISTINCT pid) FROM executions") == 4
     await app.close()
