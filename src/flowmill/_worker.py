@@ -60,6 +60,7 @@ log = logging.getLogger("flowmill.worker")
 
 UNHEALTHY_AFTER = 3  # consecutive failed renewals before an attempt is told to stop
 CANCEL_CHECK_INTERVAL_S = 0.5  # at most two cancel-driven renewals a second
+IDLE_RECHECK_S = 0.1  # stop_when_idle: how soon to look again while others still work
 HOOK_BATCH = 16
 HOOK_ATTEMPTS = 3
 HOOK_TIMEOUT_MS = 60_000  # on_cancel of a task without a timeout
@@ -250,9 +251,16 @@ class Worker:
                 continue
             self._dispatch()
             if short:
-                if self._stop_when_idle and not self._attempts and await self._store_idle():
-                    self.stop()
-                    return
+                if self._stop_when_idle and not self._attempts:
+                    if await self._store_idle():
+                        self.stop()
+                        return
+                    # Another worker still holds tasks: their ends send no "work" wake-up,
+                    # so look again soon rather than after a whole poll interval.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(IDLE_RECHECK_S):
+                            await self._wake.wait()
+                    continue
                 await self._wake.wait()
 
     async def _listen_for_work(self) -> None:

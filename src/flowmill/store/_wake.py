@@ -87,11 +87,19 @@ class WakeBus:
         self._loop = loop
         if self._sock is not None or self.directory is None:
             return
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
         path = os.path.join(self.directory, f"{os.getpid()}-{os.urandom(4).hex()}.s")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.setblocking(False)
-        sock.bind(path)
+        for _ in range(3):  # the last process to leave may remove the directory meanwhile
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            try:
+                sock.bind(path)
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            sock.close()
+            return  # no wake-ups for this process: waits fall back to polling
         self._sock, self._path = sock, path
         self._peers_mtime = None
         loop.add_reader(sock.fileno(), self._on_readable)
@@ -169,6 +177,8 @@ class WakeBus:
             if self._path is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(self._path)
+                with contextlib.suppress(OSError):  # fails while other processes listen
+                    os.rmdir(os.path.dirname(self._path))
         if self._send_sock is not None:
             self._send_sock.close()
             self._send_sock = None
