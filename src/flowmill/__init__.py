@@ -6,6 +6,7 @@ an underscore may change without notice.
 
 from ._app import App, TaskInfo
 from ._children import ChildrenReport, ChildResult
+from ._claimer import ClaimedTask, Claimer, FailOutcome
 from ._clock import Clock, ManualClock, SystemClock
 from ._context import Context
 from ._errors import (
@@ -50,6 +51,8 @@ __all__ = [
     "Category",
     "ChildResult",
     "ChildrenReport",
+    "ClaimedTask",
+    "Claimer",
     "Clock",
     "ConfigurationError",
     "Context",
@@ -60,6 +63,7 @@ __all__ = [
     "Executor",
     "Exponential",
     "Fail",
+    "FailOutcome",
     "Fixed",
     "FlowmillError",
     "IllegalTransition",

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, overload
 
 from ._children import ChildResult
+from ._claimer import Claimer
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_BYTES
 from ._errors import ConfigurationError, PayloadError, TaskNotFound, UnknownTask
@@ -88,6 +89,7 @@ class TaskInfo:
     progress: float | None
     progress_message: str | None
     lease_owner: str | None
+    lease_epoch: int
     lease_expires_at: datetime | None
     cancel_requested: bool
     created_at: datetime
@@ -394,6 +396,7 @@ class App:
             progress=r.progress_pct,
             progress_message=r.progress_message,
             lease_owner=r.lease_owner,
+            lease_epoch=r.lease_epoch,
             lease_expires_at=_dt(r.lease_expires_at_ms),
             cancel_requested=r.cancel_requested,
             created_at=_dt(r.created_at_ms) or _EPOCH,
@@ -457,6 +460,17 @@ class App:
                 if not follow:
                     return
                 await self.store.wait_for_finish(0.25)
+
+    def claimer(
+        self,
+        *,
+        worker_id: str,
+        queues: Sequence[str] = ("default",),
+        kinds: Sequence[str] | None = None,
+        lease_ttl: timedelta = timedelta(seconds=30),
+    ) -> Claimer:
+        """Claim tasks for a loop of your own: `async with app.claimer(worker_id=...) as c`."""
+        return Claimer(self, worker_id=worker_id, queues=queues, kinds=kinds, lease_ttl=lease_ttl)
 
     def worker(self, **options: Any) -> Worker:
         """A worker for this app's tasks (see `Worker` for the options)."""

@@ -1,0 +1,378 @@
+"""Claimed tasks: a worker loop of your own (a GPU box, an agent, another language's bridge).
+
+`app.claimer(...)` hands out `ClaimedTask`s: each holds a lease that the claimer renews in
+the background at ttl/3, and must end with exactly one of `complete`, `fail`, `cancel`,
+`delay` or `wait_for_children`. Every write is fenced by the lease epoch: after another
+claim took the task over, writes raise `LeaseLost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ._context import CancelToken
+from ._errors import (
+    ConfigurationError,
+    LeaseLost,
+    StoreError,
+    TaskAlreadyFinished,
+)
+from ._handle import decode_json
+from ._outcome import STOP_LEASE_LOST, STOP_LEASE_UNHEALTHY, STOP_OPERATOR, retry_or_give_up
+from ._states import State
+from ._task import check_queue
+from ._worker import UNHEALTHY_AFTER
+from .store._base import (
+    ClaimedRow,
+    ErrorInfo,
+    Finish,
+    FinishStatus,
+    LeaseRef,
+    LeasesRenew,
+    TaskProgress,
+    TasksClaim,
+    TasksFinish,
+    TaskWaitChildren,
+)
+
+if TYPE_CHECKING:
+    from ._app import App
+
+log = logging.getLogger("flowmill.claimer")
+
+
+@dataclass(frozen=True, slots=True)
+class FailOutcome:
+    """What `ClaimedTask.fail` led to: a retry at `retry_at`, or a terminal state."""
+
+    state: State
+    retry_at: datetime | None = None
+
+    @property
+    def will_retry(self) -> bool:
+        return self.state in (State.SCHEDULED, State.READY)
+
+
+class ClaimedTask:
+    """One claimed attempt. The terminal calls are single-use; every write is fenced."""
+
+    def __init__(self, claimer: Claimer, row: ClaimedRow) -> None:
+        self._claimer = claimer
+        self._row = row
+        self._done = False
+        self._token = CancelToken()
+        self.consecutive_renewal_failures = 0
+
+    # -- identity ----------------------------------------------------------------------
+
+    @property
+    def task_id(self) -> str:
+        return self._row.id
+
+    @property
+    def kind(self) -> str:
+        return self._row.kind
+
+    @property
+    def queue(self) -> str:
+        return self._row.queue
+
+    @property
+    def attempt_index(self) -> int:
+        """1-based number of this attempt."""
+        return self._row.attempt
+
+    @property
+    def attempt_id(self) -> str:
+        """Unique per attempt: a good prefix for usage dedup keys."""
+        return f"{self._row.id}:{self._row.attempt}:{self._row.lease_epoch}"
+
+    @property
+    def lease_epoch(self) -> int:
+        return self._row.lease_epoch
+
+    @property
+    def lease_id(self) -> str:
+        return f"{self._row.id}@{self._row.lease_epoch}"
+
+    @property
+    def payload(self) -> bytes:
+        """The payload as stored: JSON bytes."""
+        return self._row.payload
+
+    @property
+    def parent_id(self) -> str | None:
+        return self._row.parent_id
+
+    def decoded(self) -> Any:
+        """The payload decoded with the task's registered type (plain JSON when unknown)."""
+        tdef = self._claimer.app.registry.get(self._row.kind)
+        return tdef.payload.decode(self._row.payload) if tdef else decode_json(self._row.payload)
+
+    # -- lease health ------------------------------------------------------------------
+
+    def is_lease_healthy(self) -> bool:
+        """False after 3 renewals in a row failed: check it before irreversible side effects."""
+        return self.consecutive_renewal_failures < UNHEALTHY_AFTER and not self._token.is_set
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the attempt should stop: lease lost or unhealthy, or a cancel request."""
+        return self._token.is_set
+
+    @property
+    def cancel_reason(self) -> str | None:
+        return self._token.reason
+
+    async def wait_cancelled(self) -> None:
+        await self._token.wait()
+
+    async def renew_lease(self) -> None:
+        """Renew now (the claimer also does it every ttl/3). `LeaseLost` if it is gone."""
+        self._check_open()
+        await self._claimer._renew([self])
+        if self._token.reason == STOP_LEASE_LOST:
+            raise LeaseLost(self.task_id, self.lease_epoch)
+
+    # -- non-terminal writes -----------------------------------------------------------
+
+    async def update_progress(self, pct: float, message: str | None = None) -> None:
+        """Record progress from 0 to 100 (fenced)."""
+        self._check_open()
+        if isinstance(pct, bool) or not isinstance(pct, int | float) or not 0 <= pct <= 100:
+            raise ValueError(f"progress must be a number from 0 to 100, got {pct!r}")
+        app = self._claimer.app
+        await app.store.task_progress(
+            TaskProgress(self.task_id, self.lease_epoch, float(pct), message, app.clock.store_now())
+        )
+
+    # -- terminal writes (single use) ---------------------------------------------------
+
+    async def complete(self, result: Any = None) -> None:
+        """End the attempt with its result (encoded with the task's result type if known)."""
+        tdef = self._claimer.app.registry.get(self.kind)
+        data = tdef.result.encode(result) if tdef is not None else msgspec.json.encode(result)
+        await self._finish(Finish(self.task_id, self.lease_epoch, State.COMPLETED, result=data))
+
+    async def fail(
+        self,
+        reason: str,
+        category: str = "handler_error",
+        *,
+        retryable: bool = True,
+        retry_after: timedelta | None = None,
+    ) -> FailOutcome:
+        """End the attempt as failed: retried per the task's policy, unless not `retryable`."""
+        row = self._row
+        error = ErrorInfo("Failed", reason, category, None)
+        finish = retry_or_give_up(
+            row.id,
+            row.lease_epoch,
+            attempt=row.attempt,
+            max_attempts=row.max_attempts,
+            retry_policy=row.retry_policy,
+            error=error,
+            retryable=retryable,
+            requested_delay=retry_after,
+        )
+        state = await self._finish(finish)
+        retry_at = None
+        if state is State.SCHEDULED and finish.delay_ms is not None:
+            retry_at = datetime.now(UTC) + timedelta(milliseconds=finish.delay_ms)
+        return FailOutcome(state, retry_at)
+
+    async def cancel(self, reason: str = "cancelled by the worker") -> None:
+        await self._finish(
+            Finish(
+                self.task_id,
+                self.lease_epoch,
+                State.CANCELLED,
+                error=ErrorInfo("Cancelled", reason, "cancelled", None),
+            )
+        )
+
+    async def delay(self, until: datetime | timedelta) -> None:
+        """Give the task back until a later time; the attempt is not spent."""
+        if isinstance(until, timedelta):
+            if until < timedelta(0):
+                raise ConfigurationError(f"delay must be >= 0, got {until}")
+            finish = Finish(
+                self.task_id,
+                self.lease_epoch,
+                State.SCHEDULED,
+                delay_ms=int(until.total_seconds() * 1000),
+                release=True,
+            )
+        else:
+            if until.tzinfo is None:
+                raise ConfigurationError("delay until needs a timezone-aware datetime")
+            finish = Finish(
+                self.task_id,
+                self.lease_epoch,
+                State.SCHEDULED,
+                run_at_ms=int(until.timestamp() * 1000),
+                release=True,
+            )
+        await self._finish(finish)
+
+    async def wait_for_children(self, memo: bytes = b"null") -> State:
+        """Park the task until its children end; it is claimed again in phase finalize."""
+        self._check_open()
+        app = self._claimer.app
+        try:
+            state = await app.store.task_wait_children(
+                TaskWaitChildren(self.task_id, self.lease_epoch, memo, app.clock.store_now())
+            )
+        except LeaseLost:
+            self._close()
+            raise
+        self._close()
+        return state
+
+    async def _finish(self, finish: Finish) -> State:
+        self._check_open()
+        app = self._claimer.app
+        [out] = await app.store.tasks_finish(TasksFinish([finish], app.clock.store_now()))
+        if out.status is FinishStatus.LEASE_LOST:
+            self._close()
+            raise LeaseLost(self.task_id, self.lease_epoch)
+        # APPLIED, or ALREADY: the same call after a lost reply gets the recorded outcome.
+        self._close()
+        assert out.state is not None
+        return out.state
+
+    def _check_open(self) -> None:
+        if self._done:
+            raise TaskAlreadyFinished(
+                f"task {self.task_id}: this attempt (epoch {self.lease_epoch}) already ended"
+            )
+
+    def _close(self) -> None:
+        self._done = True
+        self._claimer._held.pop(self.task_id, None)
+
+
+class Claimer:
+    """Claims tasks for a loop of your own and keeps their leases alive."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        worker_id: str,
+        queues: Sequence[str] = ("default",),
+        kinds: Sequence[str] | None = None,
+        lease_ttl: timedelta = timedelta(seconds=30),
+    ) -> None:
+        if lease_ttl <= timedelta(0):
+            raise ConfigurationError(f"lease_ttl must be > 0, got {lease_ttl}")
+        if not worker_id:
+            raise ConfigurationError("worker_id must not be empty")
+        self.app = app
+        self.worker_id = worker_id
+        self.queues = [check_queue(q) for q in queues]
+        self.kinds = list(kinds) if kinds is not None else app.task_names()
+        if not self.kinds:
+            raise ConfigurationError("a claimer needs task kinds: pass kinds=[...]")
+        self.lease_ttl_ms = int(lease_ttl.total_seconds() * 1000)
+        self._held: dict[str, ClaimedTask] = {}
+        self._keeper: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Claimer:
+        await self.app.open()
+        self._keeper = asyncio.get_running_loop().create_task(self._keep_leases())
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+        # Tasks still held go back to ready without spending their attempt.
+        held = list(self._held.values())
+        if held:
+            app = self.app
+            with contextlib.suppress(StoreError):
+                await app.store.tasks_finish(
+                    TasksFinish(
+                        [Finish(t.task_id, t.lease_epoch, State.READY, release=True) for t in held],
+                        app.clock.store_now(),
+                    )
+                )
+            for t in held:
+                t._close()
+
+    async def claim(self, wait: timedelta | None = None) -> ClaimedTask | None:
+        """One task, or None if none became ready within `wait` (woken, not polling)."""
+        got = await self.claim_many(1, wait=wait)
+        return got[0] if got else None
+
+    async def claim_many(self, n: int, wait: timedelta | None = None) -> list[ClaimedTask]:
+        """Up to `n` tasks; waits up to `wait` for the first one to become ready."""
+        if self._keeper is None:
+            raise ConfigurationError("use the claimer as `async with app.claimer(...) as c`")
+        if n < 1:
+            raise ConfigurationError(f"n must be >= 1, got {n}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (wait.total_seconds() if wait else 0.0)
+        while True:
+            rows = await self.app.store.tasks_claim(
+                TasksClaim(
+                    self.worker_id,
+                    self.queues,
+                    self.kinds,
+                    n,
+                    self.lease_ttl_ms,
+                    self.app.clock.store_now(),
+                )
+            )
+            if rows:
+                tasks = [ClaimedTask(self, r) for r in rows]
+                for t in tasks:
+                    self._held[t.task_id] = t
+                return tasks
+            left = deadline - loop.time()
+            if left <= 0:
+                return []
+            await self.app.store.wait_for_work(min(left, 1.0))
+
+    async def _keep_leases(self) -> None:
+        while True:
+            await self.app.clock.sleep(self.lease_ttl_ms / 3000)
+            if self._held:
+                await self._renew(list(self._held.values()))
+
+    async def _renew(self, tasks: list[ClaimedTask]) -> None:
+        app = self.app
+        try:
+            outs = await app.store.leases_renew(
+                LeasesRenew(
+                    [LeaseRef(t.task_id, t.lease_epoch) for t in tasks],
+                    self.lease_ttl_ms,
+                    app.clock.store_now(),
+                )
+            )
+        except StoreError as exc:
+            log.warning("lease renewal failed: %s", exc)
+            for t in tasks:
+                t.consecutive_renewal_failures += 1
+                if t.consecutive_renewal_failures >= UNHEALTHY_AFTER:
+                    t._token.fire(STOP_LEASE_UNHEALTHY)
+            return
+        for t, out in zip(tasks, outs, strict=True):
+            t.consecutive_renewal_failures = 0
+            if not out.held:
+                t._token.fire(STOP_LEASE_LOST)
+            elif out.cancel_requested:
+                t._token.fire(STOP_OPERATOR)
