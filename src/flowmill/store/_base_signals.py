@@ -1,0 +1,177 @@
+"""The store contract for waiting on the outside world: waitpoints, signals, suspensions,
+and for what a running attempt shows it: output frames. Same rules as `_base`: frozen
+params, int ms times, `now_ms=None` is the store's clock, every worker write is fenced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+MAX_FRAME_BYTES = 64 * 1024
+
+
+class OnTimeout(StrEnum):
+    """What a suspension's timeout does to the task."""
+
+    FAIL = "fail"  # -> failed, category suspend_timeout
+    CANCEL = "cancel"  # -> cancelled (hooks and cascade as for any cancel)
+    EXPIRE = "expire"  # -> expired
+    RESUME = "resume"  # -> ready: the task runs again with no resume signals
+
+
+@dataclass(frozen=True, slots=True)
+class WaitpointCreate:
+    """A waitpoint of a running task (fenced). Creating the same `key` again for the same
+    task returns the existing waitpoint: code before a suspend may run more than once."""
+
+    task_id: str
+    epoch: int
+    waitpoint_id: str
+    key: str
+    expires_in_ms: int
+    now_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WaitpointRow:
+    id: str
+    task_id: str
+    key: str
+    expires_at_ms: int
+    created_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SignalDeliver:
+    """Record a signal (the token was checked by the engine). Idempotent per waitpoint by
+    `idempotency_key`. If the task is suspended and its unconsumed signals now satisfy its
+    condition, it is resumed (-> ready) in the same transaction."""
+
+    waitpoint_id: str
+    name: str
+    payload: bytes
+    idempotency_key: str | None = None
+    now_ms: int | None = None
+
+
+class DeliverStatus(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverOutcome:
+    status: DeliverStatus
+    reason: str | None = None  # for REJECTED: unknown waitpoint, expired, task ended, ...
+    resumed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSuspend:
+    """Suspend a running task until `condition` (JSON from `_conditions`) holds (fenced).
+
+    If the unconsumed signals already satisfy it, nothing changes but the signals are
+    consumed: ALREADY_SATISFIED, and the caller keeps its lease. Otherwise running ->
+    suspended, the lease is released and the attempt is given back (not spent)."""
+
+    task_id: str
+    epoch: int
+    condition: bytes
+    timeout_ms: int | None = None
+    on_timeout: OnTimeout = OnTimeout.FAIL
+    now_ms: int | None = None
+
+
+class SuspendStatus(StrEnum):
+    SUSPENDED = "suspended"
+    ALREADY_SATISFIED = "already_satisfied"
+
+
+@dataclass(frozen=True, slots=True)
+class SuspensionsExpire:
+    """Apply the timeout behaviour of suspensions whose timeout has passed."""
+
+    limit: int = 1000
+    now_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRow:
+    waitpoint_id: str
+    name: str
+    payload: bytes
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class FrameAppend:
+    """Append to the output stream of the attempt holding this lease (fenced)."""
+
+    task_id: str
+    epoch: int
+    frame_type: str
+    payload: bytes
+    metadata: bytes | None = None  # JSON
+    now_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRef:
+    attempt: int
+    seq: int  # 1, 2, 3... per attempt, in append order
+
+
+@dataclass(frozen=True, slots=True)
+class FramesRead:
+    """Frames of one attempt after `after` (a seq); `attempt=None` means the latest one."""
+
+    task_id: str
+    attempt: int | None = None
+    after: int = 0
+    limit: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRow:
+    seq: int
+    frame_type: str
+    payload: bytes
+    metadata: bytes | None
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class FramesPage:
+    attempt: int | None  # None: the task has no attempt yet
+    frames: list[FrameRow]
+    live: bool  # the attempt is still running: more frames may come
+
+
+class SignalsStore(Protocol):
+    """Waitpoints, signals, suspensions, frames and the meta values the engine keeps."""
+
+    async def waitpoint_create(self, p: WaitpointCreate) -> WaitpointRow: ...
+
+    async def waitpoint_get(self, waitpoint_id: str) -> WaitpointRow | None: ...
+
+    async def signal_deliver(self, p: SignalDeliver) -> DeliverOutcome: ...
+
+    async def task_suspend(self, p: TaskSuspend) -> SuspendStatus: ...
+
+    async def suspensions_expire(self, p: SuspensionsExpire) -> int: ...
+
+    async def resume_signals(self, task_id: str) -> list[SignalRow]:
+        """The signals consumed by the task's latest satisfied suspension, in order."""
+
+    async def frames_append(self, p: FrameAppend) -> FrameRef: ...
+
+    async def frames_read(self, p: FramesRead) -> FramesPage: ...
+
+    async def wait_for_frames(self, timeout_s: float) -> None:
+        """Return when frames may have been appended, or after `timeout_s`."""
+
+    async def meta_get_or_set(self, key: str, value: str) -> str:
+        """The stored value for `key`, storing `value` first if there is none (race-safe)."""
+
