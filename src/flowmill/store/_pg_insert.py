@@ -44,9 +44,12 @@ def insert_params(
         "delay_ms": [t.delay_ms for t in tasks],
         "run_at_ms": [t.run_at_ms for t in tasks],
         "ttl_ms": [t.ttl_ms for t in tasks],
+        "child_key": enc_all_opt(t.child_key for t in tasks),
+        "fail_fast": [bool(t.fail_fast) for t in tasks],
+        "has_on_cancel": [bool(t.has_on_cancel) for t in tasks],
     }
     for name, values in columns.items():
-        first = values[0]
+        first = values[0] if values else None
         if values.count(first) == len(values):  # one value for the whole batch
             params[name], params[f"{name}_all"] = [], first
         else:

@@ -52,7 +52,16 @@ MIGRATIONS: tuple[str, ...] = (
         run_at bigint,
         expires_at bigint,
         started_at bigint,
-        finished_at bigint
+        finished_at bigint,
+        -- As a parent: children spawned, not yet ended, and ended badly (fail_fast).
+        children_total integer NOT NULL DEFAULT 0,
+        children_active integer NOT NULL DEFAULT 0,
+        children_failed integer NOT NULL DEFAULT 0,
+        fail_fast boolean NOT NULL DEFAULT true,
+        child_key text COLLATE "C",
+        has_on_cancel boolean NOT NULL DEFAULT false,
+        hook text COLLATE "C",
+        hook_attempts integer NOT NULL DEFAULT 0
     ) WITH (
         -- A queue table churns: room on each page for in-place (HOT) updates such as
         -- progress, and vacuum soon enough that claims do not wade through dead rows.
@@ -67,6 +76,9 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE state = 'ready' AND expires_at IS NOT NULL;
     CREATE INDEX tasks_state ON {{s}}.tasks (state, queue);
     CREATE INDEX tasks_parent ON {{s}}.tasks (parent_id, seq) WHERE parent_id IS NOT NULL;
+    CREATE UNIQUE INDEX tasks_child_key ON {{s}}.tasks (parent_id, child_key)
+        WHERE child_key IS NOT NULL;
+    CREATE INDEX tasks_hooks ON {{s}}.tasks (seq) WHERE hook IS NOT NULL;
     CREATE UNIQUE INDEX tasks_dedup ON {{s}}.tasks (kind, dedup_key)
         WHERE dedup_key IS NOT NULL AND state IN ({ACTIVE_SQL});
     CREATE TABLE {{s}}.results (

@@ -40,6 +40,9 @@ NEW_TASK_COLUMNS: tuple[tuple[str, str], ...] = (
     ("delay_ms", "bigint"),
     ("run_at_ms", "bigint"),
     ("ttl_ms", "bigint"),
+    ("child_key", "text"),
+    ("fail_fast", "bool"),
+    ("has_on_cancel", "bool"),
 )
 _NEW_TASK_ARRAYS = (
     "unnest(%(id)b::text[], "
@@ -57,6 +60,19 @@ _NEW_TASK_ROWS = (
     "r AS (SELECT v.*, c.now, coalesce(c.now + v.delay_ms, v.run_at_ms) AS run_at FROM v, c)"
 )
 _NEW_STATE = "CASE WHEN r.run_at > r.now THEN 'scheduled' ELSE 'ready' END"
+INSERT_COLUMNS = (
+    "id, kind, queue, priority, state, payload, dedup_key, parent_id, tags, max_attempts, "
+    "retry_policy, timeout_ms, created_at, updated_at, run_at, expires_at, child_key, "
+    "fail_fast, has_on_cancel"
+)
+INSERT_VALUES = (
+    f"r.id, r.kind, r.queue, r.priority, {_NEW_STATE}, r.payload, r.dedup_key, r.parent_id, "
+    "r.tags, r.max_attempts, r.retry_policy, r.timeout_ms, r.now, r.now, r.run_at, "
+    "r.now + r.ttl_ms, r.child_key, r.fail_fast, r.has_on_cancel"
+)
+NOW = _NOW
+NEW_TASK_ROWS = _NEW_TASK_ROWS
+ON_CANCEL = "on_cancel"
 
 
 class Queries:
@@ -69,12 +85,8 @@ class Queries:
         self.insert = f"""
 WITH {_NOW}, {_NEW_TASK_ROWS},
 ins AS (
-    INSERT INTO {s}.tasks (id, kind, queue, priority, state, payload, dedup_key, parent_id,
-        tags, max_attempts, retry_policy, timeout_ms, created_at, updated_at, run_at,
-        expires_at)
-    SELECT r.id, r.kind, r.queue, r.priority, {_NEW_STATE}, r.payload, r.dedup_key,
-        r.parent_id, r.tags, r.max_attempts, r.retry_policy, r.timeout_ms, r.now, r.now,
-        r.run_at, r.now + r.ttl_ms
+    INSERT INTO {s}.tasks ({INSERT_COLUMNS})
+    SELECT {INSERT_VALUES}
     FROM r ORDER BY r.ord
     ON CONFLICT (kind, dedup_key) WHERE dedup_key IS NOT NULL AND state IN ({ACTIVE_SQL})
     DO NOTHING
@@ -183,17 +195,39 @@ FROM upd ORDER BY priority DESC, seq
             + claim_tail
         )
 
+        # Rows are locked in id order, the order every batched write locks in (the plan of
+        # a join would lock in whatever order it scans: a deadlock with another batch).
         self.renew = f"""
-WITH {_NOW}
+WITH {_NOW},
+lk AS MATERIALIZED (
+    SELECT t.seq FROM {s}.tasks t
+    JOIN unnest(%(ids)b::text[], %(epochs)b::bigint[]) AS i(id, epoch)
+        ON t.id = i.id AND t.lease_epoch = i.epoch
+    WHERE t.state = 'running'
+    ORDER BY t.id FOR NO KEY UPDATE OF t
+)
 UPDATE {s}.tasks t SET lease_expires_at = c.now + %(ttl)s
-FROM c, unnest(%(ids)b::text[], %(epochs)b::bigint[]) AS i(id, epoch)
-WHERE t.id = i.id AND t.lease_epoch = i.epoch AND t.state = 'running'
+FROM c, lk WHERE t.seq = lk.seq
 RETURNING t.id, t.lease_epoch, t.cancel_requested, t.lease_expires_at
 """
 
         # A task asked to cancel while it ran, whose attempt asks for another (retry,
         # delay, release), is cancelled instead: the next claim would clear the request.
         cancel_wins = "(t.cancel_requested AND NOT i.terminal)"
+        ends_cancelled = f"(i.target = 'cancelled' OR {cancel_wins})"
+        last_child = "(p.state = 'waiting_children' AND p.children_active - a.n <= 0)"
+        failure = "i.target IN ('failed', 'dead_lettered')"
+        # `simple` (autocommit, one statement): the finishes, and the join of the children
+        # among them: each parent's counter drops by its ended children in one UPDATE
+        # (`- n`, under the row lock), and the statement that takes a waiting parent to zero
+        # readies it for finalize. Left out (listed as deferred, for `_pg_tree` to apply in
+        # a transaction): a cancelled task with live children (a cascade), a failed child
+        # of a waiting fail_fast parent (the parent fails), and a child whose parent is in
+        # the same batch (a row may be written once per statement). Every row the
+        # statement writes (tasks and parents) is locked first, in id order (`lk`, evaluated
+        # before any row is written): the order every batched write locks in, so batches
+        # never deadlock one another. Not `simple`: the finishes only; the caller does the
+        # tree work.
         self.finish = f"""
 WITH {_NOW},
 i AS MATERIALIZED (SELECT * FROM unnest(%(ids)b::text[], %(epochs)b::bigint[],
@@ -202,38 +236,87 @@ i AS MATERIALIZED (SELECT * FROM unnest(%(ids)b::text[], %(epochs)b::bigint[],
         %(expired)b::bool[], %(terminal)b::bool[], %(results)b::bytea[]) WITH ORDINALITY
     AS i(id, epoch, target, error, detail, delay_ms, run_at_ms, rel, expired_lease,
         terminal, result, ord)),
+parents AS MATERIALIZED (
+    SELECT DISTINCT t.parent_id AS id FROM i JOIN {s}.tasks t ON t.id = i.id
+    WHERE t.parent_id IS NOT NULL
+),
+lk AS MATERIALIZED (
+    SELECT t.id, t.state, t.fail_fast FROM {s}.tasks t
+    WHERE t.id IN (SELECT id FROM i UNION SELECT id FROM parents)
+    ORDER BY t.id FOR NO KEY UPDATE
+),
+pl AS (SELECT * FROM lk WHERE id IN (SELECT id FROM parents)),
 upd AS (
     UPDATE {s}.tasks t SET
         state = CASE WHEN {cancel_wins} THEN 'cancelled' ELSE i.target END,
-        last_finish = i.target, lease_owner = NULL, lease_expires_at = NULL,
+        last_finish = CASE WHEN i.expired_lease THEN i.target || ':reaped' ELSE i.target END,
+        lease_owner = NULL, lease_expires_at = NULL,
         error = CASE WHEN {cancel_wins} THEN %(cancel_error)s
             WHEN i.target = 'completed' THEN NULL ELSE coalesce(i.error, t.error) END,
         run_at = CASE WHEN i.target = 'scheduled' AND NOT {cancel_wins}
             THEN coalesce(c.now + i.delay_ms, i.run_at_ms) END,
         updated_at = c.now,
         finished_at = CASE WHEN i.terminal OR {cancel_wins} THEN c.now END,
-        attempts = t.attempts - i.rel
+        attempts = t.attempts - i.rel,
+        hook = CASE WHEN t.has_on_cancel AND {ends_cancelled} THEN '{ON_CANCEL}'
+            ELSE t.hook END
     FROM i, c
-    WHERE t.id = i.id AND t.lease_epoch = i.epoch AND t.state = 'running'
+    WHERE (SELECT count(*) FROM lk) >= 0
+        AND t.id = i.id AND t.lease_epoch = i.epoch AND t.state = 'running'
         AND (NOT i.expired_lease OR t.lease_expires_at < c.now)
+        AND (NOT %(simple)s OR (
+            (t.children_active = 0 OR NOT {ends_cancelled})
+            AND (t.parent_id IS NULL OR (
+                t.parent_id NOT IN (SELECT id FROM i)
+                AND NOT ({failure} AND EXISTS (SELECT 1 FROM pl WHERE pl.id = t.parent_id
+                    AND pl.state = 'waiting_children' AND pl.fail_fast))))))
     RETURNING t.id, t.kind, i.ord, t.state, i.terminal OR t.state = 'cancelled' AS ended,
         i.result, CASE WHEN t.state = 'cancelled' AND NOT i.terminal THEN %(cancel_error)s
             ELSE i.error END AS error,
         CASE WHEN t.state = 'cancelled' AND NOT i.terminal THEN 'cancel requested'
             ELSE i.detail END AS detail,
-        c.now
+        c.now, t.parent_id, t.children_active > 0 AS has_children
+),
+deferred AS (
+    SELECT i.ord FROM i JOIN {s}.tasks t ON t.id = i.id, c
+    WHERE %(simple)s AND t.state = 'running' AND t.lease_epoch = i.epoch
+        AND (NOT i.expired_lease OR t.lease_expires_at < c.now)
+        AND i.ord NOT IN (SELECT ord FROM upd)
+),
+joined AS (
+    SELECT parent_id, count(*) AS n,
+        count(*) FILTER (WHERE state IN ('failed', 'dead_lettered')) AS nf
+    FROM upd WHERE %(simple)s AND ended AND parent_id IS NOT NULL GROUP BY parent_id
+),
+dec AS (
+    UPDATE {s}.tasks p SET children_active = p.children_active - a.n,
+        children_failed = p.children_failed + a.nf, updated_at = c.now,
+        state = CASE WHEN {last_child} THEN 'ready' ELSE p.state END,
+        phase = CASE WHEN {last_child} THEN 'finalize' ELSE p.phase END,
+        attempts = CASE WHEN {last_child} THEN 0 ELSE p.attempts END
+    FROM joined a, c WHERE p.id = a.parent_id
+    RETURNING p.id, p.kind, p.state, p.seq, c.now
+),
+readied AS (
+    SELECT dec.id, dec.kind, dec.seq, dec.now FROM dec JOIN pl ON pl.id = dec.id
+    WHERE pl.state = 'waiting_children' AND dec.state = 'ready'
 ),
 ev AS (INSERT INTO {s}.events (task_id, kind, state, at, detail)
     SELECT id, kind, state, now, detail FROM upd ORDER BY ord),
+evr AS (INSERT INTO {s}.events (task_id, kind, state, at, detail)
+    SELECT id, kind, 'ready', now, 'children done: finalize' FROM readied ORDER BY seq),
 res AS (INSERT INTO {s}.results (task_id, state, result, error, finished_at)
     SELECT id, state, result, error, now FROM upd WHERE ended
     ON CONFLICT (task_id) DO UPDATE SET state = excluded.state, result = excluded.result,
         error = excluded.error, finished_at = excluded.finished_at),
-nw AS (SELECT pg_notify(%(work_channel)s, '') FROM (SELECT 1 FROM upd
-    WHERE state = 'ready' LIMIT 1) x),
+nw AS (SELECT pg_notify(%(work_channel)s, '') FROM (SELECT 1 FROM upd WHERE state = 'ready'
+    UNION ALL SELECT 1 FROM readied LIMIT 1) x),
 nf AS (SELECT pg_notify(%(finish_channel)s, '') FROM (SELECT 1 FROM upd
     WHERE ended LIMIT 1) x)
-SELECT ord, state FROM upd UNION ALL SELECT -1, NULL FROM nw UNION ALL SELECT -2, NULL FROM nf
+SELECT 'a', ord, state, ended, parent_id, has_children FROM upd
+UNION ALL SELECT 'd', ord, NULL, NULL, NULL, NULL FROM deferred
+UNION ALL SELECT 'n', 0, NULL, NULL, NULL, NULL FROM nw
+UNION ALL SELECT 'n', 0, NULL, NULL, NULL, NULL FROM nf
 """
         self.finish_refused = (
             f"SELECT id, state, lease_epoch, last_finish FROM {s}.tasks "
@@ -268,16 +351,19 @@ upd AS (
     UPDATE {s}.tasks t SET state = 'expired', error = %(error)s, updated_at = c.now,
         finished_at = c.now
     FROM picked, c WHERE t.seq = picked.seq
-    RETURNING t.id, t.kind, t.expires_at, t.seq, c.now
+    RETURNING t.id, t.kind, t.expires_at, t.seq, c.now, t.parent_id
 ),
 ev AS (INSERT INTO {s}.events (task_id, kind, state, at, detail)
     SELECT id, kind, 'expired', now, 'ttl' FROM upd ORDER BY expires_at, seq),
+kids AS (SELECT array_agg(id) AS ids, array_agg(parent_id) AS parents, max(now) AS now
+    FROM upd WHERE parent_id IS NOT NULL),
 res AS (INSERT INTO {s}.results (task_id, state, result, error, finished_at)
     SELECT id, 'expired', NULL, %(error)s, now FROM upd
     ON CONFLICT (task_id) DO UPDATE SET state = excluded.state, result = excluded.result,
         error = excluded.error, finished_at = excluded.finished_at),
 n AS (SELECT pg_notify(%(finish_channel)s, '') FROM (SELECT 1 FROM upd LIMIT 1) x)
-SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM n)
+SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM n), kids.ids, kids.parents, kids.now
+FROM kids
 """
 
         self.leases_expired = f"""
@@ -307,9 +393,10 @@ RETURNING pg_notify(%(finish_channel)s, '')
 WITH {_NOW},
 upd AS (
     UPDATE {s}.tasks t SET state = 'cancelled', error = %(error)s, updated_at = c.now,
-        finished_at = c.now
+        finished_at = c.now,
+        hook = CASE WHEN t.has_on_cancel THEN '{ON_CANCEL}' ELSE t.hook END
     FROM c WHERE t.id = %(id)s AND t.state = ANY(%(sources)b::text[])
-    RETURNING t.id, t.kind, c.now
+    RETURNING t.id, t.kind, c.now, t.parent_id, t.children_active > 0 AS has_children
 ),
 ev AS (INSERT INTO {s}.events (task_id, kind, state, at, detail)
     SELECT id, kind, 'cancelled', now, %(reason)s FROM upd),
@@ -318,8 +405,12 @@ res AS (INSERT INTO {s}.results (task_id, state, result, error, finished_at)
     ON CONFLICT (task_id) DO UPDATE SET state = excluded.state, result = excluded.result,
         error = excluded.error, finished_at = excluded.finished_at),
 n AS (SELECT pg_notify(%(finish_channel)s, '') FROM upd)
-SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM n)
+SELECT upd.now, upd.parent_id, upd.has_children, (SELECT count(*) FROM n) FROM upd
 """
+        self.lock_parent = (
+            f"SELECT p.id FROM {s}.tasks p WHERE p.id = (SELECT parent_id FROM {s}.tasks "
+            "WHERE id = %(id)s) FOR NO KEY UPDATE OF p"
+        )
         self.retry = f"""
 WITH {_NOW},
 upd AS (

@@ -46,6 +46,11 @@ _RESULT_SQL = (
 )
 _PAGE = 1000
 ON_CANCEL = "on_cancel"
+_CANCEL_ON_WAIT = ErrorInfo(
+    "Cancelled",
+    "cancel was requested while execute ran; its children are cancelled",
+    "cancelled",
+)
 
 
 def _marks(n: int) -> str:
@@ -90,6 +95,21 @@ def children_ended(c: sqlite3.Connection, tx: Tx, ended: Iterable[Ended], now: i
                     pending.append((grandparent, parent_id, State.FAILED))
             elif active <= 0:
                 _ready_for_finalize(c, tx, parent_id, kind, now)
+
+
+def _first_failure(c: sqlite3.Connection, parent_id: str) -> ErrorInfo:
+    """The error of a parent failed by a child that failed before the parent waited: it
+    names the first child to fail and that child's error, as a failure while waiting does."""
+    row = c.execute(
+        "SELECT id, state, error FROM fm_tasks WHERE parent_id = ? "
+        f"AND state IN ({_marks(len(CHILD_FAILURES))}) ORDER BY finished_at, seq LIMIT 1",
+        (parent_id, *sorted(CHILD_FAILURES)),
+    ).fetchone()
+    if row is None:  # pragma: no cover - children_failed counts only such children
+        return ErrorInfo("ChildFailed", "a child task failed", "child_failed")
+    err = decode_error(row[2]) if row[2] else None
+    message = f": {err.message}" if err else ""
+    return ErrorInfo("ChildFailed", f"child {row[0]} ended {row[1]}{message}", "child_failed")
 
 
 def _child_message(c: sqlite3.Connection, child_id: str) -> str:
@@ -177,21 +197,27 @@ def cancel_descendants(
 
 def wait_children(c: sqlite3.Connection, tx: Tx, p: TaskWaitChildren, now: int) -> State:
     row = c.execute(
-        "SELECT kind, children_active, children_failed, fail_fast, parent_id FROM fm_tasks "
-        "WHERE id = ? AND lease_epoch = ? AND state = 'running'",
+        "SELECT kind, children_active, children_failed, fail_fast, parent_id, cancel_requested "
+        "FROM fm_tasks WHERE id = ? AND lease_epoch = ? AND state = 'running'",
         (p.task_id, p.epoch),
     ).fetchone()
     if row is None:
         raise LeaseLost(p.task_id, p.epoch)
-    kind, active, failed, fail_fast, parent_id = row
+    kind, active, failed, fail_fast, parent_id, cancel_requested = row
     c.execute(
         "UPDATE fm_tasks SET memo = ?, lease_owner = NULL, lease_expires_at = NULL, "
         "last_finish = 'waiting_children', updated_at = ? WHERE id = ?",
         (p.memo, now, p.task_id),
     )
+    if cancel_requested:
+        # Cancelled while execute ran, and execute returned without noticing: parking the
+        # task would lose the request (the finalize claim clears it), so the cancel wins.
+        _cancel_parked(c, tx, p.task_id, kind, now)
+        if parent_id is not None:
+            children_ended(c, tx, [(parent_id, p.task_id, State.CANCELLED)], now)
+        return State.CANCELLED
     if failed and fail_fast:
-        error = ErrorInfo("ChildFailed", f"{failed} child task(s) failed", "child_failed")
-        fail_parent(c, tx, p.task_id, kind, error, now)
+        fail_parent(c, tx, p.task_id, kind, _first_failure(c, p.task_id), now)
         if parent_id is not None:
             children_ended(c, tx, [(parent_id, p.task_id, State.FAILED)], now)
         return State.FAILED
@@ -204,6 +230,20 @@ def wait_children(c: sqlite3.Connection, tx: Tx, p: TaskWaitChildren, now: int) 
     )
     c.execute(_EVENT_SQL, (p.task_id, kind, "waiting_children", now, f"{active} children"))
     return State.WAITING_CHILDREN
+
+
+def _cancel_parked(c: sqlite3.Connection, tx: Tx, task_id: str, kind: str, now: int) -> None:
+    error = _CANCEL_ON_WAIT
+    err = encode_error(error)
+    c.execute(
+        "UPDATE fm_tasks SET state = 'cancelled', error = ?, finished_at = ?, updated_at = ?, "
+        "hook = CASE WHEN has_on_cancel = 1 THEN ? ELSE hook END WHERE id = ?",
+        (err, now, now, ON_CANCEL, task_id),
+    )
+    c.execute(_EVENT_SQL, (task_id, kind, "cancelled", now, error.message))
+    c.execute(_RESULT_SQL, (task_id, "cancelled", err, now))
+    tx.wake(_wake.FINISH)
+    cancel_descendants(c, tx, [task_id], error.message, now)
 
 
 def children_page(c: sqlite3.Connection, p: ChildrenPage) -> list[ChildRow]:

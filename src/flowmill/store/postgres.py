@@ -1,7 +1,9 @@
 """The PostgreSQL store: psycopg 3 (async) with a pool, SKIP LOCKED claims, LISTEN/NOTIFY.
 
-Every operation is one statement in autocommit mode (one transaction, one round trip)
-except the few operator calls and keyed inserts, which lock what they read inside an
+Every hot operation is one statement in autocommit mode (one transaction, one round
+trip), including the join of a batch of finished children with their parents and a batch
+of concurrent spawns. Operator calls, keyed inserts and the rarer tree work (fail-fast,
+cascades, wait_children, TTL expiry of children; `_pg_tree`) lock what they read inside an
 explicit transaction. Times are judged on the database clock unless `now_ms` is given.
 """
 
@@ -33,6 +35,10 @@ from . import _pg_schema
 from ._base import (
     ON_DUPLICATE_CHOICES,
     CancelOutcome,
+    ChildrenPage,
+    ChildrenSummary,
+    ChildrenSummaryQuery,
+    ChildRow,
     ClaimedRow,
     CountRow,
     ErrorInfo,
@@ -42,6 +48,9 @@ from ._base import (
     Finish,
     FinishOutcome,
     FinishStatus,
+    HookDone,
+    HookRow,
+    HooksClaim,
     InsertOutcome,
     InsertStatus,
     LeasesExpired,
@@ -59,6 +68,7 @@ from ._base import (
     TasksInsert,
     TasksList,
     TasksPromote,
+    TaskWaitChildren,
 )
 from ._pg_batch import Combiner
 from ._pg_errors import (
@@ -75,6 +85,7 @@ from ._pg_listen import Listener, channel_names
 from ._pg_rows import claimed_row, record
 from ._pg_sql import Queries
 from ._pg_text import dec, enc, enc_all
+from ._pg_tree import Tree
 from ._serde import decode_error, encode_error
 from ._wake import Pulse
 
@@ -91,8 +102,20 @@ _CANCELLED_ON_RETRY = ErrorInfo(
     "cancelled",
 )
 _CANCEL_SOURCES = [s.value for s in sources_of(State.CANCELLED)]
+_PARENT_CANCELLED = "parent cancelled"
+
+
+def _finish_mark(f: Finish) -> str:
+    """What `last_finish` records: the target, marked when the reaper made the finish, so
+    that a worker's late finish with the same epoch is not mistaken for a repeat of it."""
+    return f"{f.target.value}:reaped" if f.expired_lease else f.target.value
+
+
 # Calls larger than this run on their own rather than being merged with others.
 _COMBINE_MAX_ITEMS = 5000
+# Spawn calls merged into one statement (each call up to this many tasks).
+_SPAWN_COMBINE_MAX_CALLS = 200
+_SPAWN_COMBINE_MAX_TASKS = 100
 _CONNECTION_TRIES = 3
 _ROLLBACK_TRIES = 5
 _FIRST_LISTEN_S = 5.0
@@ -128,6 +151,7 @@ class PostgresStore:
         self._conninfo, self._display = conninfo_for(libpq_url)
         self._q = Queries(schema)
         self.work_channel, self.finish_channel = channel_names(schema)
+        self._tree = Tree(schema, self._q, self.work_channel, self.finish_channel)
         self._work = Pulse()
         self._finish = Pulse()
         self._pool: AsyncConnectionPool[Conn] | None = None
@@ -137,6 +161,12 @@ class PostgresStore:
             lambda items: self._finish_items(items, None),
             max_items=_COMBINE_MAX_ITEMS,
             max_inflight=max_inflight_batches,
+        )
+        self._spawner: Combiner[TasksInsert, list[InsertOutcome] | FlowmillError] = Combiner(
+            lambda calls: self._spawn_calls(calls, None),
+            max_items=_SPAWN_COMBINE_MAX_CALLS,
+            max_inflight=max_inflight_batches,
+            split_on=lambda exc: not isinstance(exc, StoreUnavailable),
         )
         self._inserter: Combiner[NewTask, InsertOutcome] = Combiner(
             lambda tasks: self._insert_plain(tasks, None),
@@ -195,6 +225,7 @@ class PostgresStore:
     async def close(self) -> None:
         await self._finisher.close()
         await self._inserter.close()
+        await self._spawner.close()
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
@@ -306,13 +337,12 @@ class PostgresStore:
                 f"on_duplicate must be one of {', '.join(ON_DUPLICATE_CHOICES)}, "
                 f"got {p.on_duplicate!r}"
             )
-        if getattr(p, "fence", None) is not None:
-            # Spawns (fenced inserts with child bookkeeping) are newer than this backend:
-            # refuse clearly rather than insert children without their parent's fence.
-            raise StoreError("the PostgreSQL store does not support fenced spawns yet")
         tasks = list(p.tasks)
-        if not tasks:
+        if not tasks and p.fence is None:
             return []
+        # (Even an empty spawn is refused with a stale lease, as on SQLite.)
+        if p.fence is not None or any(t.parent_id is not None for t in tasks):
+            return await self._spawn(p, tasks)
         if any(t.dedup_key is not None for t in tasks):
             keyed = functools.partial(
                 insert_keyed, q=self._q, work_channel=self.work_channel, tasks=tasks, p=p
@@ -321,6 +351,26 @@ class PostgresStore:
         if p.now_ms is None and len(tasks) < _COMBINE_MAX_ITEMS:
             return await self._inserter.call(tasks)
         return await self._insert_plain(tasks, p.now_ms)
+
+    async def _spawn(self, p: TasksInsert, tasks: list[NewTask]) -> list[InsertOutcome]:
+        """Spawns: the fence, the parents and their counters go with the rows."""
+        if any(t.dedup_key is not None for t in tasks):
+            keyed = functools.partial(self._tree.spawn_keyed, p=p)
+            return await self._run(keyed, idempotent=False)
+        if p.now_ms is None and len(tasks) <= _SPAWN_COMBINE_MAX_TASKS:
+            # Concurrent spawns under one parent all lock it: merged, they lock it once.
+            (got,) = await self._spawner.call([p])
+        else:
+            (got,) = await self._spawn_calls([p], p.now_ms)
+        if isinstance(got, FlowmillError):
+            raise got
+        return got
+
+    async def _spawn_calls(
+        self, calls: list[TasksInsert], now_ms: int | None
+    ) -> list[list[InsertOutcome] | FlowmillError]:
+        job = functools.partial(self._tree.spawn_calls, calls=calls, now_ms=now_ms)
+        return await self._run(job, idempotent=False)
 
     async def _insert_plain(self, tasks: list[NewTask], now_ms: int | None) -> list[InsertOutcome]:
         """Tasks without dedup keys: one INSERT ... SELECT FROM unnest(...) statement."""
@@ -434,51 +484,122 @@ class PostgresStore:
                 functools.partial(self._finish_round, items=batch, now_ms=now_ms),
                 idempotent=True,  # a repeat of an applied finish answers ALREADY
             )
+            deferred = [k for k, o in enumerate(got) if o is None]
+            if deferred:
+                # Children and cancelled parents: applied with their tree work, atomically.
+                tree = await self._run(
+                    functools.partial(
+                        self._finish_tree, items=[batch[k] for k in deferred], now_ms=now_ms
+                    ),
+                    idempotent=True,
+                )
+                for k, t in zip(deferred, tree, strict=True):
+                    got[k] = t
             for i, o in zip(round_, got, strict=True):
                 out[i] = o
         return [o for o in out if o is not None]
 
+    def _finish_params(
+        self, items: list[Finish], now_ms: int | None, *, simple: bool
+    ) -> dict[str, Any]:
+        return {
+            "now": now_ms,
+            "simple": simple,
+            "work_channel": self.work_channel,
+            "finish_channel": self.finish_channel,
+            "ids": [f.task_id for f in items],
+            "epochs": [f.epoch for f in items],
+            "targets": [f.target.value for f in items],
+            "errors": [encode_error(f.error) for f in items],
+            "details": [f.error.category if f.error else None for f in items],
+            "delays": [f.delay_ms for f in items],
+            "run_ats": [f.run_at_ms for f in items],
+            "releases": [1 if f.release else 0 for f in items],
+            "expired": [f.expired_lease for f in items],
+            "terminal": [f.target in TERMINAL for f in items],
+            "results": [f.result for f in items],
+            "cancel_error": encode_error(_CANCELLED_ON_RETRY),
+        }
+
     async def _finish_round(
         self, conn: Conn, items: list[Finish], now_ms: int | None
-    ) -> list[FinishOutcome]:
-        errors = [encode_error(f.error) for f in items]
-        cur = await conn.execute(
-            self._q.finish,
-            {
-                "now": now_ms,
-                "work_channel": self.work_channel,
-                "finish_channel": self.finish_channel,
-                "ids": [f.task_id for f in items],
-                "epochs": [f.epoch for f in items],
-                "targets": [f.target.value for f in items],
-                "errors": errors,
-                "details": [f.error.category if f.error else None for f in items],
-                "delays": [f.delay_ms for f in items],
-                "run_ats": [f.run_at_ms for f in items],
-                "releases": [1 if f.release else 0 for f in items],
-                "expired": [f.expired_lease for f in items],
-                "terminal": [f.target in TERMINAL for f in items],
-                "results": [f.result for f in items],
-                "cancel_error": encode_error(_CANCELLED_ON_RETRY),
-            },
-        )
-        applied = {int(r[0]): State(r[1]) for r in await cur.fetchall() if r[0] > 0}
-        refused = [f for k, f in enumerate(items, 1) if k not in applied]
+    ) -> list[FinishOutcome | None]:
+        """One statement in autocommit: the finishes and the join of the children among
+        them (see `Queries.finish`); None for those left to `_finish_tree`."""
+        cur = await conn.execute(self._q.finish, self._finish_params(items, now_ms, simple=True))
+        applied: dict[int, State] = {}
+        deferred: set[int] = set()
+        for tag, k, state, *_ in await cur.fetchall():
+            if tag == "a":
+                applied[k] = State(state)
+            elif tag == "d":
+                deferred.add(k)
+        return await self._finish_outcomes(conn, items, applied, deferred, defer_running=True)
+
+    async def _finish_outcomes(
+        self,
+        conn: Conn,
+        items: list[Finish],
+        applied: dict[int, State],
+        deferred: set[int],
+        *,
+        defer_running: bool,
+    ) -> list[FinishOutcome | None]:
+        """APPLIED, or (for the refused) ALREADY when this very finish was applied before.
+
+        None for the deferred ones and, with `defer_running`, for a refused finish whose
+        task still runs at its epoch (a parent or children that the statement saw only as
+        it ran, or a reaper's finish of a lease not yet expired): `_finish_tree` decides.
+        """
+        refused = [f for k, f in enumerate(items, 1) if k not in applied and k not in deferred]
         now_rows: dict[str, tuple[str, int, str | None]] = {}
         if refused:
             cur = await conn.execute(self._q.finish_refused, {"ids": [f.task_id for f in refused]})
             now_rows = {r[0]: (r[1], r[2], r[3]) for r in await cur.fetchall()}
-        out: list[FinishOutcome] = []
+        out: list[FinishOutcome | None] = []
         for k, f in enumerate(items, 1):
             if k in applied:
                 out.append(FinishOutcome(f.task_id, FinishStatus.APPLIED, applied[k]))
                 continue
+            if k in deferred:
+                out.append(None)
+                continue
             row = now_rows.get(f.task_id)
-            if row is not None and row[1] == f.epoch and row[2] == f.target.value:
+            if defer_running and row is not None and row[0] == "running" and row[1] == f.epoch:
+                out.append(None)
+            elif row is not None and row[1] == f.epoch and row[2] == _finish_mark(f):
                 out.append(FinishOutcome(f.task_id, FinishStatus.ALREADY, State(row[0])))
             else:
                 state = State(row[0]) if row is not None else None
                 out.append(FinishOutcome(f.task_id, FinishStatus.LEASE_LOST, state))
+        return out
+
+    async def _finish_tree(
+        self, conn: Conn, items: list[Finish], now_ms: int | None
+    ) -> list[FinishOutcome]:
+        """Finishes with tree work: one transaction ends the tasks, cancels what hangs
+        below the cancelled ones and counts the ended ones against their parents."""
+        async with conn.transaction():
+            now = await self._tree.now(conn, now_ms)
+            cur = await conn.execute(self._q.finish, self._finish_params(items, now, simple=False))
+            applied: dict[int, State] = {}
+            cancelled: list[str] = []
+            ended: list[tuple[str, str, State]] = []
+            for tag, k, state, is_ended, parent_id, has_children in await cur.fetchall():
+                if tag != "a":
+                    continue
+                f, st = items[k - 1], State(state)
+                applied[k] = st
+                if st is State.CANCELLED and has_children:
+                    cancelled.append(f.task_id)
+                if is_ended and parent_id is not None:
+                    ended.append((parent_id, f.task_id, st))
+            got = await self._finish_outcomes(conn, items, applied, set(), defer_running=False)
+            out = [o for o in got if o is not None]
+            if cancelled:
+                await self._tree.cancel_descendants(conn, cancelled, _PARENT_CANCELLED, now)
+            if ended:
+                await self._tree.children_ended(conn, ended, now)
         return out
 
     async def _count_and_notify(self, query: str, params: dict[str, Any]) -> int:
@@ -495,15 +616,28 @@ class PostgresStore:
         )
 
     async def tasks_expire(self, p: TasksExpire) -> int:
-        return await self._count_and_notify(
-            self._q.expire,
-            {
-                "now": p.now_ms,
-                "limit": p.limit,
-                "error": encode_error(_TTL_ERROR),
-                "finish_channel": self.finish_channel,
-            },
-        )
+        params = {
+            "now": p.now_ms,
+            "limit": p.limit,
+            "error": encode_error(_TTL_ERROR),
+            "finish_channel": self.finish_channel,
+        }
+
+        async def job(conn: Conn) -> int:
+            async with conn.transaction():
+                row = await (await conn.execute(self._q.expire, params)).fetchone()
+                assert row is not None
+                count, _, children, parents, now = row
+                if children:
+                    # Expired children count as child ends (failures, for fail_fast).
+                    ended = [
+                        (pid, cid, State.EXPIRED)
+                        for cid, pid in zip(children, parents, strict=True)
+                    ]
+                    await self._tree.children_ended(conn, ended, int(now))
+                return int(count)
+
+        return await self._run(job, idempotent=True)
 
     async def leases_expired(self, p: LeasesExpired) -> list[ExpiredLease]:
         async def job(conn: Conn) -> list[ExpiredLease]:
@@ -516,10 +650,12 @@ class PostgresStore:
         return await self._run(job, idempotent=True)
 
     async def task_cancel(self, p: TaskCancel) -> CancelOutcome:
-        err = encode_error(ErrorInfo("Cancelled", p.reason, "cancelled"))
+        error = ErrorInfo("Cancelled", p.reason, "cancelled")
 
         async def job(conn: Conn) -> CancelOutcome:
             async with conn.transaction():
+                # Parent before child: the lock order of every tree write.
+                await conn.execute(self._q.lock_parent, {"id": p.task_id})
                 row = await (await conn.execute(self._q.lock_task, {"id": p.task_id})).fetchone()
                 if row is None:
                     raise TaskNotFound(p.task_id)
@@ -532,17 +668,8 @@ class PostgresStore:
                     return CancelOutcome(p.task_id, state, True)
                 if not can_transition(state, State.CANCELLED):
                     return CancelOutcome(p.task_id, state, False)
-                await conn.execute(
-                    self._q.cancel,
-                    {
-                        "now": p.now_ms,
-                        "id": p.task_id,
-                        "error": err,
-                        "reason": p.reason,
-                        "sources": _CANCEL_SOURCES,
-                        "finish_channel": self.finish_channel,
-                    },
-                )
+                now = await self._tree.now(conn, p.now_ms)
+                await self._tree.cancel_task(conn, self._q.cancel, p.task_id, error, now)
                 return CancelOutcome(p.task_id, State.CANCELLED, False)
 
         # Running it twice answers the same: cancelled, or (still) requested.
@@ -592,6 +719,31 @@ class PostgresStore:
 
         if await self._run(job, idempotent=True) == 0:
             raise LeaseLost(p.task_id, p.epoch)
+
+    # -- parents and children --------------------------------------------------------
+
+    async def task_wait_children(self, p: TaskWaitChildren) -> State:
+        job = functools.partial(self._tree.wait_children, p=p, cancel=self._q.cancel)
+        return await self._run(job, idempotent=False)
+
+    async def children_page(self, p: ChildrenPage) -> list[ChildRow]:
+        if p.limit <= 0:
+            return []
+        return await self._run(functools.partial(self._tree.children_page, p=p), idempotent=True)
+
+    async def children_summary(self, p: ChildrenSummaryQuery) -> ChildrenSummary:
+        job = functools.partial(self._tree.children_summary, p=p)
+        return await self._run(job, idempotent=True)
+
+    async def hooks_claim(self, p: HooksClaim) -> list[HookRow]:
+        if not p.kinds or p.limit <= 0:
+            return []
+        # Run again after a lost connection: hooks whose claim was lost are claimed again
+        # once their short lease has expired.
+        return await self._run(functools.partial(self._tree.hooks_claim, p=p), idempotent=True)
+
+    async def hook_done(self, p: HookDone) -> None:
+        await self._run(functools.partial(self._tree.hook_done, p=p), idempotent=False)
 
     # -- inspection ------------------------------------------------------------------
 

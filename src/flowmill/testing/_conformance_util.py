@@ -40,6 +40,8 @@ ERR = ErrorInfo("ValueError", "bad input: 'x'; DROP TABLE fm_tasks; --", "non_re
 INITIAL_STATES = frozenset({State.SCHEDULED, State.READY, State.BLOCKED})
 # A dedup `replace` rewrites a waiting task in place and may record its state again.
 REWRITABLE_STATES = frozenset({State.SCHEDULED, State.READY, State.BLOCKED})
+# States recorded again without a move: those, and `running` (each progress report).
+REPEATABLE_STATES = REWRITABLE_STATES | {State.RUNNING}
 
 _PREFIX = os.urandom(4).hex()
 _COUNTER = itertools.count()
@@ -66,6 +68,9 @@ def task(
     tags: Mapping[str, str] | None = None,
     parent_id: str | None = None,
     id: str | None = None,
+    child_key: str | None = None,
+    fail_fast: bool = True,
+    has_on_cancel: bool = False,
 ) -> NewTask:
     return NewTask(
         id=id or new_id(),
@@ -82,6 +87,9 @@ def task(
         timeout_ms=timeout_ms,
         tags=dict(tags or {}),
         parent_id=parent_id,
+        child_key=child_key,
+        fail_fast=fail_fast,
+        has_on_cancel=has_on_cancel,
     )
 
 
@@ -195,7 +203,7 @@ async def assert_history_legal(store: Store) -> dict[str, list[State]]:
         assert states[0] in INITIAL_STATES, f"{task_id} was created as {states[0]}"
         for a, b in itertools.pairwise(states):
             if a == b:
-                assert a in REWRITABLE_STATES, f"{task_id} recorded {a} twice: {states}"
+                assert a in REPEATABLE_STATES, f"{task_id} recorded {a} twice: {states}"
                 continue
             assert (a, b) in TRANSITIONS, f"{task_id}: illegal {a} -> {b} in {states}"
     current = await all_states(store)
