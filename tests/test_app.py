@@ -235,8 +235,15 @@ async def test_progress_and_events(app: fm.App) -> None:
     assert seen == [40.0]
     info = await app.get(h.id)
     assert (info.progress, info.progress_message) == (40.0, "halfway-ish")
-    states = [e.state async for e in app.events(follow=False) if e.task_id == h.id]
-    assert states == [fm.State.READY, fm.State.RUNNING, fm.State.COMPLETED]
+    events = [e async for e in app.events(follow=False) if e.task_id == h.id]
+    assert [e.state for e in events] == [
+        fm.State.READY,
+        fm.State.RUNNING,
+        fm.State.RUNNING,
+        fm.State.COMPLETED,
+    ]
+    assert "40" in (events[2].detail or "")  # progress shows in the event stream
+    assert "halfway-ish" in (events[2].detail or "")
 
 
 async def test_get_unknown_task(app: fm.App) -> None:

@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -26,25 +26,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextmanager
-def worker_process(
-    url: str, ledger: Path, *, until_idle: bool, lease_s: float = 1.0
+def spawn(
+    module: str, *args: str, env: Mapping[str, str] | None = None
 ) -> Iterator[subprocess.Popen[str]]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
-        "FM_TEST_LEASE_S": str(lease_s),
-    }
+    """Run `python -m module args...`; wait for its "ready" line; kill it on the way out."""
+    full_env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}", **(env or {})}
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests._crash_app",
-            url,
-            str(ledger),
-            "idle" if until_idle else "forever",
-        ],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
-        env=env,
+        env=full_env,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -58,6 +48,14 @@ def worker_process(
         proc.wait(timeout=30)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def worker_process(
+    url: str, ledger: Path, *, until_idle: bool, lease_s: float = 1.0
+) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
+    """A worker of `_crash_app` (short lease by default, so kills are reaped fast)."""
+    mode = "idle" if until_idle else "forever"
+    return spawn("tests._crash_app", url, str(ledger), mode, env={"FM_TEST_LEASE_S": str(lease_s)})
 
 
 def ledger_count(ledger: Path, sql: str) -> int:
@@ -188,9 +186,11 @@ async def test_four_worker_processes_five_thousand_tasks_each_once(
     app = _crash_app.build(db_url, str(ledger))
     n = 4 * 5000
     handles = await app.submit_many("tick", range(n))
+    # A normal lease: with no crash, no lease may expire, so nothing may run twice.
     with contextlib.ExitStack() as stack:
         workers = [
-            stack.enter_context(worker_process(db_url, ledger, until_idle=True)) for _ in range(4)
+            stack.enter_context(worker_process(db_url, ledger, until_idle=True, lease_s=30))
+            for _ in range(4)
         ]
         for w in workers:
             assert w.wait(timeout=300) == 0

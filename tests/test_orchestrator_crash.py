@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import signal
 import sqlite3
 import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,32 +14,19 @@ import pytest
 import flowmill as fm
 
 from . import _orch_app
-from .test_crash import ROOT, wait_for
+from .conftest import eventually
+from .test_crash import spawn, wait_for
 
 pytestmark = pytest.mark.slow
 N = 6  # children; the parent's result is sum(range(N)) * 10 + N
 
 
-@contextmanager
-def worker(url: str, ledger: Path) -> Iterator[subprocess.Popen[str]]:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests._orch_app", url, str(ledger)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-        if proc.stdout is not None:
-            proc.stdout.close()
+def worker(url: str, ledger: Path) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
+    return spawn("tests._orch_app", url, str(ledger))
+
+
+async def _is_waiting(app: fm.App, task_id: str) -> bool:
+    return (await app.get(task_id)).state is fm.State.WAITING_CHILDREN
 
 
 def runs(ledger: Path, what: str) -> list[tuple[str, int]]:
@@ -101,14 +85,9 @@ async def test_killed_while_waiting_for_children(setup: tuple[str, Path, Path]) 
     (marks / "block-kids").touch()
     h = await app.submit("crashy", N)
 
-    async def parked() -> bool:
-        return (await app.get(h.id)).state is fm.State.WAITING_CHILDREN
-
     with worker(url, ledger) as first:
         wait_for(lambda: len(runs(ledger, "kid")) >= 1, what="children to start")
-        from .conftest import eventually
-
-        await eventually(parked, what="parent waiting")
+        await eventually(lambda: _is_waiting(app, h.id), what="parent waiting")
         kill(first)
     (marks / "block-kids").unlink()
     assert await _finish_with_second_worker(url, ledger, h) == sum(range(N)) * 10 + N
@@ -142,13 +121,8 @@ async def test_children_ending_while_no_worker_is_up(setup: tuple[str, Path, Pat
     (marks / "block-kids").touch()
     h = await app.submit("crashy", N)
 
-    async def parked() -> bool:
-        return (await app.get(h.id)).state is fm.State.WAITING_CHILDREN
-
     with worker(url, ledger) as first:
-        from .conftest import eventually
-
-        await eventually(parked, what="parent waiting")
+        await eventually(lambda: _is_waiting(app, h.id), what="parent waiting")
         first.send_signal(signal.SIGTERM)  # graceful: the kids are released, not run
         first.wait(timeout=60)
     # No worker is up: the operator cancels every child; the last one readies the parent.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ._context import CancelToken
+from ._conditions import Condition
+from ._context import CancelToken, check_progress
 from ._errors import (
     ConfigurationError,
     LeaseLost,
@@ -27,7 +28,8 @@ from ._errors import (
     TaskAlreadyFinished,
 )
 from ._handle import decode_json
-from ._outcome import STOP_LEASE_LOST, STOP_LEASE_UNHEALTHY, STOP_OPERATOR, retry_or_give_up
+from ._outcome import STOP_LEASE_LOST, STOP_LEASE_UNHEALTHY, STOP_OPERATOR, retry_finish
+from ._signals import Fenced, ResumeSignal, Waitpoint
 from ._states import State
 from ._task import check_queue
 from ._worker import UNHEALTHY_AFTER
@@ -43,6 +45,7 @@ from .store._base import (
     TasksFinish,
     TaskWaitChildren,
 )
+from .store._base_signals import FrameRef, OnTimeout, SuspendStatus
 
 if TYPE_CHECKING:
     from ._app import App
@@ -148,14 +151,49 @@ class ClaimedTask:
     async def update_progress(self, pct: float, message: str | None = None) -> None:
         """Record progress from 0 to 100 (fenced)."""
         self._check_open()
-        if isinstance(pct, bool) or not isinstance(pct, int | float) or not 0 <= pct <= 100:
-            raise ValueError(f"progress must be a number from 0 to 100, got {pct!r}")
         app = self._claimer.app
         await app.store.task_progress(
-            TaskProgress(self.task_id, self.lease_epoch, float(pct), message, app.clock.store_now())
+            TaskProgress(
+                self.task_id, self.lease_epoch, check_progress(pct), message, app.clock.store_now()
+            )
         )
 
+    async def append_frame(
+        self, frame_type: str, payload: bytes, metadata: Mapping[str, Any] | None = None
+    ) -> FrameRef:
+        """Append to this attempt's output stream (fenced); `FrameTooLarge` over 64 KiB."""
+        self._check_open()
+        return await self._fenced().append_frame(frame_type, payload, metadata)
+
+    async def create_waitpoint(self, key: str, expires_in: timedelta) -> Waitpoint:
+        self._check_open()
+        return await self._fenced().create_waitpoint(key, expires_in)
+
+    async def resume_signals(self) -> list[ResumeSignal]:
+        return await self._fenced().resume_signals()
+
+    def _fenced(self) -> Fenced:
+        return Fenced(self._claimer.app, self.task_id, self.lease_epoch)
+
     # -- terminal writes (single use) ---------------------------------------------------
+
+    async def suspend(
+        self,
+        condition: Condition,
+        *,
+        timeout: timedelta | None = None,
+        on_timeout: OnTimeout = OnTimeout.FAIL,
+    ) -> SuspendStatus:
+        """Suspend until signals satisfy `condition`; ALREADY_SATISFIED keeps the lease."""
+        self._check_open()
+        try:
+            status = await self._fenced().suspend_status(condition, timeout, on_timeout)
+        except LeaseLost:
+            self._close()
+            raise
+        if status is SuspendStatus.SUSPENDED:
+            self._close()
+        return status
 
     async def complete(self, result: Any = None) -> None:
         """End the attempt with its result (encoded with the task's result type if known)."""
@@ -172,15 +210,9 @@ class ClaimedTask:
         retry_after: timedelta | None = None,
     ) -> FailOutcome:
         """End the attempt as failed: retried per the task's policy, unless not `retryable`."""
-        row = self._row
-        error = ErrorInfo("Failed", reason, category, None)
-        finish = retry_or_give_up(
-            row.id,
-            row.lease_epoch,
-            attempt=row.attempt,
-            max_attempts=row.max_attempts,
-            retry_policy=row.retry_policy,
-            error=error,
+        finish = retry_finish(
+            self._row,
+            ErrorInfo("Failed", reason, category, None),
             retryable=retryable,
             requested_delay=retry_after,
         )

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ._children import ChildrenReport, ChildResult
+from ._conditions import Condition
 from ._errors import Cancelled, ConfigurationError
+from ._signals import Fenced, ResumeSignal, Suspended, Waitpoint
 from ._states import Phase, State
 from .store._base import ChildrenPage, ChildrenSummaryQuery, LeaseRef, TaskProgress
+from .store._base_signals import FrameRef, OnTimeout, SuspendStatus
 
 if TYPE_CHECKING:
     from ._app import App
@@ -19,6 +23,15 @@ if TYPE_CHECKING:
     from ._task import TaskDef
 
 SPAWN_CHUNK = 1000  # children per transaction in spawn_many
+
+
+def check_progress(pct: float) -> float:
+    """A progress value: a finite number from 0 to 100 (`ValueError` otherwise)."""
+    if isinstance(pct, bool) or not isinstance(pct, int | float) or not math.isfinite(pct):
+        raise ValueError(f"progress must be a number from 0 to 100, got {pct!r}")
+    if not 0 <= pct <= 100:
+        raise ValueError(f"progress must be from 0 to 100, got {pct}")
+    return float(pct)
 
 
 class CancelToken:
@@ -113,18 +126,49 @@ class Context:
 
     async def progress(self, pct: float, message: str | None = None) -> None:
         """Record progress (0..100) on the task, fenced by this attempt's lease."""
-        if not isinstance(pct, int | float) or isinstance(pct, bool) or not math.isfinite(pct):
-            raise ValueError(f"progress must be a number from 0 to 100, got {pct!r}")
-        if not 0 <= pct <= 100:
-            raise ValueError(f"progress must be from 0 to 100, got {pct}")
         await self._app.store.task_progress(
-            TaskProgress(self.task_id, self.lease_epoch, float(pct), message, self._now_ms)
+            TaskProgress(self.task_id, self.lease_epoch, check_progress(pct), message, self._now_ms)
         )
 
     def progress_blocking(self, pct: float, message: str | None = None) -> None:
         """`progress` for sync handlers running in a worker thread."""
         fut = asyncio.run_coroutine_threadsafe(self.progress(pct, message), self._loop)
         fut.result()
+
+    # -- waiting on the outside world, and output frames ---------------------------
+
+    def _fenced(self) -> Fenced:
+        return Fenced(self._app, self.task_id, self.lease_epoch)
+
+    async def create_waitpoint(self, key: str, expires_in: timedelta) -> Waitpoint:
+        """A waitpoint (id + HMAC token) that `app.deliver_signal` can signal."""
+        return await self._fenced().create_waitpoint(key, expires_in)
+
+    async def suspend(
+        self,
+        condition: Condition,
+        *,
+        timeout: timedelta | None = None,
+        on_timeout: OnTimeout = OnTimeout.FAIL,
+    ) -> list[ResumeSignal]:
+        """Wait until signals satisfy `condition`: this attempt ends here, and the task runs
+        again from the top once they do (read them with `resume_signals()`). If signals
+        received earlier already satisfy it, returns them at once and the attempt goes on.
+        """
+        status = await self._fenced().suspend_status(condition, timeout, on_timeout)
+        if status is SuspendStatus.SUSPENDED:
+            raise Suspended(self.task_id)
+        return await self.resume_signals()
+
+    async def resume_signals(self) -> list[ResumeSignal]:
+        """The signals that resumed this task (empty when it was not resumed by signals)."""
+        return await self._fenced().resume_signals()
+
+    async def append_frame(
+        self, frame_type: str, payload: bytes, metadata: Mapping[str, Any] | None = None
+    ) -> FrameRef:
+        """Append to this attempt's output stream (`app.frames()` tails it live)."""
+        return await self._fenced().append_frame(frame_type, payload, metadata)
 
     # -- children ------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from typing import Any
 from ._errors import Cancelled, Fail, PayloadError, RetryCapExceeded, RetryLater
 from ._retry import RetryAction, backoff_from_json, decide_retry
 from ._runner import Ended
+from ._signals import Suspended
 from ._states import State
 from ._task import TaskDef
 from .store._base import ClaimedRow, ErrorInfo, ExpiredLease, Finish
@@ -84,7 +85,8 @@ def retry_or_give_up(
     )
 
 
-def _retry(row: ClaimedRow, error: ErrorInfo, **kw: Any) -> Finish:
+def retry_finish(row: ClaimedRow, error: ErrorInfo, **kw: Any) -> Finish:
+    """`retry_or_give_up` for a claimed attempt."""
     return retry_or_give_up(
         row.id,
         row.lease_epoch,
@@ -98,6 +100,8 @@ def _retry(row: ClaimedRow, error: ErrorInfo, **kw: Any) -> Finish:
 
 def decide_finish(row: ClaimedRow, tdef: TaskDef, ended: Ended) -> Finish | None:
     """The write that records `ended`; None when nothing may be written (lease lost)."""
+    if isinstance(ended.error, Suspended):
+        return None  # the store parked the task already; nothing to record
     reason = ended.stop_reason
     if reason == STOP_LEASE_LOST:
         return None  # another claim owns the task now; any write would be refused anyway
@@ -128,32 +132,35 @@ def decide_finish(row: ClaimedRow, tdef: TaskDef, ended: Ended) -> Finish | None
         )
     if isinstance(exc, RetryLater):
         delay = exc.delay if isinstance(exc.delay, timedelta) else None
-        return _retry(
+        return retry_finish(
             row,
             ErrorInfo("RetryLater", exc.message, Category.RETRY_LATER, None),
             requested_delay=delay,
         )
     if reason == STOP_OPERATOR:
         return _stopped(row, reason, ended)
-    return _retry(row, error_info(exc, Category.HANDLER))
+    return retry_finish(row, error_info(exc, Category.HANDLER))
+
+
+def operator_cancel(row: ClaimedRow) -> Finish:
+    """The attempt stopped because an operator cancelled the task."""
+    error = ErrorInfo("Cancelled", STOP_OPERATOR, Category.CANCELLED, None)
+    return Finish(row.id, row.lease_epoch, State.CANCELLED, error=error)
 
 
 def _stopped(row: ClaimedRow, reason: str, ended: Ended) -> Finish:
     """The handler was asked to stop and did (or was abandoned): record why it stopped."""
     cls = f" ({ended.classification})" if ended.classification else ""
     if reason == STOP_OPERATOR:
-        return Finish(
-            row.id,
-            row.lease_epoch,
-            State.CANCELLED,
-            error=ErrorInfo("Cancelled", reason, Category.CANCELLED, None),
-        )
+        return operator_cancel(row)
     if reason == STOP_SHUTDOWN:
         return Finish(row.id, row.lease_epoch, State.READY, release=True)
     if reason == STOP_LEASE_UNHEALTHY:
-        return _retry(row, ErrorInfo("LeaseUnhealthy", reason, Category.LEASE_UNHEALTHY, None))
+        return retry_finish(
+            row, ErrorInfo("LeaseUnhealthy", reason, Category.LEASE_UNHEALTHY, None)
+        )
     timeout_s = (row.timeout_ms or 0) / 1000
-    return _retry(
+    return retry_finish(
         row,
         ErrorInfo(
             "Timeout",

@@ -29,6 +29,7 @@ from ._outcome import (
     decide_finish,
     decode_failure,
     error_info,
+    operator_cancel,
     reap,
 )
 from ._runner import AttemptRunner, SyncPool
@@ -36,7 +37,6 @@ from ._states import Phase, State
 from ._task import TaskDef, check_queue
 from .store._base import (
     ClaimedRow,
-    ErrorInfo,
     Finish,
     FinishOutcome,
     FinishStatus,
@@ -52,6 +52,7 @@ from .store._base import (
     TasksPromote,
     TaskWaitChildren,
 )
+from .store._base_signals import SuspensionsExpire
 
 if TYPE_CHECKING:
     from ._app import App
@@ -354,7 +355,7 @@ class Worker:
             return decide_finish(row, tdef, ended)
         ended = await self.runner.call(tdef, payload, ctx, a.token)
         if ended.error is not None or ended.stop_reason is not None or not ended.finished:
-            return decide_finish(row, tdef, ended)
+            return decide_finish(row, tdef, ended)  # incl. an execute that suspended
         return await self._wait_children(row, parts.memo, ended.value)
 
     def _context(self, row: ClaimedRow, token: CancelToken) -> Context:
@@ -400,12 +401,7 @@ class Worker:
         reason = a.token.reason
         row = a.row
         if reason == STOP_OPERATOR:
-            return Finish(
-                row.id,
-                row.lease_epoch,
-                State.CANCELLED,
-                error=ErrorInfo("Cancelled", reason, Category.CANCELLED, None),
-            )
+            return operator_cancel(row)
         if reason == STOP_LEASE_LOST:
             return None
         return Finish(row.id, row.lease_epoch, State.READY, release=True)
@@ -502,6 +498,7 @@ class Worker:
         store, now = self.app.store, self.clock.store_now()
         self.stats.promoted += await store.tasks_promote(TasksPromote(now_ms=now))
         self.stats.expired += await store.tasks_expire(TasksExpire(now_ms=now))
+        self.stats.expired += await store.suspensions_expire(SuspensionsExpire(now_ms=now))
         await self.run_hooks()
         if reap_leases:
             expired = await store.leases_expired(LeasesExpired(now_ms=now))
