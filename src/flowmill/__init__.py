@@ -8,6 +8,7 @@ from ._app import App, TaskInfo
 from ._children import ChildrenReport, ChildResult
 from ._claimer import ClaimedTask, Claimer, FailOutcome
 from ._clock import Clock, ManualClock, SystemClock
+from ._conditions import Condition, Count, Signal
 from ._context import Context
 from ._errors import (
     Cancelled,
@@ -15,6 +16,7 @@ from ._errors import (
     DuplicateTask,
     Fail,
     FlowmillError,
+    FrameTooLarge,
     IllegalTransition,
     InvalidParent,
     LeaseLost,
@@ -36,10 +38,12 @@ from ._handle import TaskHandle
 from ._outcome import Category
 from ._retry import Exponential, Fixed, Linear, Retry, RetryAction, RetryDecision, decide_retry
 from ._runner import TimeoutClass
+from ._signals import Frame, ResumeSignal, Waitpoint
 from ._states import TERMINAL, TRANSITIONS, Phase, State
 from ._task import Priority, TaskDef
 from ._worker import Worker, WorkerStats
 from .store._base import ErrorGroup, ErrorInfo, Event
+from .store._base_signals import DeliverOutcome, DeliverStatus, OnTimeout, SuspendStatus
 
 __version__ = "0.1.0"
 
@@ -54,8 +58,12 @@ __all__ = [
     "ClaimedTask",
     "Claimer",
     "Clock",
+    "Condition",
     "ConfigurationError",
     "Context",
+    "Count",
+    "DeliverOutcome",
+    "DeliverStatus",
     "DuplicateTask",
     "ErrorGroup",
     "ErrorInfo",
@@ -66,24 +74,30 @@ __all__ = [
     "FailOutcome",
     "Fixed",
     "FlowmillError",
+    "Frame",
+    "FrameTooLarge",
     "IllegalTransition",
     "InvalidParent",
     "LeaseLost",
     "Linear",
     "ManualClock",
+    "OnTimeout",
     "PayloadError",
     "PayloadTooLarge",
     "Phase",
     "Priority",
+    "ResumeSignal",
     "Retry",
     "RetryAction",
     "RetryCapExceeded",
     "RetryDecision",
     "RetryLater",
     "SchemaError",
+    "Signal",
     "State",
     "StoreError",
     "StoreUnavailable",
+    "SuspendStatus",
     "SystemClock",
     "TaskAlreadyFinished",
     "TaskDef",
@@ -94,6 +108,7 @@ __all__ = [
     "TaskTimeout",
     "TimeoutClass",
     "UnknownTask",
+    "Waitpoint",
     "Worker",
     "WorkerStats",
     "__version__",

@@ -18,6 +18,7 @@ from ._errors import ConfigurationError, PayloadError, TaskNotFound, UnknownTask
 from ._executor import Executor, make_executor_def
 from ._handle import ResultWaiter, TaskHandle, decode_json
 from ._retry import Retry
+from ._signals import Frame, deliver_signal, tail_frames
 from ._states import Phase, State
 from ._task import Priority, TaskDef, TaskOptions, check_queue, make_task_def, positive_ms
 from ._worker import Worker
@@ -39,6 +40,7 @@ from .store._base import (
     TasksInsert,
     TasksList,
 )
+from .store._base_signals import DeliverOutcome
 
 F = TypeVar("F", bound=Callable[..., Any])
 MAX_KEY_LEN = 512
@@ -460,6 +462,27 @@ class App:
                 if not follow:
                     return
                 await self.store.wait_for_finish(0.25)
+
+    async def deliver_signal(
+        self,
+        waitpoint_id: str,
+        token: str,
+        name: str,
+        payload: Any = None,
+        idempotency_key: str | None = None,
+    ) -> DeliverOutcome:
+        """Signal a waitpoint: accepted / duplicate / rejected(reason); may resume its task.
+
+        The token is checked (HMAC, constant time) before anything is stored.
+        """
+        return await deliver_signal(self, waitpoint_id, token, name, payload, idempotency_key)
+
+    def frames(
+        self, task_id: str, *, attempt: int | None = None, after: int = 0, follow: bool = True
+    ) -> AsyncGenerator[Frame, None]:
+        """An attempt's output frames in order (the latest attempt by default); with `follow`,
+        waits for new ones and ends when the attempt ends. Pass the last seq as `after`."""
+        return tail_frames(self, task_id, attempt=attempt, after=after, follow=follow)
 
     def claimer(
         self,

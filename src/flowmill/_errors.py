@@ -144,3 +144,7 @@ class InvalidParent(FlowmillError):
         super().__init__(f"cannot add a child to task {parent_id}: it {what}")
         self.parent_id = parent_id
         self.state = state
+
+
+class FrameTooLarge(PayloadTooLarge):
+    """An output frame is larger than the 64 KiB a frame may hold."""

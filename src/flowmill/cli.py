@@ -589,3 +589,25 @@ def demo(
 def main() -> None:
     """Entry point of the `flowmill` console script and `python -m flowmill`."""
     cli(prog_name="flowmill")
+
+
+@cli.command()
+def serve(
+    app_path: AppArg,
+    host: Annotated[str, typer.Option(help="Address to bind (keep it local by default)")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port")] = 8765,
+    log_level: LogLevelOpt = "info",
+) -> None:
+    """Serve POST /signals/{waitpoint_id} for MODULE:APP (webhooks, e-mail approvals)."""
+    _setup_logging(log_level)
+    with _errors():
+        app = load_app(app_path)
+        try:
+            import uvicorn
+        except ImportError:
+            _fail("flowmill serve needs uvicorn: pip install 'flowmill[dashboard]'")
+        from .web import signals_app
+
+        uvicorn.run(signals_app(app), host=host, port=port, log_level=log_level.lower())
