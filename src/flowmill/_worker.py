@@ -18,7 +18,7 @@ from ._batch import Batcher
 from ._clock import Clock
 from ._codec import Codec
 from ._context import CancelToken, Context
-from ._errors import ConfigurationError, LeaseLost, PayloadError, StoreError
+from ._errors import ConfigurationError, LeaseLost, PayloadError, StoreError, StoreUnavailable
 from ._outcome import (
     STOP_LEASE_LOST,
     STOP_LEASE_UNHEALTHY,
@@ -221,6 +221,7 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         backoff = 0.05
+        idle_rounds = 0
         while not self._stopping:
             self._wake.clear()
             free = self.concurrency + self.prefetch - len(self._attempts)
@@ -242,6 +243,8 @@ class Worker:
                         )
                     )
                     short = short or len(rows) < limit
+                    if rows:
+                        idle_rounds = 0
                     for row in rows:
                         self._accept(row)
                 backoff = 0.05
@@ -253,9 +256,14 @@ class Worker:
             self._dispatch()
             if short:
                 if self._stop_when_idle and not self._attempts:
-                    if await self._store_idle():
+                    # Idle twice in a row, with a claim in between: a task made ready just
+                    # before the check (a parent's finalize) is claimed by the second look.
+                    idle_rounds = idle_rounds + 1 if await self._store_idle() else 0
+                    if idle_rounds >= 2:
                         self.stop()
                         return
+                    if idle_rounds:
+                        continue
                     # Another worker still holds tasks: their ends send no "work" wake-up,
                     # so look again soon rather than after a whole poll interval.
                     with contextlib.suppress(TimeoutError):
@@ -412,7 +420,7 @@ class Worker:
             try:
                 outcome = await self._finisher.submit(finish)
                 break
-            except StoreError as exc:
+            except StoreUnavailable as exc:
                 # Keep the outcome until the store takes it or the lease is gone: a result
                 # that was computed must not be dropped because of a passing outage.
                 if a.token.reason == STOP_LEASE_LOST:
@@ -421,6 +429,11 @@ class Worker:
                 log.warning("recording %s failed (%s); retrying in %.2fs", a.row.id, exc, delay)
                 await self.clock.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            except StoreError:
+                # Not an outage: retrying cannot help. The lease will expire and the reaper
+                # retries the task, so the attempt is not lost, only repeated.
+                log.exception("recording the outcome of %s failed", a.row.id)
+                return
         if outcome.status is FinishStatus.LEASE_LOST:
             self.stats.lease_lost += 1
             log.warning("task %s: lease lost before its outcome was recorded", a.row.id)

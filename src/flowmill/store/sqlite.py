@@ -60,8 +60,9 @@ from ._base import (
     TasksPromote,
     TaskWaitChildren,
 )
-from ._serde import decode_error, decode_tags, encode_error, encode_tags
+from ._serde import decode_error, encode_error, encode_tags, task_record
 from ._sqlite_schema import migrate, not_a_database
+from ._sqlite_signals import SQLiteSignalsMixin
 from ._threads import ConnectionThread, Tx
 
 Synchronous = Literal["FULL", "NORMAL"]
@@ -95,7 +96,7 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteSignalsMixin):
     """Tasks in one SQLite file (or in memory), shared safely by processes on one machine."""
 
     def __init__(
@@ -700,7 +701,9 @@ def _expire(c: sqlite3.Connection, tx: Tx, p: TasksExpire) -> int:
     err = encode_error(_TTL_ERROR)
     rows = c.execute(
         "UPDATE fm_tasks SET state = 'expired', error = ?, updated_at = ?, finished_at = ? "
-        "WHERE seq IN (SELECT seq FROM fm_tasks WHERE state = 'ready' AND expires_at <= ? "
+        # INDEXED BY: left alone, the planner scans every ready task via fm_tasks_state.
+        "WHERE seq IN (SELECT seq FROM fm_tasks INDEXED BY fm_tasks_ttl "
+        "WHERE state = 'ready' AND expires_at <= ? "
         "AND started_at IS NULL ORDER BY expires_at LIMIT ?) RETURNING id, kind, parent_id",
         (err, now, now, now, p.limit),
     ).fetchall()
@@ -794,45 +797,19 @@ def _retry(c: sqlite3.Connection, tx: Tx, p: TaskRetry) -> State:
 
 def _progress(c: sqlite3.Connection, p: TaskProgress) -> None:
     now = p.now_ms if p.now_ms is not None else _wall_ms()
-    n = c.execute(
+    row = c.execute(
         "UPDATE fm_tasks SET progress_pct = ?, progress_message = ?, updated_at = ? "
-        "WHERE id = ? AND lease_epoch = ? AND state = 'running'",
+        "WHERE id = ? AND lease_epoch = ? AND state = 'running' RETURNING kind",
         (p.pct, p.message, now, p.task_id, p.epoch),
-    ).rowcount
-    if n == 0:
+    ).fetchone()
+    if row is None:
         raise LeaseLost(p.task_id, p.epoch)
+    c.execute(_EVENT_SQL, (p.task_id, row[0], "running", now, progress_detail(p.pct, p.message)))
 
 
-def _record(r: Sequence[Any], result: bytes | None) -> TaskRecord:
-    return TaskRecord(
-        id=r[0],
-        kind=r[1],
-        queue=r[2],
-        priority=r[3],
-        state=State(r[4]),
-        phase=Phase(r[5]),
-        attempts=r[6],
-        max_attempts=r[7],
-        payload=r[8],
-        result=result,
-        error=decode_error(r[9]),
-        tags=decode_tags(r[10]),
-        dedup_key=r[11],
-        parent_id=r[12],
-        progress_pct=r[13],
-        progress_message=r[14],
-        lease_epoch=r[15],
-        lease_owner=r[16],
-        lease_expires_at_ms=r[17],
-        cancel_requested=bool(r[18]),
-        timeout_ms=r[19],
-        created_at_ms=r[20],
-        updated_at_ms=r[21],
-        run_at_ms=r[22],
-        expires_at_ms=r[23],
-        started_at_ms=r[24],
-        finished_at_ms=r[25],
-    )
+def progress_detail(pct: float, message: str | None) -> str:
+    """The detail of a progress event: `progress 40%: loading`."""
+    return f"progress {pct:g}%" + (f": {message}" if message else "")
 
 
 def _result_of(c: sqlite3.Connection, task_id: str) -> bytes | None:
@@ -842,7 +819,7 @@ def _result_of(c: sqlite3.Connection, task_id: str) -> bytes | None:
 
 def _get(c: sqlite3.Connection, task_id: str) -> TaskRecord | None:
     row = c.execute(f"SELECT {_TASK_COLUMNS} FROM fm_tasks WHERE id = ?", (task_id,)).fetchone()
-    return None if row is None else _record(row, _result_of(c, task_id))
+    return None if row is None else task_record(row, _result_of(c, task_id))
 
 
 def _list(c: sqlite3.Connection, p: TasksList) -> list[TaskRecord]:
@@ -864,4 +841,4 @@ def _list(c: sqlite3.Connection, p: TasksList) -> list[TaskRecord]:
         f"SELECT {_TASK_COLUMNS} FROM fm_tasks WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
         (*args, p.limit),
     ).fetchall()
-    return [_record(r, _result_of(c, r[0])) for r in rows]
+    return [task_record(r, _result_of(c, r[0])) for r in rows]
