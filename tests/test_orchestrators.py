@@ -267,6 +267,25 @@ async def test_spawn_keys_make_a_rerun_execute_spawn_nothing_twice(
     assert runs == [1, 2]
 
 
+async def test_spawn_siblings_in_one_call(app: fm.App) -> None:
+    @app.task(name="node")
+    async def node(n: int, ctx: fm.Context) -> int:
+        if n == 0:
+            await ctx.spawn_siblings(node, [1, 2, 3], keys=["a", "b", "c"])
+        return n
+
+    @app.executor(name="tree")
+    class Tree(fm.Executor[None, None, int]):
+        async def execute(self, _: None, ctx: fm.Context) -> None:
+            await ctx.spawn(node, 0)
+
+        async def finalize(self, _: None, memo: None, ctx: fm.Context) -> int:
+            return sum([c.result async for c in ctx.children(node)])
+
+    async with running(app.worker()):
+        assert await (await app.submit("tree", None)).result(timeout=WAIT) == 6
+
+
 async def test_spawn_sibling_on_a_root_task_is_a_clear_error(app: fm.App) -> None:
     @app.task(name="lonely", retry=fm.Retry(max_attempts=1))
     async def lonely(n: int, ctx: fm.Context) -> None:

@@ -209,6 +209,21 @@ class Context:
         [handle] = await self._spawn(task, [payload], [key], self.parent_id, "spawn_sibling", opts)
         return handle
 
+    async def spawn_siblings(
+        self,
+        task: TaskDef | str,
+        payloads: Iterable[Any],
+        *,
+        keys: Sequence[str | None] | None = None,
+        **opts: Any,
+    ) -> list[TaskHandle[Any]]:
+        """`spawn_sibling` for many at once: one transaction per chunk instead of one each."""
+        if self.parent_id is None:
+            raise ConfigurationError(
+                f"spawn_siblings: task {self.task_id} is a root task; it has no parent to share"
+            )
+        return await self._spawn(task, list(payloads), keys, self.parent_id, "spawn_siblings", opts)
+
     async def _spawn(
         self,
         task: TaskDef | str,
