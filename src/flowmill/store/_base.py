@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Literal, Protocol, runtime_checkable
 
 from .._states import Phase, State
+from ._base_signals import SignalsStore
 
 OnDuplicate = Literal["skip", "replace", "reject"]
 ON_DUPLICATE_CHOICES: tuple[str, ...] = ("skip", "replace", "reject")
@@ -403,8 +404,10 @@ class HookDone:
 
 
 @runtime_checkable
-class Store(Protocol):
-    """What every backend provides. `flowmill.testing.StoreConformance` checks it."""
+class Store(SignalsStore, Protocol):
+    """What every backend provides, the `SignalsStore` operations included.
+
+    `flowmill.testing.StoreConformance` checks it."""
 
     url: str
 

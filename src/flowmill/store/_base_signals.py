@@ -174,4 +174,3 @@ class SignalsStore(Protocol):
 
     async def meta_get_or_set(self, key: str, value: str) -> str:
         """The stored value for `key`, storing `value` first if there is none (race-safe)."""
-

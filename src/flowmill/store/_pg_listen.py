@@ -30,6 +30,12 @@ def channel_names(schema: str) -> tuple[str, str]:
     return f"flowmill:{base}:work", f"flowmill:{base}:finish"
 
 
+def frames_channel_name(schema: str) -> str:
+    """The channel output-frame appends notify, namespaced like the other two."""
+    work, _ = channel_names(schema)
+    return work.removesuffix(":work") + ":frames"
+
+
 class Listener:
     """Keeps a LISTEN connection open (reconnecting with backoff) and fires pulses.
 

@@ -96,6 +96,72 @@ MIGRATIONS: tuple[str, ...] = (
         at bigint NOT NULL,
         detail text
     );
+    CREATE TABLE {{s}}.waitpoints (
+        id text COLLATE "C" PRIMARY KEY,
+        task_id text COLLATE "C" NOT NULL,
+        key text COLLATE "C" NOT NULL,
+        expires_at bigint NOT NULL,
+        created_at bigint NOT NULL,
+        UNIQUE (task_id, key)
+    );
+    CREATE TABLE {{s}}.signals (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        task_id text COLLATE "C" NOT NULL,
+        waitpoint_id text COLLATE "C" NOT NULL,
+        name text COLLATE "C" NOT NULL,
+        payload bytea NOT NULL,
+        idempotency_key text COLLATE "C",
+        at bigint NOT NULL,
+        suspension_id bigint
+    );
+    CREATE INDEX signals_unconsumed ON {{s}}.signals (task_id, seq)
+        WHERE suspension_id IS NULL;
+    CREATE INDEX signals_consumed ON {{s}}.signals (suspension_id, seq)
+        WHERE suspension_id IS NOT NULL;
+    CREATE UNIQUE INDEX signals_idempotency ON {{s}}.signals (waitpoint_id, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE TABLE {{s}}.suspensions (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        task_id text COLLATE "C" NOT NULL,
+        condition text NOT NULL,
+        timeout_at bigint,
+        on_timeout text COLLATE "C" NOT NULL,
+        attempt integer NOT NULL,
+        created_at bigint NOT NULL,
+        resolved_at bigint,
+        resolution text COLLATE "C"
+    );
+    CREATE INDEX suspensions_task ON {{s}}.suspensions (task_id, id);
+    CREATE UNIQUE INDEX suspensions_open ON {{s}}.suspensions (task_id)
+        WHERE resolved_at IS NULL;
+    CREATE INDEX suspensions_due ON {{s}}.suspensions (timeout_at)
+        WHERE resolved_at IS NULL AND timeout_at IS NOT NULL;
+    CREATE FUNCTION {{s}}.suspension_left() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    BEGIN
+        UPDATE {{s}}.suspensions SET resolved_at = NEW.updated_at, resolution = NEW.state
+        WHERE task_id = NEW.id AND resolved_at IS NULL;
+        RETURN NULL;
+    END
+    $fn$;
+    CREATE TRIGGER suspension_left AFTER UPDATE OF state ON {{s}}.tasks
+        FOR EACH ROW WHEN (OLD.state = 'suspended' AND NEW.state <> 'suspended')
+        EXECUTE FUNCTION {{s}}.suspension_left();
+    CREATE TABLE {{s}}.frame_seqs (
+        task_id text COLLATE "C" NOT NULL,
+        attempt integer NOT NULL,
+        seq integer NOT NULL,
+        PRIMARY KEY (task_id, attempt)
+    );
+    CREATE TABLE {{s}}.frames (
+        task_id text COLLATE "C" NOT NULL,
+        attempt integer NOT NULL,
+        seq integer NOT NULL,
+        frame_type text COLLATE "C" NOT NULL,
+        payload bytea NOT NULL,
+        metadata bytea,
+        at bigint NOT NULL,
+        PRIMARY KEY (task_id, attempt, seq)
+    );
     """,
 )
 

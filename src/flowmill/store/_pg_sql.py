@@ -427,11 +427,17 @@ n AS (SELECT pg_notify(%(work_channel)s, '') FROM upd)
 SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM n)
 """
 
+        # Progress is recorded as a `running` event too (detail `progress 40%: loading`).
         self.progress = f"""
-WITH {_NOW}
-UPDATE {s}.tasks SET progress_pct = %(pct)s, progress_message = %(message)s,
-    updated_at = (SELECT now FROM c)
-WHERE id = %(id)s AND lease_epoch = %(epoch)s AND state = 'running'
+WITH {_NOW},
+upd AS (
+    UPDATE {s}.tasks SET progress_pct = %(pct)s, progress_message = %(message)s,
+        updated_at = (SELECT now FROM c)
+    WHERE id = %(id)s AND lease_epoch = %(epoch)s AND state = 'running'
+    RETURNING id, kind, updated_at
+)
+INSERT INTO {s}.events (task_id, kind, state, at, detail)
+SELECT id, kind, 'running', updated_at, %(detail)s FROM upd
 """
 
         self.get = (

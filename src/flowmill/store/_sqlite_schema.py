@@ -6,6 +6,7 @@ import sqlite3
 
 from .._errors import SchemaError
 from .._states import ACTIVE
+from ._sqlite_signals import SIGNALS_DDL
 
 APP_ID = "flowmill"
 
@@ -82,7 +83,8 @@ MIGRATIONS: tuple[str, ...] = (
         at INTEGER NOT NULL,
         detail TEXT
     );
-    """,
+    """
+    + SIGNALS_DDL,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -117,6 +119,21 @@ def _version(conn: sqlite3.Connection) -> int | None:
         ) from None
 
 
+def _statements(script: str) -> list[str]:
+    """The statements of a script, split at semicolons (not those inside a trigger body)."""
+    out: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\n;"):
+                out.append(pending)
+            pending = ""
+    if pending.strip(" \t\n;"):
+        raise SchemaError(f"incomplete statement in a migration: {pending.strip()[:80]}")
+    return out
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Create or upgrade the schema in one transaction; refuse a newer schema. Autocommit conn."""
     try:
@@ -134,9 +151,8 @@ def migrate(conn: sqlite3.Connection) -> int:
             )
         start = current or 0
         for script in MIGRATIONS[start:]:
-            for statement in script.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _statements(script):
+                conn.execute(statement)
         if current is None:
             conn.execute("INSERT INTO fm_meta (key, value) VALUES ('app', ?)", (APP_ID,))
         conn.execute(

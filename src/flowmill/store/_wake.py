@@ -20,6 +20,7 @@ from typing import Any
 
 WORK = b"w"
 FINISH = b"f"
+OUTPUT = b"o"  # output frames appended
 
 # Directory timestamps are coarse (a clock tick of a few ms): a listing taken this soon
 # after the directory's last change may miss a socket bound later in the same tick.
@@ -72,6 +73,7 @@ class WakeBus:
         self.directory = directory
         self.work = Pulse()
         self.finish = Pulse()
+        self.frames = Pulse()
         self._sock: socket.socket | None = None
         self._path: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -120,6 +122,8 @@ class WakeBus:
             self.work.fire()
         if FINISH in data:
             self.finish.fire()
+        if OUTPUT in data:
+            self.frames.fire()
 
     def notify(self, data: bytes) -> None:
         """Wake local waiters in this process and every other process. Thread-safe."""

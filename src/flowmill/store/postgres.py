@@ -81,8 +81,9 @@ from ._pg_errors import (
     translate,
 )
 from ._pg_insert import insert_keyed, insert_params
-from ._pg_listen import Listener, channel_names
+from ._pg_listen import Listener, channel_names, frames_channel_name
 from ._pg_rows import claimed_row, record
+from ._pg_signals import PostgresSignalsMixin, SignalQueries, progress_detail
 from ._pg_sql import Queries
 from ._pg_text import dec, enc, enc_all
 from ._pg_tree import Tree
@@ -123,7 +124,7 @@ _RETRY_WAIT_S = 1.0
 DEFAULT_SCHEMA = "flowmill"
 
 
-class PostgresStore:
+class PostgresStore(PostgresSignalsMixin):
     """Tasks in one PostgreSQL schema, shared by any number of worker processes."""
 
     def __init__(
@@ -151,9 +152,12 @@ class PostgresStore:
         self._conninfo, self._display = conninfo_for(libpq_url)
         self._q = Queries(schema)
         self.work_channel, self.finish_channel = channel_names(schema)
+        self.frames_channel = frames_channel_name(schema)
+        self._sq = SignalQueries(schema)
         self._tree = Tree(schema, self._q, self.work_channel, self.finish_channel)
         self._work = Pulse()
         self._finish = Pulse()
+        self._frames = Pulse()
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._listener: Listener | None = None
         self._checking: asyncio.Task[None] | None = None
@@ -219,7 +223,11 @@ class PostgresStore:
         self._listener = Listener(
             self._conninfo,
             self._display,
-            {self.work_channel: self._work, self.finish_channel: self._finish},
+            {
+                self.work_channel: self._work,
+                self.finish_channel: self._finish,
+                self.frames_channel: self._frames,
+            },
         )
 
     async def close(self) -> None:
@@ -712,6 +720,7 @@ class PostgresStore:
             "message": p.message,
             "id": p.task_id,
             "epoch": p.epoch,
+            "detail": progress_detail(p.pct, p.message),
         }
 
         async def job(conn: Conn) -> int:

@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from ..store._base import Store
+from ._conformance_children import ChildrenConformance
 from ._conformance_claim import ClaimConformance, ProgressConformance, RenewConformance
 from ._conformance_finish import FinishConformance, TerminalConformance
 from ._conformance_insert import DedupConformance, InsertConformance
 from ._conformance_ops import InspectConformance, MaintenanceConformance, OperatorConformance
+from ._conformance_signals import SignalsConformance
 from ._conformance_util import assert_history_legal
 from ._conformance_wake import ClockConformance, WakeConformance
 from ._conformance_walk import WalkConformance
@@ -35,6 +37,8 @@ class StoreConformance(
     WakeConformance,
     ClockConformance,
     WalkConformance,
+    ChildrenConformance,
+    SignalsConformance,
 ):
     """Every behaviour of the `Store` contract. Subclass it as `Test...` with a `store` fixture."""
 
