@@ -112,9 +112,9 @@ class Worker:
         claim_batch: int = 100,
         shutdown_grace: timedelta = timedelta(seconds=30),
         cancel_grace: timedelta = timedelta(seconds=5),
-        poll_interval: timedelta = timedelta(seconds=2),
-        promote_interval: timedelta = timedelta(seconds=1),
-        reap_interval: timedelta = timedelta(seconds=5),
+        poll_interval: timedelta = timedelta(seconds=5),
+        promote_interval: timedelta = timedelta(seconds=2),
+        reap_interval: timedelta = timedelta(seconds=10),
         clock: Clock | None = None,
     ) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
@@ -500,24 +500,31 @@ class Worker:
         since_reap = self.reap_s
         while True:
             try:
-                await self.maintain(reap_leases=since_reap >= self.reap_s)
+                await self.maintain(full=since_reap >= self.reap_s)
             except StoreError as exc:
                 log.warning("maintenance failed: %s", exc)
             since_reap = 0.0 if since_reap >= self.reap_s else since_reap + self.promote_s
             await self.clock.sleep(self.promote_s)
 
-    async def maintain(self, *, reap_leases: bool = True) -> None:
-        """One maintenance pass: promote due tasks, expire stale ones, reap expired leases."""
+    async def maintain(self, *, full: bool = True) -> None:
+        """One maintenance pass: promote due tasks; when `full`, also expire stale tasks and
+        suspensions, run on_cancel hooks and reap expired leases.
+
+        The background loop promotes every `promote_interval` (delayed tasks start on time)
+        and makes a full pass every `reap_interval`, so an idle worker sends about one
+        query a second.
+        """
         store, now = self.app.store, self.clock.store_now()
         self.stats.promoted += await store.tasks_promote(TasksPromote(now_ms=now))
+        if not full:
+            return
         self.stats.expired += await store.tasks_expire(TasksExpire(now_ms=now))
         self.stats.expired += await store.suspensions_expire(SuspensionsExpire(now_ms=now))
         await self.run_hooks()
-        if reap_leases:
-            expired = await store.leases_expired(LeasesExpired(now_ms=now))
-            if expired:
-                outs = await store.tasks_finish(TasksFinish([reap(e) for e in expired], now))
-                self.stats.reaped += sum(o.status is FinishStatus.APPLIED for o in outs)
+        expired = await store.leases_expired(LeasesExpired(now_ms=now))
+        if expired:
+            outs = await store.tasks_finish(TasksFinish([reap(e) for e in expired], now))
+            self.stats.reaped += sum(o.status is FinishStatus.APPLIED for o in outs)
 
     async def run_hooks(self) -> int:
         """Run pending on_cancel hooks of ended orchestrators; returns how many ran."""
