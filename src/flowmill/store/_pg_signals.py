@@ -19,9 +19,11 @@ from psycopg import AsyncConnection
 from .._conditions import decode_condition, satisfied
 from .._errors import FrameTooLarge, LeaseLost, TaskNotFound
 from .._states import TERMINAL, State
-from ._base import ErrorInfo
 from ._base_signals import (
     MAX_FRAME_BYTES,
+    SUSPEND_CANCEL_ERROR,
+    SUSPEND_EXPIRED_ERROR,
+    SUSPEND_TIMEOUT_ERROR,
     DeliverOutcome,
     DeliverStatus,
     FrameAppend,
@@ -54,15 +56,6 @@ Conn = AsyncConnection[Any]
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
 SATISFIED = "satisfied"
 TIMEOUT = "timeout"
-_SUSPEND_TIMEOUT_ERROR = ErrorInfo(
-    "SuspendTimeout",
-    "the task was suspended longer than its timeout",
-    "suspend_timeout",
-)
-_SUSPEND_EXPIRED_ERROR = ErrorInfo(
-    "Expired", "the task was suspended longer than its timeout", "suspend_timeout"
-)
-_SUSPEND_CANCEL = ErrorInfo("Cancelled", "suspend timeout", "cancelled")
 _RESULT_UPSERT = (
     "ON CONFLICT (task_id) DO UPDATE SET state = excluded.state, result = excluded.result, "
     "error = excluded.error, finished_at = excluded.finished_at"
@@ -518,7 +511,7 @@ class PostgresSignalsMixin:
             else:
                 fail = behaviour is OnTimeout.FAIL
                 target = State.FAILED if fail else State.EXPIRED
-                error = _SUSPEND_TIMEOUT_ERROR if fail else _SUSPEND_EXPIRED_ERROR
+                error = SUSPEND_TIMEOUT_ERROR if fail else SUSPEND_EXPIRED_ERROR
                 moved.append((task_id, target, encode_error(error), error.category))
                 if parent_id is not None:
                     ended.append((parent_id, task_id, target))
@@ -536,7 +529,7 @@ class PostgresSignalsMixin:
                 },
             )
         for task_id in cancelled:  # exactly an operator cancel: hooks, cascade, the join
-            await self._tree.cancel_task(conn, self._q.cancel, task_id, _SUSPEND_CANCEL, now)
+            await self._tree.cancel_task(conn, self._q.cancel, task_id, SUSPEND_CANCEL_ERROR, now)
         if ended:
             await self._tree.children_ended(conn, ended, now)
         return len(rows)

@@ -18,9 +18,12 @@ from .._errors import FrameTooLarge, LeaseLost, TaskNotFound
 from .._states import TERMINAL, State
 from . import _sqlite_tree as _tree
 from . import _wake
-from ._base import ErrorInfo
 from ._base_signals import (
     MAX_FRAME_BYTES,
+    SUSPEND_CANCEL_ERROR,
+    SUSPEND_CANCEL_REASON,
+    SUSPEND_EXPIRED_ERROR,
+    SUSPEND_TIMEOUT_ERROR,
     DeliverOutcome,
     DeliverStatus,
     FrameAppend,
@@ -112,13 +115,6 @@ _RESULT_SQL = (
     "INSERT OR REPLACE INTO fm_results (task_id, state, result, error, finished_at) "
     "VALUES (?, ?, NULL, ?, ?)"
 )
-_SUSPEND_TIMEOUT_ERROR = ErrorInfo(
-    "SuspendTimeout", "the task was suspended longer than its timeout", "suspend_timeout"
-)
-_SUSPEND_EXPIRED_ERROR = ErrorInfo(
-    "Expired", "the task was suspended longer than its timeout", "suspend_timeout"
-)
-_SUSPEND_CANCEL_REASON = "suspend timeout"
 
 
 def _now(now_ms: int | None) -> int:
@@ -365,12 +361,12 @@ def _suspensions_expire(c: sqlite3.Connection, tx: Tx, p: SuspensionsExpire) -> 
             tx.wake(_wake.WORK)
             continue
         if behaviour is OnTimeout.FAIL:
-            target, error = State.FAILED, _SUSPEND_TIMEOUT_ERROR
+            target, error = State.FAILED, SUSPEND_TIMEOUT_ERROR
         elif behaviour is OnTimeout.EXPIRE:
-            target, error = State.EXPIRED, _SUSPEND_EXPIRED_ERROR
+            target, error = State.EXPIRED, SUSPEND_EXPIRED_ERROR
         else:
             target = State.CANCELLED
-            error = ErrorInfo("Cancelled", _SUSPEND_CANCEL_REASON, "cancelled")
+            error = SUSPEND_CANCEL_ERROR
             cancelled.append(task_id)
         err = encode_error(error)
         c.execute(
@@ -384,7 +380,7 @@ def _suspensions_expire(c: sqlite3.Connection, tx: Tx, p: SuspensionsExpire) -> 
                 kind,
                 target.value,
                 now,
-                _SUSPEND_CANCEL_REASON if target is State.CANCELLED else error.category,
+                SUSPEND_CANCEL_REASON if target is State.CANCELLED else error.category,
             )
         )
         results.append((task_id, target.value, err, now))
@@ -397,7 +393,7 @@ def _suspensions_expire(c: sqlite3.Connection, tx: Tx, p: SuspensionsExpire) -> 
     if cancelled:
         from .sqlite import _cancelled_tasks  # the one cancel path: hooks and the cascade
 
-        _cancelled_tasks(c, tx, cancelled, _SUSPEND_CANCEL_REASON, now)
+        _cancelled_tasks(c, tx, cancelled, SUSPEND_CANCEL_REASON, now)
     if ended:
         _tree.children_ended(c, tx, ended, now)
     return len(rows)
