@@ -8,19 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from ._base import ErrorInfo
-
 MAX_FRAME_BYTES = 64 * 1024
-
-# How a suspension's timeout is recorded: every backend writes exactly these.
-SUSPEND_CANCEL_REASON = "suspend timeout"
-SUSPEND_TIMEOUT_ERROR = ErrorInfo(
-    "SuspendTimeout", "the task was suspended longer than its timeout", "suspend_timeout"
-)
-SUSPEND_EXPIRED_ERROR = ErrorInfo(
-    "Expired", "the task was suspended longer than its timeout", "suspend_timeout"
-)
-SUSPEND_CANCEL_ERROR = ErrorInfo("Cancelled", SUSPEND_CANCEL_REASON, "cancelled")
 
 
 class OnTimeout(StrEnum):

@@ -21,9 +21,6 @@ from .._errors import FrameTooLarge, LeaseLost, TaskNotFound
 from .._states import TERMINAL, State
 from ._base_signals import (
     MAX_FRAME_BYTES,
-    SUSPEND_CANCEL_ERROR,
-    SUSPEND_EXPIRED_ERROR,
-    SUSPEND_TIMEOUT_ERROR,
     DeliverOutcome,
     DeliverStatus,
     FrameAppend,
@@ -44,6 +41,11 @@ from ._pg_schema import quote_schema
 from ._pg_sql import NOW
 from ._pg_text import dec, enc, enc_opt
 from ._serde import encode_error
+from ._suspend_errors import (
+    SUSPEND_CANCEL_ERROR,
+    SUSPEND_EXPIRED_ERROR,
+    SUSPEND_TIMEOUT_ERROR,
+)
 
 if TYPE_CHECKING:
     from ._pg_sql import Queries

@@ -20,10 +20,6 @@ from . import _sqlite_tree as _tree
 from . import _wake
 from ._base_signals import (
     MAX_FRAME_BYTES,
-    SUSPEND_CANCEL_ERROR,
-    SUSPEND_CANCEL_REASON,
-    SUSPEND_EXPIRED_ERROR,
-    SUSPEND_TIMEOUT_ERROR,
     DeliverOutcome,
     DeliverStatus,
     FrameAppend,
@@ -41,6 +37,12 @@ from ._base_signals import (
     WaitpointRow,
 )
 from ._serde import encode_error
+from ._suspend_errors import (
+    SUSPEND_CANCEL_ERROR,
+    SUSPEND_CANCEL_REASON,
+    SUSPEND_EXPIRED_ERROR,
+    SUSPEND_TIMEOUT_ERROR,
+)
 from ._threads import Job, Tx
 
 # Added to schema migration 1. A suspension is open while `resolved_at` is NULL (at most
