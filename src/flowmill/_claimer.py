@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ._conditions import Condition
-from ._context import CancelToken, check_progress
+from ._context import check_progress
 from ._errors import (
     ConfigurationError,
     LeaseLost,
@@ -28,18 +27,17 @@ from ._errors import (
     TaskAlreadyFinished,
 )
 from ._handle import decode_json
-from ._outcome import STOP_LEASE_LOST, STOP_LEASE_UNHEALTHY, STOP_OPERATOR, retry_finish
+from ._leases import HeldLease, renew
+from ._outcome import STOP_LEASE_LOST, retry_finish
 from ._signals import Fenced, ResumeSignal, Waitpoint
 from ._states import State
 from ._task import check_queue
-from ._worker import UNHEALTHY_AFTER
 from .store._base import (
     ClaimedRow,
     ErrorInfo,
     Finish,
     FinishStatus,
     LeaseRef,
-    LeasesRenew,
     TaskProgress,
     TasksClaim,
     TasksFinish,
@@ -49,8 +47,6 @@ from .store._base_signals import FrameRef, OnTimeout, SuspendStatus
 
 if TYPE_CHECKING:
     from ._app import App
-
-log = logging.getLogger("flowmill.claimer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +68,7 @@ class ClaimedTask:
         self._claimer = claimer
         self._row = row
         self._done = False
-        self._token = CancelToken()
-        self.consecutive_renewal_failures = 0
+        self._lease = HeldLease(LeaseRef(row.id, row.lease_epoch))
 
     # -- identity ----------------------------------------------------------------------
 
@@ -125,25 +120,30 @@ class ClaimedTask:
 
     def is_lease_healthy(self) -> bool:
         """False after 3 renewals in a row failed: check it before irreversible side effects."""
-        return self.consecutive_renewal_failures < UNHEALTHY_AFTER and not self._token.is_set
+        return self._lease.healthy
+
+    @property
+    def consecutive_renewal_failures(self) -> int:
+        """Renewals in a row that failed since the last one that worked."""
+        return self._lease.failures
 
     @property
     def cancelled(self) -> bool:
         """True once the attempt should stop: lease lost or unhealthy, or a cancel request."""
-        return self._token.is_set
+        return self._lease.token.is_set
 
     @property
     def cancel_reason(self) -> str | None:
-        return self._token.reason
+        return self._lease.token.reason
 
     async def wait_cancelled(self) -> None:
-        await self._token.wait()
+        await self._lease.token.wait()
 
     async def renew_lease(self) -> None:
         """Renew now (the claimer also does it every ttl/3). `LeaseLost` if it is gone."""
         self._check_open()
         await self._claimer._renew([self])
-        if self._token.reason == STOP_LEASE_LOST:
+        if self._lease.token.reason == STOP_LEASE_LOST:
             raise LeaseLost(self.task_id, self.lease_epoch)
 
     # -- non-terminal writes -----------------------------------------------------------
@@ -387,24 +387,9 @@ class Claimer:
 
     async def _renew(self, tasks: list[ClaimedTask]) -> None:
         app = self.app
-        try:
-            outs = await app.store.leases_renew(
-                LeasesRenew(
-                    [LeaseRef(t.task_id, t.lease_epoch) for t in tasks],
-                    self.lease_ttl_ms,
-                    app.clock.store_now(),
-                )
-            )
-        except StoreError as exc:
-            log.warning("lease renewal failed: %s", exc)
-            for t in tasks:
-                t.consecutive_renewal_failures += 1
-                if t.consecutive_renewal_failures >= UNHEALTHY_AFTER:
-                    t._token.fire(STOP_LEASE_UNHEALTHY)
-            return
-        for t, out in zip(tasks, outs, strict=True):
-            t.consecutive_renewal_failures = 0
-            if not out.held:
-                t._token.fire(STOP_LEASE_LOST)
-            elif out.cancel_requested:
-                t._token.fire(STOP_OPERATOR)
+        await renew(
+            app.store,
+            [t._lease for t in tasks],
+            self.lease_ttl_ms,
+            app.clock.store_now(),
+        )

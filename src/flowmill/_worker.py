@@ -19,9 +19,9 @@ from ._clock import Clock
 from ._codec import Codec
 from ._context import CancelToken, Context
 from ._errors import ConfigurationError, LeaseLost, PayloadError, StoreError, StoreUnavailable
+from ._leases import HeldLease, renew
 from ._outcome import (
     STOP_LEASE_LOST,
-    STOP_LEASE_UNHEALTHY,
     STOP_OPERATOR,
     STOP_SHUTDOWN,
     Category,
@@ -45,7 +45,6 @@ from .store._base import (
     HooksClaim,
     LeaseRef,
     LeasesExpired,
-    LeasesRenew,
     TasksClaim,
     TasksExpire,
     TasksFinish,
@@ -59,7 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flowmill.worker")
 
-UNHEALTHY_AFTER = 3  # consecutive failed renewals before an attempt is told to stop
 CANCEL_CHECK_INTERVAL_S = 0.5  # at most two cancel-driven renewals a second
 IDLE_RECHECK_S = 0.1  # stop_when_idle: how soon to look again while others still work
 HOOK_BATCH = 16
@@ -74,9 +72,12 @@ _BUSY_STATES = frozenset(
 class _Attempt:
     row: ClaimedRow
     tdef: TaskDef
-    token: CancelToken = field(default_factory=CancelToken)
-    renew_failures: int = 0
+    lease: HeldLease
     started: bool = False
+
+    @property
+    def token(self) -> CancelToken:
+        return self.lease.token
 
 
 @dataclass(slots=True)
@@ -292,7 +293,11 @@ class Worker:
     def _accept(self, row: ClaimedRow) -> None:
         self.stats.claimed += 1
         tdef = self.app.registry.get(row.kind)
-        attempt = _Attempt(row, tdef) if tdef is not None else None
+        attempt = (
+            _Attempt(row, tdef, HeldLease(LeaseRef(row.id, row.lease_epoch)))
+            if tdef is not None
+            else None
+        )
         if attempt is None:  # the claim filters on our kinds, so this means a registry change
             log.error("claimed task %s of unknown kind %s", row.id, row.kind)
             return
@@ -466,33 +471,14 @@ class Worker:
 
     async def renew_leases(self) -> None:
         """Renew every held lease once (the background keeper calls this every ttl/3)."""
-        held = list(self._attempts.values())
-        if not held:
-            return
-        try:
-            outcomes = await self.app.store.leases_renew(
-                LeasesRenew(
-                    [LeaseRef(a.row.id, a.row.lease_epoch) for a in held],
-                    self.lease_ttl_ms,
-                    self.clock.store_now(),
-                )
-            )
-        except StoreError as exc:
-            log.warning("lease renewal failed: %s", exc)
-            for a in held:
-                a.renew_failures += 1
-                if a.renew_failures >= UNHEALTHY_AFTER and not a.token.is_set:
-                    self.stats.unhealthy += 1
-                    a.token.fire(STOP_LEASE_UNHEALTHY)
-            return
-        for a, out in zip(held, outcomes, strict=True):
-            a.renew_failures = 0
-            if not out.held:
-                if not a.token.is_set:
-                    self.stats.lease_lost += 1
-                a.token.fire(STOP_LEASE_LOST)
-            elif out.cancel_requested:
-                a.token.fire(STOP_OPERATOR)
+        tally = await renew(
+            self.app.store,
+            [a.lease for a in self._attempts.values()],
+            self.lease_ttl_ms,
+            self.clock.store_now(),
+        )
+        self.stats.unhealthy += tally.unhealthy
+        self.stats.lease_lost += tally.lost
 
     # -- maintenance -----------------------------------------------------------------
 
