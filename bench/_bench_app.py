@@ -29,6 +29,9 @@ from typing import Any
 
 import flowmill as fm
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import say, stdin_reader
+
 TASK_NAME = "bench.noop"
 
 
@@ -62,24 +65,12 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
-async def _stdin_reader() -> asyncio.StreamReader:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    return reader
-
-
-def _say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
 async def _worker_main(url: str, schema: str | None, concurrency: int, mode: str) -> int:
     app, _ = build_app(url, schema)
     await app.open()
     worker = app.worker(concurrency=concurrency)
-    stdin = await _stdin_reader()
-    _say("ready")
+    stdin = await stdin_reader()
+    say("ready")
     if mode == "drain":
         line = (await stdin.readline()).strip()
         if line != b"go":
@@ -107,7 +98,7 @@ async def _worker_main(url: str, schema: str | None, concurrency: int, mode: str
     cpu = " ".join(
         f"{name}={used - cpu_before.get(name, 0.0):.2f}" for name, used in cpu_after.items()
     )
-    _say(f"done {worker.stats.claimed} {elapsed:.6f} {cpu}")
+    say(f"done {worker.stats.claimed} {elapsed:.6f} {cpu}")
     return 0
 
 

@@ -42,6 +42,7 @@ from throughput import (
     SQLiteBackend,
     Target,
     WorkerProcess,
+    backend_opens,
     machine,
     print_table,
 )
@@ -481,12 +482,7 @@ async def run(args: argparse.Namespace) -> int:
     info = machine()  # the load average before the run says how busy the machine was
     runs: list[Run] = []
     try:
-        try:
-            await backend.check()
-        except BenchError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            if args.json:
-                print(json.dumps({"error": str(exc)}))
+        if not await backend_opens(backend, as_json=args.json):
             return EXIT_OPEN_FAILED
         if not args.json:
             print(

@@ -95,6 +95,18 @@ REFERENCES: dict[str, dict[str, list[Reference]]] = {
 }
 
 
+async def backend_opens(backend: Backend, *, as_json: bool) -> bool:
+    """Open the backend once; on failure say why (also as JSON when asked) and say no."""
+    try:
+        await backend.check()
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if as_json:
+            print(json.dumps({"error": str(exc)}))
+        return False
+    return True
+
+
 def ratio(fig: Figure, ref: Reference) -> float:
     """>= 1.0 means at least as good as the reference (latency: reference / measured)."""
     if fig.value <= 0:
@@ -575,12 +587,7 @@ async def run(args: argparse.Namespace) -> int:
             print(f"#   worker {w}: {wall:.2f}s in run(); CPU seconds: {used}")
 
     try:
-        try:
-            await backend.check()
-        except BenchError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            if args.json:
-                print(json.dumps({"error": str(exc)}))
+        if not await backend_opens(backend, as_json=args.json):
             return EXIT_OPEN_FAILED
         if not args.json:
             print(
