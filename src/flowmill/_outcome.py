@@ -116,12 +116,7 @@ def decide_finish(row: ClaimedRow, tdef: TaskDef, ended: Ended) -> Finish | None
         try:
             data = tdef.result.encode(ended.value)
         except PayloadError as err:
-            return Finish(
-                row.id,
-                row.lease_epoch,
-                State.FAILED,
-                error=error_info(err, Category.RESULT, with_traceback=False),
-            )
+            return encode_failure(row, err)
         return Finish(row.id, row.lease_epoch, State.COMPLETED, result=data)
     if isinstance(exc, Fail):
         return Finish(
@@ -168,6 +163,16 @@ def _stopped(row: ClaimedRow, reason: str, ended: Ended) -> Finish:
             Category.TIMEOUT,
             None,
         ),
+    )
+
+
+def encode_failure(row: ClaimedRow, err: PayloadError) -> Finish:
+    """A result (or memo) that does not encode fails the task: a retry would not fix it."""
+    return Finish(
+        row.id,
+        row.lease_epoch,
+        State.FAILED,
+        error=error_info(err, Category.RESULT, with_traceback=False),
     )
 
 

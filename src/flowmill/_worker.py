@@ -24,11 +24,10 @@ from ._outcome import (
     STOP_LEASE_LOST,
     STOP_OPERATOR,
     STOP_SHUTDOWN,
-    Category,
     beyond_cap,
     decide_finish,
     decode_failure,
-    error_info,
+    encode_failure,
     operator_cancel,
     reap,
 )
@@ -393,12 +392,7 @@ class Worker:
         try:
             data = codec.encode(memo)
         except PayloadError as err:
-            return Finish(
-                row.id,
-                row.lease_epoch,
-                State.FAILED,
-                error=error_info(err, Category.RESULT, with_traceback=False),
-            )
+            return encode_failure(row, err)
         try:
             state = await self.app.store.task_wait_children(
                 TaskWaitChildren(row.id, row.lease_epoch, data, self.clock.store_now())
