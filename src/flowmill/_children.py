@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from ._states import State
+from ._states import CHILD_FAILURES, State
 from .store._base import ChildrenSummary, ErrorGroup, ErrorInfo
 
 R = TypeVar("R")
-
-FAILURE_STATES = frozenset({State.FAILED, State.DEAD_LETTERED, State.EXPIRED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +38,7 @@ class ChildrenReport:
 
     @property
     def failed(self) -> int:
-        return sum(n for st, n in self.by_state.items() if st in FAILURE_STATES)
+        return sum(n for st, n in self.by_state.items() if st in CHILD_FAILURES)
 
     @property
     def completed(self) -> int:

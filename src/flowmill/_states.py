@@ -42,6 +42,9 @@ TERMINAL: Final = frozenset(
     {S.COMPLETED, S.FAILED, S.DEAD_LETTERED, S.CANCELLED, S.SKIPPED, S.EXPIRED}
 )
 ACTIVE: Final = frozenset(set(State) - TERMINAL)
+# How a child may end that counts as a failure for its parent (fail_fast, summaries); a
+# cancelled or skipped child does not.
+CHILD_FAILURES: Final = frozenset({S.FAILED, S.DEAD_LETTERED, S.EXPIRED})
 
 # (source, target) -> who makes the move. This is the whole state machine: stores build
 # their compare-and-set clauses from it and docs/states.md draws it.

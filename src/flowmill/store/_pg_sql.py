@@ -8,7 +8,11 @@ and constant fragments derived from the state enum.
 
 from __future__ import annotations
 
+from .._states import CHILD_FAILURES
 from ._pg_schema import ACTIVE_SQL, quote_schema
+
+# Literals only: child ends that count as failures for fail_fast (see _states).
+_CHILD_FAILURES_SQL = ", ".join(f"'{st.value}'" for st in sorted(CHILD_FAILURES))
 
 # The database clock in integer milliseconds: what every `now_ms=None` means.
 CLOCK = "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
@@ -216,7 +220,7 @@ RETURNING t.id, t.lease_epoch, t.cancel_requested, t.lease_expires_at
         cancel_wins = "(t.cancel_requested AND NOT i.terminal)"
         ends_cancelled = f"(i.target = 'cancelled' OR {cancel_wins})"
         last_child = "(p.state = 'waiting_children' AND p.children_active - a.n <= 0)"
-        failure = "i.target IN ('failed', 'dead_lettered')"
+        failure = f"i.target IN ({_CHILD_FAILURES_SQL})"
         # `simple` (autocommit, one statement): the finishes, and the join of the children
         # among them: each parent's counter drops by its ended children in one UPDATE
         # (`- n`, under the row lock), and the statement that takes a waiting parent to zero
@@ -285,7 +289,7 @@ deferred AS (
 ),
 joined AS (
     SELECT parent_id, count(*) AS n,
-        count(*) FILTER (WHERE state IN ('failed', 'dead_lettered')) AS nf
+        count(*) FILTER (WHERE state IN ({_CHILD_FAILURES_SQL})) AS nf
     FROM upd WHERE %(simple)s AND ended AND parent_id IS NOT NULL GROUP BY parent_id
 ),
 dec AS (

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .._errors import LeaseLost
-from .._states import State
+from .._states import CHILD_FAILURES, State
 from . import _wake
 from ._base import (
     ChildrenPage,
@@ -30,8 +30,6 @@ from ._base import (
 from ._serde import decode_error, encode_error
 from ._threads import Tx
 
-# Child ends that count as failures for fail_fast (a cancelled or skipped child does not).
-CHILD_FAILURES = frozenset({State.FAILED, State.DEAD_LETTERED, State.EXPIRED})
 _STOPPABLE = (
     State.SCHEDULED.value,
     State.BLOCKED.value,
