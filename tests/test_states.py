@@ -61,7 +61,6 @@ def test_every_other_pair_is_illegal(pair: tuple[State, State]) -> None:
         (S.SCHEDULED, S.EXPIRED),
         (S.RUNNING, S.RUNNING),  # a second claim of a held task
         (S.RUNNING, S.EXPIRED),  # an expired lease is a retryable failure, not `expired`
-        (S.RUNNING, S.SKIPPED),
         (S.RUNNING, S.BLOCKED),
         (S.WAITING_CHILDREN, S.COMPLETED),  # finalize must run
         (S.WAITING_CHILDREN, S.RUNNING),

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Literal, Protocol, runtime_checkable
 
 from .._states import Phase, State
+from ._base_dag import DagStore, NewWorkflow
 from ._base_signals import SignalsStore
 
 OnDuplicate = Literal["skip", "replace", "reject"]
@@ -63,6 +64,14 @@ class NewTask:
     child_key: str | None = None
     fail_fast: bool = True  # as a parent: the first child failure fails this task
     has_on_cancel: bool = False  # an executor: cancellation leaves an on_cancel hook to run
+    # Dependencies (see `_base_dag`): the ids of upstream tasks, stored or in this batch.
+    # A task with any starts `blocked`; it cannot also be delayed or be a child.
+    depends_on: Sequence[str] = ()
+    upstream_policy: str = "skip"
+    # An opaque reference the engine evaluates when the task is claimed (a workflow `when=`).
+    condition: str | None = None
+    workflow_id: str | None = None  # a node of this workflow run, named `node`
+    node: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +84,7 @@ class TasksInsert:
     on_duplicate: OnDuplicate = "skip"
     now_ms: int | None = None
     fence: LeaseRef | None = None
+    workflow: NewWorkflow | None = None  # a run whose nodes are these tasks
 
 
 class InsertStatus(StrEnum):
@@ -117,6 +127,8 @@ class ClaimedRow:
     lease_epoch: int
     lease_expires_at_ms: int
     parent_id: str | None
+    condition: str | None = None
+    workflow_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,8 +416,8 @@ class HookDone:
 
 
 @runtime_checkable
-class Store(SignalsStore, Protocol):
-    """What every backend provides, the `SignalsStore` operations included.
+class Store(SignalsStore, DagStore, Protocol):
+    """What every backend provides, the `SignalsStore` and `DagStore` operations included.
 
     `flowmill.testing.StoreConformance` checks it."""
 

@@ -6,6 +6,7 @@ import sqlite3
 
 from .._errors import SchemaError
 from .._states import ACTIVE
+from ._sqlite_dag import DDL as DAG_DDL
 from ._sqlite_signals import SIGNALS_DDL
 
 APP_ID = "flowmill"
@@ -54,7 +55,15 @@ MIGRATIONS: tuple[str, ...] = (
         child_key TEXT,
         has_on_cancel INTEGER NOT NULL DEFAULT 0,
         hook TEXT,
-        hook_attempts INTEGER NOT NULL DEFAULT 0
+        hook_attempts INTEGER NOT NULL DEFAULT 0,
+        deps_pending INTEGER NOT NULL DEFAULT 0,
+        deps_failed INTEGER NOT NULL DEFAULT 0,
+        deps_skipped INTEGER NOT NULL DEFAULT 0,
+        upstream_policy TEXT,
+        condition TEXT,
+        workflow_id TEXT,
+        node TEXT,
+        has_dependents INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX fm_tasks_ready ON fm_tasks (queue, priority DESC, seq) WHERE state = 'ready';
     CREATE INDEX fm_tasks_due ON fm_tasks (run_at) WHERE state = 'scheduled';
@@ -84,7 +93,8 @@ MIGRATIONS: tuple[str, ...] = (
         detail TEXT
     );
     """
-    + SIGNALS_DDL,
+    + SIGNALS_DDL
+    + DAG_DDL,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

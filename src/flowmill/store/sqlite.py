@@ -20,6 +20,7 @@ from .._errors import (
     TaskNotFound,
 )
 from .._states import TERMINAL, TRANSITIONS, Phase, State, can_transition, sources_of
+from . import _sqlite_dag as _dag
 from . import _sqlite_tree as _tree
 from . import _wake
 from ._base import (
@@ -59,6 +60,14 @@ from ._base import (
     TasksList,
     TasksPromote,
     TaskWaitChildren,
+)
+from ._base_dag import (
+    DepsReconcile,
+    UpstreamRow,
+    WorkflowCancel,
+    WorkflowGet,
+    WorkflowRecord,
+    WorkflowsList,
 )
 from ._serde import decode_error, encode_error, encode_tags, task_record
 from ._sqlite_schema import migrate, not_a_database
@@ -117,6 +126,7 @@ class SQLiteStore(SQLiteSignalsMixin):
         self._bus = _wake.WakeBus(None if self.memory else _wake.wake_dir_for(path))
         self._writer: ConnectionThread | None = None
         self._reader: ConnectionThread | None = None
+        self._ended = _dag.EndedTracker()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -166,7 +176,7 @@ class SQLiteStore(SQLiteSignalsMixin):
             self._connect,
             writer=True,
             after_commit=self._bus.notify,
-            init=migrate,
+            init=self._init_writer,
         )
         # An in-memory database lives in one connection: reads go through the writer.
         try:
@@ -186,6 +196,11 @@ class SQLiteStore(SQLiteSignalsMixin):
             raise
         self._writer, self._reader = writer, reader
 
+    def _init_writer(self, conn: sqlite3.Connection) -> int:
+        version = migrate(conn)
+        self._ended.install(conn)
+        return version
+
     async def close(self) -> None:
         if self._reader is not None and self._reader is not self._writer:
             self._reader.stop()
@@ -197,7 +212,8 @@ class SQLiteStore(SQLiteSignalsMixin):
     async def _write(self, job: Any) -> Any:
         if self._writer is None:
             raise StoreError("the store is not open")
-        return await self._writer.run(job)
+        # Every write resolves the dependents of the tasks it ended, in its own savepoint.
+        return await self._writer.run(self._ended.wrap(job))
 
     async def _read(self, job: Any) -> Any:
         if self._reader is None:
@@ -290,6 +306,40 @@ class SQLiteStore(SQLiteSignalsMixin):
         await self._write(lambda c, tx: _tree.hook_done(c, p, _now(p.now_ms)))
 
     # -- inspection ------------------------------------------------------------------
+
+    # -- dependencies and workflows -------------------------------------------------
+
+    async def upstream_get(self, task_id: str) -> list[UpstreamRow]:
+        result: list[UpstreamRow] = await self._read(lambda c, tx: _dag.upstream_get(c, task_id))
+        return result
+
+    async def workflow_get(self, p: WorkflowGet) -> WorkflowRecord | None:
+        result: WorkflowRecord | None = await self._read(lambda c, tx: _dag.workflow_get(c, p))
+        return result
+
+    async def workflows_list(self, p: WorkflowsList) -> list[WorkflowRecord]:
+        result: list[WorkflowRecord] = await self._read(lambda c, tx: _dag.workflows_list(c, p))
+        return result
+
+    async def workflow_cancel(self, p: WorkflowCancel) -> int:
+        def job(c: sqlite3.Connection, tx: Tx) -> int:
+            count = 0
+            for task_id in _dag.active_nodes(c, p.workflow_id):
+                # A node cancelled above may have skipped this one already.
+                before = c.execute("SELECT state FROM fm_tasks WHERE id = ?", (task_id,))
+                if State(before.fetchone()[0]).terminal:
+                    continue
+                out = _cancel(c, tx, TaskCancel(task_id, p.reason, p.now_ms))
+                count += out.requested or out.state is State.CANCELLED
+            return count
+
+        result: int = await self._write(job)
+        return result
+
+    async def deps_reconcile(self, p: DepsReconcile) -> int:
+        now = p.now_ms if p.now_ms is not None else _wall_ms()
+        result: int = await self._write(lambda c, tx: _dag.reconcile(c, tx, p.limit, now))
+        return result
 
     async def task_get(self, task_id: str) -> TaskRecord | None:
         result: TaskRecord | None = await self._read(lambda c, tx: _get(c, task_id))
@@ -419,8 +469,15 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
         )
     now = p.now_ms if p.now_ms is not None else _wall_ms()
     _check_fence_and_parents(c, p)
+    linked = p.workflow is not None or _dag.has_links(p.tasks)
+    if linked:
+        for t in p.tasks:
+            _dag.check(t)
+            if t.depends_on and t.dedup_key is not None and p.on_duplicate == "replace":
+                raise ConfigurationError("a task with dependencies cannot replace a duplicate")
     outcomes: list[InsertOutcome] = []
     rows: list[tuple[Any, ...]] = []
+    inserted: list[NewTask] = []  # the task of each row (used when the batch is linked)
     child_keys: dict[tuple[str, str], str] = {}  # (parent, child key) -> id, this batch
     grown: dict[str, int] = {}  # parent -> children inserted by this batch
     replaced: list[tuple[Any, ...]] = []  # events of tasks already stored, rewritten here
@@ -485,6 +542,7 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
                 continue
             batch_keys[(t.kind, t.dedup_key)] = len(rows)
         rows.append(_task_row(t, t.id, state, run_at, expires_at, now))
+        inserted.append(t)
         if t.parent_id is not None:
             grown[t.parent_id] = grown.get(t.parent_id, 0) + 1
         any_ready = any_ready or state is State.READY
@@ -493,7 +551,13 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
         # Every row inserted here gets a seq above the current maximum (we hold the write
         # lock), so their creation events are copied by SQLite itself, not built in Python.
         last_seq = c.execute("SELECT coalesce(max(seq), 0) FROM fm_tasks").fetchone()[0]
-        c.executemany(_INSERT_SQL, rows)
+        if linked:
+            remap = {t.id: o.id for t, o in zip(p.tasks, outcomes, strict=True) if t.id != o.id}
+            ups = {remap.get(u, u) for t in inserted for u in t.depends_on}
+            rows = [_dag.extend_row(r, t, ups) for r, t in zip(rows, inserted, strict=True)]
+            c.executemany(_dag.INSERT_SQL, rows)
+        else:
+            c.executemany(_INSERT_SQL, rows)
         c.execute(
             "INSERT INTO fm_events (task_id, kind, state, at) "
             "SELECT id, kind, state, created_at FROM fm_tasks WHERE seq > ? ORDER BY seq",
@@ -501,6 +565,11 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
         )
         if grown:
             _tree.grow_parents(c, grown, now)
+        if linked:
+            if p.workflow is not None:
+                nodes = sum(1 for t in inserted if t.workflow_id == p.workflow.id)
+                _dag.insert_workflow(c, p.workflow.id, p.workflow.name, nodes, now)
+            _dag.link(c, tx, inserted, remap, now)
     if replaced:
         c.executemany(_EVENT_SQL, replaced)
     if any_ready:
@@ -521,7 +590,7 @@ def _claim(c: sqlite3.Connection, tx: Tx, p: TasksClaim) -> list[ClaimedRow]:
         "AND (expires_at IS NULL OR expires_at > ? OR started_at IS NOT NULL) "
         "ORDER BY priority DESC, seq LIMIT ?) "
         "RETURNING seq, id, kind, queue, priority, payload, phase, memo, attempts, "
-        "max_attempts, retry_policy, timeout_ms, lease_epoch, parent_id",
+        "max_attempts, retry_policy, timeout_ms, lease_epoch, parent_id, condition, workflow_id",
         (p.worker_id, expires, now, now, *queues, *kinds, now, p.limit),
     ).fetchall()
     rows.sort(key=lambda r: (-r[4], r[0]))
@@ -542,6 +611,8 @@ def _claim(c: sqlite3.Connection, tx: Tx, p: TasksClaim) -> list[ClaimedRow]:
             lease_epoch=r[12],
             lease_expires_at_ms=expires,
             parent_id=r[13],
+            condition=r[14],
+            workflow_id=r[15],
         )
         for r in rows
     ]

@@ -14,6 +14,7 @@ import pytest
 from ..store._base import Store
 from ._conformance_children import ChildrenConformance
 from ._conformance_claim import ClaimConformance, ProgressConformance, RenewConformance
+from ._conformance_dag import DagConformance
 from ._conformance_finish import FinishConformance, TerminalConformance
 from ._conformance_insert import DedupConformance, InsertConformance
 from ._conformance_ops import InspectConformance, MaintenanceConformance, OperatorConformance
@@ -39,6 +40,7 @@ class StoreConformance(
     WalkConformance,
     ChildrenConformance,
     SignalsConformance,
+    DagConformance,
 ):
     """Every behaviour of the `Store` contract. Subclass it as `Test...` with a `store` fixture."""
 

@@ -128,7 +128,7 @@ class FinishConformance:
             await finish(store, task_id, row.lease_epoch, State.SCHEDULED)
         assert await state_of(store, task_id) is State.RUNNING
 
-    @pytest.mark.parametrize("target", [State.RUNNING, State.EXPIRED, State.SKIPPED, State.BLOCKED])
+    @pytest.mark.parametrize("target", [State.RUNNING, State.EXPIRED, State.BLOCKED])
     async def test_illegal_targets_are_refused(self, store: Store, target: State) -> None:
         task_id = await add(store)
         row = await claim_one(store)
