@@ -19,6 +19,7 @@ from ._errors import (
     FrameTooLarge,
     IllegalTransition,
     InvalidParent,
+    InvalidWorkflow,
     LeaseLost,
     PayloadError,
     PayloadTooLarge,
@@ -32,6 +33,8 @@ from ._errors import (
     TaskNotFound,
     TaskTimeout,
     UnknownTask,
+    UpstreamFailed,
+    WorkflowFailed,
 )
 from ._executor import Executor
 from ._handle import TaskHandle
@@ -42,6 +45,18 @@ from ._signals import Frame, ResumeSignal, Waitpoint
 from ._states import TERMINAL, TRANSITIONS, Phase, State
 from ._task import Priority, TaskDef
 from ._worker import Worker, WorkerStats
+from ._workflow import (
+    Node,
+    NodeStatus,
+    RunState,
+    Upstream,
+    Workflow,
+    WorkflowResult,
+    WorkflowRun,
+    WorkflowStatus,
+    fan_out_in,
+    pipeline,
+)
 from .store._base import ErrorGroup, ErrorInfo, Event
 from .store._base_signals import DeliverOutcome, DeliverStatus, OnTimeout, SuspendStatus
 
@@ -78,9 +93,12 @@ __all__ = [
     "FrameTooLarge",
     "IllegalTransition",
     "InvalidParent",
+    "InvalidWorkflow",
     "LeaseLost",
     "Linear",
     "ManualClock",
+    "Node",
+    "NodeStatus",
     "OnTimeout",
     "PayloadError",
     "PayloadTooLarge",
@@ -92,6 +110,7 @@ __all__ = [
     "RetryCapExceeded",
     "RetryDecision",
     "RetryLater",
+    "RunState",
     "SchemaError",
     "Signal",
     "State",
@@ -108,9 +127,18 @@ __all__ = [
     "TaskTimeout",
     "TimeoutClass",
     "UnknownTask",
+    "Upstream",
+    "UpstreamFailed",
     "Waitpoint",
     "Worker",
     "WorkerStats",
+    "Workflow",
+    "WorkflowFailed",
+    "WorkflowResult",
+    "WorkflowRun",
+    "WorkflowStatus",
     "__version__",
     "decide_retry",
+    "fan_out_in",
+    "pipeline",
 ]

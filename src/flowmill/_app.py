@@ -22,6 +22,7 @@ from ._signals import Frame, deliver_signal, tail_frames
 from ._states import Phase, State
 from ._task import Priority, TaskDef, TaskOptions, check_queue, make_task_def, positive_ms
 from ._worker import Worker
+from ._workflow import Conditions, Workflow, WorkflowRun
 from .store import DEFAULT_URL, open_store
 from .store._base import (
     ON_DUPLICATE_CHOICES,
@@ -40,6 +41,7 @@ from .store._base import (
     TasksInsert,
     TasksList,
 )
+from .store._base_dag import WorkflowGet, WorkflowRecord, WorkflowsList
 from .store._base_signals import DeliverOutcome
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -122,6 +124,7 @@ class App:
         self.clock: Clock = clock or SystemClock()
         self.registry: dict[str, TaskDef] = {}
         self.results = ResultWaiter(self)
+        self.conditions = Conditions()
         self._opened = False
         self._open_lock: asyncio.Lock | None = None
 
@@ -255,18 +258,32 @@ class App:
         ttl: timedelta | None = None,
         parent: str | None = None,
         fail_fast: bool | None = None,
+        depends_on: Sequence[TaskHandle[Any] | str] = (),
+        on_upstream_failure: str = "skip",
     ) -> TaskHandle[Any]:
         """Submit one task; durable when this returns. A duplicate `key` follows `on_duplicate`.
 
         `parent` makes it a child of that (active) task; `fail_fast` overrides the task's
-        default for its own children.
+        default for its own children. With `depends_on` (handles or ids) it starts `blocked`
+        and runs once they have ended, as `on_upstream_failure` says (see `app.workflow`).
         """
         [handle] = await self._insert(
             task,
             [payload],
             keys=[key],
             on_duplicate=on_duplicate,
-            opts=_Opts(delay, run_at, priority, queue, tags, ttl, parent, fail_fast),
+            opts=_Opts(
+                delay,
+                run_at,
+                priority,
+                queue,
+                tags,
+                ttl,
+                parent,
+                fail_fast,
+                _upstream_ids(depends_on),
+                on_upstream_failure,
+            ),
         )
         return handle
 
@@ -499,6 +516,27 @@ class App:
         """A worker for this app's tasks (see `Worker` for the options)."""
         return Worker(self, **options)
 
+    # -- workflows -------------------------------------------------------------------
+
+    def workflow(self, name: str) -> Workflow:
+        """A new DAG workflow: `wf.add(task, payload, after=[...])`, then `await wf.submit()`."""
+        return Workflow(self, name)
+
+    async def workflow_run(self, run_id: str) -> WorkflowRun:
+        """A stored run by id (`KeyError` if there is none)."""
+        await self.open()
+        rec = await self.store.workflow_get(WorkflowGet(run_id))
+        if rec is None:
+            raise KeyError(f"no workflow run {run_id}")
+        return WorkflowRun(self, rec.id, rec.name)
+
+    async def workflow_runs(
+        self, *, name: str | None = None, limit: int = 50
+    ) -> list[WorkflowRecord]:
+        """The newest workflow runs (counts of their nodes by state)."""
+        await self.open()
+        return await self.store.workflows_list(WorkflowsList(limit, name))
+
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -533,6 +571,20 @@ class _Opts:
     ttl: timedelta | None = None
     parent: str | None = None
     fail_fast: bool | None = None
+    depends_on: tuple[str, ...] = ()
+    upstream_policy: str = "skip"
+
+
+def _upstream_ids(given: Sequence[TaskHandle[Any] | str]) -> tuple[str, ...]:
+    if isinstance(given, str | TaskHandle):
+        given = [given]
+    out = []
+    for g in given:
+        task_id = g.id if isinstance(g, TaskHandle) else g
+        if not isinstance(task_id, str) or not task_id:
+            raise ConfigurationError(f"depends_on takes task handles or ids, got {g!r}")
+        out.append(task_id)
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,6 +599,8 @@ class _Common:
     tags: Mapping[str, str]
     parent_id: str | None
     fail_fast: bool
+    depends_on: tuple[str, ...] = ()
+    upstream_policy: str = "skip"
 
     @staticmethod
     def build(tdef: TaskDef, o: _Opts) -> _Common:
@@ -568,6 +622,15 @@ class _Common:
             raise ConfigurationError("tags must map strings to strings")
         if o.parent is not None and (not isinstance(o.parent, str) or not o.parent):
             raise ConfigurationError(f"parent must be a task id, got {o.parent!r}")
+        if o.depends_on:
+            if o.parent is not None or o.delay is not None or o.run_at is not None:
+                raise ConfigurationError(
+                    "a task with depends_on cannot also be a child or be delayed"
+                )
+            if o.upstream_policy not in ("skip", "run", "fail"):
+                raise ConfigurationError(
+                    f"on_upstream_failure must be skip, run or fail, got {o.upstream_policy!r}"
+                )
         return _Common(
             queue=check_queue(o.queue) if o.queue is not None else tdef.queue,
             priority=int(o.priority) if o.priority is not None else tdef.priority,
@@ -577,6 +640,8 @@ class _Common:
             tags=tags,
             parent_id=o.parent,
             fail_fast=tdef.fail_fast if o.fail_fast is None else bool(o.fail_fast),
+            depends_on=o.depends_on,
+            upstream_policy=o.upstream_policy,
         )
 
     def tasks(
@@ -599,6 +664,28 @@ class _Common:
         )
         parent_id, fail_fast = self.parent_id, self.fail_fast
         on_cancel = tdef.executor is not None and tdef.executor.has_on_cancel
+        if self.depends_on:
+            deps, up_policy = list(self.depends_on), self.upstream_policy
+            return [
+                NewTask(
+                    id=id,
+                    kind=kind,
+                    payload=payload,
+                    queue=queue,
+                    priority=priority,
+                    ttl_ms=ttl_ms,
+                    dedup_key=key,
+                    max_attempts=max_attempts,
+                    retry_policy=policy,
+                    timeout_ms=timeout_ms,
+                    tags=tags,
+                    fail_fast=fail_fast,
+                    has_on_cancel=on_cancel,
+                    depends_on=deps,
+                    upstream_policy=up_policy,
+                )
+                for id, payload, key in zip(ids, payloads, keys or none, strict=True)
+            ]
         return [
             NewTask(
                 id=id,

@@ -32,6 +32,7 @@ from ._outcome import STOP_LEASE_LOST, retry_finish
 from ._signals import Fenced, ResumeSignal, Waitpoint
 from ._states import State
 from ._task import check_queue
+from ._workflow import check_condition
 from .store._base import (
     ClaimedRow,
     ErrorInfo,
@@ -369,6 +370,7 @@ class Claimer:
                     self.app.clock.store_now(),
                 )
             )
+            rows = await self._drop_false_conditions(rows)
             if rows:
                 tasks = [ClaimedTask(self, r) for r in rows]
                 for t in tasks:
@@ -378,6 +380,21 @@ class Claimer:
             if left <= 0:
                 return []
             await self.app.store.wait_for_work(min(left, 1.0))
+
+    async def _drop_false_conditions(self, rows: list[ClaimedRow]) -> list[ClaimedRow]:
+        """Workflow nodes whose `when=` is false end skipped here, never handed out."""
+        if all(r.condition is None for r in rows):
+            return rows
+        keep, ends = [], []
+        for r in rows:
+            end = await check_condition(self.app, r) if r.condition is not None else None
+            if end is None:
+                keep.append(r)
+            else:
+                ends.append(end)
+        if ends:
+            await self.app.store.tasks_finish(TasksFinish(ends, self.app.clock.store_now()))
+        return keep
 
     async def _keep_leases(self) -> None:
         while True:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ._app import App
     from ._handle import TaskHandle
     from ._task import TaskDef
+    from ._workflow import Upstream
 
 SPAWN_CHUNK = 1000  # children per transaction in spawn_many
 
@@ -105,6 +106,7 @@ class Context:
         self._token = token
         self._loop = loop
         self._now_ms = now_ms
+        self._upstreams: Upstream | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -123,6 +125,20 @@ class Context:
     async def wait_cancelled(self) -> None:
         """Wait until the attempt is asked to stop (for use in `asyncio.wait` races)."""
         await self._token.wait()
+
+    async def upstreams(self) -> Upstream:
+        """This node's upstream nodes and their typed results (`up[node]`), read once."""
+        if self._upstreams is None:
+            from ._workflow import Upstream
+
+            rows = await self._app.store.upstream_get(self.task_id)
+            self._upstreams = Upstream(self._app, rows)
+        return self._upstreams
+
+    async def upstream(self, node: Any) -> Any:
+        """The typed result of one upstream node: pass the `Node`, its name, or its task
+        (when only one upstream runs it). `fm.UpstreamFailed` if it did not complete."""
+        return (await self.upstreams())[node]
 
     async def progress(self, pct: float, message: str | None = None) -> None:
         """Record progress (0..100) on the task, fenced by this attempt's lease."""

@@ -148,3 +148,39 @@ class InvalidParent(FlowmillError):
 
 class FrameTooLarge(PayloadTooLarge):
     """An output frame is larger than the 64 KiB a frame may hold."""
+
+
+class InvalidWorkflow(ConfigurationError):
+    """A workflow is not a valid DAG: a cycle, a missing or duplicate node, a self-dependency.
+
+    Raised before anything is stored; `problems` lists every one found."""
+
+    def __init__(self, workflow: str, problems: list[str]) -> None:
+        super().__init__(f"workflow {workflow!r} is invalid: " + "; ".join(problems))
+        self.workflow = workflow
+        self.problems = problems
+
+
+class UpstreamFailed(FlowmillError):
+    """An upstream node's result was asked for, but that node did not complete."""
+
+    def __init__(self, node: str, state: str, message: str | None = None) -> None:
+        detail = f": {message}" if message else ""
+        super().__init__(f"upstream {node!r} ended {state}{detail}")
+        self.node = node
+        self.state = state
+        self.message = message
+
+
+class WorkflowFailed(FlowmillError):
+    """A workflow run ended with nodes that did not complete; `failed` maps each to why."""
+
+    def __init__(self, run_id: str, name: str, failed: dict[str, str], skipped: list[str]) -> None:
+        first = ", ".join(f"node {n!r} {why}" for n, why in list(failed.items())[:3])
+        more = f" (+{len(failed) - 3} more)" if len(failed) > 3 else ""
+        skip = f"; {len(skipped)} node(s) skipped" if skipped else ""
+        super().__init__(f"workflow {name!r} (run {run_id}) failed: {first}{more}{skip}")
+        self.run_id = run_id
+        self.name = name
+        self.failed = failed
+        self.skipped = skipped

@@ -34,6 +34,7 @@ from ._outcome import (
 from ._runner import AttemptRunner, SyncPool
 from ._states import Phase, State
 from ._task import TaskDef, check_queue
+from ._workflow import check_condition
 from .store._base import (
     ClaimedRow,
     Finish,
@@ -50,6 +51,7 @@ from .store._base import (
     TasksPromote,
     TaskWaitChildren,
 )
+from .store._base_dag import DepsReconcile
 from .store._base_signals import SuspensionsExpire
 
 if TYPE_CHECKING:
@@ -342,6 +344,10 @@ class Worker:
             return self._before_start(a)
         if row.attempt > row.max_attempts:
             return beyond_cap(row)
+        if row.condition is not None:
+            skip = await check_condition(self.app, row)
+            if skip is not None:
+                return skip
         try:
             payload = tdef.payload.decode(row.payload)
         except PayloadError as err:
@@ -500,6 +506,8 @@ class Worker:
             return
         self.stats.expired += await store.tasks_expire(TasksExpire(now_ms=now))
         self.stats.expired += await store.suspensions_expire(SuspensionsExpire(now_ms=now))
+        # The backstop of dependency resolution: 0 unless a push was missed.
+        await store.deps_reconcile(DepsReconcile(now_ms=now))
         await self.run_hooks()
         expired = await store.leases_expired(LeasesExpired(now_ms=now))
         if expired:
