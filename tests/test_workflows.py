@@ -364,7 +364,7 @@ async def test_cancel_a_run_and_submit_with_depends_on(app: fm.App) -> None:
             await run.result(timeout=WAIT)
     found = await app.workflow_run(run.id)
     assert (found.id, found.name) == (run.id, "cancel-me")
-    with pytest.raises(KeyError):
+    with pytest.raises(fm.WorkflowNotFound):
         await app.workflow_run("nope")
 
     # A plain submit with depends_on: blocked until its upstream completes.

@@ -35,6 +35,7 @@ from ._errors import (
     UnknownTask,
     UpstreamFailed,
     WorkflowFailed,
+    WorkflowNotFound,
 )
 from ._executor import Executor
 from ._handle import TaskHandle
@@ -134,6 +135,7 @@ __all__ = [
     "WorkerStats",
     "Workflow",
     "WorkflowFailed",
+    "WorkflowNotFound",
     "WorkflowResult",
     "WorkflowRun",
     "WorkflowStatus",

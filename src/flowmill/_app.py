@@ -14,7 +14,13 @@ from ._children import ChildResult
 from ._claimer import Claimer
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_BYTES
-from ._errors import ConfigurationError, PayloadError, TaskNotFound, UnknownTask
+from ._errors import (
+    ConfigurationError,
+    PayloadError,
+    TaskNotFound,
+    UnknownTask,
+    WorkflowNotFound,
+)
 from ._executor import Executor, make_executor_def
 from ._handle import ResultWaiter, TaskHandle, decode_json
 from ._retry import Retry
@@ -523,11 +529,11 @@ class App:
         return Workflow(self, name)
 
     async def workflow_run(self, run_id: str) -> WorkflowRun:
-        """A stored run by id (`KeyError` if there is none)."""
+        """A stored run by id (`WorkflowNotFound` if there is none)."""
         await self.open()
         rec = await self.store.workflow_get(WorkflowGet(run_id))
         if rec is None:
-            raise KeyError(f"no workflow run {run_id}")
+            raise WorkflowNotFound(run_id)
         return WorkflowRun(self, rec.id, rec.name)
 
     async def workflow_runs(

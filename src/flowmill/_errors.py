@@ -184,3 +184,11 @@ class WorkflowFailed(FlowmillError):
         self.name = name
         self.failed = failed
         self.skipped = skipped
+
+
+class WorkflowNotFound(FlowmillError, LookupError):
+    """No workflow run with that id exists."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no workflow run with id {run_id!r}")
+        self.run_id = run_id

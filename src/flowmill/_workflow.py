@@ -34,6 +34,7 @@ from ._errors import (
     TaskTimeout,
     UpstreamFailed,
     WorkflowFailed,
+    WorkflowNotFound,
 )
 from ._states import Phase, State
 from .store._base import ClaimedRow, ErrorInfo, Finish, NewTask, TasksInsert
@@ -530,7 +531,7 @@ class WorkflowRun:
         """The state of every node (with durations and errors) and of the run."""
         rec = await self.app.store.workflow_get(WorkflowGet(self.id, nodes=True))
         if rec is None:
-            raise KeyError(f"no workflow run {self.id}")
+            raise WorkflowNotFound(self.id)
         nodes = {
             n.node: NodeStatus(
                 name=n.node,
@@ -563,7 +564,7 @@ class WorkflowRun:
                 while True:
                     rec = await store.workflow_get(WorkflowGet(self.id))
                     if rec is None:
-                        raise KeyError(f"no workflow run {self.id}")
+                        raise WorkflowNotFound(self.id)
                     if rec.active == 0:
                         return
                     await store.wait_for_finish(1.0)

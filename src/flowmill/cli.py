@@ -10,7 +10,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import msgspec
@@ -24,6 +24,7 @@ from ._app import App, TaskInfo
 from ._errors import FlowmillError, IllegalTransition, TaskFailed
 from ._loader import load_app
 from ._states import State
+from ._workflow import WorkflowStatus
 from .store import DEFAULT_URL
 from .store.sqlite import SQLiteStore
 
@@ -611,3 +612,100 @@ def serve(
         from .web import signals_app
 
         uvicorn.run(signals_app(app), host=host, port=port, log_level=log_level.lower())
+
+
+# -- workflows -----------------------------------------------------------------------
+
+workflows_cli = typer.Typer(help="List and show workflow runs.", no_args_is_help=True)
+cli.add_typer(workflows_cli, name="workflows")
+
+_STATE_STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "dead_lettered": "red",
+    "cancelled": "yellow",
+    "expired": "yellow",
+    "skipped": "dim",
+    "running": "cyan",
+    "ready": "blue",
+    "blocked": "dim",
+}
+
+
+def _duration(value: timedelta | None) -> str:
+    if value is None:
+        return ""
+    ms = value.total_seconds() * 1000
+    return f" {ms:.0f} ms" if ms < 10_000 else f" {ms / 1000:.1f} s"
+
+
+@workflows_cli.command("list")
+def workflows_list(
+    url: UrlOpt = None,
+    app_path: AppOpt = None,
+    name: Annotated[str | None, typer.Option(help="Only runs of this workflow")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many runs")] = 20,
+) -> None:
+    """The newest workflow runs, with their nodes counted by state."""
+    _, runs = _inspect(url, app_path, lambda app: app.workflow_runs(name=name, limit=limit))
+    console = _out()
+    if not runs:
+        console.print("no workflow runs")
+        return
+    rows = [
+        [
+            r.id,
+            r.name,
+            _when(_dt_ms(r.created_at_ms), short=True),
+            f"{r.total}",
+            ", ".join(f"{s.value} {n}" for s, n in sorted(r.by_state.items())),
+        ]
+        for r in runs
+    ]
+    _print_columns(console, "workflow runs", ["id", "name", "created", "nodes", "states"], rows)
+
+
+def _dt_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+@workflows_cli.command("show")
+def workflows_show(
+    run_id: Annotated[str, typer.Argument(metavar="ID", help="The workflow run id")],
+    url: UrlOpt = None,
+    app_path: AppOpt = None,
+) -> None:
+    """A tree of the run's nodes: state, duration, attempts and errors.
+
+    Each node is drawn under its first upstream; its other upstreams are named."""
+    from rich.tree import Tree
+
+    async def work(app: App) -> WorkflowStatus:
+        return await (await app.workflow_run(run_id)).status()
+
+    _, status = _inspect(url, app_path, work)
+    console = _out()
+    counts = ", ".join(f"{s.value} {n}" for s, n in sorted(status.counts.items()))
+    root = Tree(
+        Text.assemble(
+            (f"{status.name}", "bold"),
+            f"  run {status.id}  ",
+            (status.state.value, _STATE_STYLE.get(status.state.value, "")),
+            f"  ({counts})",
+        )
+    )
+    branches: dict[str, Tree] = {}
+    for node in status.nodes.values():
+        parent = branches.get(node.upstream[0], root) if node.upstream else root
+        label = Text.assemble(
+            (node.name, "bold"),
+            "  ",
+            (node.state.value, _STATE_STYLE.get(node.state.value, "")),
+            _duration(node.duration),
+            f"  attempts {node.attempts}" if node.attempts > 1 else "",
+            f"  (also after {', '.join(node.upstream[1:])})" if len(node.upstream) > 1 else "",
+        )
+        if node.error is not None:
+            label.append(f"\n{node.error.type}: {node.error.message}", style="red")
+        branches[node.name] = parent.add(label)
+    console.print(root)
