@@ -313,3 +313,42 @@ async def test_http_endpoint(app: fm.App) -> None:
         f"/signals/{wp.id}", msgspec.json.encode({"name": "approved", "token": wp.token})
     )
     assert ok == (202, {"status": "accepted", "resumed": True})
+
+
+async def test_a_cancel_while_running_is_not_lost_when_the_handler_suspends(app: fm.App) -> None:
+    asked = asyncio.Event()
+    go = asyncio.Event()
+
+    @app.task(name="waits")
+    async def waits(_: None, ctx: fm.Context) -> str:
+        wp = await ctx.create_waitpoint("w", expires_in=timedelta(hours=1))
+        asked.set()
+        await go.wait()  # the operator cancels here, before the suspend
+        await ctx.suspend(Signal("go", wp))
+        return "not reached"
+
+    async with running(app.worker()):
+        h = await app.submit(waits)
+        await asked.wait()
+        assert await app.cancel(h.id) is fm.State.RUNNING  # a running task is asked to stop
+        go.set()
+        with pytest.raises(fm.TaskFailed, match="cancelled"):
+            await h.result(timeout=WAIT)
+    assert (await app.get(h.id)).state is fm.State.CANCELLED
+
+
+async def test_a_claimed_task_asked_to_cancel_is_cancelled_by_suspend(app: fm.App) -> None:
+    @app.task(name="held")
+    async def held(_: None) -> None:
+        return None
+
+    h = await app.submit(held)
+    async with app.claimer(worker_id="w", queues=["default"]) as c:
+        task = await c.claim()
+        assert task is not None
+        wp = await task.create_waitpoint("w", expires_in=timedelta(hours=1))
+        await app.cancel(h.id)
+        assert await task.suspend(Signal("go", wp)) is SuspendStatus.CANCEL_REQUESTED
+        with pytest.raises(fm.TaskAlreadyFinished):
+            await task.complete(None)
+    assert (await app.get(h.id)).state is fm.State.CANCELLED

@@ -194,6 +194,10 @@ class ClaimedTask:
             raise
         if status is SuspendStatus.SUSPENDED:
             self._close()
+        elif status is SuspendStatus.CANCEL_REQUESTED:
+            # Asked to cancel while held: the cancel wins over the suspend, as it would
+            # over a retry. The attempt ends cancelled here.
+            await self.cancel("cancel requested")
         return status
 
     async def complete(self, result: Any = None) -> None:

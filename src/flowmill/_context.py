@@ -174,6 +174,12 @@ class Context:
         status = await self._fenced().suspend_status(condition, timeout, on_timeout)
         if status is SuspendStatus.SUSPENDED:
             raise Suspended(self.task_id)
+        if status is SuspendStatus.CANCEL_REQUESTED:
+            # Cancelled while running: the cancel wins, the attempt ends cancelled.
+            from ._outcome import STOP_OPERATOR
+
+            self._token.fire(STOP_OPERATOR)
+            raise Cancelled(STOP_OPERATOR)
         return await self.resume_signals()
 
     async def resume_signals(self) -> list[ResumeSignal]:

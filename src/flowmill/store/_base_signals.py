@@ -87,6 +87,9 @@ class TaskSuspend:
 class SuspendStatus(StrEnum):
     SUSPENDED = "suspended"
     ALREADY_SATISFIED = "already_satisfied"
+    # The task was asked to cancel while it ran: it is not suspended (nothing was written),
+    # so the cancel is not lost; the caller ends the attempt as cancelled.
+    CANCEL_REQUESTED = "cancel_requested"
 
 
 @dataclass(frozen=True, slots=True)

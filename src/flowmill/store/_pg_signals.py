@@ -156,7 +156,7 @@ SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM n)
         # -- task_suspend ----------------------------------------------------------------
         self.suspend_lock = f"""
 WITH {NOW}
-SELECT t.attempts, c.now FROM {s}.tasks t, c
+SELECT t.attempts, c.now, t.cancel_requested FROM {s}.tasks t, c
 WHERE t.id = %(task)s AND t.lease_epoch = %(epoch)s AND t.state = 'running'
 FOR UPDATE OF t
 """
@@ -457,8 +457,10 @@ class PostgresSignalsMixin:
                 row = await locked.fetchone()
                 if row is None:
                     raise LeaseLost(p.task_id, p.epoch)
-                attempt, now = row
+                attempt, now, cancel_requested = row
                 signals = await unconsumed.fetchall()
+                if cancel_requested:
+                    return SuspendStatus.CANCEL_REQUESTED
                 params = {
                     "task": p.task_id,
                     "condition": p.condition.decode(),

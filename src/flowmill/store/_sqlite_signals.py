@@ -304,6 +304,9 @@ def _deliver(c: sqlite3.Connection, tx: Tx, p: SignalDeliver) -> DeliverOutcome:
 
 def _suspend(c: sqlite3.Connection, p: TaskSuspend, condition: dict[str, Any]) -> SuspendStatus:
     kind, attempt = _fence(c, p.task_id, p.epoch)
+    row = c.execute("SELECT cancel_requested FROM fm_tasks WHERE id = ?", (p.task_id,))
+    if row.fetchone()[0]:
+        return SuspendStatus.CANCEL_REQUESTED
     now = _now(p.now_ms)
     timeout_at = None if p.timeout_ms is None else now + p.timeout_ms
     suspension_id = c.execute(

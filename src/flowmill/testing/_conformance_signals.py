@@ -387,6 +387,19 @@ class SuspendConformance:
             await store.task_suspend(TaskSuspend("no-such-task", 1, encode_condition(Signal("go"))))
         assert await state_of(store, task_id) is State.COMPLETED
 
+    async def test_a_cancel_requested_while_running_wins_over_suspend(self, store: Store) -> None:
+        row = await running(store)
+        wp = await waitpoint(store, row)
+        out = await store.task_cancel(TaskCancel(row.id, now_ms=T0))
+        assert out.requested
+        status = await suspend(store, row, Signal("go", wp))
+        assert status is SuspendStatus.CANCEL_REQUESTED
+        rec = await get(store, row.id)
+        assert (rec.state, rec.cancel_requested) == (State.RUNNING, True)  # nothing written
+        assert (await deliver(store, wp, "go")).resumed is False
+        out2 = await finish(store, row.id, row.lease_epoch, State.CANCELLED, error=ERR)
+        assert out2.state is State.CANCELLED
+
     async def test_a_refused_suspend_consumes_nothing(self, store: Store) -> None:
         task_id = await add(store)
         first = await claim_one(store)
