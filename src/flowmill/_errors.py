@@ -148,3 +148,17 @@ class InvalidParent(FlowmillError):
 
 class FrameTooLarge(PayloadTooLarge):
     """An output frame is larger than the 64 KiB a frame may hold."""
+
+
+class UnknownBudget(FlowmillError, LookupError):
+    """No budget with that id has been defined (`app.define_budget` first)."""
+
+    def __init__(self, budget_id: str) -> None:
+        super().__init__(
+            f"no budget with id {budget_id!r}: define it first with app.define_budget(...)"
+        )
+        self.budget_id = budget_id
+
+
+class InvalidUsage(FlowmillError, ValueError):
+    """A usage report is malformed: a negative or non-integer amount, or no dimension."""

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Literal, Protocol, runtime_checkable
 
 from .._states import Phase, State
+from ._base_budgets import BudgetsStore, ClaimLimit
 from ._base_signals import SignalsStore
 
 OnDuplicate = Literal["skip", "replace", "reject"]
@@ -63,6 +64,7 @@ class NewTask:
     child_key: str | None = None
     fail_fast: bool = True  # as a parent: the first child failure fails this task
     has_on_cancel: bool = False  # an executor: cancellation leaves an on_cancel hook to run
+    budget_id: str | None = None  # not claimed while this budget is hard-breached
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +95,18 @@ class InsertOutcome:
 
 @dataclass(frozen=True, slots=True)
 class TasksClaim:
+    """Claim up to `limit` ready tasks of these queues and kinds, best first. Tasks of a
+    hard-breached budget are left ready. With `limits`, the claim also keeps every
+    concurrency cap and rate limit among them, atomically with the other claims that pass
+    them, and returns `ClaimedRows` (saying what held tasks back)."""
+
     worker_id: str
     queues: Sequence[str]
     kinds: Sequence[str]
     limit: int
     lease_ttl_ms: int
     now_ms: int | None = None
+    limits: Sequence[ClaimLimit] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,8 +412,8 @@ class HookDone:
 
 
 @runtime_checkable
-class Store(SignalsStore, Protocol):
-    """What every backend provides, the `SignalsStore` operations included.
+class Store(SignalsStore, BudgetsStore, Protocol):
+    """What every backend provides, the `SignalsStore` and `BudgetsStore` operations included.
 
     `flowmill.testing.StoreConformance` checks it."""
 

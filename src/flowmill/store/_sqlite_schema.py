@@ -6,6 +6,7 @@ import sqlite3
 
 from .._errors import SchemaError
 from .._states import ACTIVE
+from ._sqlite_budgets import BUDGETS_DDL
 from ._sqlite_signals import SIGNALS_DDL
 
 APP_ID = "flowmill"
@@ -54,7 +55,8 @@ MIGRATIONS: tuple[str, ...] = (
         child_key TEXT,
         has_on_cancel INTEGER NOT NULL DEFAULT 0,
         hook TEXT,
-        hook_attempts INTEGER NOT NULL DEFAULT 0
+        hook_attempts INTEGER NOT NULL DEFAULT 0,
+        budget_id TEXT
     );
     CREATE INDEX fm_tasks_ready ON fm_tasks (queue, priority DESC, seq) WHERE state = 'ready';
     CREATE INDEX fm_tasks_due ON fm_tasks (run_at) WHERE state = 'scheduled';
@@ -84,7 +86,8 @@ MIGRATIONS: tuple[str, ...] = (
         detail TEXT
     );
     """
-    + SIGNALS_DDL,
+    + SIGNALS_DDL
+    + BUDGETS_DDL,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

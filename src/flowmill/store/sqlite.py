@@ -61,6 +61,7 @@ from ._base import (
     TaskWaitChildren,
 )
 from ._serde import decode_error, encode_error, encode_tags, task_record
+from ._sqlite_budgets import NOT_HELD_SQL, SQLiteBudgetsMixin, claim_limited
 from ._sqlite_schema import migrate, not_a_database
 from ._sqlite_signals import SQLiteSignalsMixin
 from ._threads import ConnectionThread, Tx
@@ -96,7 +97,7 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
-class SQLiteStore(SQLiteSignalsMixin):
+class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin):
     """Tasks in one SQLite file (or in memory), shared safely by processes on one machine."""
 
     def __init__(
@@ -346,8 +347,8 @@ class SQLiteStore(SQLiteSignalsMixin):
 _INSERT_SQL = (
     "INSERT INTO fm_tasks (id, kind, queue, priority, state, payload, dedup_key, parent_id, "
     "tags, max_attempts, retry_policy, timeout_ms, created_at, updated_at, run_at, expires_at, "
-    "child_key, fail_fast, has_on_cancel) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "child_key, fail_fast, has_on_cancel, budget_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _EVENT_SQL = "INSERT INTO fm_events (task_id, kind, state, at, detail) VALUES (?, ?, ?, ?, ?)"
 _ACTIVE_LIST = tuple(s.value for s in State if not s.terminal)
@@ -394,6 +395,7 @@ def _task_row(
         t.child_key,
         t.fail_fast,
         t.has_on_cancel,
+        t.budget_id,
     )
 
 
@@ -461,7 +463,7 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
                     c.execute(
                         "UPDATE fm_tasks SET payload = ?, queue = ?, priority = ?, state = ?, "
                         "tags = ?, max_attempts = ?, retry_policy = ?, timeout_ms = ?, "
-                        "run_at = ?, expires_at = ?, updated_at = ? WHERE id = ?",
+                        "run_at = ?, expires_at = ?, budget_id = ?, updated_at = ? WHERE id = ?",
                         (
                             t.payload,
                             t.queue,
@@ -473,6 +475,7 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
                             t.timeout_ms,
                             run_at,
                             expires_at,
+                            t.budget_id,
                             now,
                             existing,
                         ),
@@ -510,19 +513,35 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
 
 def _claim(c: sqlite3.Connection, tx: Tx, p: TasksClaim) -> list[ClaimedRow]:
     now = p.now_ms if p.now_ms is not None else _wall_ms()
-    expires = now + p.lease_ttl_ms
+    if p.limits:
+
+        def take(seqs: list[int]) -> list[ClaimedRow]:
+            return _claim_rows(c, p, now, f"({_marks(len(seqs))})", seqs)
+
+        return claim_limited(c, p, now, take)
     queues, kinds = list(p.queues), list(p.kinds)
+    picked = (
+        "(SELECT seq FROM fm_tasks WHERE state = 'ready' "
+        f"AND queue IN ({_marks(len(queues))}) AND kind IN ({_marks(len(kinds))}) "
+        f"AND (expires_at IS NULL OR expires_at > ? OR started_at IS NOT NULL) AND {NOT_HELD_SQL} "
+        "ORDER BY priority DESC, seq LIMIT ?)"
+    )
+    return _claim_rows(c, p, now, picked, (*queues, *kinds, now, now, p.limit))
+
+
+def _claim_rows(
+    c: sqlite3.Connection, p: TasksClaim, now: int, picked: str, args: Sequence[Any]
+) -> list[ClaimedRow]:
+    """Claim the ready tasks whose seq is `IN picked` (a subquery or a list, with `args`)."""
+    expires = now + p.lease_ttl_ms
     rows = c.execute(
         "UPDATE fm_tasks SET state = 'running', attempts = attempts + 1, "
         "lease_epoch = lease_epoch + 1, lease_owner = ?, lease_expires_at = ?, "
         "cancel_requested = 0, last_finish = NULL, started_at = ?, updated_at = ? "
-        "WHERE seq IN (SELECT seq FROM fm_tasks WHERE state = 'ready' "
-        f"AND queue IN ({_marks(len(queues))}) AND kind IN ({_marks(len(kinds))}) "
-        "AND (expires_at IS NULL OR expires_at > ? OR started_at IS NOT NULL) "
-        "ORDER BY priority DESC, seq LIMIT ?) "
+        f"WHERE seq IN {picked} "
         "RETURNING seq, id, kind, queue, priority, payload, phase, memo, attempts, "
         "max_attempts, retry_policy, timeout_ms, lease_epoch, parent_id",
-        (p.worker_id, expires, now, now, *queues, *kinds, now, p.limit),
+        (p.worker_id, expires, now, now, *args),
     ).fetchall()
     rows.sort(key=lambda r: (-r[4], r[0]))
     c.executemany(_EVENT_SQL, [(r[1], r[2], "running", now, p.worker_id) for r in rows])

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from ..store._base import Store
+from ._conformance_budgets import BudgetConformance, LimitConformance
 from ._conformance_children import ChildrenConformance
 from ._conformance_claim import ClaimConformance, ProgressConformance, RenewConformance
 from ._conformance_finish import FinishConformance, TerminalConformance
@@ -39,6 +40,8 @@ class StoreConformance(
     WalkConformance,
     ChildrenConformance,
     SignalsConformance,
+    BudgetConformance,
+    LimitConformance,
 ):
     """Every behaviour of the `Store` contract. Subclass it as `Test...` with a `store` fixture."""
 
