@@ -244,6 +244,7 @@ class BudgetConformance:
             {},
             {"tokens": 1.5},
             {"tokens": "7"},
+            {"tokens": True},
             {"": 1},
         ]
         for amounts in bad:
