@@ -5,6 +5,7 @@ an underscore may change without notice.
 """
 
 from ._app import App, TaskInfo
+from ._budgets import BudgetStatus, StatusReport
 from ._children import ChildrenReport, ChildResult
 from ._claimer import ClaimedTask, Claimer, FailOutcome
 from ._clock import Clock, ManualClock, SystemClock
@@ -19,6 +20,7 @@ from ._errors import (
     FrameTooLarge,
     IllegalTransition,
     InvalidParent,
+    InvalidUsage,
     LeaseLost,
     PayloadError,
     PayloadTooLarge,
@@ -31,10 +33,12 @@ from ._errors import (
     TaskFailed,
     TaskNotFound,
     TaskTimeout,
+    UnknownBudget,
     UnknownTask,
 )
 from ._executor import Executor
 from ._handle import TaskHandle
+from ._limits import RateLimit
 from ._outcome import Category
 from ._retry import Exponential, Fixed, Linear, Retry, RetryAction, RetryDecision, decide_retry
 from ._runner import TimeoutClass
@@ -43,6 +47,7 @@ from ._states import TERMINAL, TRANSITIONS, Phase, State
 from ._task import Priority, TaskDef
 from ._worker import Worker, WorkerStats
 from .store._base import ErrorGroup, ErrorInfo, Event
+from .store._base_budgets import UsageReport, UsageStatus
 from .store._base_signals import DeliverOutcome, DeliverStatus, OnTimeout, SuspendStatus
 
 __version__ = "0.1.0"
@@ -51,6 +56,7 @@ __all__ = [
     "TERMINAL",
     "TRANSITIONS",
     "App",
+    "BudgetStatus",
     "Cancelled",
     "Category",
     "ChildResult",
@@ -78,6 +84,7 @@ __all__ = [
     "FrameTooLarge",
     "IllegalTransition",
     "InvalidParent",
+    "InvalidUsage",
     "LeaseLost",
     "Linear",
     "ManualClock",
@@ -86,6 +93,7 @@ __all__ = [
     "PayloadTooLarge",
     "Phase",
     "Priority",
+    "RateLimit",
     "ResumeSignal",
     "Retry",
     "RetryAction",
@@ -95,6 +103,7 @@ __all__ = [
     "SchemaError",
     "Signal",
     "State",
+    "StatusReport",
     "StoreError",
     "StoreUnavailable",
     "SuspendStatus",
@@ -107,7 +116,10 @@ __all__ = [
     "TaskNotFound",
     "TaskTimeout",
     "TimeoutClass",
+    "UnknownBudget",
     "UnknownTask",
+    "UsageReport",
+    "UsageStatus",
     "Waitpoint",
     "Worker",
     "WorkerStats",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, overload
 
+from ._budgets import Budgets, StatusReport
 from ._children import ChildResult
 from ._claimer import Claimer
 from ._clock import Clock, SystemClock
@@ -17,6 +18,7 @@ from ._codec import DEFAULT_MAX_BYTES
 from ._errors import ConfigurationError, PayloadError, TaskNotFound, UnknownTask
 from ._executor import Executor, make_executor_def
 from ._handle import ResultWaiter, TaskHandle, decode_json
+from ._limits import QueueLimits, RateLimit, check_budget_id
 from ._retry import Retry
 from ._signals import Frame, deliver_signal, tail_frames
 from ._states import Phase, State
@@ -26,7 +28,6 @@ from .store import DEFAULT_URL, open_store
 from .store._base import (
     ON_DUPLICATE_CHOICES,
     ChildRow,
-    CountRow,
     ErrorInfo,
     Event,
     EventsRead,
@@ -102,7 +103,7 @@ class TaskInfo:
     finished_at: datetime | None
 
 
-class App:
+class App(Budgets):
     """A flowmill application: `fm.App("sqlite:///jobs.db")` or `fm.App("postgresql://...")`."""
 
     def __init__(
@@ -121,6 +122,7 @@ class App:
         self.max_payload_bytes = max_payload_bytes
         self.clock: Clock = clock or SystemClock()
         self.registry: dict[str, TaskDef] = {}
+        self._queue_limits: dict[str, QueueLimits] = {}
         self.results = ResultWaiter(self)
         self._opened = False
         self._open_lock: asyncio.Lock | None = None
@@ -169,6 +171,8 @@ class App:
         priority: int = Priority.NORMAL,
         max_concurrency: int | None = None,
         ttl: timedelta | None = None,
+        rate_limit: RateLimit | None = None,
+        budget: str | None = None,
     ) -> Callable[[F], TaskDef]: ...
 
     def task(
@@ -183,10 +187,17 @@ class App:
         priority: int = Priority.NORMAL,
         max_concurrency: int | None = None,
         ttl: timedelta | None = None,
+        rate_limit: RateLimit | None = None,
+        budget: str | None = None,
     ) -> TaskDef | Callable[[F], TaskDef]:
-        """Register a handler as a task: `@app.task` or `@app.task(retry=..., timeout=...)`."""
+        """Register a handler as a task: `@app.task` or `@app.task(retry=..., timeout=...)`.
 
-        options = TaskOptions(name, retry, timeout, queue, priority, max_concurrency, ttl)
+        `max_concurrency` and `rate_limit` hold across every worker; `budget` is the
+        default budget of its submits."""
+
+        options = TaskOptions(
+            name, retry, timeout, queue, priority, max_concurrency, ttl, rate_limit, budget
+        )
 
         def register(f: F) -> TaskDef:
             # A TaskDef of another app (stacked decorators) registers the same function here.
@@ -213,12 +224,16 @@ class App:
         priority: int = Priority.NORMAL,
         max_concurrency: int | None = None,
         ttl: timedelta | None = None,
+        rate_limit: RateLimit | None = None,
+        budget: str | None = None,
     ) -> Any:
         """Register an orchestrator class: `@app.executor` or `@app.executor(retry=...)`.
 
         Returns the class's TaskDef, which `submit` takes like a task function's.
         """
-        options = TaskOptions(name, retry, timeout, queue, priority, max_concurrency, ttl)
+        options = TaskOptions(
+            name, retry, timeout, queue, priority, max_concurrency, ttl, rate_limit, budget
+        )
 
         def register(c: type[Executor[Any, Any, Any]]) -> TaskDef:
             return self._register(make_executor_def(c, options, self.max_payload_bytes))
@@ -255,18 +270,20 @@ class App:
         ttl: timedelta | None = None,
         parent: str | None = None,
         fail_fast: bool | None = None,
+        budget: str | None = None,
     ) -> TaskHandle[Any]:
         """Submit one task; durable when this returns. A duplicate `key` follows `on_duplicate`.
 
         `parent` makes it a child of that (active) task; `fail_fast` overrides the task's
-        default for its own children.
+        default for its own children. With `budget` (a defined one, else `UnknownBudget`),
+        the task is not claimed while that budget is hard-breached.
         """
         [handle] = await self._insert(
             task,
             [payload],
             keys=[key],
             on_duplicate=on_duplicate,
-            opts=_Opts(delay, run_at, priority, queue, tags, ttl, parent, fail_fast),
+            opts=_Opts(delay, run_at, priority, queue, tags, ttl, parent, fail_fast, budget),
         )
         return handle
 
@@ -285,6 +302,7 @@ class App:
         ttl: timedelta | None = None,
         parent: str | None = None,
         fail_fast: bool | None = None,
+        budget: str | None = None,
     ) -> list[TaskHandle[Any]]:
         """Submit many tasks of one kind in one transaction: all are stored, or none."""
         return await self._insert(
@@ -292,7 +310,7 @@ class App:
             list(payloads),
             keys=keys,
             on_duplicate=on_duplicate,
-            opts=_Opts(delay, run_at, priority, queue, tags, ttl, parent, fail_fast),
+            opts=_Opts(delay, run_at, priority, queue, tags, ttl, parent, fail_fast, budget),
         )
 
     async def _insert(
@@ -320,6 +338,8 @@ class App:
             None if keys is None else [_check_key(k) for k in keys],
             None if child_keys is None else [_check_key(k) for k in child_keys],
         )
+        if common.budget_id is not None:
+            await self.require_budget(common.budget_id)
         await self.open()
         outs = await self.store.tasks_insert(
             TasksInsert(news, on_duplicate, self.clock.store_now(), fence)
@@ -442,10 +462,10 @@ class App:
         """Tasks whose retries ran out (the dead-letter queue), oldest first."""
         return await self.list_tasks(states=[State.DEAD_LETTERED], limit=limit, after=after)
 
-    async def status(self) -> list[CountRow]:
-        """Task counts by queue and state."""
+    async def status(self) -> StatusReport:
+        """Task counts by queue and state (a list of `CountRow`), and `.budgets`."""
         await self.open()
-        return await self.store.tasks_count()
+        return StatusReport(await self.store.tasks_count(), await self.budgets())
 
     async def events(
         self, *, after: int = 0, follow: bool = True, batch: int = 500
@@ -518,7 +538,9 @@ def _check_key(key: str | None) -> str | None:
     return key
 
 
-_SPAWN_OPTIONS = frozenset({"delay", "run_at", "priority", "queue", "tags", "ttl", "fail_fast"})
+_SPAWN_OPTIONS = frozenset(
+    {"delay", "run_at", "priority", "queue", "tags", "ttl", "fail_fast", "budget"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,6 +555,7 @@ class _Opts:
     ttl: timedelta | None = None
     parent: str | None = None
     fail_fast: bool | None = None
+    budget: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,6 +570,7 @@ class _Common:
     tags: Mapping[str, str]
     parent_id: str | None
     fail_fast: bool
+    budget_id: str | None
 
     @staticmethod
     def build(tdef: TaskDef, o: _Opts) -> _Common:
@@ -577,6 +601,7 @@ class _Common:
             tags=tags,
             parent_id=o.parent,
             fail_fast=tdef.fail_fast if o.fail_fast is None else bool(o.fail_fast),
+            budget_id=tdef.budget if o.budget is None else check_budget_id(o.budget),
         )
 
     def tasks(
@@ -597,7 +622,7 @@ class _Common:
             tdef.retry_policy,
             tdef.timeout_ms,
         )
-        parent_id, fail_fast = self.parent_id, self.fail_fast
+        parent_id, fail_fast, budget_id = self.parent_id, self.fail_fast, self.budget_id
         on_cancel = tdef.executor is not None and tdef.executor.has_on_cancel
         return [
             NewTask(
@@ -618,6 +643,7 @@ class _Common:
                 child_key=child_key,
                 fail_fast=fail_fast,
                 has_on_cancel=on_cancel,
+                budget_id=budget_id,
             )
             for id, payload, key, child_key in zip(
                 ids, payloads, keys or none, child_keys or none, strict=True
