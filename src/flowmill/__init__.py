@@ -5,6 +5,7 @@ an underscore may change without notice.
 """
 
 from ._app import App, TaskInfo
+from ._budgets import BudgetStatus, StatusReport
 from ._children import ChildrenReport, ChildResult
 from ._claimer import ClaimedTask, Claimer, FailOutcome
 from ._clock import Clock, ManualClock, SystemClock
@@ -19,6 +20,7 @@ from ._errors import (
     FrameTooLarge,
     IllegalTransition,
     InvalidParent,
+    InvalidUsage,
     InvalidWorkflow,
     LeaseLost,
     PayloadError,
@@ -32,6 +34,7 @@ from ._errors import (
     TaskFailed,
     TaskNotFound,
     TaskTimeout,
+    UnknownBudget,
     UnknownTask,
     UpstreamFailed,
     WorkflowFailed,
@@ -39,6 +42,7 @@ from ._errors import (
 )
 from ._executor import Executor
 from ._handle import TaskHandle
+from ._limits import RateLimit
 from ._outcome import Category
 from ._retry import Exponential, Fixed, Linear, Retry, RetryAction, RetryDecision, decide_retry
 from ._runner import TimeoutClass
@@ -59,6 +63,7 @@ from ._workflow import (
     pipeline,
 )
 from .store._base import ErrorGroup, ErrorInfo, Event
+from .store._base_budgets import UsageReport, UsageStatus
 from .store._base_signals import DeliverOutcome, DeliverStatus, OnTimeout, SuspendStatus
 
 __version__ = "0.1.0"
@@ -67,6 +72,7 @@ __all__ = [
     "TERMINAL",
     "TRANSITIONS",
     "App",
+    "BudgetStatus",
     "Cancelled",
     "Category",
     "ChildResult",
@@ -94,6 +100,7 @@ __all__ = [
     "FrameTooLarge",
     "IllegalTransition",
     "InvalidParent",
+    "InvalidUsage",
     "InvalidWorkflow",
     "LeaseLost",
     "Linear",
@@ -105,6 +112,7 @@ __all__ = [
     "PayloadTooLarge",
     "Phase",
     "Priority",
+    "RateLimit",
     "ResumeSignal",
     "Retry",
     "RetryAction",
@@ -115,6 +123,7 @@ __all__ = [
     "SchemaError",
     "Signal",
     "State",
+    "StatusReport",
     "StoreError",
     "StoreUnavailable",
     "SuspendStatus",
@@ -127,9 +136,12 @@ __all__ = [
     "TaskNotFound",
     "TaskTimeout",
     "TimeoutClass",
+    "UnknownBudget",
     "UnknownTask",
     "Upstream",
     "UpstreamFailed",
+    "UsageReport",
+    "UsageStatus",
     "Waitpoint",
     "Worker",
     "WorkerStats",

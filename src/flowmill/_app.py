@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, overload
 
+from ._budgets import Budgets, StatusReport
 from ._children import ChildResult
 from ._claimer import Claimer
 from ._clock import Clock, SystemClock
@@ -23,6 +24,7 @@ from ._errors import (
 )
 from ._executor import Executor, make_executor_def
 from ._handle import ResultWaiter, TaskHandle, decode_json
+from ._limits import QueueLimits, RateLimit, check_budget_id
 from ._retry import Retry
 from ._signals import Frame, deliver_signal, tail_frames
 from ._states import Phase, State
@@ -33,7 +35,6 @@ from .store import DEFAULT_URL, open_store
 from .store._base import (
     ON_DUPLICATE_CHOICES,
     ChildRow,
-    CountRow,
     ErrorInfo,
     Event,
     EventsRead,
@@ -110,7 +111,7 @@ class TaskInfo:
     finished_at: datetime | None
 
 
-class App:
+class App(Budgets):
     """A flowmill application: `fm.App("sqlite:///jobs.db")` or `fm.App("postgresql://...")`."""
 
     def __init__(
@@ -129,6 +130,7 @@ class App:
         self.max_payload_bytes = max_payload_bytes
         self.clock: Clock = clock or SystemClock()
         self.registry: dict[str, TaskDef] = {}
+        self._queue_limits: dict[str, QueueLimits] = {}
         self.results = ResultWaiter(self)
         self.conditions = Conditions()
         self._opened = False
@@ -178,6 +180,8 @@ class App:
         priority: int = Priority.NORMAL,
         max_concurrency: int | None = None,
         ttl: timedelta | None = None,
+        rate_limit: RateLimit | None = None,
+        budget: str | None = None,
     ) -> Callable[[F], TaskDef]: ...
 
     def task(
@@ -192,10 +196,17 @@ class App:
         priority: int = Priority.NORMAL,
         max_concurrency: int | None = None,
         ttl: timedelta | None = None,
+        rate_limit: RateLimit | None = None,
+        budget: str | None = None,
     ) -> TaskDef | Callable[[F], TaskDef]:
-        """Register a handler as a task: `@app.task` or `@app.task(retry=..., timeout=...)`."""
+        """Register a handler as a task: `@app.task` or `@app.task(retry=..., timeout=...)`.
 
-        options = TaskOptions(name, retry, timeout, queue, priority, max_concurrency, ttl)
+        `max_concurrency` and `rate_limit` hold across every worker; `budget` is the
+        default budget of its submits."""
+
+        options = TaskOptions(
+            name, retry, timeout, queue, priority, max_concurrency, ttl, rate_limit, budget
+        )
 
         def register(f: F) -> TaskDef:
             # A TaskDef of another app (stacked decorators) registers the same function here.
@@ -222,12 +233,16 @@ class App:
         priority: int = Priority.NORMAL,
         max_concurrency: int | None = None,
         ttl: timedelta | None = None,
+        rate_limit: RateLimit | None = None,
+        budget: str | None = None,
     ) -> Any:
         """Register an orchestrator class: `@app.executor` or `@app.executor(retry=...)`.
 
         Returns the class's TaskDef, which `submit` takes like a task function's.
         """
-        options = TaskOptions(name, retry, timeout, queue, priority, max_concurrency, ttl)
+        options = TaskOptions(
+            name, retry, timeout, queue, priority, max_concurrency, ttl, rate_limit, budget
+        )
 
         def register(c: type[Executor[Any, Any, Any]]) -> TaskDef:
             return self._register(make_executor_def(c, options, self.max_payload_bytes))
@@ -266,12 +281,15 @@ class App:
         fail_fast: bool | None = None,
         depends_on: Sequence[TaskHandle[Any] | str] = (),
         on_upstream_failure: str = "skip",
+        budget: str | None = None,
     ) -> TaskHandle[Any]:
         """Submit one task; durable when this returns. A duplicate `key` follows `on_duplicate`.
 
         `parent` makes it a child of that (active) task; `fail_fast` overrides the task's
         default for its own children. With `depends_on` (handles or ids) it starts `blocked`
         and runs once they have ended, as `on_upstream_failure` says (see `app.workflow`).
+        With `budget` (a defined one, else `UnknownBudget`), the task is not claimed while
+        that budget is hard-breached.
         """
         [handle] = await self._insert(
             task,
@@ -287,8 +305,9 @@ class App:
                 ttl,
                 parent,
                 fail_fast,
-                _upstream_ids(depends_on),
-                on_upstream_failure,
+                budget=budget,
+                depends_on=_upstream_ids(depends_on),
+                upstream_policy=on_upstream_failure,
             ),
         )
         return handle
@@ -308,6 +327,7 @@ class App:
         ttl: timedelta | None = None,
         parent: str | None = None,
         fail_fast: bool | None = None,
+        budget: str | None = None,
     ) -> list[TaskHandle[Any]]:
         """Submit many tasks of one kind in one transaction: all are stored, or none."""
         return await self._insert(
@@ -315,7 +335,7 @@ class App:
             list(payloads),
             keys=keys,
             on_duplicate=on_duplicate,
-            opts=_Opts(delay, run_at, priority, queue, tags, ttl, parent, fail_fast),
+            opts=_Opts(delay, run_at, priority, queue, tags, ttl, parent, fail_fast, budget=budget),
         )
 
     async def _insert(
@@ -343,6 +363,8 @@ class App:
             None if keys is None else [_check_key(k) for k in keys],
             None if child_keys is None else [_check_key(k) for k in child_keys],
         )
+        if common.budget_id is not None:
+            await self.require_budget(common.budget_id)
         await self.open()
         outs = await self.store.tasks_insert(
             TasksInsert(news, on_duplicate, self.clock.store_now(), fence)
@@ -465,10 +487,10 @@ class App:
         """Tasks whose retries ran out (the dead-letter queue), oldest first."""
         return await self.list_tasks(states=[State.DEAD_LETTERED], limit=limit, after=after)
 
-    async def status(self) -> list[CountRow]:
-        """Task counts by queue and state."""
+    async def status(self) -> StatusReport:
+        """Task counts by queue and state (a list of `CountRow`), and `.budgets`."""
         await self.open()
-        return await self.store.tasks_count()
+        return StatusReport(await self.store.tasks_count(), await self.budgets())
 
     async def events(
         self, *, after: int = 0, follow: bool = True, batch: int = 500
@@ -562,7 +584,9 @@ def _check_key(key: str | None) -> str | None:
     return key
 
 
-_SPAWN_OPTIONS = frozenset({"delay", "run_at", "priority", "queue", "tags", "ttl", "fail_fast"})
+_SPAWN_OPTIONS = frozenset(
+    {"delay", "run_at", "priority", "queue", "tags", "ttl", "fail_fast", "budget"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,6 +601,7 @@ class _Opts:
     ttl: timedelta | None = None
     parent: str | None = None
     fail_fast: bool | None = None
+    budget: str | None = None
     depends_on: tuple[str, ...] = ()
     upstream_policy: str = "skip"
 
@@ -605,6 +630,7 @@ class _Common:
     tags: Mapping[str, str]
     parent_id: str | None
     fail_fast: bool
+    budget_id: str | None
     depends_on: tuple[str, ...] = ()
     upstream_policy: str = "skip"
 
@@ -648,6 +674,7 @@ class _Common:
             fail_fast=tdef.fail_fast if o.fail_fast is None else bool(o.fail_fast),
             depends_on=o.depends_on,
             upstream_policy=o.upstream_policy,
+            budget_id=tdef.budget if o.budget is None else check_budget_id(o.budget),
         )
 
     def tasks(
@@ -668,7 +695,7 @@ class _Common:
             tdef.retry_policy,
             tdef.timeout_ms,
         )
-        parent_id, fail_fast = self.parent_id, self.fail_fast
+        parent_id, fail_fast, budget_id = self.parent_id, self.fail_fast, self.budget_id
         on_cancel = tdef.executor is not None and tdef.executor.has_on_cancel
         if self.depends_on:
             deps, up_policy = list(self.depends_on), self.upstream_policy
@@ -689,6 +716,7 @@ class _Common:
                     has_on_cancel=on_cancel,
                     depends_on=deps,
                     upstream_policy=up_policy,
+                    budget_id=budget_id,
                 )
                 for id, payload, key in zip(ids, payloads, keys or none, strict=True)
             ]
@@ -711,6 +739,7 @@ class _Common:
                 child_key=child_key,
                 fail_fast=fail_fast,
                 has_on_cancel=on_cancel,
+                budget_id=budget_id,
             )
             for id, payload, key, child_key in zip(
                 ids, payloads, keys or none, child_keys or none, strict=True

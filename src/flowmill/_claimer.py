@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ._budgets import report_usage
 from ._conditions import Condition
 from ._context import check_progress
 from ._errors import (
@@ -44,6 +45,7 @@ from .store._base import (
     TasksFinish,
     TaskWaitChildren,
 )
+from .store._base_budgets import ClaimedRows, UsageReport
 from .store._base_signals import FrameRef, OnTimeout, SuspendStatus
 
 if TYPE_CHECKING:
@@ -157,6 +159,17 @@ class ClaimedTask:
             TaskProgress(
                 self.task_id, self.lease_epoch, check_progress(pct), message, app.clock.store_now()
             )
+        )
+
+    async def report_usage(
+        self, budget_id: str, dimensions: Mapping[str, int], dedup_key: str | None = None
+    ) -> UsageReport:
+        """Count usage against a budget (fenced): OK, SOFT_BREACH, HARD_BREACH (nothing
+        applied) or ALREADY_APPLIED (`dedup_key` seen before; see `attempt_id`)."""
+        self._check_open()
+        app = self._claimer.app
+        return await report_usage(
+            app.store, app.clock, self._lease.ref, budget_id, dimensions, dedup_key
         )
 
     async def append_frame(
@@ -321,6 +334,7 @@ class Claimer:
         if not self.kinds:
             raise ConfigurationError("a claimer needs task kinds: pass kinds=[...]")
         self.lease_ttl_ms = int(lease_ttl.total_seconds() * 1000)
+        self._limits = app.claim_limits(self.queues).of(self.kinds)
         self._held: dict[str, ClaimedTask] = {}
         self._keeper: asyncio.Task[None] | None = None
 
@@ -372,6 +386,7 @@ class Claimer:
                     n,
                     self.lease_ttl_ms,
                     self.app.clock.store_now(),
+                    self._limits,
                 )
             )
             rows = await self._drop_false_conditions(rows)
@@ -383,7 +398,10 @@ class Claimer:
             left = deadline - loop.time()
             if left <= 0:
                 return []
-            await self.app.store.wait_for_work(min(left, 1.0))
+            pause = min(left, 1.0)
+            if isinstance(rows, ClaimedRows) and rows.retry_in_ms is not None:
+                pause = min(pause, rows.retry_in_ms / 1000)  # a rate limit's next token
+            await self.app.store.wait_for_work(pause)
 
     async def _drop_false_conditions(self, rows: list[ClaimedRow]) -> list[ClaimedRow]:
         """Workflow nodes whose `when=` is false end skipped here, never handed out."""

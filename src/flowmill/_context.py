@@ -9,12 +9,14 @@ from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from ._budgets import report_usage
 from ._children import ChildrenReport, ChildResult
 from ._conditions import Condition
 from ._errors import Cancelled, ConfigurationError
 from ._signals import Fenced, ResumeSignal, Suspended, Waitpoint
 from ._states import Phase, State
 from .store._base import ChildrenPage, ChildrenSummaryQuery, LeaseRef, TaskProgress
+from .store._base_budgets import UsageReport
 from .store._base_signals import FrameRef, OnTimeout, SuspendStatus
 
 if TYPE_CHECKING:
@@ -150,6 +152,25 @@ class Context:
         """`progress` for sync handlers running in a worker thread."""
         fut = asyncio.run_coroutine_threadsafe(self.progress(pct, message), self._loop)
         fut.result()
+
+    async def report_usage(
+        self, budget_id: str, dimensions: Mapping[str, int], dedup_key: str | None = None
+    ) -> UsageReport:
+        """Count usage against a budget (fenced by this attempt's lease), atomically.
+
+        HARD_BREACH applies nothing; ALREADY_APPLIED answers a `dedup_key` seen before
+        (build it from `task_id` and `attempt`, so that a re-run step is not counted twice).
+        """
+        app = self._app
+        lease = LeaseRef(self.task_id, self.lease_epoch)
+        return await report_usage(app.store, app.clock, lease, budget_id, dimensions, dedup_key)
+
+    def report_usage_blocking(
+        self, budget_id: str, dimensions: Mapping[str, int], dedup_key: str | None = None
+    ) -> UsageReport:
+        """`report_usage` for sync handlers running in a worker thread."""
+        coro = self.report_usage(budget_id, dimensions, dedup_key)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     # -- waiting on the outside world, and output frames ---------------------------
 

@@ -192,3 +192,17 @@ class WorkflowNotFound(FlowmillError, LookupError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"no workflow run with id {run_id!r}")
         self.run_id = run_id
+
+
+class UnknownBudget(FlowmillError, LookupError):
+    """No budget with that id has been defined (`app.define_budget` first)."""
+
+    def __init__(self, budget_id: str) -> None:
+        super().__init__(
+            f"no budget with id {budget_id!r}: define it first with app.define_budget(...)"
+        )
+        self.budget_id = budget_id
+
+
+class InvalidUsage(FlowmillError, ValueError):
+    """A usage report is malformed: a negative or non-integer amount, or no dimension."""

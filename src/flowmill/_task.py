@@ -14,6 +14,7 @@ from typing import Any
 
 from ._codec import Codec, inspect_handler
 from ._errors import ConfigurationError
+from ._limits import RateLimit, check_budget_id, check_max_concurrency, check_rate_limit
 from ._retry import Retry, backoff_to_json
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
@@ -69,6 +70,8 @@ class TaskDef:
     retry_policy: bytes = field(default=b"{}")
     executor: Any = None  # ExecutorParts for an orchestrator (see _executor.py)
     fail_fast: bool = True  # as a parent: the first failed child fails it
+    rate_limit: RateLimit | None = None  # claims of this kind, across all workers
+    budget: str | None = None  # the default budget of its submits
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Calling the task object calls the handler directly (handy in unit tests)."""
@@ -108,6 +111,8 @@ class TaskOptions:
     priority: int = Priority.NORMAL
     max_concurrency: int | None = None
     ttl: timedelta | None = None
+    rate_limit: RateLimit | None = None
+    budget: str | None = None
 
     def build(
         self,
@@ -126,9 +131,7 @@ class TaskOptions:
         retry = self.retry if self.retry is not None else Retry()
         if not isinstance(retry, Retry):
             raise ConfigurationError(f"retry must be fm.Retry(...), got {retry!r}")
-        limit = self.max_concurrency
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise ConfigurationError(f"max_concurrency must be >= 1, got {limit!r}")
+        limit = check_max_concurrency(self.max_concurrency)
         if not isinstance(self.priority, int):
             raise ConfigurationError(f"priority must be an int, got {self.priority!r}")
         return TaskDef(
@@ -148,6 +151,8 @@ class TaskOptions:
             max_concurrency=limit,
             ttl_ms=positive_ms("ttl", self.ttl),
             retry_policy=backoff_to_json(retry.backoff),
+            rate_limit=check_rate_limit(self.rate_limit),
+            budget=None if self.budget is None else check_budget_id(self.budget),
         )
 
 

@@ -51,6 +51,7 @@ from .store._base import (
     TasksPromote,
     TaskWaitChildren,
 )
+from .store._base_budgets import ClaimedRows
 from .store._base_dag import DepsReconcile
 from .store._base_signals import SuspensionsExpire
 
@@ -144,6 +145,8 @@ class Worker:
         self._queue: collections.deque[_Attempt] = collections.deque()
         self._running = 0
         self._per_kind: collections.Counter[str] = collections.Counter()
+        self._limits = app.claim_limits(self.queues)  # rate limits and caps of every worker
+        self._capped = False  # a cap held tasks back: another worker's finish may free it
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._stop_requested = asyncio.Event()
@@ -173,6 +176,7 @@ class Worker:
         if install_signal_handlers:
             self._install_signals(loop)
         kinds = self.app.task_names()
+        self._limits = self.app.claim_limits(self.queues)
         log.info(
             "worker %s: queues %s, %d task kinds, concurrency %d",
             self.worker_id,
@@ -232,6 +236,8 @@ class Worker:
                 await self._wake.wait()
                 continue
             short = False
+            retry_in: int | None = None  # ms until a rate limit gives a held task a token
+            capped = False
             try:
                 for kinds, limit in requests:
                     rows = await self.app.store.tasks_claim(
@@ -242,9 +248,14 @@ class Worker:
                             limit,
                             self.lease_ttl_ms,
                             self.clock.store_now(),
+                            self._limits.of(kinds),
                         )
                     )
                     short = short or len(rows) < limit
+                    if isinstance(rows, ClaimedRows):
+                        if rows.retry_in_ms is not None:
+                            retry_in = min(retry_in or rows.retry_in_ms, rows.retry_in_ms)
+                        capped = capped or rows.held_by_running
                     if rows:
                         idle_rounds = 0
                     for row in rows:
@@ -256,8 +267,9 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
                 continue
             self._dispatch()
+            self._capped = capped
             if short:
-                if self._stop_when_idle and not self._attempts:
+                if self._stop_when_idle and not self._attempts and retry_in is None:
                     # Idle twice in a row, with a claim in between: a task made ready just
                     # before the check (a parent's finalize) is claimed by the second look.
                     idle_rounds = idle_rounds + 1 if await self._store_idle() else 0
@@ -272,7 +284,18 @@ class Worker:
                         async with asyncio.timeout(IDLE_RECHECK_S):
                             await self._wake.wait()
                     continue
-                await self._wake.wait()
+                await self._wait_woken(retry_in)
+
+    async def _wait_woken(self, retry_in_ms: int | None) -> None:
+        """Wait for a wake-up; with tasks held by a rate limit, no longer than its refill."""
+        if retry_in_ms is None:
+            await self._wake.wait()
+            return
+        timer = self.clock.call_later(retry_in_ms / 1000, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()
 
     async def _listen_for_work(self) -> None:
         # One long-lived consumer of the store's wake-ups; a timeout doubles as the fallback
@@ -465,6 +488,8 @@ class Worker:
             except StoreError:
                 await asyncio.sleep(self.poll_s)
                 continue
+            if self._capped:
+                self._wake.set()  # a task ended somewhere: a capped kind may have room
             if self._attempts:
                 await self.renew_leases()
                 await asyncio.sleep(CANCEL_CHECK_INTERVAL_S)

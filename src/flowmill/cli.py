@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ._app import App, TaskInfo
+from ._budgets import BudgetStatus
 from ._errors import FlowmillError, IllegalTransition, TaskFailed
 from ._loader import load_app
 from ._states import State
@@ -320,11 +321,12 @@ def submit(
 
 @cli.command()
 def status(url: UrlOpt = None, app_path: AppOpt = None) -> None:
-    """Task counts by queue and state, dead letters included."""
+    """Task counts by queue and state, dead letters included; then every budget."""
     app, rows = _inspect(url, app_path, lambda app: app.status())
     console = _out()
     if not rows:
         console.print(f"no tasks in {app.url}")
+        _print_budgets(console, rows.budgets)
         return
     shown = [s for s in State if s is State.DEAD_LETTERED or any(r.state is s for r in rows)]
     queues = sorted({r.queue for r in rows})
@@ -338,6 +340,31 @@ def status(url: UrlOpt = None, app_path: AppOpt = None) -> None:
         cells = [sum(counts.get((p, s), 0) for p in picked) for s in shown]
         total = sum(r.count for r in rows if r.queue in picked)
         _row(table, q, *(str(c) for c in cells), str(total))
+    console.print(table)
+    _print_budgets(console, rows.budgets)
+
+
+def _amounts(values: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v:,}" for k, v in sorted(values.items())) or "-"
+
+
+def _print_budgets(console: Console, budgets: list[BudgetStatus]) -> None:
+    """Usage against limits; a hard-breached budget holds its ready tasks back."""
+    if not budgets:
+        return
+    table = _table("budgets", "budget", "usage", "hard", "soft", "window ends", "state", "held")
+    for b in budgets:
+        state = f"HARD-BREACHED ({', '.join(b.breached)})" if b.hard_breached else "ok"
+        _row(
+            table,
+            b.id,
+            _amounts(b.usage),
+            _amounts(b.hard),
+            _amounts(b.soft),
+            _when(b.window_ends_at, short=True),
+            state,
+            str(b.tasks_held),
+        )
     console.print(table)
 
 

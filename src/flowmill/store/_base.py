@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Literal, Protocol, runtime_checkable
 
 from .._states import Phase, State
+from ._base_budgets import BudgetsStore, ClaimLimit
 from ._base_dag import DagStore, NewWorkflow
 from ._base_signals import SignalsStore
 
@@ -72,6 +73,7 @@ class NewTask:
     condition: str | None = None
     workflow_id: str | None = None  # a node of this workflow run, named `node`
     node: str | None = None
+    budget_id: str | None = None  # not claimed while this budget is hard-breached
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +105,18 @@ class InsertOutcome:
 
 @dataclass(frozen=True, slots=True)
 class TasksClaim:
+    """Claim up to `limit` ready tasks of these queues and kinds, best first. Tasks of a
+    hard-breached budget are left ready. With `limits`, the claim also keeps every
+    concurrency cap and rate limit among them, atomically with the other claims that pass
+    them, and returns `ClaimedRows` (saying what held tasks back)."""
+
     worker_id: str
     queues: Sequence[str]
     kinds: Sequence[str]
     limit: int
     lease_ttl_ms: int
     now_ms: int | None = None
+    limits: Sequence[ClaimLimit] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,8 +424,8 @@ class HookDone:
 
 
 @runtime_checkable
-class Store(SignalsStore, DagStore, Protocol):
-    """What every backend provides, the `SignalsStore` and `DagStore` operations included.
+class Store(SignalsStore, DagStore, BudgetsStore, Protocol):
+    """What every backend provides, the `SignalsStore`, `DagStore` and `BudgetsStore` operations.
 
     `flowmill.testing.StoreConformance` checks it."""
 

@@ -47,6 +47,7 @@ def insert_params(
         "child_key": enc_all_opt(t.child_key for t in tasks),
         "fail_fast": [bool(t.fail_fast) for t in tasks],
         "has_on_cancel": [bool(t.has_on_cancel) for t in tasks],
+        "budget_id": enc_all_opt(t.budget_id for t in tasks),
     }
     for name, values in columns.items():
         first = values[0] if values else None
@@ -142,6 +143,7 @@ async def _replace(
             "delay_ms": [t.delay_ms for t in news],
             "run_at_ms": [t.run_at_ms for t in news],
             "ttl_ms": [t.ttl_ms for t in news],
+            "budget_id": enc_all_opt(t.budget_id for t in news),
         },
     )
     done = {r[0] for r in await cur.fetchall() if r[0] is not None}

@@ -9,6 +9,7 @@ from psycopg import AsyncConnection, sql
 
 from .._errors import SchemaError
 from .._states import ACTIVE, State
+from ._pg_budgets_ddl import BUDGETS_DDL
 
 APP_ID = "flowmill"
 
@@ -61,7 +62,8 @@ MIGRATIONS: tuple[str, ...] = (
         child_key text COLLATE "C",
         has_on_cancel boolean NOT NULL DEFAULT false,
         hook text COLLATE "C",
-        hook_attempts integer NOT NULL DEFAULT 0
+        hook_attempts integer NOT NULL DEFAULT 0,
+        budget_id text COLLATE "C"
     ) WITH (
         -- A queue table churns: room on each page for in-place (HOT) updates such as
         -- progress, and vacuum soon enough that claims do not wade through dead rows.
@@ -162,7 +164,8 @@ MIGRATIONS: tuple[str, ...] = (
         at bigint NOT NULL,
         PRIMARY KEY (task_id, attempt, seq)
     );
-    """,
+    """
+    + BUDGETS_DDL,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

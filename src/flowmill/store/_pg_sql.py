@@ -47,6 +47,7 @@ NEW_TASK_COLUMNS: tuple[tuple[str, str], ...] = (
     ("child_key", "text"),
     ("fail_fast", "bool"),
     ("has_on_cancel", "bool"),
+    ("budget_id", "text"),
 )
 _NEW_TASK_ARRAYS = (
     "unnest(%(id)b::text[], "
@@ -67,12 +68,12 @@ _NEW_STATE = "CASE WHEN r.run_at > r.now THEN 'scheduled' ELSE 'ready' END"
 INSERT_COLUMNS = (
     "id, kind, queue, priority, state, payload, dedup_key, parent_id, tags, max_attempts, "
     "retry_policy, timeout_ms, created_at, updated_at, run_at, expires_at, child_key, "
-    "fail_fast, has_on_cancel"
+    "fail_fast, has_on_cancel, budget_id"
 )
 INSERT_VALUES = (
     f"r.id, r.kind, r.queue, r.priority, {_NEW_STATE}, r.payload, r.dedup_key, r.parent_id, "
     "r.tags, r.max_attempts, r.retry_policy, r.timeout_ms, r.now, r.now, r.run_at, "
-    "r.now + r.ttl_ms, r.child_key, r.fail_fast, r.has_on_cancel"
+    "r.now + r.ttl_ms, r.child_key, r.fail_fast, r.has_on_cancel, r.budget_id"
 )
 NOW = _NOW
 NEW_TASK_ROWS = _NEW_TASK_ROWS
@@ -130,14 +131,14 @@ r AS (SELECT i.*, c.now, coalesce(c.now + i.delay_ms, i.run_at_ms) AS run_at
     FROM unnest(%(target)b::text[], %(queue)b::text[], %(priority)b::int[],
         %(payload)b::bytea[], %(tags)b::text[], %(max_attempts)b::int[],
         %(retry_policy)b::bytea[], %(timeout_ms)b::bigint[], %(delay_ms)b::bigint[],
-        %(run_at_ms)b::bigint[], %(ttl_ms)b::bigint[]) WITH ORDINALITY
+        %(run_at_ms)b::bigint[], %(ttl_ms)b::bigint[], %(budget_id)b::text[]) WITH ORDINALITY
     AS i(target, queue, priority, payload, tags, max_attempts, retry_policy, timeout_ms,
-        delay_ms, run_at_ms, ttl_ms, ord), c),
+        delay_ms, run_at_ms, ttl_ms, budget_id, ord), c),
 upd AS (
     UPDATE {s}.tasks t SET payload = r.payload, queue = r.queue, priority = r.priority,
         state = {_NEW_STATE}, tags = r.tags, max_attempts = r.max_attempts,
         retry_policy = r.retry_policy, timeout_ms = r.timeout_ms, run_at = r.run_at,
-        expires_at = r.now + r.ttl_ms, updated_at = r.now
+        expires_at = r.now + r.ttl_ms, budget_id = r.budget_id, updated_at = r.now
     FROM r WHERE t.id = r.target AND t.state IN ('scheduled', 'ready', 'blocked')
     RETURNING t.id, t.kind, t.state, r.ord, r.now
 ),
@@ -152,11 +153,17 @@ SELECT id FROM upd UNION ALL SELECT NULL FROM n
 WITH {_NOW},
 picked AS MATERIALIZED (
 """
+        # Tasks of a budget hard-breached in its current window stay ready (the subquery
+        # does not depend on the row: it runs once).
         ready_filter = (
             "t.state = 'ready' AND t.kind = ANY(%(kinds)b::text[]) "
             "AND (t.expires_at IS NULL OR t.expires_at > (SELECT now FROM c) "
-            "OR t.started_at IS NOT NULL)"
+            "OR t.started_at IS NOT NULL) "
+            f"AND (t.budget_id IS NULL OR t.budget_id NOT IN (SELECT b.id FROM {s}.budgets b "
+            "WHERE b.breached IS NOT NULL AND (b.reset_every IS NULL "
+            "OR (SELECT now FROM c) < b.window_start + b.reset_every)))"
         )
+        self.ready_filter = ready_filter
         claim_tail = f"""
 ),
 upd AS (
@@ -198,6 +205,9 @@ FROM upd ORDER BY priority DESC, seq
     ORDER BY x.priority DESC, x.seq LIMIT %(limit)s"""
             + claim_tail
         )
+
+        # Tasks a limited claim chose (and locked) already.
+        self.claim_picked = claim_head + "    SELECT unnest(%(seqs)s::bigint[]) AS seq" + claim_tail
 
         # Rows are locked in id order, the order every batched write locks in (the plan of
         # a join would lock in whatever order it scans: a deadlock with another batch).

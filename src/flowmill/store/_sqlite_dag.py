@@ -69,13 +69,21 @@ BEGIN
 END
 """
 
-INSERT_SQL = (
-    "INSERT INTO fm_tasks (id, kind, queue, priority, state, payload, dedup_key, parent_id, "
-    "tags, max_attempts, retry_policy, timeout_ms, created_at, updated_at, run_at, expires_at, "
-    "child_key, fail_fast, has_on_cancel, deps_pending, upstream_policy, condition, "
-    "workflow_id, node, has_dependents) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_DAG_COLUMNS = (
+    "deps_pending",
+    "upstream_policy",
+    "condition",
+    "workflow_id",
+    "node",
+    "has_dependents",
 )
+
+
+def insert_sql(plain: str) -> str:
+    """The store's plain task INSERT widened with the dependency columns (`extend_row`)."""
+    head, values = plain.split(") VALUES (")
+    marks = ", ".join("?" * len(_DAG_COLUMNS))
+    return f"{head}, {', '.join(_DAG_COLUMNS)}) VALUES ({values[:-1]}, {marks})"
 
 
 def _marks(n: int) -> str:
@@ -134,7 +142,7 @@ def check(t: NewTask) -> None:
 
 
 def extend_row(row: tuple[Any, ...], t: NewTask, upstreams: set[str]) -> tuple[Any, ...]:
-    """The insert row of `_INSERT_SQL` widened to `INSERT_SQL`'s columns."""
+    """The insert row of the plain INSERT widened with the `_DAG_COLUMNS` (`insert_sql`)."""
     if t.depends_on:
         row = (*row[:4], State.BLOCKED.value, *row[5:])
     return (

@@ -6,6 +6,7 @@ import sqlite3
 
 from .._errors import SchemaError
 from .._states import ACTIVE
+from ._sqlite_budgets import BUDGETS_DDL
 from ._sqlite_dag import DDL as DAG_DDL
 from ._sqlite_signals import SIGNALS_DDL
 
@@ -63,7 +64,8 @@ MIGRATIONS: tuple[str, ...] = (
         condition TEXT,
         workflow_id TEXT,
         node TEXT,
-        has_dependents INTEGER NOT NULL DEFAULT 0
+        has_dependents INTEGER NOT NULL DEFAULT 0,
+        budget_id TEXT
     );
     CREATE INDEX fm_tasks_ready ON fm_tasks (queue, priority DESC, seq) WHERE state = 'ready';
     CREATE INDEX fm_tasks_due ON fm_tasks (run_at) WHERE state = 'scheduled';
@@ -94,7 +96,8 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """
     + SIGNALS_DDL
-    + DAG_DDL,
+    + DAG_DDL
+    + BUDGETS_DDL,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -71,6 +71,7 @@ from ._base import (
     TaskWaitChildren,
 )
 from ._pg_batch import Combiner
+from ._pg_budgets import BudgetQueries, PostgresBudgetsMixin
 from ._pg_errors import (
     connect_error,
     conninfo_for,
@@ -124,7 +125,7 @@ _RETRY_WAIT_S = 1.0
 DEFAULT_SCHEMA = "flowmill"
 
 
-class PostgresStore(PostgresSignalsMixin):
+class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
     """Tasks in one PostgreSQL schema, shared by any number of worker processes."""
 
     def __init__(
@@ -154,6 +155,7 @@ class PostgresStore(PostgresSignalsMixin):
         self.work_channel, self.finish_channel = channel_names(schema)
         self.frames_channel = frames_channel_name(schema)
         self._sq = SignalQueries(schema)
+        self._bq = BudgetQueries(schema, self._q)
         self._tree = Tree(schema, self._q, self.work_channel, self.finish_channel)
         self._work = Pulse()
         self._finish = Pulse()
@@ -414,6 +416,8 @@ class PostgresStore(PostgresSignalsMixin):
         kinds = list(dict.fromkeys(p.kinds))
         if p.limit <= 0 or not kinds or not queues:
             return []
+        if p.limits:
+            return await self._claim_limited(p)
         params: dict[str, Any] = {
             "now": p.now_ms,
             "kinds": enc_all(kinds),

@@ -70,6 +70,7 @@ from ._base_dag import (
     WorkflowsList,
 )
 from ._serde import decode_error, encode_error, encode_tags, task_record
+from ._sqlite_budgets import NOT_HELD_SQL, SQLiteBudgetsMixin, claim_limited
 from ._sqlite_schema import migrate, not_a_database
 from ._sqlite_signals import SQLiteSignalsMixin
 from ._threads import ConnectionThread, Tx
@@ -105,7 +106,7 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
-class SQLiteStore(SQLiteSignalsMixin):
+class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin):
     """Tasks in one SQLite file (or in memory), shared safely by processes on one machine."""
 
     def __init__(
@@ -396,9 +397,10 @@ class SQLiteStore(SQLiteSignalsMixin):
 _INSERT_SQL = (
     "INSERT INTO fm_tasks (id, kind, queue, priority, state, payload, dedup_key, parent_id, "
     "tags, max_attempts, retry_policy, timeout_ms, created_at, updated_at, run_at, expires_at, "
-    "child_key, fail_fast, has_on_cancel) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "child_key, fail_fast, has_on_cancel, budget_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_LINKED_INSERT_SQL = _dag.insert_sql(_INSERT_SQL)
 _EVENT_SQL = "INSERT INTO fm_events (task_id, kind, state, at, detail) VALUES (?, ?, ?, ?, ?)"
 _ACTIVE_LIST = tuple(s.value for s in State if not s.terminal)
 _REPLACEABLE = (State.SCHEDULED.value, State.READY.value, State.BLOCKED.value)
@@ -444,6 +446,7 @@ def _task_row(
         t.child_key,
         t.fail_fast,
         t.has_on_cancel,
+        t.budget_id,
     )
 
 
@@ -518,7 +521,7 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
                     c.execute(
                         "UPDATE fm_tasks SET payload = ?, queue = ?, priority = ?, state = ?, "
                         "tags = ?, max_attempts = ?, retry_policy = ?, timeout_ms = ?, "
-                        "run_at = ?, expires_at = ?, updated_at = ? WHERE id = ?",
+                        "run_at = ?, expires_at = ?, budget_id = ?, updated_at = ? WHERE id = ?",
                         (
                             t.payload,
                             t.queue,
@@ -530,6 +533,7 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
                             t.timeout_ms,
                             run_at,
                             expires_at,
+                            t.budget_id,
                             now,
                             existing,
                         ),
@@ -555,7 +559,7 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
             remap = {t.id: o.id for t, o in zip(p.tasks, outcomes, strict=True) if t.id != o.id}
             ups = {remap.get(u, u) for t in inserted for u in t.depends_on}
             rows = [_dag.extend_row(r, t, ups) for r, t in zip(rows, inserted, strict=True)]
-            c.executemany(_dag.INSERT_SQL, rows)
+            c.executemany(_LINKED_INSERT_SQL, rows)
         else:
             c.executemany(_INSERT_SQL, rows)
         c.execute(
@@ -579,19 +583,35 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
 
 def _claim(c: sqlite3.Connection, tx: Tx, p: TasksClaim) -> list[ClaimedRow]:
     now = p.now_ms if p.now_ms is not None else _wall_ms()
-    expires = now + p.lease_ttl_ms
+    if p.limits:
+
+        def take(seqs: list[int]) -> list[ClaimedRow]:
+            return _claim_rows(c, p, now, f"({_marks(len(seqs))})", seqs)
+
+        return claim_limited(c, p, now, take)
     queues, kinds = list(p.queues), list(p.kinds)
+    picked = (
+        "(SELECT seq FROM fm_tasks WHERE state = 'ready' "
+        f"AND queue IN ({_marks(len(queues))}) AND kind IN ({_marks(len(kinds))}) "
+        f"AND (expires_at IS NULL OR expires_at > ? OR started_at IS NOT NULL) AND {NOT_HELD_SQL} "
+        "ORDER BY priority DESC, seq LIMIT ?)"
+    )
+    return _claim_rows(c, p, now, picked, (*queues, *kinds, now, now, p.limit))
+
+
+def _claim_rows(
+    c: sqlite3.Connection, p: TasksClaim, now: int, picked: str, args: Sequence[Any]
+) -> list[ClaimedRow]:
+    """Claim the ready tasks whose seq is `IN picked` (a subquery or a list, with `args`)."""
+    expires = now + p.lease_ttl_ms
     rows = c.execute(
         "UPDATE fm_tasks SET state = 'running', attempts = attempts + 1, "
         "lease_epoch = lease_epoch + 1, lease_owner = ?, lease_expires_at = ?, "
         "cancel_requested = 0, last_finish = NULL, started_at = ?, updated_at = ? "
-        "WHERE seq IN (SELECT seq FROM fm_tasks WHERE state = 'ready' "
-        f"AND queue IN ({_marks(len(queues))}) AND kind IN ({_marks(len(kinds))}) "
-        "AND (expires_at IS NULL OR expires_at > ? OR started_at IS NOT NULL) "
-        "ORDER BY priority DESC, seq LIMIT ?) "
+        f"WHERE seq IN {picked} "
         "RETURNING seq, id, kind, queue, priority, payload, phase, memo, attempts, "
         "max_attempts, retry_policy, timeout_ms, lease_epoch, parent_id, condition, workflow_id",
-        (p.worker_id, expires, now, now, *queues, *kinds, now, p.limit),
+        (p.worker_id, expires, now, now, *args),
     ).fetchall()
     rows.sort(key=lambda r: (-r[4], r[0]))
     c.executemany(_EVENT_SQL, [(r[1], r[2], "running", now, p.worker_id) for r in rows])

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from ..store._base import Store
+from ._conformance_budgets import BudgetConformance, LimitConformance
 from ._conformance_children import ChildrenConformance
 from ._conformance_claim import ClaimConformance, ProgressConformance, RenewConformance
 from ._conformance_dag import DagConformance
@@ -41,6 +42,8 @@ class StoreConformance(
     ChildrenConformance,
     SignalsConformance,
     DagConformance,
+    BudgetConformance,
+    LimitConformance,
 ):
     """Every behaviour of the `Store` contract. Subclass it as `Test...` with a `store` fixture."""
 

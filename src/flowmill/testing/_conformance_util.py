@@ -71,6 +71,7 @@ def task(
     child_key: str | None = None,
     fail_fast: bool = True,
     has_on_cancel: bool = False,
+    budget_id: str | None = None,
 ) -> NewTask:
     return NewTask(
         id=id or new_id(),
@@ -90,6 +91,7 @@ def task(
         child_key=child_key,
         fail_fast=fail_fast,
         has_on_cancel=has_on_cancel,
+        budget_id=budget_id,
     )
 
 
