@@ -99,9 +99,9 @@ async def at_kill_point(run: fm.WorkflowRun, ups: dict[str, tuple[str, ...]]) ->
 
 
 async def test_sigkill_every_worker_mid_run_restart_finishes_and_no_completed_node_reruns(
-    tmp_path: Path,
+    tmp_path: Path, db_url: str
 ) -> None:
-    url, ledger = f"sqlite:///{tmp_path / 'flowmill.db'}", tmp_path / "ledger.db"
+    url, ledger = db_url, tmp_path / "ledger.db"
     _wf_crash_app.init_ledger(str(ledger))
     app = _wf_crash_app.build(url, str(ledger))
     wf, ups, expected = build_dag(app)

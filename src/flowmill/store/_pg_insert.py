@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -22,9 +22,15 @@ _DEDUP_TRIES = 5
 
 
 def insert_params(
-    tasks: Sequence[NewTask], now_ms: int | None, work_channel: str
+    tasks: Sequence[NewTask],
+    now_ms: int | None,
+    work_channel: str,
+    dependents: Set[str] | None = None,
 ) -> dict[str, Any]:
-    """Parameters of `Queries.insert`: one array per column, or one value for all."""
+    """Parameters of `Queries.insert`: one array per column, or one value for all.
+
+    With `dependents` (the ids some task of the batch depends on), those of
+    `Queries.insert_linked`: the dependency and workflow columns too."""
     params: dict[str, Any] = {
         "now": now_ms,
         "work_channel": work_channel,
@@ -49,6 +55,17 @@ def insert_params(
         "has_on_cancel": [bool(t.has_on_cancel) for t in tasks],
         "budget_id": enc_all_opt(t.budget_id for t in tasks),
     }
+    if dependents is not None:
+        columns.update(
+            {
+                "deps_pending": [len(t.depends_on) for t in tasks],
+                "upstream_policy": [t.upstream_policy for t in tasks],
+                "condition": enc_all_opt(t.condition for t in tasks),
+                "workflow_id": [t.workflow_id for t in tasks],
+                "node": enc_all_opt(t.node for t in tasks),
+                "has_dependents": [t.id in dependents for t in tasks],
+            }
+        )
     for name, values in columns.items():
         first = values[0] if values else None
         if values.count(first) == len(values):  # one value for the whole batch
@@ -59,14 +76,20 @@ def insert_params(
 
 
 async def insert_keyed(
-    conn: Conn, q: Queries, work_channel: str, tasks: list[NewTask], p: TasksInsert
+    conn: Conn,
+    q: Queries,
+    work_channel: str,
+    tasks: list[NewTask],
+    p: TasksInsert,
+    dependents: Set[str] | None = None,
 ) -> list[InsertOutcome]:
     """Tasks with dedup keys, as SQLite decides them, in one transaction.
 
     The first task of each (kind, key) is inserted with ON CONFLICT DO NOTHING on the
     partial unique index; those that conflict are looked up (the winner may be another
     transaction's, committed meanwhile). A key whose holder ended between the two
-    statements is tried again.
+    statements is tried again. A linked batch (dependencies, a workflow run: `dependents`
+    names the ids its tasks depend on) goes through `Queries.insert_linked`.
     """
     first: dict[tuple[str, str], int] = {}
     send: list[int] = []
@@ -86,7 +109,10 @@ async def insert_keyed(
     async with conn.transaction():
         for _ in range(_DEDUP_TRIES):
             batch = [rows[i] for i in send]
-            cur = await conn.execute(q.insert, insert_params(batch, p.now_ms, work_channel))
+            cur = await conn.execute(
+                q.insert if dependents is None else q.insert_linked,
+                insert_params(batch, p.now_ms, work_channel, dependents),
+            )
             row = await cur.fetchone()
             inserted = set(row[1] or ()) if row is not None else set()
             conflicted = [t for t in batch if t.dedup_key is not None and t.id not in inserted]

@@ -7,7 +7,7 @@ from typing import Any
 
 from .._states import Phase
 from ._base import ClaimedRow, TaskRecord
-from ._pg_text import dec
+from ._pg_text import dec, dec_opt
 from ._serde import task_record
 
 
@@ -28,6 +28,8 @@ def claimed_row(r: Sequence[Any]) -> ClaimedRow:
         lease_epoch=r[11],
         lease_expires_at_ms=r[12],
         parent_id=r[13],
+        condition=dec_opt(r[14]),
+        workflow_id=r[15],
     )
 
 

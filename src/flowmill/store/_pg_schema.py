@@ -10,6 +10,8 @@ from psycopg import AsyncConnection, sql
 from .._errors import SchemaError
 from .._states import ACTIVE, State
 from ._pg_budgets_ddl import BUDGETS_DDL
+from ._pg_dag_sql import DAG_DDL
+from ._pg_listen import channel_names
 
 APP_ID = "flowmill"
 
@@ -18,8 +20,10 @@ ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE))
 _ALL_STATES_SQL = ", ".join(f"'{s.value}'" for s in State)
 
 # Each entry upgrades the schema by one version; never edit a released entry, add one.
-# `{s}` is replaced by the quoted schema name. Text columns that are compared or ordered
-# use the "C" collation: byte order, as on SQLite, and cheaper comparisons.
+# `{s}` is replaced by the quoted schema name, `{work_channel}` and `{finish_channel}` by
+# the schema's NOTIFY channels as string literals (see `render`). Text columns that are
+# compared or ordered use the "C" collation: byte order, as on SQLite, and cheaper
+# comparisons.
 MIGRATIONS: tuple[str, ...] = (
     f"""
     CREATE TABLE {{s}}.meta (key text PRIMARY KEY, value text NOT NULL);
@@ -63,7 +67,16 @@ MIGRATIONS: tuple[str, ...] = (
         has_on_cancel boolean NOT NULL DEFAULT false,
         hook text COLLATE "C",
         hook_attempts integer NOT NULL DEFAULT 0,
-        budget_id text COLLATE "C"
+        budget_id text COLLATE "C",
+        -- Dependencies (see _pg_dag): upstream tasks not yet ended, and ended badly.
+        deps_pending integer NOT NULL DEFAULT 0,
+        deps_failed integer NOT NULL DEFAULT 0,
+        deps_skipped integer NOT NULL DEFAULT 0,
+        upstream_policy text COLLATE "C",
+        condition text,
+        workflow_id text COLLATE "C",
+        node text COLLATE "C",
+        has_dependents boolean NOT NULL DEFAULT false
     ) WITH (
         -- A queue table churns: room on each page for in-place (HOT) updates such as
         -- progress, and vacuum soon enough that claims do not wade through dead rows.
@@ -165,7 +178,8 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (task_id, attempt, seq)
     );
     """
-    + BUDGETS_DDL,
+    + BUDGETS_DDL
+    + DAG_DDL,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -174,6 +188,20 @@ SCHEMA_VERSION = len(MIGRATIONS)
 def quote_schema(schema: str) -> str:
     """The schema name as a safely quoted SQL identifier."""
     return sql.Identifier(schema).as_string(None)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def render(script: str, schema: str) -> str:
+    """A migration's SQL for this schema: its name and its channels filled in."""
+    work, finish = channel_names(schema)
+    return (
+        script.replace("{s}", quote_schema(schema))
+        .replace("{work_channel}", _literal(work))
+        .replace("{finish_channel}", _literal(finish))
+    )
 
 
 def migration_lock_key(schema: str) -> int:
@@ -234,7 +262,7 @@ async def migrate(conn: AsyncConnection[Any], schema: str) -> int:
         if current is None:
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
         for script in MIGRATIONS[current or 0 :]:
-            await conn.execute(script.replace("{s}", quoted))
+            await conn.execute(render(script, schema))
         if current is None:
             await conn.execute(
                 f"INSERT INTO {quoted}.meta (key, value) VALUES ('app', %s)", (APP_ID,)

@@ -49,49 +49,67 @@ NEW_TASK_COLUMNS: tuple[tuple[str, str], ...] = (
     ("has_on_cancel", "bool"),
     ("budget_id", "text"),
 )
-_NEW_TASK_ARRAYS = (
-    "unnest(%(id)b::text[], "
-    + ", ".join(f"%({c})b::{t}[]" for c, t in NEW_TASK_COLUMNS)
-    + ") WITH ORDINALITY AS i(id, "
-    + ", ".join(c for c, _ in NEW_TASK_COLUMNS)
-    + ", ord)"
+# Columns only a task linked to others has (dependencies, a workflow run): sent only by
+# the linked insert (`Queries.insert_linked`), so plain inserts carry none of them.
+LINK_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("deps_pending", "int"),
+    ("upstream_policy", "text"),
+    ("condition", "text"),
+    ("workflow_id", "text"),
+    ("node", "text"),
+    ("has_dependents", "bool"),
 )
-_NEW_TASK_VALUES = ", ".join(
-    f"coalesce(i.{c}, %({c}_all)b::{t}) AS {c}" for c, t in NEW_TASK_COLUMNS
-)
-# run_at as on SQLite: now + delay when a delay is given, else the absolute time (if any).
-_NEW_TASK_ROWS = (
-    f"v AS (SELECT i.id, i.ord, {_NEW_TASK_VALUES} FROM {_NEW_TASK_ARRAYS}), "
-    "r AS (SELECT v.*, c.now, coalesce(c.now + v.delay_ms, v.run_at_ms) AS run_at FROM v, c)"
-)
+
+
+def _new_task_rows(columns: tuple[tuple[str, str], ...]) -> str:
+    arrays = (
+        "unnest(%(id)b::text[], "
+        + ", ".join(f"%({c})b::{t}[]" for c, t in columns)
+        + ") WITH ORDINALITY AS i(id, "
+        + ", ".join(c for c, _ in columns)
+        + ", ord)"
+    )
+    values = ", ".join(f"coalesce(i.{c}, %({c}_all)b::{t}) AS {c}" for c, t in columns)
+    # run_at as on SQLite: now + delay when a delay is given, else the absolute time.
+    return (
+        f"v AS (SELECT i.id, i.ord, {values} FROM {arrays}), "
+        "r AS (SELECT v.*, c.now, coalesce(c.now + v.delay_ms, v.run_at_ms) AS run_at "
+        "FROM v, c)"
+    )
+
+
+_NEW_TASK_ROWS = _new_task_rows(NEW_TASK_COLUMNS)
 _NEW_STATE = "CASE WHEN r.run_at > r.now THEN 'scheduled' ELSE 'ready' END"
 INSERT_COLUMNS = (
     "id, kind, queue, priority, state, payload, dedup_key, parent_id, tags, max_attempts, "
     "retry_policy, timeout_ms, created_at, updated_at, run_at, expires_at, child_key, "
     "fail_fast, has_on_cancel, budget_id"
 )
-INSERT_VALUES = (
-    f"r.id, r.kind, r.queue, r.priority, {_NEW_STATE}, r.payload, r.dedup_key, r.parent_id, "
+_INSERT_VALUES_AFTER_STATE = (
+    "r.payload, r.dedup_key, r.parent_id, "
     "r.tags, r.max_attempts, r.retry_policy, r.timeout_ms, r.now, r.now, r.run_at, "
     "r.now + r.ttl_ms, r.child_key, r.fail_fast, r.has_on_cancel, r.budget_id"
+)
+INSERT_VALUES = f"r.id, r.kind, r.queue, r.priority, {_NEW_STATE}, {_INSERT_VALUES_AFTER_STATE}"
+# A task with dependencies starts blocked (it cannot also be delayed).
+_LINKED_ROWS = _new_task_rows(NEW_TASK_COLUMNS + LINK_COLUMNS)
+_LINKED_COLUMNS = INSERT_COLUMNS + ", " + ", ".join(c for c, _ in LINK_COLUMNS)
+_LINKED_VALUES = (
+    "r.id, r.kind, r.queue, r.priority, "
+    f"CASE WHEN r.deps_pending > 0 THEN 'blocked' ELSE {_NEW_STATE} END, "
+    f"{_INSERT_VALUES_AFTER_STATE}, " + ", ".join(f"r.{c}" for c, _ in LINK_COLUMNS)
 )
 NOW = _NOW
 NEW_TASK_ROWS = _NEW_TASK_ROWS
 ON_CANCEL = "on_cancel"
 
 
-class Queries:
-    """Every statement the PostgreSQL store runs, for one schema."""
-
-    def __init__(self, schema: str) -> None:
-        s = quote_schema(schema)
-        self.now = f"SELECT {CLOCK}"
-
-        self.insert = f"""
-WITH {_NOW}, {_NEW_TASK_ROWS},
+def _insert(s: str, rows: str, columns: str, values: str) -> str:
+    return f"""
+WITH {_NOW}, {rows},
 ins AS (
-    INSERT INTO {s}.tasks ({INSERT_COLUMNS})
-    SELECT {INSERT_VALUES}
+    INSERT INTO {s}.tasks ({columns})
+    SELECT {values}
     FROM r ORDER BY r.ord
     ON CONFLICT (kind, dedup_key) WHERE dedup_key IS NOT NULL AND state IN ({ACTIVE_SQL})
     DO NOTHING
@@ -105,6 +123,18 @@ SELECT (SELECT count(*) FROM n), array_agg(id) FILTER (WHERE dedup_key IS NOT NU
     count(*)
 FROM ins
 """
+
+
+class Queries:
+    """Every statement the PostgreSQL store runs, for one schema."""
+
+    def __init__(self, schema: str) -> None:
+        s = quote_schema(schema)
+        self.now = f"SELECT {CLOCK}"
+
+        self.insert = _insert(s, _NEW_TASK_ROWS, INSERT_COLUMNS, INSERT_VALUES)
+        # Tasks with dependencies or of a workflow run (see `_pg_dag`); with dedup keys or not.
+        self.insert_linked = _insert(s, _LINKED_ROWS, _LINKED_COLUMNS, _LINKED_VALUES)
 
         # Without dedup keys nothing can conflict: skip the speculative-insert machinery.
         conflict = (
@@ -174,12 +204,12 @@ upd AS (
     FROM picked, c WHERE t.seq = picked.seq
     RETURNING t.seq, t.id, t.kind, t.queue, t.priority, t.payload, t.phase, t.memo,
         t.attempts, t.max_attempts, t.retry_policy, t.timeout_ms, t.lease_epoch,
-        t.lease_expires_at, t.parent_id, c.now
+        t.lease_expires_at, t.parent_id, t.condition, t.workflow_id, c.now
 ),
 ev AS (INSERT INTO {s}.events (task_id, kind, state, at, detail)
     SELECT id, kind, 'running', now, %(worker)s FROM upd ORDER BY priority DESC, seq)
 SELECT id, kind, queue, priority, payload, phase, memo, attempts, max_attempts,
-    retry_policy, timeout_ms, lease_epoch, lease_expires_at, parent_id
+    retry_policy, timeout_ms, lease_epoch, lease_expires_at, parent_id, condition, workflow_id
 FROM upd ORDER BY priority DESC, seq
 """
         # One queue: a plain walk of the ready index in (priority DESC, seq) order.

@@ -20,7 +20,7 @@ runs the rolled-back transaction again.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -132,9 +132,12 @@ class Tree:
             out.append(outcomes)
         return out
 
-    async def spawn_keyed(self, conn: Conn, p: TasksInsert) -> list[InsertOutcome]:
+    async def spawn_keyed(
+        self, conn: Conn, p: TasksInsert, dependents: Set[str] | None = None
+    ) -> list[InsertOutcome]:
         """A spawn with dedup keys: one transaction that locks and checks the fence and the
-        parents first, then decides child keys and dedup keys as SQLite does."""
+        parents first, then decides child keys and dedup keys as SQLite does. (Also a linked
+        spawn, keyed or not: see `insert_keyed` for `dependents`.)"""
         parents = sorted({t.parent_id for t in p.tasks if t.parent_id is not None})
         checks = {
             "fence_id": p.fence.task_id if p.fence is not None else None,
@@ -149,7 +152,7 @@ class Tree:
             err = _refusal(p, row[0], row[1], state_of)
             if err is not None:
                 raise err
-            return await self._insert_keyed(conn, p, list(p.tasks))
+            return await self._insert_keyed(conn, p, list(p.tasks), dependents)
 
     async def _holders(self, conn: Conn, tasks: Sequence[NewTask]) -> dict[tuple[str, str], str]:
         """(parent id, encoded child key) -> the child holding that key, for these tasks."""
@@ -163,7 +166,7 @@ class Tree:
         return {(pid, key): tid for pid, key, tid in await cur.fetchall()}
 
     async def _insert_keyed(
-        self, conn: Conn, p: TasksInsert, tasks: list[NewTask]
+        self, conn: Conn, p: TasksInsert, tasks: list[NewTask], dependents: Set[str] | None
     ) -> list[InsertOutcome]:
         """Children with dedup keys too: child keys first (the parents are locked), then
         dedup keys as `insert_keyed` decides them, then the parents' counters."""
@@ -182,7 +185,12 @@ class Tree:
             send.append(idx)
         if send:
             got = await insert_keyed(
-                conn, q=self.q, work_channel=self.work_channel, tasks=[tasks[i] for i in send], p=p
+                conn,
+                q=self.q,
+                work_channel=self.work_channel,
+                tasks=[tasks[i] for i in send],
+                p=p,
+                dependents=dependents,
             )
             grown: dict[str, int] = defaultdict(int)
             for idx, o in zip(send, got, strict=True):

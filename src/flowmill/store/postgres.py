@@ -70,8 +70,17 @@ from ._base import (
     TasksPromote,
     TaskWaitChildren,
 )
+from ._base_dag import (
+    DepsReconcile,
+    UpstreamRow,
+    WorkflowCancel,
+    WorkflowGet,
+    WorkflowRecord,
+    WorkflowsList,
+)
 from ._pg_batch import Combiner
 from ._pg_budgets import BudgetQueries, PostgresBudgetsMixin
+from ._pg_dag import Dag, has_links
 from ._pg_errors import (
     connect_error,
     conninfo_for,
@@ -157,6 +166,7 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
         self._sq = SignalQueries(schema)
         self._bq = BudgetQueries(schema, self._q)
         self._tree = Tree(schema, self._q, self.work_channel, self.finish_channel)
+        self._dag = Dag(schema, self._q, self._tree, self.work_channel, self.finish_channel)
         self._work = Pulse()
         self._finish = Pulse()
         self._frames = Pulse()
@@ -350,6 +360,9 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
         tasks = list(p.tasks)
         if not tasks and p.fence is None:
             return []
+        if p.workflow is not None or has_links(tasks):
+            # Dependencies or a workflow run: rows, edges and the run in one transaction.
+            return await self._run(functools.partial(self._dag.insert, p=p), idempotent=False)
         # (Even an empty spawn is refused with a stale lease, as on SQLite.)
         if p.fence is not None or any(t.parent_id is not None for t in tasks):
             return await self._spawn(p, tasks)
@@ -662,30 +675,37 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
         return await self._run(job, idempotent=True)
 
     async def task_cancel(self, p: TaskCancel) -> CancelOutcome:
-        error = ErrorInfo("Cancelled", p.reason, "cancelled")
-
         async def job(conn: Conn) -> CancelOutcome:
             async with conn.transaction():
-                # Parent before child: the lock order of every tree write.
-                await conn.execute(self._q.lock_parent, {"id": p.task_id})
-                row = await (await conn.execute(self._q.lock_task, {"id": p.task_id})).fetchone()
-                if row is None:
+                got = await self._cancel_locked(conn, p)
+                if got is None:
                     raise TaskNotFound(p.task_id)
-                state = State(row[0])
-                if state is State.RUNNING:
-                    await conn.execute(
-                        self._q.cancel_request,
-                        {"now": p.now_ms, "id": p.task_id, "finish_channel": self.finish_channel},
-                    )
-                    return CancelOutcome(p.task_id, state, True)
-                if not can_transition(state, State.CANCELLED):
-                    return CancelOutcome(p.task_id, state, False)
-                now = await self._tree.now(conn, p.now_ms)
-                await self._tree.cancel_task(conn, self._q.cancel, p.task_id, error, now)
-                return CancelOutcome(p.task_id, State.CANCELLED, False)
+                return got[1]
 
         # Running it twice answers the same: cancelled, or (still) requested.
         return await self._run(job, idempotent=True)
+
+    async def _cancel_locked(self, conn: Conn, p: TaskCancel) -> tuple[State, CancelOutcome] | None:
+        """`task_cancel` inside the caller's transaction: the state the task was found in
+        and the outcome; None when there is no such task."""
+        # Parent before child: the lock order of every tree write.
+        await conn.execute(self._q.lock_parent, {"id": p.task_id})
+        row = await (await conn.execute(self._q.lock_task, {"id": p.task_id})).fetchone()
+        if row is None:
+            return None
+        state = State(row[0])
+        if state is State.RUNNING:
+            await conn.execute(
+                self._q.cancel_request,
+                {"now": p.now_ms, "id": p.task_id, "finish_channel": self.finish_channel},
+            )
+            return state, CancelOutcome(p.task_id, state, True)
+        if not can_transition(state, State.CANCELLED):
+            return state, CancelOutcome(p.task_id, state, False)
+        now = await self._tree.now(conn, p.now_ms)
+        error = ErrorInfo("Cancelled", p.reason, "cancelled")
+        await self._tree.cancel_task(conn, self._q.cancel, p.task_id, error, now)
+        return state, CancelOutcome(p.task_id, State.CANCELLED, False)
 
     async def task_retry(self, p: TaskRetry) -> State:
         async def job(conn: Conn) -> State:
@@ -757,6 +777,47 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
 
     async def hook_done(self, p: HookDone) -> None:
         await self._run(functools.partial(self._tree.hook_done, p=p), idempotent=False)
+
+    # -- dependencies and workflows ---------------------------------------------------
+
+    async def upstream_get(self, task_id: str) -> list[UpstreamRow]:
+        job = functools.partial(self._dag.upstream_get, task_id=task_id)
+        return await self._run(job, idempotent=True)
+
+    async def workflow_get(self, p: WorkflowGet) -> WorkflowRecord | None:
+        return await self._run(functools.partial(self._dag.workflow_get, p=p), idempotent=True)
+
+    async def workflows_list(self, p: WorkflowsList) -> list[WorkflowRecord]:
+        if p.limit <= 0:
+            return []
+        return await self._run(functools.partial(self._dag.workflows_list, p=p), idempotent=True)
+
+    async def workflow_cancel(self, p: WorkflowCancel) -> int:
+        async def job(conn: Conn) -> int:
+            count = 0
+            async with conn.transaction():
+                now = await self._tree.now(conn, p.now_ms)
+                for task_id in await self._dag.active_nodes(conn, p.workflow_id):
+                    got = await self._cancel_locked(conn, TaskCancel(task_id, p.reason, now))
+                    # A node cancelled above may have skipped this one already (or a
+                    # parent's cascade cancelled it): only nodes still active count.
+                    if got is None or got[0].terminal:
+                        continue
+                    out = got[1]
+                    count += out.requested or out.state is State.CANCELLED
+            return count
+
+        # Running it twice cancels nothing more: the nodes are cancelled or asked to stop.
+        return await self._run(job, idempotent=True)
+
+    async def deps_reconcile(self, p: DepsReconcile) -> int:
+        if p.limit <= 0:
+            return 0
+
+        async def job(conn: Conn) -> int:
+            return await self._dag.reconcile(conn, p.limit, p.now_ms)
+
+        return await self._run(job, idempotent=True)
 
     # -- inspection ------------------------------------------------------------------
 
