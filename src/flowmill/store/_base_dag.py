@@ -22,10 +22,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
+from .._errors import ConfigurationError
 from .._states import State
 
 if TYPE_CHECKING:  # _base imports this module
-    from ._base import ErrorInfo
+    from collections.abc import Sequence
+
+    from ._base import ErrorInfo, NewTask
 
 
 class UpstreamPolicy(StrEnum):
@@ -38,6 +41,32 @@ class UpstreamPolicy(StrEnum):
 
 # Upstream ends that count as failures for the `fail` policy (skipped ones do not).
 UPSTREAM_FAILURES = frozenset({State.FAILED, State.DEAD_LETTERED, State.CANCELLED, State.EXPIRED})
+
+
+POLICIES = frozenset(p.value for p in UpstreamPolicy)
+
+
+def has_links(tasks: Sequence[NewTask]) -> bool:
+    """Whether an insert batch needs the dependency work (edges, a workflow row)."""
+    return any(t.depends_on or t.workflow_id is not None for t in tasks)
+
+
+def check(t: NewTask) -> None:
+    """Refuse a dependent task no store can honour (`ConfigurationError`)."""
+    if t.upstream_policy not in POLICIES:
+        raise ConfigurationError(
+            f"upstream policy must be one of {', '.join(sorted(POLICIES))}, "
+            f"got {t.upstream_policy!r}"
+        )
+    if t.depends_on:
+        if t.parent_id is not None:
+            raise ConfigurationError("a child task cannot have dependencies")
+        if t.delay_ms is not None or t.run_at_ms is not None:
+            raise ConfigurationError("a task with dependencies cannot also be delayed")
+        if len(set(t.depends_on)) != len(t.depends_on):
+            raise ConfigurationError(f"task {t.id} names an upstream task twice")
+        if t.id in t.depends_on:
+            raise ConfigurationError(f"task {t.id} depends on itself")
 
 
 @dataclass(frozen=True, slots=True)

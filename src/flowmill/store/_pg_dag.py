@@ -18,12 +18,16 @@ from psycopg import AsyncConnection
 from .._errors import ConfigurationError, TaskNotFound
 from .._states import State
 from ._base import InsertOutcome, InsertStatus, NewTask, TasksInsert
+
+# The checks of a linked task are the contract's, shared with the SQLite store.
 from ._base_dag import (
     NodeRow,
     UpstreamRow,
     WorkflowGet,
     WorkflowRecord,
     WorkflowsList,
+    check,
+    has_links,
 )
 from ._pg_dag_sql import DagQueries
 from ._pg_insert import insert_keyed
@@ -32,9 +36,6 @@ from ._pg_sql import Queries
 from ._pg_text import dec, dec_opt, enc, enc_opt
 from ._pg_tree import Tree
 from ._serde import decode_error
-
-# The checks of a linked task are the contract's, shared with the SQLite store.
-from ._sqlite_dag import check, has_links
 
 Conn = AsyncConnection[Any]
 
@@ -101,11 +102,23 @@ class Dag:
         ups: list[str] = []
         downs: list[str] = []
         positions: list[int] = []
+        doubled: dict[str, int] = {}  # two upstreams of a task that dedup made one task
         for t in inserted:
+            seen: set[str] = set()
             for pos, up in enumerate(t.depends_on):
-                ups.append(remap.get(up, up))
+                up = remap.get(up, up)
+                if up in seen:
+                    doubled[t.id] = doubled.get(t.id, 0) + 1
+                    continue
+                seen.add(up)
+                ups.append(up)
                 downs.append(t.id)
                 positions.append(pos)
+        if doubled:
+            await conn.execute(
+                self.dq.undouble,
+                {"ids": list(doubled), "counts": list(doubled.values())},
+            )
         if ups:
             wanted = sorted(set(ups))
             cur = await conn.execute(self.dq.link_lock, {"ups": wanted})

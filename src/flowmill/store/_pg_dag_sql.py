@@ -216,6 +216,10 @@ w AS (
 )
 SELECT 1
 """
+        self.undouble = f"""
+UPDATE {s}.tasks t SET deps_pending = t.deps_pending - x.n
+FROM unnest(%(ids)s::text[], %(counts)s::int[]) AS x(id, n) WHERE t.id = x.id
+"""
         self.resolve = (
             f"SELECT {s}.deps_resolve(%(ids)s::text[], %(states)s::text[], %(now)s::bigint, "
             "%(work_channel)s, %(finish_channel)s)"

@@ -166,7 +166,8 @@ r AS (SELECT i.*, c.now, coalesce(c.now + i.delay_ms, i.run_at_ms) AS run_at
         delay_ms, run_at_ms, ttl_ms, budget_id, ord), c),
 upd AS (
     UPDATE {s}.tasks t SET payload = r.payload, queue = r.queue, priority = r.priority,
-        state = {_NEW_STATE}, tags = r.tags, max_attempts = r.max_attempts,
+        state = CASE WHEN t.state = 'blocked' THEN 'blocked' ELSE {_NEW_STATE} END,
+        tags = r.tags, max_attempts = r.max_attempts,
         retry_policy = r.retry_policy, timeout_ms = r.timeout_ms, run_at = r.run_at,
         expires_at = r.now + r.ttl_ms, budget_id = r.budget_id, updated_at = r.now
     FROM r WHERE t.id = r.target AND t.state IN ('scheduled', 'ready', 'blocked')

@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .._errors import ConfigurationError, TaskNotFound
+from .._errors import TaskNotFound
 from .._states import TERMINAL, State
 from . import _wake
 from ._base import ErrorInfo, NewTask
@@ -120,27 +120,6 @@ class EndedTracker:
         return run
 
 
-def has_links(tasks: Sequence[NewTask]) -> bool:
-    return any(t.depends_on or t.workflow_id is not None for t in tasks)
-
-
-def check(t: NewTask) -> None:
-    if t.upstream_policy not in _POLICIES:
-        raise ConfigurationError(
-            f"upstream policy must be one of {', '.join(sorted(_POLICIES))}, "
-            f"got {t.upstream_policy!r}"
-        )
-    if t.depends_on:
-        if t.parent_id is not None:
-            raise ConfigurationError("a child task cannot have dependencies")
-        if t.delay_ms is not None or t.run_at_ms is not None:
-            raise ConfigurationError("a task with dependencies cannot also be delayed")
-        if len(set(t.depends_on)) != len(t.depends_on):
-            raise ConfigurationError(f"task {t.id} names an upstream task twice")
-        if t.id in t.depends_on:
-            raise ConfigurationError(f"task {t.id} depends on itself")
-
-
 def extend_row(row: tuple[Any, ...], t: NewTask, upstreams: set[str]) -> tuple[Any, ...]:
     """The insert row of the plain INSERT widened with the `_DAG_COLUMNS` (`insert_sql`)."""
     if t.depends_on:
@@ -170,14 +149,25 @@ def link(
     edges: list[tuple[str, str, int]] = []
     inserted_ids = {t.id for t in inserted}
     outside: set[str] = set()
+    doubled: dict[str, int] = {}  # two upstreams of a task that dedup made one task
     for t in inserted:
+        seen: set[str] = set()
         for pos, up in enumerate(t.depends_on):
             up = remap.get(up, up)
+            if up in seen:
+                doubled[t.id] = doubled.get(t.id, 0) + 1
+                continue
+            seen.add(up)
             edges.append((up, t.id, pos))
             if up not in inserted_ids:
                 outside.add(up)
     if not edges:
         return
+    if doubled:
+        c.executemany(
+            "UPDATE fm_tasks SET deps_pending = deps_pending - ? WHERE id = ?",
+            [(n, down) for down, n in doubled.items()],
+        )
     ended: list[tuple[str, str, int]] = []
     wanted = sorted(outside)
     found: set[str] = set()
@@ -328,9 +318,9 @@ def workflow_get(c: sqlite3.Connection, p: WorkflowGet) -> WorkflowRecord | None
     if p.nodes:
         ups: dict[str, list[str]] = {}
         for down, up_node in c.execute(
-            "SELECT d.task_id, u.node FROM fm_tasks t JOIN fm_deps d ON d.task_id = t.id "
-            "JOIN fm_tasks u ON u.id = d.upstream_id WHERE t.workflow_id = ? "
-            "ORDER BY d.task_id, d.pos",
+            "SELECT d.task_id, coalesce(u.node, u.id) FROM fm_tasks t "
+            "JOIN fm_deps d ON d.task_id = t.id JOIN fm_tasks u ON u.id = d.upstream_id "
+            "WHERE t.workflow_id = ? ORDER BY d.task_id, d.pos",
             (p.workflow_id,),
         ):
             ups.setdefault(down, []).append(up_node)
@@ -349,8 +339,8 @@ def workflow_get(c: sqlite3.Connection, p: WorkflowGet) -> WorkflowRecord | None
                 finished_at_ms=fi,
             )
             for i, n, k, s, a, res, e, cr, st, fi in c.execute(
-                "SELECT t.id, t.node, t.kind, t.state, t.attempts, r.result, t.error, "
-                "t.created_at, t.started_at, t.finished_at FROM fm_tasks t "
+                "SELECT t.id, coalesce(t.node, t.id), t.kind, t.state, t.attempts, r.result, "
+                "t.error, t.created_at, t.started_at, t.finished_at FROM fm_tasks t "
                 "LEFT JOIN fm_results r ON r.task_id = t.id WHERE t.workflow_id = ? "
                 "ORDER BY t.seq",
                 (p.workflow_id,),

@@ -68,6 +68,8 @@ from ._base_dag import (
     WorkflowGet,
     WorkflowRecord,
     WorkflowsList,
+    check,
+    has_links,
 )
 from ._serde import decode_error, encode_error, encode_tags, task_record
 from ._sqlite_budgets import NOT_HELD_SQL, SQLiteBudgetsMixin, claim_limited
@@ -472,10 +474,10 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
         )
     now = p.now_ms if p.now_ms is not None else _wall_ms()
     _check_fence_and_parents(c, p)
-    linked = p.workflow is not None or _dag.has_links(p.tasks)
+    linked = p.workflow is not None or has_links(p.tasks)
     if linked:
         for t in p.tasks:
-            _dag.check(t)
+            check(t)
             if t.depends_on and t.dedup_key is not None and p.on_duplicate == "replace":
                 raise ConfigurationError("a task with dependencies cannot replace a duplicate")
     outcomes: list[InsertOutcome] = []
@@ -519,7 +521,9 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
                     raise DuplicateTask(t.dedup_key, existing)
                 if p.on_duplicate == "replace" and existing_state in _REPLACEABLE:
                     c.execute(
-                        "UPDATE fm_tasks SET payload = ?, queue = ?, priority = ?, state = ?, "
+                        # A blocked holder stays blocked: its dependencies still decide.
+                        "UPDATE fm_tasks SET payload = ?, queue = ?, priority = ?, "
+                        "state = CASE WHEN state = 'blocked' THEN 'blocked' ELSE ? END, "
                         "tags = ?, max_attempts = ?, retry_policy = ?, timeout_ms = ?, "
                         "run_at = ?, expires_at = ?, budget_id = ?, updated_at = ? WHERE id = ?",
                         (
@@ -538,6 +542,8 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
                             existing,
                         ),
                     )
+                    if existing_state == State.BLOCKED.value:
+                        state = State.BLOCKED
                     replaced.append((existing, t.kind, state.value, now, "replaced"))
                     any_ready = any_ready or state is State.READY
                     outcomes.append(InsertOutcome(existing, InsertStatus.REPLACED))

@@ -316,3 +316,31 @@ class DagConformance:
         b = node(after=[a.id])
         outs = await insert(store, a, b)
         assert [o.status for o in outs] == [InsertStatus.INSERTED, InsertStatus.INSERTED]
+
+    async def test_replacing_a_blocked_duplicate_keeps_it_blocked(self, store: Store) -> None:
+        a = node()
+        b = node(after=[a.id], key="k")
+        await insert(store, a, b)
+        again = task(key="k", payload=b'{"n": 2}')
+        [out] = await insert(store, again, on_duplicate="replace")
+        assert (out.id, out.status) == (b.id, InsertStatus.REPLACED)
+        rec = await get(store, b.id)
+        assert (rec.state, rec.payload) == (State.BLOCKED, b'{"n": 2}')
+        assert [r.id for r in await claim(store)] == [a.id]  # b waits for a still
+        await finish(store, a.id, 1, State.COMPLETED, result=b"1")
+        assert await state_of(store, b.id) is State.READY
+
+    async def test_upstreams_that_dedup_to_one_task_count_once(self, store: Store) -> None:
+        first = task(key="same")
+        second = task(key="same")  # skipped: `first` stands for it
+        d = node(after=[first.id, second.id])
+        outs = await insert(store, first, second, d)
+        assert [o.status for o in outs] == [
+            InsertStatus.INSERTED,
+            InsertStatus.SKIPPED,
+            InsertStatus.INSERTED,
+        ]
+        assert await state_of(store, d.id) is State.BLOCKED
+        assert [u.task_id for u in await store.upstream_get(d.id)] == [first.id]
+        await run_to(store, first.id, State.COMPLETED)
+        assert await state_of(store, d.id) is State.READY
