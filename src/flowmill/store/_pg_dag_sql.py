@@ -75,7 +75,9 @@ CREATE UNIQUE INDEX tasks_node ON {{s}}.tasks (workflow_id, node) WHERE workflow
 CREATE INDEX tasks_workflow ON {{s}}.tasks (workflow_id, seq) WHERE workflow_id IS NOT NULL;
 
 CREATE FUNCTION {{s}}.deps_resolve(ups text[], states text[], at bigint, work_channel text,
-    finish_channel text) RETURNS bigint LANGUAGE plpgsql AS $fn$
+    finish_channel text) RETURNS bigint LANGUAGE plpgsql
+    -- Generic plans: re-planning these statements on each call costs more than running them.
+    SET plan_cache_mode = force_generic_plan AS $fn$
 DECLARE
     outer_call text := current_setting('flowmill.deps_resolving', true);
     resolved bigint := 0;
@@ -104,20 +106,32 @@ BEGIN
             WHERE t.id IN (SELECT id FROM a) AND t.state = 'blocked'
             ORDER BY t.id FOR NO KEY UPDATE
         ),
+        -- The common decision, "ready", is made in this same UPDATE (one statement);
+        -- the others (skipped, failed) are decided below.
         upd AS (
             UPDATE {{s}}.tasks t SET deps_pending = t.deps_pending - a.n,
-                deps_failed = t.deps_failed + a.nf, deps_skipped = t.deps_skipped + a.ns
+                deps_failed = t.deps_failed + a.nf, deps_skipped = t.deps_skipped + a.ns,
+                state = CASE WHEN t.deps_pending - a.n <= 0 AND (t.upstream_policy = 'run'
+                    OR t.deps_failed + a.nf + t.deps_skipped + a.ns = 0)
+                    THEN 'ready' ELSE t.state END,
+                updated_at = CASE WHEN t.deps_pending - a.n <= 0 THEN at ELSE t.updated_at END
             FROM a WHERE t.id = a.id AND t.id IN (SELECT id FROM lk) AND t.state = 'blocked'
-            RETURNING t.id, t.deps_pending, t.deps_failed, t.deps_skipped, t.upstream_policy
+            RETURNING t.id, t.kind, t.seq, t.state, t.deps_pending, t.deps_failed,
+                t.deps_skipped, t.upstream_policy
         ),
+        rev AS (
+            INSERT INTO {{s}}.events (task_id, kind, state, at, detail)
+            SELECT id, kind, 'ready', at, 'dependencies done' FROM upd
+            WHERE state = 'ready' ORDER BY seq
+        ),
+        rnw AS (SELECT pg_notify(work_channel, '')
+            FROM (SELECT 1 FROM upd WHERE state = 'ready' LIMIT 1) y),
         x AS (
-            SELECT id, CASE WHEN upstream_policy = 'run' OR deps_failed + deps_skipped = 0
-                    THEN 'ready'
-                WHEN deps_failed > 0 AND upstream_policy = 'fail' THEN 'failed'
+            SELECT id, CASE WHEN deps_failed > 0 AND upstream_policy = 'fail' THEN 'failed'
                 ELSE 'skipped' END AS target
-            FROM upd WHERE deps_pending <= 0
+            FROM upd WHERE deps_pending <= 0 AND state = 'blocked'
         )
-        SELECT (SELECT coalesce(sum(a.n), 0) FROM a),
+        SELECT (SELECT coalesce(sum(a.n), 0) FROM a) + (SELECT count(*) * 0 FROM rnw),
             (SELECT array_agg(id ORDER BY id) FROM x),
             (SELECT array_agg(target ORDER BY id) FROM x)
         INTO n, ids, targets;
