@@ -56,6 +56,10 @@ class Dag:
 
     # -- insert ------------------------------------------------------------------------
 
+    async def analyze(self, conn: Conn) -> None:
+        """Fresh planner statistics of the tables the resolution reads."""
+        await conn.execute(self.dq.analyze)
+
     async def insert(self, conn: Conn, p: TasksInsert) -> list[InsertOutcome]:
         """A linked batch, in one transaction: the rows (dependents `blocked`), then the
         edges, with upstream ids of tasks the batch skipped (dedup, child keys) sent to

@@ -230,6 +230,7 @@ w AS (
 )
 SELECT 1
 """
+        self.analyze = f"ANALYZE {s}.deps, {s}.tasks"
         self.undouble = f"""
 UPDATE {s}.tasks t SET deps_pending = t.deps_pending - x.n
 FROM unnest(%(ids)s::text[], %(counts)s::int[]) AS x(id, n) WHERE t.id = x.id
