@@ -33,6 +33,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import itertools
+
 import flowmill as fm
 from throughput import (
     DEFAULT_PG_URL,
@@ -137,12 +139,12 @@ async def chain(backend: Any, steps: int) -> dict[str, Any]:
         finally:
             worker.stop()
             await task
-        gaps = [(b - a) * 1000 for a, b in zip(starts, starts[1:], strict=False)]
+        gaps = [(b - a) * 1000 for a, b in itertools.pairwise(starts)]
         # Promotion: from one step's recorded end to the next one's start (the store's clock,
         # whole milliseconds): the push, the wake-up and the claim.
         promote = [
             (b.started_at - a.finished_at).total_seconds() * 1000
-            for a, b in zip(nodes, nodes[1:], strict=False)
+            for a, b in itertools.pairwise(nodes)
             if a.finished_at is not None and b.started_at is not None
         ]
         return {
