@@ -697,30 +697,7 @@ class _Common:
         )
         parent_id, fail_fast, budget_id = self.parent_id, self.fail_fast, self.budget_id
         on_cancel = tdef.executor is not None and tdef.executor.has_on_cancel
-        if self.depends_on:
-            deps, up_policy = list(self.depends_on), self.upstream_policy
-            return [
-                NewTask(
-                    id=id,
-                    kind=kind,
-                    payload=payload,
-                    queue=queue,
-                    priority=priority,
-                    ttl_ms=ttl_ms,
-                    dedup_key=key,
-                    max_attempts=max_attempts,
-                    retry_policy=policy,
-                    timeout_ms=timeout_ms,
-                    tags=tags,
-                    fail_fast=fail_fast,
-                    has_on_cancel=on_cancel,
-                    depends_on=deps,
-                    upstream_policy=up_policy,
-                    budget_id=budget_id,
-                )
-                for id, payload, key in zip(ids, payloads, keys or none, strict=True)
-            ]
-        return [
+        news = [
             NewTask(
                 id=id,
                 kind=kind,
@@ -745,3 +722,8 @@ class _Common:
                 ids, payloads, keys or none, child_keys or none, strict=True
             )
         ]
+        if self.depends_on:  # never with a delay or a parent (refused in `build`)
+            deps, up_policy = list(self.depends_on), self.upstream_policy
+            for t in news:
+                t.depends_on, t.upstream_policy = deps, up_policy
+        return news

@@ -69,6 +69,26 @@ def check(t: NewTask) -> None:
             raise ConfigurationError(f"task {t.id} depends on itself")
 
 
+def edges_of(
+    inserted: Sequence[NewTask], remap: dict[str, str]
+) -> tuple[list[tuple[str, str, int]], dict[str, int]]:
+    """The (upstream, task, pos) edges of the inserted tasks, upstream ids of tasks the
+    batch skipped (dedup) sent to the task standing for them (`remap`); and, per task, how
+    many upstreams that made one with another (each counted once: deps_pending drops)."""
+    edges: list[tuple[str, str, int]] = []
+    doubled: dict[str, int] = {}
+    for t in inserted:
+        seen: set[str] = set()
+        for pos, up in enumerate(t.depends_on):
+            up = remap.get(up, up)
+            if up in seen:
+                doubled[t.id] = doubled.get(t.id, 0) + 1
+                continue
+            seen.add(up)
+            edges.append((up, t.id, pos))
+    return edges, doubled
+
+
 @dataclass(frozen=True, slots=True)
 class NewWorkflow:
     """A workflow run, inserted with its nodes (the tasks naming it) in one transaction."""

@@ -27,6 +27,7 @@ from ._base_dag import (
     WorkflowRecord,
     WorkflowsList,
     check,
+    edges_of,
     has_links,
 )
 from ._pg_dag_sql import DagQueries
@@ -106,18 +107,11 @@ class Dag:
         ups: list[str] = []
         downs: list[str] = []
         positions: list[int] = []
-        doubled: dict[str, int] = {}  # two upstreams of a task that dedup made one task
-        for t in inserted:
-            seen: set[str] = set()
-            for pos, up in enumerate(t.depends_on):
-                up = remap.get(up, up)
-                if up in seen:
-                    doubled[t.id] = doubled.get(t.id, 0) + 1
-                    continue
-                seen.add(up)
-                ups.append(up)
-                downs.append(t.id)
-                positions.append(pos)
+        edges, doubled = edges_of(inserted, remap)
+        for up, down, pos in edges:
+            ups.append(up)
+            downs.append(down)
+            positions.append(pos)
         if doubled:
             await conn.execute(
                 self.dq.undouble,

@@ -25,6 +25,7 @@ from ._base_dag import (
     WorkflowGet,
     WorkflowRecord,
     WorkflowsList,
+    edges_of,
 )
 from ._serde import decode_error, encode_error
 from ._threads import Tx
@@ -146,21 +147,9 @@ def link(
 
     `remap` sends the id of a task the batch did not insert (a dedup skip) to the task
     that stands for it."""
-    edges: list[tuple[str, str, int]] = []
+    edges, doubled = edges_of(inserted, remap)
     inserted_ids = {t.id for t in inserted}
-    outside: set[str] = set()
-    doubled: dict[str, int] = {}  # two upstreams of a task that dedup made one task
-    for t in inserted:
-        seen: set[str] = set()
-        for pos, up in enumerate(t.depends_on):
-            up = remap.get(up, up)
-            if up in seen:
-                doubled[t.id] = doubled.get(t.id, 0) + 1
-                continue
-            seen.add(up)
-            edges.append((up, t.id, pos))
-            if up not in inserted_ids:
-                outside.add(up)
+    outside = {up for up, _, _ in edges if up not in inserted_ids}
     if not edges:
         return
     if doubled:
