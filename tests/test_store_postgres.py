@@ -31,41 +31,13 @@ from flowmill.testing import StoreConformance
 from flowmill.testing._pg import (
     drop_pg_schema,
     fresh_pg_schema,
-    pg_test_url,
-    pg_unreachable,
     unique_schema_name,
 )
 
-from .conftest import CI
+from ._pg_store_fixtures import pg_url, schema, store
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> str:
-    url = pg_test_url()
-    why = pg_unreachable(url)
-    if why is not None:
-        if CI:
-            raise RuntimeError(f"PostgreSQL is required in CI and unreachable: {why}")
-        pytest.skip(f"PostgreSQL unreachable at {url}: {why}")
-    return url
-
-
-@pytest.fixture
-async def schema(pg_url: str) -> AsyncIterator[str]:
-    async with fresh_pg_schema(pg_url) as name:
-        yield name
-
-
-@pytest.fixture
-async def store(pg_url: str, schema: str) -> AsyncIterator[PostgresStore]:
-    s = PostgresStore(pg_url, schema=schema)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
+__all__ = ["pg_url", "schema", "store"]  # fixtures, used by name
 
 
 class TestPostgresStore(StoreConformance):
