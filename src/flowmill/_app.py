@@ -7,13 +7,13 @@ import os
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
 from ._budgets import Budgets, StatusReport
 from ._children import ChildResult
 from ._claimer import Claimer
-from ._clock import Clock, SystemClock
+from ._clock import Clock, SystemClock, from_ms, from_ms_opt
 from ._codec import DEFAULT_MAX_BYTES
 from ._errors import (
     ConfigurationError,
@@ -73,10 +73,6 @@ def new_task_ids(n: int, _urandom: Callable[[int], bytes] = os.urandom) -> list[
         variant = "89ab"[int(r[0], 16) & 3]
         ids.append(f"{stamp[:8]}-{stamp[8:12]}-7{r[1:4]}-{variant}{r[5:8]}-{r[8:20]}")
     return ids
-
-
-def _dt(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,14 +440,14 @@ class App(Budgets):
             progress_message=r.progress_message,
             lease_owner=r.lease_owner,
             lease_epoch=r.lease_epoch,
-            lease_expires_at=_dt(r.lease_expires_at_ms),
+            lease_expires_at=from_ms_opt(r.lease_expires_at_ms),
             cancel_requested=r.cancel_requested,
-            created_at=_dt(r.created_at_ms) or _EPOCH,
-            updated_at=_dt(r.updated_at_ms) or _EPOCH,
-            run_at=_dt(r.run_at_ms),
-            expires_at=_dt(r.expires_at_ms),
-            started_at=_dt(r.started_at_ms),
-            finished_at=_dt(r.finished_at_ms),
+            created_at=from_ms(r.created_at_ms),
+            updated_at=from_ms(r.updated_at_ms),
+            run_at=from_ms_opt(r.run_at_ms),
+            expires_at=from_ms_opt(r.expires_at_ms),
+            started_at=from_ms_opt(r.started_at_ms),
+            finished_at=from_ms_opt(r.finished_at_ms),
         )
 
     async def list_tasks(
@@ -564,9 +560,6 @@ class App(Budgets):
         """The newest workflow runs (counts of their nodes by state)."""
         await self.open()
         return await self.store.workflows_list(WorkflowsList(limit, name))
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _check_on_duplicate(value: str) -> None:

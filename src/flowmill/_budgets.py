@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from ._clock import from_ms
 from ._errors import InvalidUsage, UnknownBudget
 from ._limits import (
     ClaimLimits,
@@ -56,7 +57,7 @@ class BudgetStatus:
         every = row.reset_every_ms
         ends = None
         if every is not None:
-            ends = datetime.fromtimestamp((row.window_start_ms + every) / 1000, tz=UTC)
+            ends = from_ms(row.window_start_ms + every)
         return BudgetStatus(
             id=row.id,
             hard=row.hard,

@@ -11,6 +11,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
+def from_ms(ms: int) -> datetime:
+    """A store time (integer ms since the Unix epoch) as an aware UTC datetime."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def from_ms_opt(ms: int | None) -> datetime | None:
+    return None if ms is None else from_ms(ms)
+
+
 class Clock(Protocol):
     """What the worker's timers and the store calls take their time from."""
 
@@ -94,7 +103,7 @@ class ManualClock:
 
     @property
     def now(self) -> datetime:
-        return datetime.fromtimestamp(self._ms / 1000, tz=UTC)
+        return from_ms(self._ms)
 
     async def sleep(self, seconds: float) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ._clock import from_ms
 from ._conditions import Condition, encode_condition
 from ._errors import ConfigurationError, FrameTooLarge, PayloadTooLarge
 from ._tokens import TokenKeys, new_secret
@@ -80,10 +81,6 @@ class Frame:
     at: datetime
 
 
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
 def _check_key(what: str, key: str) -> str:
     if not isinstance(key, str) or not key or len(key) > MAX_KEY:
         raise ConfigurationError(
@@ -129,7 +126,7 @@ class Fenced:
         )
         keys = await token_keys(app)
         token = keys.sign(row.id, row.task_id, row.expires_at_ms)
-        return Waitpoint(row.id, token, row.key, _dt(row.expires_at_ms))
+        return Waitpoint(row.id, token, row.key, from_ms(row.expires_at_ms))
 
     async def suspend_status(
         self, condition: Condition, timeout: timedelta | None, on_timeout: OnTimeout
@@ -151,7 +148,7 @@ class Fenced:
     async def resume_signals(self) -> list[ResumeSignal]:
         rows = await self._app.store.resume_signals(self._task_id)
         return [
-            ResumeSignal(r.name, r.waitpoint_id, msgspec.json.decode(r.payload), _dt(r.at_ms))
+            ResumeSignal(r.name, r.waitpoint_id, msgspec.json.decode(r.payload), from_ms(r.at_ms))
             for r in rows
         ]
 
@@ -222,7 +219,7 @@ async def tail_frames(
         for f in got.frames:
             after = f.seq
             meta = None if f.metadata is None else msgspec.json.decode(f.metadata)
-            yield Frame(got.attempt or 0, f.seq, f.frame_type, f.payload, meta, _dt(f.at_ms))
+            yield Frame(got.attempt or 0, f.seq, f.frame_type, f.payload, meta, from_ms(f.at_ms))
         if len(got.frames) == page:
             continue
         if not follow or (not got.live and got.attempt is not None):

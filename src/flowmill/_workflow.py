@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from ._clock import from_ms, from_ms_opt
 from ._errors import (
     ConfigurationError,
     InvalidWorkflow,
@@ -497,12 +498,6 @@ class WorkflowResult(Mapping[str, Any]):
         return f"WorkflowResult({self._results!r}, skipped={sorted(self.skipped)!r})"
 
 
-def _dt(ms: int | None) -> datetime | None:
-    from ._app import _dt as to_dt
-
-    return to_dt(ms)
-
-
 def run_state(by_state: Mapping[State, int]) -> RunState:
     if any(not s.terminal and n for s, n in by_state.items()):
         return RunState.RUNNING
@@ -541,9 +536,9 @@ class WorkflowRun:
                 attempts=n.attempts,
                 upstream=n.upstream,
                 error=n.error,
-                created_at=_dt(n.created_at_ms) or datetime.min,
-                started_at=_dt(n.started_at_ms),
-                finished_at=_dt(n.finished_at_ms),
+                created_at=from_ms(n.created_at_ms),
+                started_at=from_ms_opt(n.started_at_ms),
+                finished_at=from_ms_opt(n.finished_at_ms),
             )
             for n in rec.nodes
         }
@@ -551,7 +546,7 @@ class WorkflowRun:
             rec.id,
             rec.name,
             run_state(rec.by_state),
-            _dt(rec.created_at_ms) or datetime.min,
+            from_ms(rec.created_at_ms),
             rec.by_state,
             nodes,
         )

@@ -10,7 +10,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import msgspec
@@ -22,6 +22,7 @@ from rich.text import Text
 
 from ._app import App, TaskInfo
 from ._budgets import BudgetStatus
+from ._clock import from_ms
 from ._errors import FlowmillError, IllegalTransition, TaskFailed
 from ._loader import load_app
 from ._states import State
@@ -683,17 +684,13 @@ def workflows_list(
         [
             r.id,
             r.name,
-            _when(_dt_ms(r.created_at_ms), short=True),
+            _when(from_ms(r.created_at_ms), short=True),
             f"{r.total}",
             ", ".join(f"{s.value} {n}" for s, n in sorted(r.by_state.items())),
         ]
         for r in runs
     ]
     _print_columns(console, "workflow runs", ["id", "name", "created", "nodes", "states"], rows)
-
-
-def _dt_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 @workflows_cli.command("show")
