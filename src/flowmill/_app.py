@@ -30,7 +30,7 @@ from ._signals import Frame, deliver_signal, tail_frames
 from ._states import Phase, State
 from ._task import Priority, TaskDef, TaskOptions, check_queue, make_task_def, positive_ms
 from ._worker import Worker
-from ._workflow import Conditions, Workflow, WorkflowRun
+from ._workflow import Conditions, Workflow, WorkflowRun, check_policy
 from .store import DEFAULT_URL, open_store
 from .store._base import (
     ON_DUPLICATE_CHOICES,
@@ -652,10 +652,7 @@ class _Common:
                 raise ConfigurationError(
                     "a task with depends_on cannot also be a child or be delayed"
                 )
-            if o.upstream_policy not in ("skip", "run", "fail"):
-                raise ConfigurationError(
-                    f"on_upstream_failure must be skip, run or fail, got {o.upstream_policy!r}"
-                )
+            check_policy(o.upstream_policy)
         return _Common(
             queue=check_queue(o.queue) if o.queue is not None else tdef.queue,
             priority=int(o.priority) if o.priority is not None else tdef.priority,

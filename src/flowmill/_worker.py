@@ -367,15 +367,15 @@ class Worker:
             return self._before_start(a)
         if row.attempt > row.max_attempts:
             return beyond_cap(row)
+        ctx = self._context(row, a.token)
         if row.condition is not None:
-            skip = await check_condition(self.app, row)
+            skip = await check_condition(self.app, row, ctx.upstreams)
             if skip is not None:
                 return skip
         try:
             payload = tdef.payload.decode(row.payload)
         except PayloadError as err:
             return decode_failure(row, err)
-        ctx = self._context(row, a.token)
         parts = tdef.executor
         if parts is None:
             ended = await self.runner.call(tdef, payload, ctx, a.token)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -54,6 +54,17 @@ if TYPE_CHECKING:
 
 Condition = Callable[["Upstream"], object]
 _POLICIES = tuple(p.value for p in UpstreamPolicy)
+
+
+def check_policy(value: str) -> str:
+    """An `on_upstream_failure` value (`ConfigurationError` otherwise)."""
+    if value not in _POLICIES:
+        raise ConfigurationError(
+            f"on_upstream_failure must be one of {', '.join(_POLICIES)}, got {value!r}"
+        )
+    return value
+
+
 _FAILED_STATES = frozenset({State.FAILED, State.DEAD_LETTERED, State.CANCELLED, State.EXPIRED})
 
 
@@ -114,11 +125,7 @@ class Workflow:
         tdef = self.app._resolve(task)
         if when is not None and not callable(when):
             raise ConfigurationError(f"when must be a callable, got {when!r}")
-        if on_upstream_failure not in _POLICIES:
-            raise ConfigurationError(
-                f"on_upstream_failure must be one of {', '.join(_POLICIES)}, "
-                f"got {on_upstream_failure!r}"
-            )
+        check_policy(on_upstream_failure)
         if isinstance(after, Node | str):
             after = (after,)
         node_name = name if name is not None else self._default_name(tdef.name)
@@ -401,9 +408,12 @@ class Upstream(Mapping[str, Any]):
         ]
 
 
-async def check_condition(app: App, row: ClaimedRow) -> Finish | None:
+async def check_condition(
+    app: App, row: ClaimedRow, upstreams: Callable[[], Awaitable[Upstream]] | None = None
+) -> Finish | None:
     """The finish of a claimed node whose `when=` is false (skipped) or cannot be
-    evaluated (failed); None when the node should run."""
+    evaluated (failed); None when the node should run. `upstreams` reads the upstream
+    results (a handler's `ctx.upstreams`, so that the handler does not read them again)."""
     if row.condition is None or row.phase is not Phase.EXECUTE:
         return None
     fn = app.conditions.find(row.condition)
@@ -419,7 +429,10 @@ async def check_condition(app: App, row: ClaimedRow) -> Finish | None:
                 "configuration",
             ),
         )
-    up = Upstream(app, await app.store.upstream_get(row.id))
+    if upstreams is not None:
+        up = await upstreams()
+    else:
+        up = Upstream(app, await app.store.upstream_get(row.id))
     try:
         verdict = fn(up)
         if asyncio.iscoroutine(verdict):
