@@ -37,6 +37,7 @@ from ._budget_rules import (
     loads_names,
     new_budget,
 )
+from ._sqlite_sql import marks
 from ._threads import Job, Tx
 
 # Added to schema migration 1 (the tasks table has a `budget_id` column). `breached` holds
@@ -86,10 +87,6 @@ _COLUMNS = "id, hard, soft, usage, reset_every, window_start, breached"
 
 def _now(now_ms: int | None) -> int:
     return now_ms if now_ms is not None else time.time_ns() // 1_000_000
-
-
-def _marks(n: int) -> str:
-    return ", ".join("?" * n)
 
 
 class SQLiteBudgetsMixin:
@@ -229,7 +226,7 @@ def _report(c: sqlite3.Connection, p: BudgetUsage, amounts: dict[str, int]) -> U
 def _get(c: sqlite3.Connection, ids: list[str], now: int) -> list[BudgetRow]:
     if ids:
         rows = c.execute(
-            f"SELECT {_COLUMNS} FROM fm_budgets WHERE id IN ({_marks(len(ids))}) ORDER BY id",
+            f"SELECT {_COLUMNS} FROM fm_budgets WHERE id IN ({marks(len(ids))}) ORDER BY id",
             ids,
         ).fetchall()
     else:
@@ -250,7 +247,7 @@ def _running(c: sqlite3.Connection, p: TasksClaim) -> dict[Key, int]:
         if names:
             rows = c.execute(
                 f"SELECT {scope}, count(*) FROM fm_tasks WHERE state = 'running' "
-                f"AND {scope} IN ({_marks(len(names))}) GROUP BY {scope}",
+                f"AND {scope} IN ({marks(len(names))}) GROUP BY {scope}",
                 names,
             )
             out.update(((scope, name), n) for name, n in rows)
@@ -280,9 +277,9 @@ def claim_limited(
         kinds, queues, need = page
         rows = c.execute(
             "SELECT seq, kind, queue FROM fm_tasks WHERE state = 'ready' "
-            f"AND queue IN ({_marks(len(queues))}) AND kind IN ({_marks(len(kinds))}) "
+            f"AND queue IN ({marks(len(queues))}) AND kind IN ({marks(len(kinds))}) "
             "AND (expires_at IS NULL OR expires_at > ? OR started_at IS NOT NULL) "
-            f"AND {NOT_HELD_SQL} AND seq NOT IN ({_marks(len(walk.chosen))}) "
+            f"AND {NOT_HELD_SQL} AND seq NOT IN ({marks(len(walk.chosen))}) "
             "ORDER BY priority DESC, seq LIMIT ?",
             (*queues, *kinds, now, now, *walk.chosen, need),
         ).fetchall()

@@ -28,6 +28,7 @@ from ._base_dag import (
     edges_of,
 )
 from ._serde import decode_error, encode_error
+from ._sqlite_sql import IN_CHUNK, marks
 from ._threads import Tx
 
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
@@ -38,7 +39,6 @@ _RESULT_SQL = (
     "INSERT OR REPLACE INTO fm_results (task_id, state, result, error, finished_at) "
     "VALUES (?, ?, NULL, ?, ?)"
 )
-_IN_CHUNK = 500
 
 DDL = """
 CREATE TABLE fm_deps (
@@ -85,10 +85,6 @@ def insert_sql(plain: str) -> str:
     head, values = plain.split(") VALUES (")
     marks = ", ".join("?" * len(_DAG_COLUMNS))
     return f"{head}, {', '.join(_DAG_COLUMNS)}) VALUES ({values[:-1]}, {marks})"
-
-
-def _marks(n: int) -> str:
-    return ", ".join("?" * n)
 
 
 class EndedTracker:
@@ -160,23 +156,23 @@ def link(
     ended: list[tuple[str, str, int]] = []
     wanted = sorted(outside)
     found: set[str] = set()
-    for i in range(0, len(wanted), _IN_CHUNK):
-        chunk = wanted[i : i + _IN_CHUNK]
+    for i in range(0, len(wanted), IN_CHUNK):
+        chunk = wanted[i : i + IN_CHUNK]
         rows = c.execute(
-            f"UPDATE fm_tasks SET has_dependents = 1 WHERE id IN ({_marks(len(chunk))}) "
-            "RETURNING id, state, coalesce(finished_at, updated_at)",
+            f"UPDATE fm_tasks SET has_dependents = 1 WHERE id IN ({marks(len(chunk))}) "
+            "RETURNING id, state",
             chunk,
         ).fetchall()
-        for up, state, at in rows:
+        for up, state in rows:
             found.add(up)
             if State(state).terminal:
-                ended.append((up, state, at))
+                ended.append((up, state, now))
     missing = outside - found
     if missing:
         raise TaskNotFound(sorted(missing)[0])
     c.executemany("INSERT INTO fm_deps (upstream_id, task_id, pos) VALUES (?, ?, ?)", edges)
     if ended:
-        resolve(c, tx, [(up, state, now) for up, state, _ in ended])
+        resolve(c, tx, ended)
 
 
 def insert_workflow(c: sqlite3.Connection, wf_id: str, name: str, nodes: int, now: int) -> None:
@@ -254,7 +250,7 @@ def _first_bad_upstream(c: sqlite3.Connection, task_id: str, *, failures_only: b
     states = sorted(_FAILURES) if failures_only else sorted(s.value for s in TERMINAL)
     row = c.execute(
         "SELECT u.id, u.node, u.state FROM fm_deps d JOIN fm_tasks u ON u.id = d.upstream_id "
-        f"WHERE d.task_id = ? AND u.state IN ({_marks(len(states))}) "
+        f"WHERE d.task_id = ? AND u.state IN ({marks(len(states))}) "
         "AND u.state != 'completed' ORDER BY d.pos LIMIT 1",
         (task_id, *states),
     ).fetchone()

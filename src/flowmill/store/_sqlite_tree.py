@@ -28,6 +28,7 @@ from ._base import (
     TaskWaitChildren,
 )
 from ._serde import decode_error, encode_error
+from ._sqlite_sql import marks
 from ._threads import Tx
 
 _STOPPABLE = (
@@ -49,10 +50,6 @@ _CANCEL_ON_WAIT = ErrorInfo(
     "cancel was requested while execute ran; its children are cancelled",
     "cancelled",
 )
-
-
-def _marks(n: int) -> str:
-    return ", ".join("?" * n)
 
 
 Ended = tuple[str, str, State]  # (parent_id, child_id, terminal state)
@@ -100,7 +97,7 @@ def _first_failure(c: sqlite3.Connection, parent_id: str) -> ErrorInfo:
     names the first child to fail and that child's error, as a failure while waiting does."""
     row = c.execute(
         "SELECT id, state, error FROM fm_tasks WHERE parent_id = ? "
-        f"AND state IN ({_marks(len(CHILD_FAILURES))}) ORDER BY finished_at, seq LIMIT 1",
+        f"AND state IN ({marks(len(CHILD_FAILURES))}) ORDER BY finished_at, seq LIMIT 1",
         (parent_id, *sorted(CHILD_FAILURES)),
     ).fetchone()
     if row is None:  # pragma: no cover - children_failed counts only such children
@@ -174,7 +171,7 @@ def cancel_descendants(
                 c.execute(
                     "UPDATE fm_tasks SET state = 'cancelled', error = ?, finished_at = ?, "
                     "updated_at = ?, hook = CASE WHEN has_on_cancel = 1 THEN ? ELSE hook END "
-                    f"WHERE id IN ({_marks(len(ids))})",
+                    f"WHERE id IN ({marks(len(ids))})",
                     (err, now, now, ON_CANCEL, *ids),
                 )
                 c.executemany(_EVENT_SQL, [(i, k, "cancelled", now, reason) for i, k in stop])
@@ -187,7 +184,7 @@ def cancel_descendants(
             if running:
                 c.execute(
                     "UPDATE fm_tasks SET cancel_requested = 1, updated_at = ? "
-                    f"WHERE id IN ({_marks(len(running))})",
+                    f"WHERE id IN ({marks(len(running))})",
                     (now, *running),
                 )
                 tx.wake(_wake.FINISH)
@@ -247,10 +244,10 @@ def _cancel_parked(c: sqlite3.Connection, tx: Tx, task_id: str, kind: str, now: 
 def children_page(c: sqlite3.Connection, p: ChildrenPage) -> list[ChildRow]:
     where, args = ["t.parent_id = ?", "t.seq > ?"], [p.parent_id, p.after_seq]
     if p.kinds:
-        where.append(f"t.kind IN ({_marks(len(p.kinds))})")
+        where.append(f"t.kind IN ({marks(len(p.kinds))})")
         args.extend(p.kinds)
     if p.states:
-        where.append(f"t.state IN ({_marks(len(p.states))})")
+        where.append(f"t.state IN ({marks(len(p.states))})")
         args.extend(s.value for s in p.states)
     rows = c.execute(
         "SELECT t.seq, t.id, t.kind, t.state, r.result, t.error, t.attempts FROM fm_tasks t "
@@ -274,7 +271,7 @@ def children_summary(c: sqlite3.Connection, p: ChildrenSummaryQuery) -> Children
     by_state = {s: int(n) for s, n in zip(states, row, strict=True) if n}
     groups = c.execute(
         "SELECT json_extract(error, '$.message') AS m, count(*) FROM fm_tasks "
-        f"WHERE parent_id = ? AND state IN ({_marks(len(CHILD_FAILURES))}) "
+        f"WHERE parent_id = ? AND state IN ({marks(len(CHILD_FAILURES))}) "
         "AND error IS NOT NULL GROUP BY m ORDER BY count(*) DESC, m LIMIT ?",
         (p.parent_id, *sorted(CHILD_FAILURES), p.top_errors),
     ).fetchall()
@@ -282,7 +279,7 @@ def children_summary(c: sqlite3.Connection, p: ChildrenSummaryQuery) -> Children
     for message, count in groups:
         examples = c.execute(
             "SELECT id FROM fm_tasks WHERE parent_id = ? "
-            f"AND state IN ({_marks(len(CHILD_FAILURES))}) "
+            f"AND state IN ({marks(len(CHILD_FAILURES))}) "
             "AND json_extract(error, '$.message') = ? ORDER BY seq LIMIT ?",
             (p.parent_id, *sorted(CHILD_FAILURES), message, p.examples),
         ).fetchall()
@@ -298,7 +295,7 @@ def hooks_claim(c: sqlite3.Connection, p: HooksClaim, now: int) -> list[HookRow]
         "UPDATE fm_tasks SET lease_epoch = lease_epoch + 1, lease_owner = ?, "
         "lease_expires_at = ?, hook_attempts = hook_attempts + 1 WHERE seq IN ("
         "SELECT seq FROM fm_tasks WHERE hook IS NOT NULL "
-        f"AND kind IN ({_marks(len(kinds))}) "
+        f"AND kind IN ({marks(len(kinds))}) "
         "AND (lease_expires_at IS NULL OR lease_expires_at < ?) ORDER BY seq LIMIT ?) "
         "RETURNING id, kind, hook, payload, memo, state, lease_epoch, hook_attempts",
         (p.worker_id, now + p.lease_ttl_ms, *kinds, now, p.limit),
@@ -327,7 +324,7 @@ def parents_of(c: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
     for i in range(0, len(ids), 500):
         chunk = list(ids[i : i + 500])
         for task_id, parent_id in c.execute(
-            f"SELECT id, parent_id FROM fm_tasks WHERE id IN ({_marks(len(chunk))}) "
+            f"SELECT id, parent_id FROM fm_tasks WHERE id IN ({marks(len(chunk))}) "
             "AND parent_id IS NOT NULL",
             chunk,
         ):

@@ -75,6 +75,7 @@ from ._serde import decode_error, encode_error, encode_tags, task_record
 from ._sqlite_budgets import NOT_HELD_SQL, SQLiteBudgetsMixin, claim_limited
 from ._sqlite_schema import migrate, not_a_database
 from ._sqlite_signals import SQLiteSignalsMixin
+from ._sqlite_sql import IN_CHUNK, marks
 from ._threads import ConnectionThread, Tx
 
 Synchronous = Literal["FULL", "NORMAL"]
@@ -85,7 +86,6 @@ _TASK_COLUMNS = (
     "lease_expires_at, cancel_requested, timeout_ms, created_at, updated_at, run_at, "
     "expires_at, started_at, finished_at"
 )
-_IN_CHUNK = 500
 
 
 def _wall_ms() -> int:
@@ -102,10 +102,6 @@ def _check_path(path: str) -> None:
         raise StoreError(f"cannot open {path}: directory {parent} does not exist")
     if os.path.isdir(path):
         raise StoreError(f"cannot open {path}: it is a directory, not a database file")
-
-
-def _marks(n: int) -> str:
-    return ", ".join("?" * n)
 
 
 class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin):
@@ -368,11 +364,11 @@ class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin):
 
         def job(c: sqlite3.Connection, tx: Tx) -> list[ResultRow]:
             out: list[ResultRow] = []
-            for i in range(0, len(ids), _IN_CHUNK):
-                chunk = ids[i : i + _IN_CHUNK]
+            for i in range(0, len(ids), IN_CHUNK):
+                chunk = ids[i : i + IN_CHUNK]
                 rows = c.execute(
                     "SELECT task_id, state, result, error FROM fm_results "
-                    f"WHERE task_id IN ({_marks(len(chunk))})",
+                    f"WHERE task_id IN ({marks(len(chunk))})",
                     chunk,
                 )
                 out.extend(ResultRow(t, State(s), r, decode_error(e)) for t, s, r, e in rows)
@@ -412,7 +408,7 @@ def _key_holder(c: sqlite3.Connection, kind: str, key: str) -> tuple[str, str] |
     """(id, state) of the active task holding this dedup key, if any."""
     row: tuple[str, str] | None = c.execute(
         "SELECT id, state FROM fm_tasks WHERE kind = ? AND dedup_key = ? "
-        f"AND state IN ({_marks(len(_ACTIVE_LIST))})",
+        f"AND state IN ({marks(len(_ACTIVE_LIST))})",
         (kind, key, *_ACTIVE_LIST),
     ).fetchone()
     return row
@@ -592,13 +588,13 @@ def _claim(c: sqlite3.Connection, tx: Tx, p: TasksClaim) -> list[ClaimedRow]:
     if p.limits:
 
         def take(seqs: list[int]) -> list[ClaimedRow]:
-            return _claim_rows(c, p, now, f"({_marks(len(seqs))})", seqs)
+            return _claim_rows(c, p, now, f"({marks(len(seqs))})", seqs)
 
         return claim_limited(c, p, now, take)
     queues, kinds = list(p.queues), list(p.kinds)
     picked = (
         "(SELECT seq FROM fm_tasks WHERE state = 'ready' "
-        f"AND queue IN ({_marks(len(queues))}) AND kind IN ({_marks(len(kinds))}) "
+        f"AND queue IN ({marks(len(queues))}) AND kind IN ({marks(len(kinds))}) "
         f"AND (expires_at IS NULL OR expires_at > ? OR started_at IS NOT NULL) AND {NOT_HELD_SQL} "
         "ORDER BY priority DESC, seq LIMIT ?)"
     )
@@ -760,11 +756,11 @@ def _cancelled_tasks(
     c: sqlite3.Connection, tx: Tx, ids: Sequence[str], reason: str, now: int
 ) -> None:
     """What follows a cancel: on_cancel hooks are due and the descendants are cancelled."""
-    for i in range(0, len(ids), _IN_CHUNK):
-        chunk = list(ids[i : i + _IN_CHUNK])
+    for i in range(0, len(ids), IN_CHUNK):
+        chunk = list(ids[i : i + IN_CHUNK])
         c.execute(
             f"UPDATE fm_tasks SET hook = '{_tree.ON_CANCEL}' WHERE has_on_cancel = 1 "
-            f"AND id IN ({_marks(len(chunk))})",
+            f"AND id IN ({marks(len(chunk))})",
             chunk,
         )
     _tree.cancel_descendants(c, tx, ids, reason, now)
@@ -848,7 +844,7 @@ def _cancel(c: sqlite3.Connection, tx: Tx, p: TaskCancel) -> CancelOutcome:
     sources = sources_of(State.CANCELLED)
     updated = c.execute(
         "UPDATE fm_tasks SET state = 'cancelled', error = ?, updated_at = ?, finished_at = ? "
-        f"WHERE id = ? AND state IN ({_marks(len(sources))})",
+        f"WHERE id = ? AND state IN ({marks(len(sources))})",
         (err, now, now, p.task_id, *sources),
     ).rowcount
     if updated:
@@ -923,7 +919,7 @@ def _list(c: sqlite3.Connection, p: TasksList) -> list[TaskRecord]:
     where: list[str] = ["1 = 1"]
     args: list[Any] = []
     if p.states:
-        where.append(f"state IN ({_marks(len(p.states))})")
+        where.append(f"state IN ({marks(len(p.states))})")
         args.extend(s.value for s in p.states)
     if p.queue is not None:
         where.append("queue = ?")
