@@ -21,22 +21,9 @@ _REPLACEABLE = frozenset({State.SCHEDULED, State.READY, State.BLOCKED})
 _DEDUP_TRIES = 5
 
 
-def insert_params(
-    tasks: Sequence[NewTask],
-    now_ms: int | None,
-    work_channel: str,
-    dependents: Set[str] | None = None,
-) -> dict[str, Any]:
-    """Parameters of `Queries.insert`: one array per column, or one value for all.
-
-    With `dependents` (the ids some task of the batch depends on), those of
-    `Queries.insert_linked`: the dependency and workflow columns too."""
-    params: dict[str, Any] = {
-        "now": now_ms,
-        "work_channel": work_channel,
-        "id": [t.id for t in tasks],
-    }
-    columns: dict[str, list[Any]] = {
+def task_columns(tasks: Sequence[NewTask]) -> dict[str, list[Any]]:
+    """One array per `NEW_TASK_COLUMNS` column, encoded as the statements take them."""
+    return {
         "kind": enc_all([t.kind for t in tasks]),
         "queue": enc_all([t.queue for t in tasks]),
         "priority": [t.priority for t in tasks],
@@ -55,6 +42,24 @@ def insert_params(
         "has_on_cancel": [bool(t.has_on_cancel) for t in tasks],
         "budget_id": enc_all_opt(t.budget_id for t in tasks),
     }
+
+
+def insert_params(
+    tasks: Sequence[NewTask],
+    now_ms: int | None,
+    work_channel: str,
+    dependents: Set[str] | None = None,
+) -> dict[str, Any]:
+    """Parameters of `Queries.insert`: one array per column, or one value for all.
+
+    With `dependents` (the ids some task of the batch depends on), those of
+    `Queries.insert_linked`: the dependency and workflow columns too."""
+    params: dict[str, Any] = {
+        "now": now_ms,
+        "work_channel": work_channel,
+        "id": [t.id for t in tasks],
+    }
+    columns = task_columns(tasks)
     if dependents is not None:
         columns.update(
             {
@@ -142,6 +147,24 @@ async def insert_keyed(
     return outcomes
 
 
+# What a dedup `replace` rewrites of the task holding the key (see `Queries.replace`).
+_REPLACED_COLUMNS = frozenset(
+    {
+        "queue",
+        "priority",
+        "payload",
+        "tags",
+        "max_attempts",
+        "retry_policy",
+        "timeout_ms",
+        "delay_ms",
+        "run_at_ms",
+        "ttl_ms",
+        "budget_id",
+    }
+)
+
+
 async def _replace(
     conn: Conn,
     q: Queries,
@@ -159,17 +182,7 @@ async def _replace(
             "now": now_ms,
             "work_channel": work_channel,
             "target": targets,
-            "queue": enc_all([t.queue for t in news]),
-            "priority": [t.priority for t in news],
-            "payload": [t.payload for t in news],
-            "tags": [encode_tags(t.tags) for t in news],
-            "max_attempts": [t.max_attempts for t in news],
-            "retry_policy": [t.retry_policy for t in news],
-            "timeout_ms": [t.timeout_ms for t in news],
-            "delay_ms": [t.delay_ms for t in news],
-            "run_at_ms": [t.run_at_ms for t in news],
-            "ttl_ms": [t.ttl_ms for t in news],
-            "budget_id": enc_all_opt(t.budget_id for t in news),
+            **{k: v for k, v in task_columns(news).items() if k in _REPLACED_COLUMNS},
         },
     )
     done = {r[0] for r in await cur.fetchall() if r[0] is not None}
