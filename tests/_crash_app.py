@@ -13,6 +13,7 @@ import sqlite3
 import sys
 import threading
 from datetime import timedelta
+from typing import Any
 
 import flowmill as fm
 
@@ -75,22 +76,32 @@ def init_ledger(path: str) -> None:
         )
 
 
-async def _main(url: str, ledger: str, until_idle: bool) -> None:
-    app = build(url, ledger)
+def env_lease_s() -> float:
+    """The worker lease a crash test asks for (`FM_TEST_LEASE_S`, 1 s by default)."""
+    return float(os.environ.get("FM_TEST_LEASE_S", "1"))
+
+
+async def serve(app: fm.App, *, lease_s: float, until_idle: bool = False, **options: Any) -> None:
+    """Run a worker of `app` for a crash test: maintenance every 100-200 ms (a killed
+    attempt is reaped fast), "ready" on stdout once the store is open."""
     worker = app.worker(
-        concurrency=8,
-        prefetch=8,
-        lease_ttl=timedelta(seconds=float(os.environ.get("FM_TEST_LEASE_S", "1"))),
+        lease_ttl=timedelta(seconds=lease_s),
         reap_interval=timedelta(milliseconds=200),
         promote_interval=timedelta(milliseconds=100),
         poll_interval=timedelta(milliseconds=200),
         shutdown_grace=timedelta(seconds=1),
         cancel_grace=timedelta(milliseconds=300),
+        **options,
     )
     await app.open()
     print("ready", flush=True)
     await worker.run(install_signal_handlers=True, stop_when_idle=until_idle)
     await app.close()
+
+
+async def _main(url: str, ledger: str, until_idle: bool) -> None:
+    app = build(url, ledger)
+    await serve(app, lease_s=env_lease_s(), until_idle=until_idle, concurrency=8, prefetch=8)
 
 
 if __name__ == "__main__":

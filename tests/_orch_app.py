@@ -16,6 +16,8 @@ from pathlib import Path
 
 import flowmill as fm
 
+from ._crash_app import serve
+
 
 @dataclass
 class Memo:
@@ -73,20 +75,7 @@ def build(url: str, ledger: str) -> fm.App:
 
 
 async def _main(url: str, ledger: str) -> None:
-    app = build(url, ledger)
-    worker = app.worker(
-        concurrency=8,
-        lease_ttl=timedelta(seconds=1),
-        reap_interval=timedelta(milliseconds=200),
-        promote_interval=timedelta(milliseconds=100),
-        poll_interval=timedelta(milliseconds=200),
-        shutdown_grace=timedelta(seconds=1),
-        cancel_grace=timedelta(milliseconds=300),
-    )
-    await app.open()
-    print("ready", flush=True)
-    await worker.run(install_signal_handlers=True)
-    await app.close()
+    await serve(build(url, ledger), lease_s=1.0, concurrency=8)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from datetime import timedelta
 
 import flowmill as fm
 
+from ._crash_app import env_lease_s, serve
+
 TASK = "wf_node"
 
 
@@ -78,19 +80,8 @@ def init_ledger(path: str) -> None:
 
 async def _main(url: str, ledger: str, until_idle: bool) -> None:
     app = build(url, ledger)
-    worker = app.worker(
-        concurrency=int(os.environ.get("FM_TEST_CONCURRENCY", "4")),
-        lease_ttl=timedelta(seconds=float(os.environ.get("FM_TEST_LEASE_S", "1"))),
-        reap_interval=timedelta(milliseconds=200),
-        promote_interval=timedelta(milliseconds=100),
-        poll_interval=timedelta(milliseconds=200),
-        shutdown_grace=timedelta(seconds=1),
-        cancel_grace=timedelta(milliseconds=300),
-    )
-    await app.open()
-    print("ready", flush=True)
-    await worker.run(install_signal_handlers=True, stop_when_idle=until_idle)
-    await app.close()
+    concurrency = int(os.environ.get("FM_TEST_CONCURRENCY", "4"))
+    await serve(app, lease_s=env_lease_s(), until_idle=until_idle, concurrency=concurrency)
 
 
 if __name__ == "__main__":
