@@ -30,7 +30,7 @@ from typing import Any
 import flowmill as fm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import say, stdin_reader
+from _common import say, stdin_reader, stop_on_stdin
 
 TASK_NAME = "bench.noop"
 
@@ -79,15 +79,7 @@ async def _worker_main(url: str, schema: str | None, concurrency: int, mode: str
     started = time.monotonic()
     cpu_before = thread_cpu()
 
-    async def watch_stdin() -> None:
-        # "stop" or end of input: stop gracefully.
-        while True:
-            line = (await stdin.readline()).strip()
-            if not line or line == b"stop":
-                worker.stop()
-                return
-
-    watcher = asyncio.get_running_loop().create_task(watch_stdin())
+    watcher = asyncio.get_running_loop().create_task(stop_on_stdin(stdin, worker))
     try:
         await worker.run(stop_when_idle=mode == "drain")
         elapsed = time.monotonic() - started

@@ -1,14 +1,13 @@
-"""Small helpers shared by the benchmark worker processes (owned by the fan-out benchmark).
-
-`_bench_app.py` has private copies of `stdin_reader` and `say` (`_stdin_reader`, `_say`);
-these are the public versions, so that a new worker script does not copy them again.
-"""
+"""Small helpers shared by the benchmark worker processes: the stdin/stdout protocol
+with the bench (`ready`, `go`, `stop`, `done`) and memory figures."""
 
 from __future__ import annotations
 
 import asyncio
 import resource
 import sys
+
+from flowmill import Worker
 
 
 async def stdin_reader() -> asyncio.StreamReader:
@@ -17,6 +16,15 @@ async def stdin_reader() -> asyncio.StreamReader:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     return reader
+
+
+async def stop_on_stdin(stdin: asyncio.StreamReader, worker: Worker) -> None:
+    """Stop `worker` gracefully on a `stop` line or at the end of input."""
+    while True:
+        line = (await stdin.readline()).strip()
+        if not line or line == b"stop":
+            worker.stop()
+            return
 
 
 def say(line: str) -> None:

@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import flowmill as fm
 from _bench_app import thread_cpu
-from _common import peak_rss_kb, rss_kb, say, stdin_reader
+from _common import peak_rss_kb, rss_kb, say, stdin_reader, stop_on_stdin
 
 SCAN_DIR = "bench.scan_dir"
 SCAN_CATALOG = "bench.scan_catalog"
@@ -184,13 +184,6 @@ async def _worker_main(url: str, schema: str | None, concurrency: int) -> int:
     started = time.monotonic()
     cpu_before = thread_cpu()
 
-    async def watch_stdin() -> None:
-        while True:  # "stop" or end of input: stop gracefully
-            line = (await stdin.readline()).strip()
-            if not line or line == b"stop":
-                worker.stop()
-                return
-
     def tick() -> None:
         say(f"tick {time.monotonic() - started:.2f} {rss_kb() or 0} {worker.stats.claimed}")
 
@@ -200,7 +193,7 @@ async def _worker_main(url: str, schema: str | None, concurrency: int) -> int:
             await asyncio.sleep(TICK_S)
 
     loop = asyncio.get_running_loop()
-    helpers = [loop.create_task(watch_stdin()), loop.create_task(ticker())]
+    helpers = [loop.create_task(stop_on_stdin(stdin, worker)), loop.create_task(ticker())]
     try:
         await worker.run(stop_when_idle=True)
         elapsed = time.monotonic() - started
