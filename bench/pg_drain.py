@@ -17,7 +17,7 @@ import statistics
 import time
 
 from flowmill._states import State
-from flowmill.store._base import (
+from flowmill.store.contract.tasks import (
     Finish,
     NewTask,
     TasksClaim,

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from flowmill._states import State
-from flowmill.store._base import Finish, NewTask, TasksClaim, TasksFinish, TasksInsert
+from flowmill.store.contract.tasks import Finish, NewTask, TasksClaim, TasksFinish, TasksInsert
 from flowmill.store.postgres import PostgresStore
 from flowmill.testing._pg import drop_pg_schema, pg_test_url, unique_schema_name
 

@@ -17,10 +17,10 @@ import tempfile
 import time
 
 from flowmill.store import sqlite as store_sqlite
-from flowmill.store._base import TasksInsert
-from flowmill.store._sqlite_schema import migrate
-from flowmill.store._threads import Tx
-from flowmill.testing._conformance_util import task
+from flowmill.store.contract.tasks import TasksInsert
+from flowmill.store.sqlite._schema import migrate
+from flowmill.store.sqlite._threads import Tx
+from flowmill.testing.conformance._util import task
 
 
 def rate(conn: sqlite3.Connection, n: int, one: object) -> float:

@@ -154,7 +154,7 @@ class SQLiteBackend:
     async def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
         # The store leaves one wake-up directory per database file in the temp dir.
-        from flowmill.store import _wake
+        from flowmill.store._common import wake as _wake
 
         for path in self._paths:
             with contextlib.suppress(OSError):

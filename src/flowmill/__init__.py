@@ -7,11 +7,17 @@ an underscore may change without notice.
 from ._app import App, TaskInfo
 from ._budgets import BudgetStatus, StatusReport
 from ._children import ChildrenReport, ChildResult
-from ._claimer import ClaimedTask, Claimer, FailOutcome
 from ._clock import Clock, ManualClock, SystemClock
 from ._conditions import Condition, Count, Signal
 from ._context import Context
-from ._errors import (
+from ._executor import Executor
+from ._handle import TaskHandle
+from ._limits import RateLimit
+from ._retry import Exponential, Fixed, Linear, Retry, RetryAction, RetryDecision, decide_retry
+from ._signals import Frame, ResumeSignal, Waitpoint
+from ._states import TERMINAL, TRANSITIONS, Phase, State
+from ._task import Priority, TaskDef
+from .errors import (
     Cancelled,
     ConfigurationError,
     DuplicateTask,
@@ -40,17 +46,14 @@ from ._errors import (
     WorkflowFailed,
     WorkflowNotFound,
 )
-from ._executor import Executor
-from ._handle import TaskHandle
-from ._limits import RateLimit
-from ._outcome import Category
-from ._retry import Exponential, Fixed, Linear, Retry, RetryAction, RetryDecision, decide_retry
-from ._runner import TimeoutClass
-from ._signals import Frame, ResumeSignal, Waitpoint
-from ._states import TERMINAL, TRANSITIONS, Phase, State
-from ._task import Priority, TaskDef
-from ._worker import Worker, WorkerStats
-from ._workflow import (
+from .store.contract.budgets import UsageReport, UsageStatus
+from .store.contract.signals import DeliverOutcome, DeliverStatus, OnTimeout, SuspendStatus
+from .store.contract.tasks import ErrorGroup, ErrorInfo, Event
+from .worker._claimer import ClaimedTask, Claimer, FailOutcome
+from .worker._outcome import Category
+from .worker._runner import TimeoutClass
+from .worker._worker import Worker, WorkerStats
+from .workflows._builder import (
     Node,
     NodeStatus,
     RunState,
@@ -62,9 +65,6 @@ from ._workflow import (
     fan_out_in,
     pipeline,
 )
-from .store._base import ErrorGroup, ErrorInfo, Event
-from .store._base_budgets import UsageReport, UsageStatus
-from .store._base_signals import DeliverOutcome, DeliverStatus, OnTimeout, SuspendStatus
 
 __version__ = "0.1.0"
 

@@ -12,16 +12,8 @@ from typing import Any, TypeVar, overload
 
 from ._budgets import Budgets, StatusReport
 from ._children import ChildResult
-from ._claimer import Claimer
 from ._clock import Clock, SystemClock, from_ms, from_ms_opt
 from ._codec import DEFAULT_MAX_BYTES
-from ._errors import (
-    ConfigurationError,
-    PayloadError,
-    TaskNotFound,
-    UnknownTask,
-    WorkflowNotFound,
-)
 from ._executor import Executor, make_executor_def
 from ._handle import ResultWaiter, TaskHandle, decode_json
 from ._limits import QueueLimits, RateLimit, check_budget_id
@@ -29,10 +21,17 @@ from ._retry import Retry
 from ._signals import Frame, deliver_signal, tail_frames
 from ._states import Phase, State
 from ._task import Priority, TaskDef, TaskOptions, check_queue, make_task_def, positive_ms
-from ._worker import Worker
-from ._workflow import Conditions, Workflow, WorkflowRun, check_policy
+from .errors import (
+    ConfigurationError,
+    PayloadError,
+    TaskNotFound,
+    UnknownTask,
+    WorkflowNotFound,
+)
 from .store import DEFAULT_URL, open_store
-from .store._base import (
+from .store.contract.dag import WorkflowGet, WorkflowRecord, WorkflowsList
+from .store.contract.signals import DeliverOutcome
+from .store.contract.tasks import (
     ON_DUPLICATE_CHOICES,
     ChildRow,
     ErrorInfo,
@@ -48,8 +47,9 @@ from .store._base import (
     TasksInsert,
     TasksList,
 )
-from .store._base_dag import WorkflowGet, WorkflowRecord, WorkflowsList
-from .store._base_signals import DeliverOutcome
+from .worker._claimer import Claimer
+from .worker._worker import Worker
+from .workflows._builder import Conditions, Workflow, WorkflowRun, check_policy
 
 F = TypeVar("F", bound=Callable[..., Any])
 MAX_KEY_LEN = 512

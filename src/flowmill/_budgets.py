@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ._clock import from_ms
-from ._errors import InvalidUsage, UnknownBudget
 from ._limits import (
     ClaimLimits,
     QueueLimits,
@@ -25,14 +24,15 @@ from ._limits import (
     check_rate_limit,
 )
 from ._task import check_queue, positive_ms
-from .store._base import CountRow, LeaseRef
-from .store._base_budgets import BudgetDefine, BudgetReset, BudgetRow, BudgetUsage, UsageReport
-from .store._budget_rules import check_dimensions, check_limits
+from .errors import InvalidUsage, UnknownBudget
+from .store._common.budget_rules import check_dimensions, check_limits
+from .store.contract.budgets import BudgetDefine, BudgetReset, BudgetRow, BudgetUsage, UsageReport
+from .store.contract.tasks import CountRow, LeaseRef
 
 if TYPE_CHECKING:
     from ._clock import Clock
     from ._task import TaskDef
-    from .store._base import Store
+    from .store.contract.tasks import Store
 
 MAX_DEDUP_KEY_LEN = 512
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from ._states import CHILD_FAILURES, State
-from .store._base import ChildrenSummary, ErrorGroup, ErrorInfo
+from .store.contract.tasks import ChildrenSummary, ErrorGroup, ErrorInfo
 
 R = TypeVar("R")
 

@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar, cast
 
 import msgspec
 
-from ._errors import ConfigurationError, PayloadError, PayloadTooLarge
+from .errors import ConfigurationError, PayloadError, PayloadTooLarge
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from ._errors import ConfigurationError
+from .errors import ConfigurationError
 
 
 class _HasId(Protocol):

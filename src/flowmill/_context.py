@@ -12,18 +12,18 @@ from typing import TYPE_CHECKING, Any
 from ._budgets import report_usage
 from ._children import ChildrenReport, ChildResult
 from ._conditions import Condition
-from ._errors import Cancelled, ConfigurationError
 from ._signals import Fenced, ResumeSignal, Suspended, Waitpoint
 from ._states import Phase, State
-from .store._base import ChildrenPage, ChildrenSummaryQuery, LeaseRef, TaskProgress
-from .store._base_budgets import UsageReport
-from .store._base_signals import FrameRef, OnTimeout, SuspendStatus
+from .errors import Cancelled, ConfigurationError
+from .store.contract.budgets import UsageReport
+from .store.contract.signals import FrameRef, OnTimeout, SuspendStatus
+from .store.contract.tasks import ChildrenPage, ChildrenSummaryQuery, LeaseRef, TaskProgress
 
 if TYPE_CHECKING:
     from ._app import App
     from ._handle import TaskHandle
     from ._task import TaskDef
-    from ._workflow import Upstream
+    from .workflows._builder import Upstream
 
 SPAWN_CHUNK = 1000  # children per transaction in spawn_many
 
@@ -131,7 +131,7 @@ class Context:
     async def upstreams(self) -> Upstream:
         """This node's upstream nodes and their typed results (`up[node]`), read once."""
         if self._upstreams is None:
-            from ._workflow import Upstream
+            from .workflows._builder import Upstream
 
             rows = await self._app.store.upstream_get(self.task_id)
             self._upstreams = Upstream(self._app, rows)
@@ -197,7 +197,7 @@ class Context:
             raise Suspended(self.task_id)
         if status is SuspendStatus.CANCEL_REQUESTED:
             # Cancelled while running: the cancel wins, the attempt ends cancelled.
-            from ._outcome import STOP_OPERATOR
+            from .worker._outcome import STOP_OPERATOR
 
             self._token.fire(STOP_OPERATOR)
             raise Cancelled(STOP_OPERATOR)

@@ -26,13 +26,13 @@ from rich.table import Table
 
 from ._app import App
 from ._context import Context
-from ._errors import FlowmillError, TaskFailed
 from ._handle import TaskHandle
-from ._outcome import Category
 from ._retry import Fixed, Retry
 from ._states import State
 from ._task import Priority, TaskDef
-from .store._base import Event
+from .errors import FlowmillError, TaskFailed
+from .store.contract.tasks import Event
+from .worker._outcome import Category
 
 DEFAULT_URL = "sqlite:///flowmill-demo.db"
 FLAKY_HOST = "flaky-cdn.example"

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from ._codec import Codec, inspect_executor_generic
-from ._errors import ConfigurationError
 from ._task import TaskDef, TaskOptions, module_name
+from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     from ._context import Context

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 
-from ._errors import TaskFailed, TaskTimeout
 from ._states import State
-from .store._base import InsertStatus, ResultRow
+from .errors import TaskFailed, TaskTimeout
+from .store.contract.tasks import InsertStatus, ResultRow
 
 if TYPE_CHECKING:
     from ._app import App

@@ -8,8 +8,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ._errors import ConfigurationError
-from .store._base_budgets import ClaimLimit, LimitScope
+from .errors import ConfigurationError
+from .store.contract.budgets import ClaimLimit, LimitScope
 
 if TYPE_CHECKING:
     from ._task import TaskDef

@@ -8,7 +8,7 @@ import sys
 import traceback
 
 from ._app import App
-from ._errors import ConfigurationError
+from .errors import ConfigurationError
 
 
 class AppLoadError(ConfigurationError):

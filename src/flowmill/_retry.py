@@ -16,7 +16,7 @@ from typing import Any, Final, TypeAlias
 
 import msgspec
 
-from ._errors import ConfigurationError, RetryCapExceeded
+from .errors import ConfigurationError, RetryCapExceeded
 
 __all__ = [
     "Backoff",

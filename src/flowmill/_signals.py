@@ -19,9 +19,9 @@ import msgspec
 
 from ._clock import from_ms
 from ._conditions import Condition, encode_condition
-from ._errors import ConfigurationError, FrameTooLarge, PayloadTooLarge
 from ._tokens import TokenKeys, new_secret
-from .store._base_signals import (
+from .errors import ConfigurationError, FrameTooLarge, PayloadTooLarge
+from .store.contract.signals import (
     MAX_FRAME_BYTES,
     DeliverOutcome,
     DeliverStatus,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
-from ._errors import IllegalTransition
+from .errors import IllegalTransition
 
 
 class State(StrEnum):

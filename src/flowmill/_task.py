@@ -13,9 +13,9 @@ from enum import IntEnum
 from typing import Any
 
 from ._codec import Codec, inspect_handler
-from ._errors import ConfigurationError
 from ._limits import RateLimit, check_budget_id, check_max_concurrency, check_rate_limit
 from ._retry import Retry, backoff_to_json
+from .errors import ConfigurationError
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 

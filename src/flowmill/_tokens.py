@@ -14,7 +14,7 @@ import hmac
 import os
 from dataclasses import dataclass
 
-from ._errors import ConfigurationError
+from .errors import ConfigurationError
 
 SECRET_ENV = "FLOWMILL_SECRET"  # noqa: S105 - the variable's name, not a secret
 PREVIOUS_SECRET_ENV = "FLOWMILL_SECRET_PREVIOUS"  # noqa: S105

@@ -23,12 +23,12 @@ from rich.text import Text
 from ._app import App, TaskInfo
 from ._budgets import BudgetStatus
 from ._clock import from_ms
-from ._errors import FlowmillError, IllegalTransition, TaskFailed
 from ._loader import load_app
 from ._states import State
-from ._workflow import WorkflowStatus
+from .errors import FlowmillError, IllegalTransition, TaskFailed
 from .store import DEFAULT_URL
 from .store.sqlite import SQLiteStore
+from .workflows._builder import WorkflowStatus
 
 log = logging.getLogger("flowmill.cli")
 T = TypeVar("T")

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ._errors import ConfigurationError, PayloadTooLarge
-from .store._base_signals import DeliverStatus
+from .errors import ConfigurationError, PayloadTooLarge
+from .store.contract.signals import DeliverStatus
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .._errors import ConfigurationError
-from ._base import Store
+from ..errors import ConfigurationError
+from .contract.tasks import Store
 
 DEFAULT_URL = "sqlite:///flowmill.db"
 

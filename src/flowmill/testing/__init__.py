@@ -7,7 +7,7 @@ class TestMyStore(StoreConformance):
     async def store(self): ...   # yield an open, empty store; close it afterwards
 """
 
-from ._conformance import StoreConformance
-from ._docs import mermaid_diagram, states_table
+from .._docgen import mermaid_diagram, states_table
+from .conformance.suite import StoreConformance
 
 __all__ = ["StoreConformance", "mermaid_diagram", "states_table"]

@@ -1,0 +1,254 @@
+"""Threads that own one sqlite3 connection each; the writer group-commits its queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ...errors import FlowmillError, StoreError, StoreUnavailable
+
+T = TypeVar("T")
+
+# A job runs on the connection's thread; it may return notifications to send after commit.
+Job = Callable[[sqlite3.Connection, "Tx"], Any]
+_Item = tuple[Job, "asyncio.Future[Any]"]
+
+_MAX_GROUP = 256
+
+
+class Tx:
+    """What one job inside a group commit may ask for once the group has committed."""
+
+    __slots__ = ("notify",)
+
+    def __init__(self) -> None:
+        self.notify = b""
+
+    def wake(self, channel: bytes) -> None:
+        if channel not in self.notify:
+            self.notify += channel
+
+
+def translate(exc: BaseException) -> BaseException:
+    """Turn a driver error into a flowmill error; flowmill errors pass through unchanged."""
+    if isinstance(exc, FlowmillError):
+        return exc
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return StoreUnavailable(f"the database is locked by another process: {exc}")
+    if isinstance(exc, sqlite3.Error):
+        return StoreError(f"sqlite error: {exc}")
+    return exc
+
+
+class ConnectionThread:
+    """Runs jobs on one connection in one thread. The writer wraps a group in a transaction."""
+
+    def __init__(
+        self,
+        name: str,
+        connect: Callable[[], sqlite3.Connection],
+        *,
+        writer: bool,
+        after_commit: Callable[[bytes], None],
+        init: Callable[[sqlite3.Connection], object] | None = None,
+    ) -> None:
+        self._connect = connect
+        self._init = init
+        self._writer = writer
+        self._after_commit = after_commit
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        # `_closed` and every put are under this lock, so nothing is queued after the drain.
+        self._lock = threading.Lock()
+        self._closed = False
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def run(self, job: Job) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            self._queue.put((job, fut))
+        return await fut
+
+    def stop(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._queue.put(None)
+        self._thread.join()
+
+    def _main(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            self._error = translate(exc)
+            self._closed = True
+            self._ready.set()
+            return
+        if self._init is not None:
+            # Runs before any job, outside the group transaction (migrations need their own).
+            try:
+                self._init(conn)
+            except BaseException as exc:
+                conn.close()
+                self._error = translate(exc)
+                self._closed = True
+                self._ready.set()
+                return
+        self._ready.set()
+        try:
+            self._serve(conn)
+        finally:
+            with self._lock:
+                self._closed = True
+            _fail_all(self._drain(), StoreError("the store is closed"))
+            conn.close()
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            stop = False
+            if self._writer:
+                while len(group) < _MAX_GROUP:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stop = True
+                        break
+                    group.append(item)
+            try:
+                if self._writer:
+                    self._run_group(conn, group)
+                else:
+                    self._run_single(conn, first)
+            except BaseException as exc:  # a bug here must not leave callers waiting forever
+                _fail_all(group, translate(exc))
+                if not isinstance(exc, Exception):
+                    raise
+            if stop:
+                return
+
+    def _drain(self) -> list[_Item]:
+        items: list[_Item] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return items
+            if item is not None:
+                items.append(item)
+
+    def _run_single(self, conn: sqlite3.Connection, item: _Item) -> None:
+        """A read: one deferred transaction, so that all its statements see one snapshot."""
+        job, fut = item
+        try:
+            conn.execute("BEGIN")
+            try:
+                outcome: tuple[bool, Any] = (True, job(conn, Tx()))
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+        except BaseException as exc:
+            outcome = (False, translate(exc))
+        _settle_all([(fut, outcome)])
+
+    def _run_group(self, conn: sqlite3.Connection, group: list[_Item]) -> None:
+        """Run jobs in one transaction, each in a savepoint; commit once; then answer all.
+
+        A job that fails is rolled back to its savepoint and answered with its error. If the
+        whole transaction is gone (the job ended it, or SQLite rolled it back on an I/O or
+        disk-full error), the jobs before it were undone too: they run again in a new group.
+        """
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            _fail_all(group, translate(exc))
+            return
+        tx = Tx()
+        outcomes: list[tuple[asyncio.Future[Any], tuple[bool, Any]]] = []
+        for index, (job, fut) in enumerate(group):
+            job_tx = Tx()
+            try:
+                conn.execute("SAVEPOINT job")
+                value = job(conn, job_tx)
+                conn.execute("RELEASE job")
+            except BaseException as exc:
+                if not _rollback_to_savepoint(conn):
+                    _settle_all([(fut, (False, translate(exc)))])
+                    rest = group[:index] + group[index + 1 :]
+                    if rest:
+                        self._run_group(conn, rest)
+                    return
+                outcomes.append((fut, (False, translate(exc))))
+                continue
+            outcomes.append((fut, (True, value)))
+            for ch in job_tx.notify:
+                tx.wake(bytes([ch]))
+        try:
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            _fail_all(group, translate(exc))
+            return
+        if tx.notify:
+            with contextlib.suppress(Exception):  # a wake-up is a hint; the commit stands
+                self._after_commit(tx.notify)
+        _settle_all(outcomes)
+
+
+def _rollback_to_savepoint(conn: sqlite3.Connection) -> bool:
+    """Undo the failed job; False when the group's transaction is gone as a whole."""
+    if not conn.in_transaction:
+        return False
+    try:
+        conn.execute("ROLLBACK TO job")
+        conn.execute("RELEASE job")
+    except sqlite3.Error:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        return False
+    return True
+
+
+def _fail_all(items: list[_Item], error: BaseException) -> None:
+    _settle_all([(fut, (False, error)) for _, fut in items])
+
+
+def _settle_all(outcomes: list[tuple[asyncio.Future[Any], tuple[bool, Any]]]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], tuple[bool, Any]]]]
+    by_loop = {}
+    for fut, outcome in outcomes:
+        by_loop.setdefault(fut.get_loop(), []).append((fut, outcome))
+    for loop, items in by_loop.items():
+        if loop.is_closed():
+            continue
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle, items)
+
+
+def _settle(items: list[tuple[asyncio.Future[Any], tuple[bool, Any]]]) -> None:
+    for fut, (ok, value) in items:
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)

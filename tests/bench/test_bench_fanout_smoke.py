@@ -1,0 +1,74 @@
+"""Smoke test of bench/fanout.py: a tiny fan-out on SQLite runs and prints every figure.
+
+Not a timed test: the figures are only checked to be there and positive.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench" / "fanout.py"
+
+
+def run_bench(*args: str, timeout: float = 100) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(BENCH), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def figure(stdout: str, name: str, unit: str) -> float:
+    pattern = re.compile(rf"^{re.escape(name)}: (\d+(?:\.\d+)?) {re.escape(unit)}$")
+    values = [float(m.group(1)) for line in stdout.splitlines() if (m := pattern.match(line))]
+    assert len(values) == 1, f"{name!r} not printed once:\n{stdout}"
+    return values[0]
+
+
+def test_prints_every_figure(tmp_path: Path) -> None:
+    out = run_bench("--children", "300", "--dir", str(tmp_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert figure(out.stdout, "wall time (300 children)", "s") > 0
+    assert figure(out.stdout, "children/s (300 children)", "children/s") > 0
+    assert figure(out.stdout, "worker peak RSS (300 children)", "MB") > 0
+    assert "| figure" in out.stdout  # the summary table
+    assert "vs goal" in out.stdout
+    # The SQLite files live in the temporary directory the bench makes, removed at the end.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_json_two_sizes_report_the_growth(tmp_path: Path) -> None:
+    out = run_bench(
+        "--children", "40,250", "--fanout", "3", "--roots", "2", "--synchronous", "normal",
+        "--json", "--dir", str(tmp_path),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    data = json.loads(out.stdout)
+    assert data["backend"] == "sqlite"
+    assert data["synchronous"] == "normal"
+    assert [r["children"] for r in data["runs"]] == [40, 250]
+    for run in data["runs"]:
+        assert run["discovered"] == run["children"]  # finalize summed one per child
+        assert run["worker_claimed"] == run["children"] + 2  # + execute and finalize
+        assert run["seconds"] > 0
+        assert run["worker_peak_rss_mb"] > 0
+    assert isinstance(data["peak_rss_growth_mb"], float)
+
+
+def test_unreachable_postgres_exits_2() -> None:
+    out = run_bench(
+        "--backend", "postgres", "--pg-url", "postgresql://nobody@127.0.0.1:1/none",
+        "--children", "10",
+        timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith("error: ")
+    assert "wall time" not in out.stdout
