@@ -78,13 +78,17 @@ def _out() -> Console:
     return Console(highlight=False, width=240 if wide else None)
 
 
-def _table(title: str | None, *columns: str, header: bool = True) -> Table:
-    table = Table(
-        title=title, title_justify="left", show_header=header, box=box.SIMPLE_HEAD, show_edge=False
-    )
+def _table(*columns: str, header: bool = True) -> Table:
+    table = Table(show_header=header, box=box.SIMPLE_HEAD, show_edge=False)
     for col in columns:
         table.add_column(col)
     return table
+
+
+def _print_titled(console: Console, title: str, table: Table) -> None:
+    """A table under a title line that is never wrapped: a long database URL stays whole."""
+    console.print(Text(title, style="italic"), soft_wrap=True)
+    console.print(table)
 
 
 def _row(table: Table, *cells: str) -> None:
@@ -99,7 +103,7 @@ def _print_columns(console: Console, title: str, headers: list[str], rows: list[
     def line(cells: list[str]) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
-    console.print(Text(title, style="bold"))
+    console.print(Text(title, style="bold"), soft_wrap=True)
     console.print(Text(line(headers), style="bold"), soft_wrap=True)
     for r in rows:
         console.print(Text(line(r)), soft_wrap=True)
@@ -332,7 +336,7 @@ def status(url: UrlOpt = None, app_path: AppOpt = None) -> None:
     shown = [s for s in State if s is State.DEAD_LETTERED or any(r.state is s for r in rows)]
     queues = sorted({r.queue for r in rows})
     counts = {(r.queue, r.state): r.count for r in rows}
-    table = _table(f"tasks in {app.url}", "queue")
+    table = _table("queue")
     for s in shown:
         table.add_column(s.value, justify="right", style="red" if s is State.DEAD_LETTERED else "")
     table.add_column("total", justify="right", style="bold")
@@ -341,7 +345,7 @@ def status(url: UrlOpt = None, app_path: AppOpt = None) -> None:
         cells = [sum(counts.get((p, s), 0) for p in picked) for s in shown]
         total = sum(r.count for r in rows if r.queue in picked)
         _row(table, q, *(str(c) for c in cells), str(total))
-    console.print(table)
+    _print_titled(console, f"tasks in {app.url}", table)
     _print_budgets(console, rows.budgets)
 
 
@@ -353,7 +357,7 @@ def _print_budgets(console: Console, budgets: list[BudgetStatus]) -> None:
     """Usage against limits; a hard-breached budget holds its ready tasks back."""
     if not budgets:
         return
-    table = _table("budgets", "budget", "usage", "hard", "soft", "window ends", "state", "held")
+    table = _table("budget", "usage", "hard", "soft", "window ends", "state", "held")
     for b in budgets:
         state = f"HARD-BREACHED ({', '.join(b.breached)})" if b.hard_breached else "ok"
         _row(
@@ -366,7 +370,7 @@ def _print_budgets(console: Console, budgets: list[BudgetStatus]) -> None:
             state,
             str(b.tasks_held),
         )
-    console.print(table)
+    _print_titled(console, "budgets", table)
 
 
 @tasks_cli.command("list")
@@ -420,7 +424,7 @@ def tasks_show(task_id: IdArg, url: UrlOpt = None, app_path: AppOpt = None) -> N
     """Every field of one task, its error with traceback, and its result."""
     _, info = _inspect(url, app_path, lambda app: app.get(task_id))
     console = _out()
-    table = _table(f"task {info.id}", "field", "value", header=False)
+    table = _table("field", "value", header=False)
     table.columns[0].style = "bold"
     table.columns[0].no_wrap = True
     table.columns[1].overflow = "fold"
@@ -453,7 +457,7 @@ def tasks_show(task_id: IdArg, url: UrlOpt = None, app_path: AppOpt = None) -> N
         fields.append(("error", f"{info.error.type} ({info.error.category}): {info.error.message}"))
     for k, v in fields:
         _row(table, k, v)
-    console.print(table)
+    _print_titled(console, f"task {info.id}", table)
     if info.error is not None and info.error.traceback:
         console.print("[bold]traceback[/] (last attempt):", markup=True)
         console.print(info.error.traceback.rstrip(), markup=False)
