@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -12,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 from ._budgets import report_usage
 from ._children import ChildrenReport, ChildResult
 from ._conditions import Condition
-from ._signals import Fenced, ResumeSignal, Suspended, Waitpoint
+from ._signals import Fenced, ResumeSignal, Waitpoint
 from ._states import Phase, State
+from ._stops import STOP_OPERATOR, CancelToken, Suspended
 from .errors import Cancelled, ConfigurationError
 from .store.contract.budgets import UsageReport
 from .store.contract.signals import FrameRef, OnTimeout, SuspendStatus
@@ -35,44 +35,6 @@ def check_progress(pct: float) -> float:
     if not 0 <= pct <= 100:
         raise ValueError(f"progress must be from 0 to 100, got {pct}")
     return float(pct)
-
-
-class CancelToken:
-    """A cooperative stop request for one attempt, readable from the loop and from threads."""
-
-    __slots__ = ("_future", "_reason", "_thread")
-
-    def __init__(self) -> None:
-        self._reason: str | None = None
-        self._thread = threading.Event()
-        self._future: asyncio.Future[None] | None = None
-
-    def fire(self, reason: str) -> None:
-        """Ask the attempt to stop (call on the event loop's thread). The first reason wins."""
-        if self._reason is None:
-            self._reason = reason
-        self._thread.set()
-        if self._future is not None and not self._future.done():
-            self._future.set_result(None)
-
-    def future(self) -> asyncio.Future[None]:
-        """A future that resolves when the token fires (for `asyncio.wait` without a task)."""
-        if self._future is None:
-            self._future = asyncio.get_running_loop().create_future()
-            if self._thread.is_set():
-                self._future.set_result(None)
-        return self._future
-
-    @property
-    def is_set(self) -> bool:
-        return self._thread.is_set()
-
-    @property
-    def reason(self) -> str | None:
-        return self._reason
-
-    async def wait(self) -> None:
-        await asyncio.shield(self.future())
 
 
 class Context:
@@ -197,8 +159,6 @@ class Context:
             raise Suspended(self.task_id)
         if status is SuspendStatus.CANCEL_REQUESTED:
             # Cancelled while running: the cancel wins, the attempt ends cancelled.
-            from .worker._outcome import STOP_OPERATOR
-
             self._token.fire(STOP_OPERATOR)
             raise Cancelled(STOP_OPERATOR)
         return await self.resume_signals()

@@ -6,13 +6,21 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .errors import ConfigurationError
 from .store.contract.budgets import ClaimLimit, LimitScope
 
-if TYPE_CHECKING:
-    from ._task import TaskDef
+
+class LimitedKind(Protocol):
+    """What the claim limits read of a task definition (a `TaskDef` is one)."""
+
+    @property
+    def rate_limit(self) -> RateLimit | None: ...
+
+    @property
+    def max_concurrency(self) -> int | None: ...
+
 
 MAX_BUDGET_ID_LEN = 255
 
@@ -77,7 +85,7 @@ def _limit(scope: LimitScope, name: str, rate: RateLimit | None, cap: int | None
     )
 
 
-def kind_limits(registry: Mapping[str, TaskDef]) -> dict[str, ClaimLimit]:
+def kind_limits(registry: Mapping[str, LimitedKind]) -> dict[str, ClaimLimit]:
     """The claim limit of every task kind that has a rate limit or a concurrency cap."""
     return {
         name: _limit("kind", name, t.rate_limit, t.max_concurrency)
@@ -101,7 +109,7 @@ class ClaimLimits:
 
     def __init__(
         self,
-        registry: Mapping[str, TaskDef],
+        registry: Mapping[str, LimitedKind],
         queue_limits: Mapping[str, QueueLimits],
         queues: Iterable[str],
     ) -> None:

@@ -42,13 +42,6 @@ SECRET_META_KEY = "waitpoint_secret"  # noqa: S105 - a meta key name
 MAX_KEY = 200
 
 
-class Suspended(BaseException):
-    """Raised by `ctx.suspend` to end the attempt: the task now waits for its signals.
-
-    A BaseException, so that a handler's `except Exception` does not swallow it.
-    """
-
-
 @dataclass(frozen=True, slots=True)
 class Waitpoint:
     """Give `id` and `token` to whoever should signal: `app.deliver_signal(id, token, ...)`."""

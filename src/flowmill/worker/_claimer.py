@@ -24,6 +24,7 @@ from .._context import check_progress
 from .._handle import decode_json
 from .._signals import Fenced, ResumeSignal, Waitpoint
 from .._states import State
+from .._stops import STOP_LEASE_LOST
 from .._task import check_queue
 from ..errors import (
     ConfigurationError,
@@ -46,7 +47,7 @@ from ..store.contract.tasks import (
 )
 from ..workflows._builder import check_condition
 from ._leases import HeldLease, renew
-from ._outcome import STOP_LEASE_LOST, retry_finish
+from ._outcome import retry_finish
 
 if TYPE_CHECKING:
     from .._app import App

@@ -6,10 +6,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .._context import CancelToken
+from .._stops import STOP_LEASE_LOST, STOP_LEASE_UNHEALTHY, STOP_OPERATOR, CancelToken
 from ..errors import StoreError
 from ..store.contract.tasks import LeaseRef, LeasesRenew, Store
-from ._outcome import STOP_LEASE_LOST, STOP_LEASE_UNHEALTHY, STOP_OPERATOR
 
 log = logging.getLogger("flowmill.leases")
 

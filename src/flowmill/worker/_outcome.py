@@ -8,18 +8,18 @@ from datetime import timedelta
 from typing import Any
 
 from .._retry import RetryAction, backoff_from_json, decide_retry
-from .._signals import Suspended
 from .._states import State
+from .._stops import (
+    STOP_LEASE_LOST,
+    STOP_LEASE_UNHEALTHY,
+    STOP_OPERATOR,
+    STOP_SHUTDOWN,
+    Suspended,
+)
 from .._task import TaskDef
 from ..errors import Cancelled, Fail, PayloadError, RetryCapExceeded, RetryLater
 from ..store.contract.tasks import ClaimedRow, ErrorInfo, ExpiredLease, Finish
 from ._runner import Ended
-
-# Why a token fired, as recorded by the worker; the runner adds "timeout" itself.
-STOP_OPERATOR = "cancelled by operator"
-STOP_SHUTDOWN = "worker shutting down"
-STOP_LEASE_LOST = "lease lost"
-STOP_LEASE_UNHEALTHY = "lease unhealthy: renewals failing"
 
 
 class Category:

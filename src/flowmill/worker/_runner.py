@@ -15,7 +15,8 @@ from enum import StrEnum
 from typing import Any
 
 from .._clock import Clock
-from .._context import CancelToken, Context
+from .._context import Context
+from .._stops import CancelToken
 from .._task import TaskDef
 
 TIMEOUT_REASON = "timeout"

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from .._clock import Clock
 from .._codec import Codec
-from .._context import CancelToken, Context
+from .._context import Context
 from .._states import Phase, State
+from .._stops import STOP_LEASE_LOST, STOP_OPERATOR, STOP_SHUTDOWN, CancelToken
 from .._task import TaskDef, check_queue
 from ..errors import ConfigurationError, LeaseLost, PayloadError, StoreError, StoreUnavailable
 from ..store.contract.budgets import ClaimedRows
@@ -43,9 +44,6 @@ from ..workflows._builder import check_condition
 from ._batch import Batcher
 from ._leases import HeldLease, renew
 from ._outcome import (
-    STOP_LEASE_LOST,
-    STOP_OPERATOR,
-    STOP_SHUTDOWN,
     beyond_cap,
     decide_finish,
     decode_failure,
