@@ -53,7 +53,7 @@ from .worker._claimer import ClaimedTask, Claimer, FailOutcome
 from .worker._outcome import Category
 from .worker._runner import TimeoutClass
 from .worker._worker import Worker, WorkerStats
-from .workflows._builder import (
+from .workflows import (
     Node,
     NodeStatus,
     RunState,

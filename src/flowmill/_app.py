@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
 from ._budgets import Budgets, StatusReport
-from ._children import ChildResult
 from ._clock import Clock, SystemClock, from_ms, from_ms_opt
 from ._codec import DEFAULT_MAX_BYTES
 from ._executor import Executor, make_executor_def
 from ._handle import ResultWaiter, TaskHandle, decode_json
-from ._limits import QueueLimits, RateLimit, check_budget_id
+from ._limits import QueueLimits, RateLimit
 from ._retry import Retry
+from ._rows import Opts
 from ._signals import Frame, deliver_signal, tail_frames
 from ._states import Phase, State
-from ._task import Priority, TaskDef, TaskOptions, check_queue, make_task_def, positive_ms
+from ._submit import insert_tasks, upstream_ids
+from ._task import Priority, TaskDef, TaskOptions, make_task_def
 from .errors import (
     ConfigurationError,
     PayloadError,
@@ -32,47 +32,23 @@ from .store import DEFAULT_URL, open_store
 from .store.contract.dag import WorkflowGet, WorkflowRecord, WorkflowsList
 from .store.contract.signals import DeliverOutcome
 from .store.contract.tasks import (
-    ON_DUPLICATE_CHOICES,
-    ChildRow,
     ErrorInfo,
     Event,
     EventsRead,
-    LeaseRef,
-    NewTask,
     OnDuplicate,
     Store,
     TaskCancel,
     TaskRecord,
     TaskRetry,
-    TasksInsert,
     TasksList,
 )
 from .worker._claimer import Claimer
 from .worker._worker import Worker
-from .workflows._builder import Conditions, Workflow, WorkflowRun, check_policy
+from .workflows._builder import Workflow
+from .workflows._runs import WorkflowRun
+from .workflows._when import Conditions
 
 F = TypeVar("F", bound=Callable[..., Any])
-MAX_KEY_LEN = 512
-
-
-def new_task_id(_urandom: Callable[[int], bytes] = os.urandom) -> str:
-    """A time-ordered UUID (version 7 layout): sortable, unique across processes."""
-    return new_task_ids(1, _urandom)[0]
-
-
-def new_task_ids(n: int, _urandom: Callable[[int], bytes] = os.urandom) -> list[str]:
-    """`n` time-ordered UUIDs (version 7 layout) from one call for randomness.
-
-    Built from hex strings rather than `uuid.UUID`: it is on the submit hot path.
-    """
-    stamp = (time.time_ns() // 1_000_000).to_bytes(6, "big").hex()
-    rand = _urandom(10 * n).hex()
-    ids = []
-    for i in range(0, 20 * n, 20):
-        r = rand[i : i + 20]
-        variant = "89ab"[int(r[0], 16) & 3]
-        ids.append(f"{stamp[:8]}-{stamp[8:12]}-7{r[1:4]}-{variant}{r[5:8]}-{r[8:20]}")
-    return ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +227,7 @@ class App(Budgets):
     def queues(self) -> set[str]:
         return {t.queue for t in self.registry.values()} or {"default"}
 
-    def _resolve(self, task: TaskDef | str) -> TaskDef:
+    def resolve_task(self, task: TaskDef | str) -> TaskDef:
         name = task.name if isinstance(task, TaskDef) else task
         tdef = self.registry.get(name) if isinstance(name, str) else None
         if tdef is None or (isinstance(task, TaskDef) and tdef is not task):
@@ -287,12 +263,13 @@ class App(Budgets):
         With `budget` (a defined one, else `UnknownBudget`), the task is not claimed while
         that budget is hard-breached.
         """
-        [handle] = await self._insert(
+        [handle] = await insert_tasks(
+            self,
             task,
             [payload],
             keys=[key],
             on_duplicate=on_duplicate,
-            opts=_Opts(
+            opts=Opts(
                 delay,
                 run_at,
                 priority,
@@ -302,7 +279,7 @@ class App(Budgets):
                 parent,
                 fail_fast,
                 budget=budget,
-                depends_on=_upstream_ids(depends_on),
+                depends_on=upstream_ids(depends_on),
                 upstream_policy=on_upstream_failure,
             ),
         )
@@ -326,73 +303,18 @@ class App(Budgets):
         budget: str | None = None,
     ) -> list[TaskHandle[Any]]:
         """Submit many tasks of one kind in one transaction: all are stored, or none."""
-        return await self._insert(
+        return await insert_tasks(
+            self,
             task,
             list(payloads),
             keys=keys,
             on_duplicate=on_duplicate,
-            opts=_Opts(delay, run_at, priority, queue, tags, ttl, parent, fail_fast, budget=budget),
+            opts=Opts(delay, run_at, priority, queue, tags, ttl, parent, fail_fast, budget=budget),
         )
-
-    async def _insert(
-        self,
-        task: TaskDef | str,
-        payloads: Sequence[Any],
-        *,
-        keys: Sequence[str | None] | None = None,
-        child_keys: Sequence[str | None] | None = None,
-        on_duplicate: OnDuplicate = "skip",
-        opts: _Opts,
-        fence: LeaseRef | None = None,
-    ) -> list[TaskHandle[Any]]:
-        """The one way tasks get in: submits and spawns. Validates everything before storing."""
-        tdef = self._resolve(task)
-        _check_on_duplicate(on_duplicate)
-        common = _Common.build(tdef, opts)
-        for what, given in (("keys", keys), ("child keys", child_keys)):
-            if given is not None and len(given) != len(payloads):
-                raise ConfigurationError(f"{len(given)} {what} for {len(payloads)} payloads")
-        encode = tdef.payload.encode
-        news = common.tasks(
-            tdef,
-            [encode(p) for p in payloads],
-            None if keys is None else [_check_key(k) for k in keys],
-            None if child_keys is None else [_check_key(k) for k in child_keys],
-        )
-        if common.budget_id is not None:
-            await self.require_budget(common.budget_id)
-        await self.open()
-        outs = await self.store.tasks_insert(
-            TasksInsert(news, on_duplicate, self.clock.store_now(), fence)
-        )
-        return [TaskHandle(o.id, self, tdef.name, o.status) for o in outs]
-
-    def spawn_options(self, parent_id: str, given: Mapping[str, Any]) -> _Opts:
-        """Submit options for children spawned from a handler (`ctx.spawn(..., delay=...)`)."""
-        unknown = set(given) - _SPAWN_OPTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"spawn does not take {', '.join(sorted(unknown))}; it takes "
-                f"{', '.join(sorted(_SPAWN_OPTIONS))}"
-            )
-        return _Opts(parent=parent_id, **given)
-
-    def kind_names(self, kind: TaskDef | str | Iterable[TaskDef | str] | None) -> tuple[str, ...]:
-        """Task names for a filter given as task objects or names (None: every kind)."""
-        if kind is None:
-            return ()
-        if isinstance(kind, TaskDef | str):
-            kind = [kind]
-        return tuple(k.name if isinstance(k, TaskDef) else str(k) for k in kind)
-
-    def child_result(self, row: ChildRow) -> ChildResult[Any]:
-        ok = row.state is State.COMPLETED
-        result = self.decode_result(row.kind, row.result) if ok else None
-        return ChildResult(row.id, row.kind, row.state, ok, result, row.error, row.attempts)
 
     def handle(self, task_id: str, task: TaskDef | str | None = None) -> TaskHandle[Any]:
         """A handle for a task submitted elsewhere (its result decodes by its registered kind)."""
-        kind = self._resolve(task).name if task is not None else ""
+        kind = self.resolve_task(task).name if task is not None else ""
         return TaskHandle(task_id, self, kind)
 
     def decode_result(self, kind: str, data: bytes | None) -> Any:
@@ -560,160 +482,3 @@ class App(Budgets):
         """The newest workflow runs (counts of their nodes by state)."""
         await self.open()
         return await self.store.workflows_list(WorkflowsList(limit, name))
-
-
-def _check_on_duplicate(value: str) -> None:
-    if value not in ON_DUPLICATE_CHOICES:
-        raise ConfigurationError(
-            f"on_duplicate must be one of {', '.join(ON_DUPLICATE_CHOICES)}, got {value!r}"
-        )
-
-
-def _check_key(key: str | None) -> str | None:
-    if key is not None and (not isinstance(key, str) or not key or len(key) > MAX_KEY_LEN):
-        raise ConfigurationError(
-            f"key must be a non-empty string of at most {MAX_KEY_LEN} characters, got {key!r}"
-        )
-    return key
-
-
-_SPAWN_OPTIONS = frozenset(
-    {"delay", "run_at", "priority", "queue", "tags", "ttl", "fail_fast", "budget"}
-)
-
-
-@dataclass(frozen=True, slots=True)
-class _Opts:
-    """Submit options as the caller gave them (None: the task's default)."""
-
-    delay: timedelta | None = None
-    run_at: datetime | None = None
-    priority: int | None = None
-    queue: str | None = None
-    tags: Mapping[str, str] | None = None
-    ttl: timedelta | None = None
-    parent: str | None = None
-    fail_fast: bool | None = None
-    budget: str | None = None
-    depends_on: tuple[str, ...] = ()
-    upstream_policy: str = "skip"
-
-
-def _upstream_ids(given: Sequence[TaskHandle[Any] | str]) -> tuple[str, ...]:
-    if isinstance(given, str | TaskHandle):
-        given = [given]
-    out = []
-    for g in given:
-        task_id = g.id if isinstance(g, TaskHandle) else g
-        if not isinstance(task_id, str) or not task_id:
-            raise ConfigurationError(f"depends_on takes task handles or ids, got {g!r}")
-        out.append(task_id)
-    return tuple(out)
-
-
-@dataclass(frozen=True, slots=True)
-class _Common:
-    """The options shared by every task of one submit call, validated once."""
-
-    queue: str
-    priority: int
-    delay_ms: int | None
-    run_at_ms: int | None
-    ttl_ms: int | None
-    tags: Mapping[str, str]
-    parent_id: str | None
-    fail_fast: bool
-    budget_id: str | None
-    depends_on: tuple[str, ...] = ()
-    upstream_policy: str = "skip"
-
-    @staticmethod
-    def build(tdef: TaskDef, o: _Opts) -> _Common:
-        if o.delay is not None and o.run_at is not None:
-            raise ConfigurationError("pass delay or run_at, not both")
-        run_at_ms = None
-        if o.run_at is not None:
-            if not isinstance(o.run_at, datetime) or o.run_at.tzinfo is None:
-                raise ConfigurationError(
-                    f"run_at must be a timezone-aware datetime, got {o.run_at!r}"
-                )
-            run_at_ms = int(o.run_at.timestamp() * 1000)
-        if o.priority is not None and (
-            not isinstance(o.priority, int) or isinstance(o.priority, bool)
-        ):
-            raise ConfigurationError(f"priority must be an int, got {o.priority!r}")
-        tags = dict(o.tags or {})
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
-            raise ConfigurationError("tags must map strings to strings")
-        if o.parent is not None and (not isinstance(o.parent, str) or not o.parent):
-            raise ConfigurationError(f"parent must be a task id, got {o.parent!r}")
-        if o.depends_on:
-            if o.parent is not None or o.delay is not None or o.run_at is not None:
-                raise ConfigurationError(
-                    "a task with depends_on cannot also be a child or be delayed"
-                )
-            check_policy(o.upstream_policy)
-        return _Common(
-            queue=check_queue(o.queue) if o.queue is not None else tdef.queue,
-            priority=int(o.priority) if o.priority is not None else tdef.priority,
-            delay_ms=positive_ms("delay", o.delay, allow_zero=True),
-            run_at_ms=run_at_ms,
-            ttl_ms=positive_ms("ttl", o.ttl) if o.ttl is not None else tdef.ttl_ms,
-            tags=tags,
-            parent_id=o.parent,
-            fail_fast=tdef.fail_fast if o.fail_fast is None else bool(o.fail_fast),
-            depends_on=o.depends_on,
-            upstream_policy=o.upstream_policy,
-            budget_id=tdef.budget if o.budget is None else check_budget_id(o.budget),
-        )
-
-    def tasks(
-        self,
-        tdef: TaskDef,
-        payloads: list[bytes],
-        keys: list[str | None] | None,
-        child_keys: list[str | None] | None,
-    ) -> list[NewTask]:
-        """One NewTask per payload; locals rather than attribute lookups: a hot loop."""
-        n = len(payloads)
-        ids = new_task_ids(n)
-        none: list[str | None] = [None] * n
-        kind, queue, priority = tdef.name, self.queue, self.priority
-        delay_ms, run_at_ms, ttl_ms, tags = self.delay_ms, self.run_at_ms, self.ttl_ms, self.tags
-        max_attempts, policy, timeout_ms = (
-            tdef.retry.max_attempts,
-            tdef.retry_policy,
-            tdef.timeout_ms,
-        )
-        parent_id, fail_fast, budget_id = self.parent_id, self.fail_fast, self.budget_id
-        on_cancel = tdef.executor is not None and tdef.executor.has_on_cancel
-        news = [
-            NewTask(
-                id=id,
-                kind=kind,
-                payload=payload,
-                queue=queue,
-                priority=priority,
-                delay_ms=delay_ms,
-                run_at_ms=run_at_ms,
-                ttl_ms=ttl_ms,
-                dedup_key=key,
-                max_attempts=max_attempts,
-                retry_policy=policy,
-                timeout_ms=timeout_ms,
-                tags=tags,
-                parent_id=parent_id,
-                child_key=child_key,
-                fail_fast=fail_fast,
-                has_on_cancel=on_cancel,
-                budget_id=budget_id,
-            )
-            for id, payload, key, child_key in zip(
-                ids, payloads, keys or none, child_keys or none, strict=True
-            )
-        ]
-        if self.depends_on:  # never with a delay or a parent (refused in `build`)
-            deps, up_policy = list(self.depends_on), self.upstream_policy
-            for t in news:
-                t.depends_on, t.upstream_policy = deps, up_policy
-        return news

@@ -6,24 +6,30 @@ import asyncio
 import math
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._budgets import report_usage
 from ._children import ChildrenReport, ChildResult
 from ._conditions import Condition
+from ._handle import TaskHandle
+from ._rows import kind_names, spawn_options
+from ._runtime import Runtime
 from ._signals import Fenced, ResumeSignal, Waitpoint
 from ._states import Phase, State
 from ._stops import STOP_OPERATOR, CancelToken, Suspended
+from ._submit import insert_tasks
+from ._task import TaskDef
 from .errors import Cancelled, ConfigurationError
 from .store.contract.budgets import UsageReport
 from .store.contract.signals import FrameRef, OnTimeout, SuspendStatus
-from .store.contract.tasks import ChildrenPage, ChildrenSummaryQuery, LeaseRef, TaskProgress
-
-if TYPE_CHECKING:
-    from ._app import App
-    from ._handle import TaskHandle
-    from ._task import TaskDef
-    from .workflows._builder import Upstream
+from .store.contract.tasks import (
+    ChildrenPage,
+    ChildrenSummaryQuery,
+    ChildRow,
+    LeaseRef,
+    TaskProgress,
+)
+from .workflows._when import Upstream
 
 SPAWN_CHUNK = 1000  # children per transaction in spawn_many
 
@@ -50,7 +56,7 @@ class Context:
         max_attempts: int,
         lease_epoch: int,
         worker_id: str,
-        app: App,
+        app: Runtime,
         token: CancelToken,
         loop: asyncio.AbstractEventLoop,
         parent_id: str | None = None,
@@ -93,8 +99,6 @@ class Context:
     async def upstreams(self) -> Upstream:
         """This node's upstream nodes and their typed results (`up[node]`), read once."""
         if self._upstreams is None:
-            from .workflows._builder import Upstream
-
             rows = await self._app.store.upstream_get(self.task_id)
             self._upstreams = Upstream(self._app, rows)
         return self._upstreams
@@ -237,11 +241,12 @@ class Context:
         opts: dict[str, Any],
     ) -> list[TaskHandle[Any]]:
         fence = self._fence(what)
-        options = self._app.spawn_options(parent_id, opts)
+        options = spawn_options(parent_id, opts)
         handles: list[TaskHandle[Any]] = []
         for i in range(0, len(payloads), SPAWN_CHUNK):
             chunk_keys = None if keys is None else keys[i : i + SPAWN_CHUNK]
-            handles += await self._app._insert(
+            handles += await insert_tasks(
+                self._app,
                 task,
                 payloads[i : i + SPAWN_CHUNK],
                 child_keys=chunk_keys,
@@ -262,7 +267,7 @@ class Context:
         `kind` keeps only children of those tasks; results are decoded with each child's
         own result type.
         """
-        kinds = self._app.kind_names(kind)
+        kinds = kind_names(kind)
         states = _states(state)
         after = 0
         while True:
@@ -270,7 +275,7 @@ class Context:
                 ChildrenPage(self.task_id, kinds, states, after, page_size)
             )
             for row in rows:
-                yield self._app.child_result(row)
+                yield _child_result(self._app, row)
             if len(rows) < page_size:
                 return
             after = rows[-1].seq
@@ -289,3 +294,9 @@ def _states(state: State | str | Iterable[State | str] | None) -> tuple[State, .
     if isinstance(state, State | str):
         return (State(state),)
     return tuple(State(s) for s in state)
+
+
+def _child_result(rt: Runtime, row: ChildRow) -> ChildResult[Any]:
+    ok = row.state is State.COMPLETED
+    result = rt.decode_result(row.kind, row.result) if ok else None
+    return ChildResult(row.id, row.kind, row.state, ok, result, row.error, row.attempts)

@@ -6,16 +6,14 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from ._runtime import Runtime
 from ._states import State
 from .errors import TaskFailed, TaskTimeout
 from .store.contract.tasks import InsertStatus, ResultRow
-
-if TYPE_CHECKING:
-    from ._app import App
 
 R = TypeVar("R")
 
@@ -25,7 +23,7 @@ _POLL_S = 1.0  # fallback when a wake-up is lost
 class ResultWaiter:
     """Waits for the results of every awaited task of one app with one query per wake-up."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: Runtime) -> None:
         self._app = app
         self._waiting: dict[str, list[asyncio.Future[ResultRow]]] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -75,7 +73,7 @@ class TaskHandle(Generic[R]):
     """A submitted task: `await handle.result()` returns its typed result."""
 
     id: str
-    app: App
+    app: Runtime
     kind: str
     status: InsertStatus = InsertStatus.INSERTED
 

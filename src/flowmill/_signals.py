@@ -13,12 +13,13 @@ import os
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from ._clock import from_ms
 from ._conditions import Condition, encode_condition
+from ._runtime import Runtime
 from ._tokens import TokenKeys, new_secret
 from .errors import ConfigurationError, FrameTooLarge, PayloadTooLarge
 from .store.contract.signals import (
@@ -34,9 +35,6 @@ from .store.contract.signals import (
     TaskSuspend,
     WaitpointCreate,
 )
-
-if TYPE_CHECKING:
-    from ._app import App
 
 SECRET_META_KEY = "waitpoint_secret"  # noqa: S105 - a meta key name
 MAX_KEY = 200
@@ -82,7 +80,7 @@ def _check_key(what: str, key: str) -> str:
     return key
 
 
-async def token_keys(app: App) -> TokenKeys:
+async def token_keys(app: Runtime) -> TokenKeys:
     """FLOWMILL_SECRET (and _PREVIOUS), else the secret the database keeps for itself."""
     keys = TokenKeys.from_env()
     if keys is not None:
@@ -96,7 +94,7 @@ async def token_keys(app: App) -> TokenKeys:
 class Fenced:
     """The signal and frame operations of one attempt (a Context or a ClaimedTask)."""
 
-    def __init__(self, app: App, task_id: str, epoch: int) -> None:
+    def __init__(self, app: Runtime, task_id: str, epoch: int) -> None:
         self._app = app
         self._task_id = task_id
         self._epoch = epoch
@@ -164,7 +162,7 @@ class Fenced:
 
 
 async def deliver_signal(
-    app: App,
+    app: Runtime,
     waitpoint_id: str,
     token: str,
     name: str,
@@ -195,7 +193,7 @@ async def deliver_signal(
 
 
 async def tail_frames(
-    app: App,
+    app: Runtime,
     task_id: str,
     *,
     attempt: int | None,

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -22,6 +22,7 @@ from .._budgets import report_usage
 from .._conditions import Condition
 from .._context import check_progress
 from .._handle import decode_json
+from .._runtime import Runtime
 from .._signals import Fenced, ResumeSignal, Waitpoint
 from .._states import State
 from .._stops import STOP_LEASE_LOST
@@ -45,12 +46,9 @@ from ..store.contract.tasks import (
     TasksFinish,
     TaskWaitChildren,
 )
-from ..workflows._builder import check_condition
+from ..workflows._when import check_condition
 from ._leases import HeldLease, renew
 from ._outcome import retry_finish
-
-if TYPE_CHECKING:
-    from .._app import App
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,7 +315,7 @@ class Claimer:
 
     def __init__(
         self,
-        app: App,
+        app: Runtime,
         *,
         worker_id: str,
         queues: Sequence[str] = ("default",),

@@ -12,11 +12,12 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._clock import Clock
 from .._codec import Codec
 from .._context import Context
+from .._runtime import Runtime
 from .._states import Phase, State
 from .._stops import STOP_LEASE_LOST, STOP_OPERATOR, STOP_SHUTDOWN, CancelToken
 from .._task import TaskDef, check_queue
@@ -40,7 +41,7 @@ from ..store.contract.tasks import (
     TasksPromote,
     TaskWaitChildren,
 )
-from ..workflows._builder import check_condition
+from ..workflows._when import check_condition
 from ._batch import Batcher
 from ._leases import HeldLease, renew
 from ._outcome import (
@@ -52,9 +53,6 @@ from ._outcome import (
     reap,
 )
 from ._runner import AttemptRunner, SyncPool
-
-if TYPE_CHECKING:
-    from .._app import App
 
 log = logging.getLogger("flowmill.worker")
 
@@ -103,7 +101,7 @@ class Worker:
 
     def __init__(
         self,
-        app: App,
+        app: Runtime,
         *,
         queues: Sequence[str] | None = None,
         concurrency: int = 64,

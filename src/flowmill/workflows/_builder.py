@@ -20,55 +20,21 @@ build the same workflow (define it in a module the worker imports) to use lambda
 
 from __future__ import annotations
 
-import asyncio
-import importlib
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
-from .._clock import from_ms, from_ms_opt
-from .._states import Phase, State
-from ..errors import (
-    ConfigurationError,
-    InvalidWorkflow,
-    TaskTimeout,
-    UpstreamFailed,
-    WorkflowFailed,
-    WorkflowNotFound,
-)
-from ..store.contract.dag import (
-    NewWorkflow,
-    NodeRow,
-    UpstreamPolicy,
-    UpstreamRow,
-    WorkflowCancel,
-    WorkflowGet,
-)
-from ..store.contract.tasks import ClaimedRow, ErrorInfo, Finish, NewTask, TasksInsert
-
-if TYPE_CHECKING:
-    from .._app import App
-    from .._task import TaskDef
-
-Condition = Callable[["Upstream"], object]
-_POLICIES = tuple(p.value for p in UpstreamPolicy)
+from .._rows import Common, Opts, check_policy, new_task_ids
+from .._runtime import Runtime
+from .._task import TaskDef
+from ..errors import ConfigurationError, InvalidWorkflow
+from ..store.contract.dag import NewWorkflow
+from ..store.contract.tasks import NewTask, TasksInsert
+from ._runs import WorkflowRun
+from ._runs import WorkflowStatus as WorkflowStatus  # `flowmill.cli` imports it from here
+from ._when import Condition, NodeKey
 
 
-def check_policy(value: str) -> str:
-    """An `on_upstream_failure` value (`ConfigurationError` otherwise)."""
-    if value not in _POLICIES:
-        raise ConfigurationError(
-            f"on_upstream_failure must be one of {', '.join(_POLICIES)}, got {value!r}"
-        )
-    return value
-
-
-_FAILED_STATES = frozenset({State.FAILED, State.DEAD_LETTERED, State.CANCELLED, State.EXPIRED})
-
-
-class Node:
+class Node(NodeKey):
     """One node of a workflow being built: a task, its payload and what it runs after."""
 
     __slots__ = ("after", "name", "payload", "policy", "task", "when", "workflow")
@@ -98,7 +64,7 @@ class Node:
 class Workflow:
     """A DAG of task nodes, built with `add` (and `map`), stored by `submit`."""
 
-    def __init__(self, app: App, name: str) -> None:
+    def __init__(self, app: Runtime, name: str) -> None:
         if not isinstance(name, str) or not name or len(name) > 255:
             raise ConfigurationError(f"bad workflow name {name!r}")
         self.app = app
@@ -122,7 +88,7 @@ class Workflow:
         upstream completed), `run` (runs anyway; `ctx.upstreams()` shows what failed) or
         `fail`. `when(up)` is called with the upstream results once they are in; a false
         value skips the node and its descendants."""
-        tdef = self.app._resolve(task)
+        tdef = self.app.resolve_task(task)
         if when is not None and not callable(when):
             raise ConfigurationError(f"when must be a callable, got {when!r}")
         check_policy(on_upstream_failure)
@@ -146,7 +112,7 @@ class Workflow:
         on_upstream_failure: str = "skip",
     ) -> list[Node]:
         """One node per payload, named `name[i]`; join them with `add(..., after=nodes)`."""
-        base = name if name is not None else self.app._resolve(task).name.rsplit(".", 1)[-1]
+        base = name if name is not None else self.app.resolve_task(task).name.rsplit(".", 1)[-1]
         ups = tuple(after)
         return [
             self.add(
@@ -217,8 +183,6 @@ class Workflow:
 
     async def submit(self) -> WorkflowRun:
         """Validate, then store the run and all its nodes in one transaction."""
-        from .._app import _Common, _Opts, new_task_ids
-
         order = self.validate()
         app = self.app
         run_id = new_task_ids(1)[0]
@@ -226,7 +190,7 @@ class Workflow:
         news: list[NewTask] = []
         for node in order:
             tdef = node.task
-            common = _Common.build(tdef, _Opts())
+            common = Common.build(tdef, Opts())
             [new] = common.tasks(tdef, [tdef.payload.encode(node.payload)], None, None)
             new.id = ids[node.name]
             new.depends_on = [ids[_ref_name(r)] for r in node.after]
@@ -304,308 +268,6 @@ def _stable_order(
             done.add(node)
             out.append(node)
     return out
-
-
-class Conditions:
-    """`when=` callables by reference, for the worker that claims the node."""
-
-    def __init__(self) -> None:
-        self._by_ref: dict[str, Condition] = {}
-
-    def register(self, workflow: str, node: str, fn: Condition) -> str:
-        module = getattr(fn, "__module__", None)
-        qualname = getattr(fn, "__qualname__", "")
-        if module and module != "__main__" and "<" not in qualname:
-            ref = f"fn:{module}:{qualname}"
-        else:
-            ref = f"wf:{workflow}:{node}"
-        self._by_ref[ref] = fn
-        return ref
-
-    def find(self, ref: str) -> Condition | None:
-        fn = self._by_ref.get(ref)
-        if fn is not None or not ref.startswith("fn:"):
-            return fn
-        _, module, qualname = ref.split(":", 2)
-        try:
-            found: Any = importlib.import_module(module)
-            for part in qualname.split("."):
-                found = getattr(found, part)
-        except (ImportError, AttributeError):
-            return None
-        if callable(found):
-            self._by_ref[ref] = found
-            return found  # type: ignore[no-any-return]
-        return None
-
-
-class Upstream(Mapping[str, Any]):
-    """The upstream nodes of a node: `up[node]` is that node's typed result.
-
-    Keys are node names; a `Node` or a task (if only one upstream runs it) works too.
-    Asking for the result of an upstream that did not complete raises `UpstreamFailed`;
-    `state(...)`, `error(...)` and `ok(...)` tell what happened to it."""
-
-    def __init__(self, app: App, rows: Sequence[UpstreamRow]) -> None:
-        self._app = app
-        self._rows = list(rows)
-        self._by_key = {r.node if r.node is not None else r.task_id: r for r in self._rows}
-
-    def _row(self, key: object) -> UpstreamRow:
-        if isinstance(key, Node):
-            key = key.name
-        if isinstance(key, str):
-            row = self._by_key.get(key)
-            if row is None:
-                row = next((r for r in self._rows if r.task_id == key), None)
-            if row is None:
-                raise KeyError(key)
-            return row
-        name = getattr(key, "name", None)
-        matches = [r for r in self._rows if r.kind == name]
-        if len(matches) == 1:
-            return matches[0]
-        if not matches:
-            raise KeyError(key)
-        raise KeyError(f"{len(matches)} upstream nodes run {name!r}: ask by node")
-
-    def __getitem__(self, key: object) -> Any:
-        row = self._row(key)
-        if row.state is not State.COMPLETED:
-            name = row.node or row.task_id
-            raise UpstreamFailed(name, row.state.value, row.error.message if row.error else None)
-        return self._app.decode_result(row.kind, row.result)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._by_key)
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def __contains__(self, key: object) -> bool:
-        try:
-            self._row(key)
-        except KeyError:
-            return False
-        return True
-
-    def state(self, key: object) -> State:
-        return self._row(key).state
-
-    def error(self, key: object) -> ErrorInfo | None:
-        return self._row(key).error
-
-    def ok(self, key: object) -> bool:
-        return self._row(key).state is State.COMPLETED
-
-    def results(self, task: TaskDef | str | None = None) -> list[Any]:
-        """The results of the completed upstreams (of `task` only, if given), in order."""
-        name = task if isinstance(task, str) or task is None else task.name
-        return [
-            self._app.decode_result(r.kind, r.result)
-            for r in self._rows
-            if r.state is State.COMPLETED and (name is None or r.kind == name)
-        ]
-
-
-async def check_condition(
-    app: App, row: ClaimedRow, upstreams: Callable[[], Awaitable[Upstream]] | None = None
-) -> Finish | None:
-    """The finish of a claimed node whose `when=` is false (skipped) or cannot be
-    evaluated (failed); None when the node should run. `upstreams` reads the upstream
-    results (a handler's `ctx.upstreams`, so that the handler does not read them again)."""
-    if row.condition is None or row.phase is not Phase.EXECUTE:
-        return None
-    fn = app.conditions.find(row.condition)
-    if fn is None:
-        return Finish(
-            row.id,
-            row.lease_epoch,
-            State.FAILED,
-            error=ErrorInfo(
-                "ConditionUnavailable",
-                f"the when= condition {row.condition!r} is not known to this worker: pass a "
-                "module-level function, or build the workflow in a module the worker imports",
-                "configuration",
-            ),
-        )
-    if upstreams is not None:
-        up = await upstreams()
-    else:
-        up = Upstream(app, await app.store.upstream_get(row.id))
-    try:
-        verdict = fn(up)
-        if asyncio.iscoroutine(verdict):
-            verdict = await verdict
-    except Exception as exc:  # a condition that raises fails its node, not the worker
-        return Finish(
-            row.id,
-            row.lease_epoch,
-            State.FAILED,
-            error=ErrorInfo(type(exc).__name__, f"the when= condition raised: {exc}", "condition"),
-        )
-    if verdict:
-        return None
-    return Finish(
-        row.id,
-        row.lease_epoch,
-        State.SKIPPED,
-        error=ErrorInfo("Skipped", "skipped: its when= condition was false", "condition_false"),
-    )
-
-
-class RunState(StrEnum):
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class NodeStatus:
-    name: str
-    task_id: str
-    task: str
-    state: State
-    attempts: int
-    upstream: tuple[str, ...]
-    error: ErrorInfo | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-    @property
-    def duration(self) -> timedelta | None:
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return self.finished_at - self.started_at
-
-
-@dataclass(frozen=True, slots=True)
-class WorkflowStatus:
-    id: str
-    name: str
-    state: RunState
-    created_at: datetime
-    counts: dict[State, int]
-    nodes: dict[str, NodeStatus]
-
-
-class WorkflowResult(Mapping[str, Any]):
-    """The typed results of a run's completed nodes, by node name (a `Node` works too).
-    Nodes skipped by a false condition are in `skipped`, not in the mapping."""
-
-    def __init__(self, results: dict[str, Any], skipped: frozenset[str]) -> None:
-        self._results = results
-        self.skipped = skipped
-
-    def __getitem__(self, key: object) -> Any:
-        return self._results[key.name if isinstance(key, Node) else key]  # type: ignore[index]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._results)
-
-    def __len__(self) -> int:
-        return len(self._results)
-
-    def __repr__(self) -> str:
-        return f"WorkflowResult({self._results!r}, skipped={sorted(self.skipped)!r})"
-
-
-def run_state(by_state: Mapping[State, int]) -> RunState:
-    if any(not s.terminal and n for s, n in by_state.items()):
-        return RunState.RUNNING
-    if any(n for s, n in by_state.items() if s in _FAILED_STATES):
-        return RunState.FAILED
-    return RunState.COMPLETED
-
-
-class WorkflowRun:
-    """A stored run of a workflow: status, result, cancel. `app.workflow_run(id)` finds one."""
-
-    def __init__(self, app: App, run_id: str, name: str) -> None:
-        self.app = app
-        self.id = run_id
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"WorkflowRun({self.name!r}, id={self.id!r})"
-
-    async def _nodes(self) -> tuple[NodeRow, ...]:
-        rec = await self.app.store.workflow_get(WorkflowGet(self.id, nodes=True))
-        assert rec is not None, f"workflow run {self.id} vanished"
-        return rec.nodes
-
-    async def status(self) -> WorkflowStatus:
-        """The state of every node (with durations and errors) and of the run."""
-        rec = await self.app.store.workflow_get(WorkflowGet(self.id, nodes=True))
-        if rec is None:
-            raise WorkflowNotFound(self.id)
-        nodes = {
-            n.node: NodeStatus(
-                name=n.node,
-                task_id=n.task_id,
-                task=n.kind,
-                state=n.state,
-                attempts=n.attempts,
-                upstream=n.upstream,
-                error=n.error,
-                created_at=from_ms(n.created_at_ms),
-                started_at=from_ms_opt(n.started_at_ms),
-                finished_at=from_ms_opt(n.finished_at_ms),
-            )
-            for n in rec.nodes
-        }
-        return WorkflowStatus(
-            rec.id,
-            rec.name,
-            run_state(rec.by_state),
-            from_ms(rec.created_at_ms),
-            rec.by_state,
-            nodes,
-        )
-
-    async def wait(self, timeout: timedelta | None = None) -> None:
-        """Return once every node has ended (`TaskTimeout` after `timeout`)."""
-        store = self.app.store
-        try:
-            async with asyncio.timeout(timeout.total_seconds() if timeout else None):
-                while True:
-                    rec = await store.workflow_get(WorkflowGet(self.id))
-                    if rec is None:
-                        raise WorkflowNotFound(self.id)
-                    if rec.active == 0:
-                        return
-                    await store.wait_for_finish(1.0)
-        except TimeoutError:
-            raise TaskTimeout(f"workflow run {self.id} did not end within {timeout}") from None
-
-    async def result(self, timeout: timedelta | None = None) -> WorkflowResult:
-        """`{node: typed result}` once the run has ended, or `WorkflowFailed` naming the
-        nodes that failed (and how many were skipped because of them)."""
-        await self.wait(timeout)
-        nodes = await self._nodes()
-        failed = {
-            n.node: f"{n.state.value}" + (f": {n.error.message}" if n.error else "")
-            for n in nodes
-            if n.state in _FAILED_STATES
-        }
-        skipped = [n.node for n in nodes if n.state is State.SKIPPED]
-        if failed:
-            raise WorkflowFailed(self.id, self.name, failed, skipped)
-        return WorkflowResult(
-            {
-                n.node: self.app.decode_result(n.kind, n.result)
-                for n in nodes
-                if n.state is State.COMPLETED
-            },
-            frozenset(skipped),
-        )
-
-    async def cancel(self, reason: str = "workflow cancelled") -> int:
-        """Cancel every node still to run; running nodes are asked to stop. Returns how many."""
-        return await self.app.store.workflow_cancel(
-            WorkflowCancel(self.id, reason, self.app.clock.store_now())
-        )
 
 
 def pipeline(
