@@ -49,10 +49,7 @@ from .errors import (
 from .store.contract.budgets import UsageReport, UsageStatus
 from .store.contract.signals import DeliverOutcome, DeliverStatus, OnTimeout, SuspendStatus
 from .store.contract.tasks import ErrorGroup, ErrorInfo, Event
-from .worker._claimer import ClaimedTask, Claimer, FailOutcome
-from .worker._outcome import Category
-from .worker._runner import TimeoutClass
-from .worker._worker import Worker, WorkerStats
+from .worker import Category, ClaimedTask, Claimer, FailOutcome, TimeoutClass, Worker, WorkerStats
 from .workflows import (
     Node,
     NodeStatus,

@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -23,44 +23,34 @@ from .._stops import STOP_LEASE_LOST, STOP_OPERATOR, STOP_SHUTDOWN, CancelToken
 from .._task import TaskDef, check_queue
 from ..errors import ConfigurationError, LeaseLost, PayloadError, StoreError, StoreUnavailable
 from ..store.contract.budgets import ClaimedRows
-from ..store.contract.dag import DepsReconcile
-from ..store.contract.signals import SuspensionsExpire
 from ..store.contract.tasks import (
     ClaimedRow,
     Finish,
     FinishOutcome,
     FinishStatus,
-    HookDone,
-    HookRow,
-    HooksClaim,
     LeaseRef,
-    LeasesExpired,
     TasksClaim,
-    TasksExpire,
     TasksFinish,
-    TasksPromote,
     TaskWaitChildren,
 )
 from ..workflows._when import check_condition
 from ._batch import Batcher
 from ._leases import HeldLease, renew
+from ._maintenance import Maintenance
 from ._outcome import (
     beyond_cap,
     decide_finish,
     decode_failure,
     encode_failure,
     operator_cancel,
-    reap,
 )
 from ._runner import AttemptRunner, SyncPool
+from ._stats import WorkerStats
 
 log = logging.getLogger("flowmill.worker")
 
 CANCEL_CHECK_INTERVAL_S = 0.5  # at most two cancel-driven renewals a second
 IDLE_RECHECK_S = 0.1  # stop_when_idle: how soon to look again while others still work
-HOOK_BATCH = 16
-HOOK_ATTEMPTS = 3
-HOOK_TIMEOUT_MS = 60_000  # on_cancel of a task without a timeout
 _BUSY_STATES = frozenset(
     {State.SCHEDULED, State.RUNNING, State.WAITING_CHILDREN, State.SUSPENDED, State.BLOCKED}
 )
@@ -76,20 +66,6 @@ class _Attempt:
     @property
     def token(self) -> CancelToken:
         return self.lease.token
-
-
-@dataclass(slots=True)
-class WorkerStats:
-    """What this worker has done since it started."""
-
-    claimed: int = 0
-    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
-    lease_lost: int = 0
-    unhealthy: int = 0
-    reaped: int = 0
-    promoted: int = 0
-    expired: int = 0
-    hooks: int = 0
 
 
 def _ms(value: timedelta) -> int:
@@ -129,14 +105,22 @@ class Worker:
         self.lease_ttl_ms = _ms(lease_ttl)
         self.shutdown_grace_s = shutdown_grace.total_seconds()
         self.poll_s = poll_interval.total_seconds()
-        self.promote_s = promote_interval.total_seconds()
-        self.reap_s = reap_interval.total_seconds()
         self.clock = clock or app.clock
         self.pool = SyncPool(concurrency)
         self.runner = AttemptRunner(
             clock=self.clock, grace_s=cancel_grace.total_seconds(), pool=self.pool
         )
         self.stats = WorkerStats()
+        self.maintenance = Maintenance(
+            app,
+            clock=self.clock,
+            runner=self.runner,
+            stats=self.stats,
+            worker_id=self.worker_id,
+            lease_ttl_ms=self.lease_ttl_ms,
+            promote_s=promote_interval.total_seconds(),
+            reap_s=reap_interval.total_seconds(),
+        )
         self._attempts: dict[str, _Attempt] = {}
         self._queue: collections.deque[_Attempt] = collections.deque()
         self._running = 0
@@ -184,7 +168,7 @@ class Worker:
             loop.create_task(self._listen_for_work(), name="flowmill-listen"),
             loop.create_task(self._lease_keeper(), name="flowmill-leases"),
             loop.create_task(self._cancel_watcher(), name="flowmill-cancels"),
-            loop.create_task(self._maintenance(), name="flowmill-maintenance"),
+            loop.create_task(self.maintenance.loop(), name="flowmill-maintenance"),
         ]
         claim = loop.create_task(self._claim_loop(), name="flowmill-claim")
         try:
@@ -503,102 +487,13 @@ class Worker:
 
     # -- maintenance -----------------------------------------------------------------
 
-    async def _maintenance(self) -> None:
-        since_reap = self.reap_s
-        while True:
-            try:
-                await self.maintain(full=since_reap >= self.reap_s)
-            except StoreError as exc:
-                log.warning("maintenance failed: %s", exc)
-            since_reap = 0.0 if since_reap >= self.reap_s else since_reap + self.promote_s
-            await self.clock.sleep(self.promote_s)
-
     async def maintain(self, *, full: bool = True) -> None:
-        """One maintenance pass: promote due tasks; when `full`, also expire stale tasks and
-        suspensions, run on_cancel hooks and reap expired leases.
-
-        The background loop promotes every `promote_interval` (delayed tasks start on time)
-        and makes a full pass every `reap_interval`, so an idle worker sends about one
-        query a second.
-        """
-        store, now = self.app.store, self.clock.store_now()
-        self.stats.promoted += await store.tasks_promote(TasksPromote(now_ms=now))
-        if not full:
-            return
-        self.stats.expired += await store.tasks_expire(TasksExpire(now_ms=now))
-        self.stats.expired += await store.suspensions_expire(SuspensionsExpire(now_ms=now))
-        # The backstop of dependency resolution: 0 unless a push was missed.
-        await store.deps_reconcile(DepsReconcile(now_ms=now))
-        await self.run_hooks()
-        expired = await store.leases_expired(LeasesExpired(now_ms=now))
-        if expired:
-            outs = await store.tasks_finish(TasksFinish([reap(e) for e in expired], now))
-            self.stats.reaped += sum(o.status is FinishStatus.APPLIED for o in outs)
+        """One maintenance pass (see `Maintenance.maintain`)."""
+        await self.maintenance.maintain(full=full)
 
     async def run_hooks(self) -> int:
         """Run pending on_cancel hooks of ended orchestrators; returns how many ran."""
-        kinds = [
-            n
-            for n, t in self.app.registry.items()
-            if t.executor is not None and t.executor.has_on_cancel
-        ]
-        if not kinds:
-            return 0
-        hooks = await self.app.store.hooks_claim(
-            HooksClaim(self.worker_id, kinds, HOOK_BATCH, self.lease_ttl_ms, self.clock.store_now())
-        )
-        for hook in hooks:
-            ok = await self._run_hook(hook)
-            try:
-                await self.app.store.hook_done(
-                    HookDone(hook.task_id, hook.epoch, ok, now_ms=self.clock.store_now())
-                )
-            except LeaseLost:
-                log.warning("on_cancel of %s: hook lease lost", hook.task_id)
-        return len(hooks)
-
-    async def _run_hook(self, hook: HookRow) -> bool:
-        tdef = self.app.registry[hook.kind]
-        parts = tdef.executor
-        assert parts is not None
-        try:
-            payload = tdef.payload.decode(hook.payload)
-            memo = parts.memo.decode(hook.memo) if hook.memo is not None else None
-        except PayloadError as err:
-            log.error("on_cancel of %s cannot run: %s", hook.task_id, err)
-            return True  # retrying cannot fix a payload: give up on the hook
-        token = CancelToken()
-        ctx = Context(
-            task_id=hook.task_id,
-            kind=hook.kind,
-            queue=tdef.queue,
-            attempt=hook.attempt,
-            max_attempts=HOOK_ATTEMPTS,
-            lease_epoch=hook.epoch,
-            worker_id=self.worker_id,
-            app=self.app,
-            token=token,
-            loop=asyncio.get_running_loop(),
-            phase=Phase.FINALIZE,
-            now_ms=self.clock.store_now(),
-        )
-        ended = await self.runner.invoke(
-            parts.instance.on_cancel,
-            (payload, memo, ctx),
-            is_async=parts.on_cancel_async,
-            timeout_ms=tdef.timeout_ms or HOOK_TIMEOUT_MS,
-            token=token,
-        )
-        if ended.error is not None or not ended.finished or ended.stop_reason is not None:
-            log.warning(
-                "on_cancel of %s failed (attempt %d): %r",
-                hook.task_id,
-                hook.attempt,
-                ended.error or ended.stop_reason,
-            )
-            return False
-        self.stats.hooks += 1
-        return True
+        return await self.maintenance.run_hooks()
 
     # -- shutdown --------------------------------------------------------------------
 
