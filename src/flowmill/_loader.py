@@ -8,11 +8,7 @@ import sys
 import traceback
 
 from ._app import App
-from .errors import ConfigurationError
-
-
-class AppLoadError(ConfigurationError):
-    """A `module:attribute` app path could not be imported or does not name an App."""
+from .errors import AppLoadError as AppLoadError
 
 
 def _where(exc: BaseException) -> str:
