@@ -5,25 +5,25 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
 from ._budgets import Budgets, StatusReport
-from ._clock import Clock, SystemClock, from_ms, from_ms_opt
+from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_BYTES
 from ._executor import Executor, make_executor_def
 from ._handle import ResultWaiter, TaskHandle, decode_json
+from ._inspect import TaskInfo as TaskInfo
+from ._inspect import task_info
 from ._limits import QueueLimits, RateLimit
 from ._retry import Retry
 from ._rows import Opts
 from ._signals import Frame, deliver_signal, tail_frames
-from ._states import Phase, State
+from ._states import State
 from ._submit import insert_tasks, upstream_ids
 from ._task import Priority, TaskDef, TaskOptions, make_task_def
 from .errors import (
     ConfigurationError,
-    PayloadError,
     TaskNotFound,
     UnknownTask,
     WorkflowNotFound,
@@ -32,13 +32,11 @@ from .store import DEFAULT_URL, open_store
 from .store.contract.dag import WorkflowGet, WorkflowRecord, WorkflowsList
 from .store.contract.signals import DeliverOutcome
 from .store.contract.tasks import (
-    ErrorInfo,
     Event,
     EventsRead,
     OnDuplicate,
     Store,
     TaskCancel,
-    TaskRecord,
     TaskRetry,
     TasksList,
 )
@@ -49,38 +47,6 @@ from .workflows._runs import WorkflowRun
 from .workflows._when import Conditions
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclass(frozen=True, slots=True)
-class TaskInfo:
-    """A task as `app.get` shows it: state, attempts, timestamps, error, result, progress."""
-
-    id: str
-    name: str
-    queue: str
-    priority: int
-    state: State
-    phase: Phase
-    attempts: int
-    max_attempts: int
-    payload: Any
-    result: Any
-    error: ErrorInfo | None
-    tags: dict[str, str]
-    key: str | None
-    parent_id: str | None
-    progress: float | None
-    progress_message: str | None
-    lease_owner: str | None
-    lease_epoch: int
-    lease_expires_at: datetime | None
-    cancel_requested: bool
-    created_at: datetime
-    updated_at: datetime
-    run_at: datetime | None
-    expires_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
 
 
 class App(Budgets):
@@ -331,46 +297,7 @@ class App(Budgets):
         rec = await self.store.task_get(task_id)
         if rec is None:
             raise TaskNotFound(task_id)
-        return self._info(rec)
-
-    def _info(self, r: TaskRecord) -> TaskInfo:
-        tdef = self.registry.get(r.kind)
-        try:
-            payload = tdef.payload.decode(r.payload) if tdef else decode_json(r.payload)
-        except PayloadError:
-            payload = decode_json(r.payload)
-        try:
-            result = self.decode_result(r.kind, r.result)
-        except PayloadError:
-            result = decode_json(r.result)
-        return TaskInfo(
-            id=r.id,
-            name=r.kind,
-            queue=r.queue,
-            priority=r.priority,
-            state=r.state,
-            phase=r.phase,
-            attempts=r.attempts,
-            max_attempts=r.max_attempts,
-            payload=payload,
-            result=result,
-            error=r.error,
-            tags=r.tags,
-            key=r.dedup_key,
-            parent_id=r.parent_id,
-            progress=r.progress_pct,
-            progress_message=r.progress_message,
-            lease_owner=r.lease_owner,
-            lease_epoch=r.lease_epoch,
-            lease_expires_at=from_ms_opt(r.lease_expires_at_ms),
-            cancel_requested=r.cancel_requested,
-            created_at=from_ms(r.created_at_ms),
-            updated_at=from_ms(r.updated_at_ms),
-            run_at=from_ms_opt(r.run_at_ms),
-            expires_at=from_ms_opt(r.expires_at_ms),
-            started_at=from_ms_opt(r.started_at_ms),
-            finished_at=from_ms_opt(r.finished_at_ms),
-        )
+        return task_info(self, rec)
 
     async def list_tasks(
         self,
@@ -386,7 +313,7 @@ class App(Budgets):
         recs = await self.store.tasks_list(
             TasksList(tuple(State(s) for s in states), queue, name, limit, after)
         )
-        return [self._info(r) for r in recs]
+        return [task_info(self, r) for r in recs]
 
     async def cancel(self, task_id: str, reason: str = "cancelled by operator") -> State:
         """Cancel a queued task now, or ask a running one to stop; returns the state after."""
