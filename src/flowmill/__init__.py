@@ -1,9 +1,12 @@
 """flowmill: durable task execution for Python, embedded on SQLite or across machines.
 
-The names exported here are the public API; everything in a module whose name starts with
-an underscore may change without notice.
+The names in `__all__` are the public API a user needs; every exception is in
+`flowmill.errors` (the most caught are here too). The other names imported here stay
+importable as before. Everything in a module whose name starts with an underscore may
+change without notice.
 """
 
+from . import errors
 from ._app import App, TaskInfo
 from ._budgets import BudgetStatus, StatusReport
 from ._children import ChildrenReport, ChildResult
@@ -23,29 +26,29 @@ from .errors import (
     DuplicateTask,
     Fail,
     FlowmillError,
-    FrameTooLarge,
-    IllegalTransition,
-    InvalidParent,
     InvalidUsage,
     InvalidWorkflow,
     LeaseLost,
     PayloadError,
-    PayloadTooLarge,
-    RetryCapExceeded,
     RetryLater,
-    SchemaError,
-    StoreError,
-    StoreUnavailable,
-    TaskAlreadyFinished,
     TaskFailed,
     TaskNotFound,
     TaskTimeout,
     UnknownBudget,
-    UnknownTask,
     UpstreamFailed,
     WorkflowFailed,
-    WorkflowNotFound,
 )
+from .errors import FrameTooLarge as FrameTooLarge
+from .errors import IllegalTransition as IllegalTransition
+from .errors import InvalidParent as InvalidParent
+from .errors import PayloadTooLarge as PayloadTooLarge
+from .errors import RetryCapExceeded as RetryCapExceeded
+from .errors import SchemaError as SchemaError
+from .errors import StoreError as StoreError
+from .errors import StoreUnavailable as StoreUnavailable
+from .errors import TaskAlreadyFinished as TaskAlreadyFinished
+from .errors import UnknownTask as UnknownTask
+from .errors import WorkflowNotFound as WorkflowNotFound
 from .store.contract.budgets import UsageReport, UsageStatus
 from .store.contract.signals import DeliverOutcome, DeliverStatus, OnTimeout, SuspendStatus
 from .store.contract.tasks import ErrorGroup, ErrorInfo, Event
@@ -94,9 +97,6 @@ __all__ = [
     "Fixed",
     "FlowmillError",
     "Frame",
-    "FrameTooLarge",
-    "IllegalTransition",
-    "InvalidParent",
     "InvalidUsage",
     "InvalidWorkflow",
     "LeaseLost",
@@ -106,26 +106,20 @@ __all__ = [
     "NodeStatus",
     "OnTimeout",
     "PayloadError",
-    "PayloadTooLarge",
     "Phase",
     "Priority",
     "RateLimit",
     "ResumeSignal",
     "Retry",
     "RetryAction",
-    "RetryCapExceeded",
     "RetryDecision",
     "RetryLater",
     "RunState",
-    "SchemaError",
     "Signal",
     "State",
     "StatusReport",
-    "StoreError",
-    "StoreUnavailable",
     "SuspendStatus",
     "SystemClock",
-    "TaskAlreadyFinished",
     "TaskDef",
     "TaskFailed",
     "TaskHandle",
@@ -134,7 +128,6 @@ __all__ = [
     "TaskTimeout",
     "TimeoutClass",
     "UnknownBudget",
-    "UnknownTask",
     "Upstream",
     "UpstreamFailed",
     "UsageReport",
@@ -144,12 +137,12 @@ __all__ = [
     "WorkerStats",
     "Workflow",
     "WorkflowFailed",
-    "WorkflowNotFound",
     "WorkflowResult",
     "WorkflowRun",
     "WorkflowStatus",
     "__version__",
     "decide_retry",
+    "errors",
     "fan_out_in",
     "pipeline",
 ]
