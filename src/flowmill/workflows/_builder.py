@@ -1,4 +1,4 @@
-"""DAG workflows: a builder validated before anything is stored, runs, and upstream results.
+"""The workflow builder: a DAG of task nodes, validated before anything is stored.
 
 ```python
 wf = app.workflow("nightly-etl")
@@ -9,13 +9,10 @@ run = await wf.submit()          # validated, inserted in one transaction
 await run.result()               # {node: result}, or raises WorkflowFailed naming the node
 ```
 
-The store resolves dependencies when an upstream ends (see `store/_base_dag.py`). `when=`
-conditions are Python callables, so they are evaluated by the worker that claims the node,
-right after its dependencies resolved and before its handler runs; a false condition ends
-the node `skipped`, and that cascades like any skip. A condition is found again in the
-worker by reference: a module-level function by its import path; a lambda or closure by
-(workflow name, node name) in the app that built the workflow - so a worker process must
-build the same workflow (define it in a module the worker imports) to use lambdas.
+The store resolves dependencies when an upstream ends. `when=` conditions are Python
+callables, evaluated by the worker that claims the node (see `_when.py`): a worker process
+must build the same workflow (define it in a module the worker imports) to use lambdas.
+Stored runs are in `_runs.py`.
 """
 
 from __future__ import annotations
