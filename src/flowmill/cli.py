@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -27,7 +26,7 @@ from ._loader import load_app
 from ._states import State
 from .errors import FlowmillError, IllegalTransition, TaskFailed
 from .store import DEFAULT_URL
-from .store.sqlite import SQLiteStore
+from .store.contract.capabilities import MigrateResult
 from .workflows._builder import WorkflowStatus
 
 log = logging.getLogger("flowmill.cli")
@@ -159,12 +158,12 @@ def _make_app(url: str | None, app_path: str | None) -> App:
     return app
 
 
-def _require_store(app: App) -> None:
-    """Refuse to read a SQLite file that does not exist (opening it would create an empty one)."""
-    store = app.store
-    if isinstance(store, SQLiteStore) and not store.memory and not os.path.exists(store.path):
+async def _require_store(app: App) -> None:
+    """Refuse to read a local store file that holds no flowmill schema: opening it would
+    create an empty database where a mistyped path was meant."""
+    if app.store.capabilities.local_file and await app.store.schema_version() is None:
         _fail(
-            f"no flowmill database at {store.path} (check --url, or create it with "
+            f"no flowmill database at {app.url} (check --url, or create it with "
             f"`flowmill migrate --url {app.url}`)"
         )
 
@@ -185,10 +184,14 @@ def _inspect(
     url: str | None, app_path: str | None, work: Callable[[App], Awaitable[T]]
 ) -> tuple[App, T]:
     """Run `work` on the store that `--url`/`--app` name, which must exist already."""
+
+    async def checked(app: App) -> T:
+        await _require_store(app)
+        return await work(app)
+
     with _errors():
         app = _make_app(url, app_path)
-        _require_store(app)
-        return app, _run_on(app, work)
+        return app, _run_on(app, checked)
 
 
 def _json_default(obj: Any) -> Any:
@@ -535,45 +538,24 @@ def dead_letters(
 # -- schema and demo -----------------------------------------------------------------
 
 
-def _sqlite_version(store: SQLiteStore) -> int | None:
-    """The schema version stored in a SQLite file; None when it has no flowmill schema yet."""
-    if store.memory or not os.path.exists(store.path):
-        return None
-    conn = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)
-    try:
-        row = conn.execute("SELECT value FROM fm_meta WHERE key = 'schema_version'").fetchone()
-    except sqlite3.Error:
-        return None
-    finally:
-        conn.close()
-    return None if row is None else int(row[0])
-
-
 @cli.command()
 def migrate(url: UrlOpt = None) -> None:
     """Create or upgrade the store's schema, and print its version."""
     with _errors():
         app = App(url)
-        store = app.store
-        before = _sqlite_version(store) if isinstance(store, SQLiteStore) else None
 
-        async def run(app: App) -> int | None:
-            # A server backend migrates in its own `migrate()` and says which version it is.
-            own = getattr(app.store, "migrate", None)
-            version = await own() if callable(own) else None
+        async def run(app: App) -> MigrateResult:
+            done = await app.store.migrate()
             await app.open()
-            return version if isinstance(version, int) else None
+            return done
 
-        reported: int | None = _run_on(app, run)
-        after = _sqlite_version(store) if isinstance(store, SQLiteStore) else reported
-    if after is None:
-        print(f"{app.url}: schema is up to date")
-    elif isinstance(store, SQLiteStore) and before is None:
-        print(f"{app.url}: created schema version {after}")
-    elif before is not None and before != after:
-        print(f"{app.url}: upgraded schema from version {before} to {after}")
+        done = _run_on(app, run)
+    if done.created:
+        print(f"{app.url}: created schema version {done.after}")
+    elif done.upgraded:
+        print(f"{app.url}: upgraded schema from version {done.before} to {done.after}")
     else:
-        print(f"{app.url}: schema version {after} is up to date")
+        print(f"{app.url}: schema version {done.after} is up to date")
 
 
 @cli.command()
