@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -40,6 +41,8 @@ from flowmill.store.contract.tasks import (
     TasksList,
     TasksPromote,
 )
+from flowmill.store.sqlite import SQLiteStore
+from flowmill.testing import StoreConformance
 
 
 class Backend:
@@ -285,3 +288,16 @@ async def test_an_operation_the_backend_lacks_fails_loudly() -> None:
     with pytest.raises(StoreError, match=r"\(Partial\) cannot do workflows_list"):
         await front.workflows_list(WorkflowsList())
     assert events == [StoreEvent("workflows_list", 0.0, "error", "StoreError")]
+
+
+class TestTheFrontKeepsTheContract(StoreConformance):
+    """The whole conformance suite through a StoreFront: the door changes no answer."""
+
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[StoreFront]:
+        s = StoreFront(SQLiteStore(str(tmp_path / "flowmill.db")))
+        await s.open()
+        try:
+            yield s
+        finally:
+            await s.close()
