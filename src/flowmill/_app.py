@@ -29,6 +29,7 @@ from .errors import (
     WorkflowNotFound,
 )
 from .store import DEFAULT_URL, open_store
+from .store._front import StoreFront
 from .store.contract.dag import WorkflowGet, WorkflowRecord, WorkflowsList
 from .store.contract.signals import DeliverOutcome
 from .store.contract.tasks import (
@@ -64,7 +65,8 @@ class App(Budgets):
         if not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
             raise ConfigurationError(f"max_payload_bytes must be >= 1, got {max_payload_bytes!r}")
         self.url = url or os.environ.get("FLOWMILL_URL") or DEFAULT_URL
-        self.store: Store = store if store is not None else open_store(self.url, **store_options)
+        backend = store if store is not None else open_store(self.url, **store_options)
+        self.store: StoreFront = StoreFront(backend)  # every store call goes through this door
         self.max_payload_bytes = max_payload_bytes
         self.clock: Clock = clock or SystemClock()
         self.registry: dict[str, TaskDef] = {}

@@ -15,6 +15,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from ..._states import Phase, State
 from .budgets import BudgetsStore, ClaimLimit
+from .capabilities import Capabilities, MigrateResult
 from .dag import DagStore, NewWorkflow
 from .signals import SignalsStore
 
@@ -430,6 +431,18 @@ class Store(SignalsStore, DagStore, BudgetsStore, Protocol):
     `flowmill.testing.StoreConformance` checks it."""
 
     url: str
+    capabilities: Capabilities
+
+    async def schema_version(self) -> int | None:
+        """The stored schema version, or None where there is no store or no schema yet.
+
+        Callable before `open()`; creates and changes nothing (a file backend opens its
+        file read-only). Raises `SchemaError` for a store that is not flowmill's."""
+
+    async def migrate(self) -> MigrateResult:
+        """Create or upgrade the schema (refusing a newer one) and say what was done.
+
+        Callable before `open()`, which migrates the same way."""
 
     async def open(self) -> None:
         """Connect, create or upgrade the schema (refusing a newer one)."""

@@ -33,6 +33,7 @@ from ...errors import (
 )
 from .._common.serde import decode_error, encode_error
 from .._common.wake import Pulse
+from ..contract.capabilities import Capabilities, MigrateResult
 from ..contract.dag import (
     DepsReconcile,
     UpstreamRow,
@@ -162,6 +163,7 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
         self.max_size = max_size
         self.timeout_s = timeout_s
         self._conninfo, self._display = conninfo_for(libpq_url)
+        self.capabilities = Capabilities(durable=True, local_file=False)
         self._q = Queries(schema)
         self.work_channel, self.finish_channel = channel_names(schema)
         self.frames_channel = frames_channel_name(schema)
@@ -200,15 +202,26 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def migrate(self) -> int:
-        """Create or upgrade the schema (refusing a newer one); return its version."""
+    async def schema_version(self) -> int | None:
+        """The schema's version, read on a connection of its own; None when it has no
+        flowmill tables (or does not exist). Creates and changes nothing."""
+        return await self._on_own_connection(
+            lambda conn: _pg_schema.schema_version(conn, self.schema)
+        )
+
+    async def migrate(self) -> MigrateResult:
+        """Create or upgrade the schema (refusing a newer one); say what was done."""
+        return await self._on_own_connection(lambda conn: _pg_schema.migrate(conn, self.schema))
+
+    async def _on_own_connection(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run `work` on a fresh autocommit connection (usable before `open()`)."""
         try:
             conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
         except (psycopg.Error, OSError) as exc:
             raise connect_error(exc, self._display) from exc
         try:
             async with conn:
-                return await _pg_schema.migrate(conn, self.schema)
+                return await work(conn)
         except FlowmillError:
             raise
         except psycopg.errors.InsufficientPrivilege as exc:

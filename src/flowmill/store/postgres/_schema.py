@@ -9,6 +9,7 @@ from psycopg import AsyncConnection, sql
 
 from ..._states import ACTIVE, State
 from ...errors import SchemaError
+from ..contract.capabilities import MigrateResult
 from ._budgets_ddl import BUDGETS_DDL
 from ._dag_sql import DAG_DDL
 from ._listen import channel_names
@@ -241,7 +242,7 @@ def _refuse_newer(schema: str, current: int | None) -> None:
         )
 
 
-async def migrate(conn: AsyncConnection[Any], schema: str) -> int:
+async def migrate(conn: AsyncConnection[Any], schema: str) -> MigrateResult:
     """Create or upgrade the schema; refuse a newer one. `conn` must be in autocommit mode.
 
     The version is read first without any lock, so that opening an up-to-date schema
@@ -251,14 +252,14 @@ async def migrate(conn: AsyncConnection[Any], schema: str) -> int:
     current = await schema_version(conn, schema)
     _refuse_newer(schema, current)
     if current == SCHEMA_VERSION:
-        return SCHEMA_VERSION
+        return MigrateResult(current, SCHEMA_VERSION)
     quoted = quote_schema(schema)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (migration_lock_key(schema),))
         current = await schema_version(conn, schema)
         _refuse_newer(schema, current)
         if current == SCHEMA_VERSION:
-            return SCHEMA_VERSION
+            return MigrateResult(current, SCHEMA_VERSION)
         if current is None:
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
         for script in MIGRATIONS[current or 0 :]:
@@ -272,4 +273,4 @@ async def migrate(conn: AsyncConnection[Any], schema: str) -> int:
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (str(SCHEMA_VERSION),),
         )
-    return SCHEMA_VERSION
+    return MigrateResult(current, SCHEMA_VERSION)

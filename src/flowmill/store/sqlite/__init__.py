@@ -22,6 +22,7 @@ from ...errors import (
 )
 from .._common import wake as _wake
 from .._common.serde import decode_error, encode_error, encode_tags, task_record
+from ..contract.capabilities import Capabilities, MigrateResult
 from ..contract.dag import (
     DepsReconcile,
     UpstreamRow,
@@ -72,10 +73,10 @@ from ..contract.tasks import (
 )
 from . import _dag, _tree
 from ._budgets import NOT_HELD_SQL, SQLiteBudgetsMixin, claim_limited
-from ._schema import migrate, not_a_database
+from ._schema import SCHEMA_VERSION, migrate, not_a_database, read_version
 from ._signals import SQLiteSignalsMixin
 from ._sql import IN_CHUNK, marks
-from ._threads import ConnectionThread, Tx
+from ._threads import ConnectionThread, Tx, translate
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -125,8 +126,34 @@ class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin):
         self._writer: ConnectionThread | None = None
         self._reader: ConnectionThread | None = None
         self._ended = _dag.EndedTracker()
+        self.capabilities = Capabilities(durable=not self.memory, local_file=not self.memory)
 
     # -- lifecycle -------------------------------------------------------------------
+
+    async def schema_version(self) -> int | None:
+        """The file's schema version, read through a read-only connection (nothing created).
+
+        An in-memory store has a schema only while it is open."""
+        if self.memory:
+            return SCHEMA_VERSION if self._writer is not None else None
+        return await asyncio.to_thread(read_version, self.path)
+
+    async def migrate(self) -> MigrateResult:
+        """Create or upgrade the file's schema, on a connection of its own."""
+        if self.memory:
+            # The database lives in the open store's connection: open() migrated it.
+            return MigrateResult(SCHEMA_VERSION if self._writer else None, SCHEMA_VERSION)
+        _check_path(self.path)
+        return await asyncio.to_thread(self._migrate_once)
+
+    def _migrate_once(self) -> MigrateResult:
+        conn = self._connect()
+        try:
+            return migrate(conn)
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+        finally:
+            conn.close()
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -194,10 +221,10 @@ class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin):
             raise
         self._writer, self._reader = writer, reader
 
-    def _init_writer(self, conn: sqlite3.Connection) -> int:
-        version = migrate(conn)
+    def _init_writer(self, conn: sqlite3.Connection) -> MigrateResult:
+        done = migrate(conn)
         self._ended.install(conn)
-        return version
+        return done
 
     async def close(self) -> None:
         if self._reader is not None and self._reader is not self._writer:

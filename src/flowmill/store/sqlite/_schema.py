@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from pathlib import Path
 
 from ..._states import ACTIVE
 from ...errors import SchemaError
+from ..contract.capabilities import MigrateResult
 from ._budgets import BUDGETS_DDL
 from ._dag import DDL as DAG_DDL
 from ._signals import SIGNALS_DDL
@@ -147,7 +150,24 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-def migrate(conn: sqlite3.Connection) -> int:
+def read_version(path: str) -> int | None:
+    """The schema version of the file at `path`, opened read-only: None when the file or its
+    schema is absent (or it is not a database at all); SchemaError for a foreign schema."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        return _version(conn)
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+
+
+def migrate(conn: sqlite3.Connection) -> MigrateResult:
     """Create or upgrade the schema in one transaction; refuse a newer schema. Autocommit conn."""
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -177,4 +197,4 @@ def migrate(conn: sqlite3.Connection) -> int:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return SCHEMA_VERSION
+    return MigrateResult(current, SCHEMA_VERSION)

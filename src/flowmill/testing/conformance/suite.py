@@ -20,6 +20,7 @@ from .dag import DagConformance
 from .finish import FinishConformance, TerminalConformance
 from .insert import DedupConformance, InsertConformance
 from .ops import InspectConformance, MaintenanceConformance, OperatorConformance
+from .schema import MigrateConformance, SchemaVersionConformance
 from .signals import SignalsConformance
 from .wake import ClockConformance, WakeConformance
 from .walk import WalkConformance
@@ -44,6 +45,8 @@ class StoreConformance(
     DagConformance,
     BudgetConformance,
     LimitConformance,
+    SchemaVersionConformance,
+    MigrateConformance,
 ):
     """Every behaviour of the `Store` contract. Subclass it as `Test...` with a `store` fixture."""
 

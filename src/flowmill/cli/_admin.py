@@ -1,0 +1,112 @@
+"""`flowmill migrate`, `flowmill demo` and `flowmill serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from typing import Annotated
+
+import typer
+
+from .._app import App
+from .._loader import load_app
+from ..store.contract.capabilities import MigrateResult
+from ._common import (
+    fail,
+    one_line_errors,
+    run_on,
+    setup_logging,
+    stdout_console,
+)
+from ._root import AppArg, LogLevelOpt, UrlOpt, cli
+
+log = logging.getLogger("flowmill.cli")
+
+
+@cli.command()
+def migrate(url: UrlOpt = None) -> None:
+    """Create or upgrade the store's schema, and print its version."""
+    with one_line_errors():
+        app = App(url)
+
+        async def run(app: App) -> MigrateResult:
+            done = await app.store.migrate()
+            await app.open()
+            return done
+
+        done = run_on(app, run)
+    if done.created:
+        print(f"{app.url}: created schema version {done.after}")
+    elif done.upgraded:
+        print(f"{app.url}: upgraded schema from version {done.before} to {done.after}")
+    else:
+        print(f"{app.url}: schema version {done.after} is up to date")
+
+
+@cli.command()
+def demo(
+    url: Annotated[
+        str | None,
+        typer.Option(help="Store URL [default: a fresh sqlite:///flowmill-demo.db]"),
+    ] = None,
+    tasks: Annotated[int, typer.Option(min=1, max=100_000, help="How many fetch tasks")] = 200,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="In-process workers")] = 2,
+    concurrency: Annotated[int, typer.Option(min=1, help="Attempts at once per worker")] = 32,
+    progress: Annotated[bool, typer.Option(help="Show a live progress bar")] = True,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Run a small thumbnail pipeline end to end: retries, priorities, a delay, a dead letter."""
+    from .. import _demo
+
+    setup_logging(log_level)
+    console = stdout_console()
+    if url is None:
+        url = _demo.DEFAULT_URL
+        for suffix in ("", "-wal", "-shm"):  # "fresh": the default file is the demo's own
+            with contextlib.suppress(FileNotFoundError):
+                os.remove("flowmill-demo.db" + suffix)
+    console.print(
+        f"[bold]flowmill demo[/]: {tasks} thumbnails on {url} with {workers} in-process "
+        f"worker(s) x {concurrency}",
+        markup=True,
+    )
+    started = time.perf_counter()
+    with one_line_errors():
+        summary = asyncio.run(
+            _demo.run_demo(
+                url,
+                tasks=tasks,
+                workers=workers,
+                concurrency=concurrency,
+                console=console,
+                progress=progress,
+            )
+        )
+    _demo.render_summary(summary, console, _demo.command_name(sys.argv[0]))
+    log.debug("demo took %.2fs in all", time.perf_counter() - started)
+
+
+@cli.command()
+def serve(
+    app_path: AppArg,
+    host: Annotated[str, typer.Option(help="Address to bind (keep it local by default)")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port")] = 8765,
+    log_level: LogLevelOpt = "info",
+) -> None:
+    """Serve POST /signals/{waitpoint_id} for MODULE:APP (webhooks, e-mail approvals)."""
+    setup_logging(log_level)
+    with one_line_errors():
+        app = load_app(app_path)
+        try:
+            import uvicorn
+        except ImportError:
+            fail("flowmill serve needs uvicorn: pip install 'flowmill[dashboard]'")
+        from ..web import signals_app
+
+        uvicorn.run(signals_app(app), host=host, port=port, log_level=log_level.lower())
