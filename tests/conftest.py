@@ -1,10 +1,17 @@
-"""Shared fixtures: a fresh app per test on its own SQLite file, driven by a manual clock."""
+"""Shared fixtures: a fresh app per test on a store of its own, driven by a manual clock.
+
+`BACKENDS` is the one list of backends the suite runs on. Every fixture that runs a test on
+each backend (`db_url`, and through it `app`) takes its parameters from it, so a new
+backend joins the whole suite by adding one `Backend` entry here.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,28 +21,88 @@ import flowmill as fm
 CI = os.environ.get("CI", "").lower() == "true"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A fresh store per test: a SQLite file, or a schema of its own on PostgreSQL.
+@dataclass(frozen=True)
+class Backend:
+    """One backend the suite runs on.
 
-    PostgreSQL tests skip when the server is unreachable, except in CI, where they fail.
+    `unavailable()` says why the backend cannot be used here (a server that does not
+    answer, a client library that is not installed), or None when it can; it is asked once
+    per session. `fresh_url(tmp_path)` gives a store URL no other test uses and cleans up
+    after the test.
     """
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'flowmill.db'}"
-        return
-    from flowmill.testing._pg import drop_pg_schema, pg_test_url, pg_unreachable
+
+    name: str
+    fresh_url: Callable[[Path], AbstractAsyncContextManager[str]]
+    unavailable: Callable[[], str | None] = lambda: None
+    marks: tuple[pytest.MarkDecorator, ...] = ()
+
+
+@asynccontextmanager
+async def _sqlite_url(tmp_path: Path) -> AsyncIterator[str]:
+    yield f"sqlite:///{tmp_path / 'flowmill.db'}"
+
+
+def _postgres_unavailable() -> str | None:
+    try:
+        from flowmill.testing._pg import pg_test_url, pg_unreachable
+    except ImportError as exc:  # psycopg is an extra
+        return f"psycopg is not installed ({exc}): pip install 'flowmill[postgres]'"
+    return pg_unreachable(pg_test_url())
+
+
+@asynccontextmanager
+async def _postgres_url(tmp_path: Path) -> AsyncIterator[str]:
+    from flowmill.testing._pg import drop_pg_schema, pg_test_url, unique_schema_name
 
     base = pg_test_url()
-    why = await asyncio.to_thread(pg_unreachable, base)
-    if why is not None:
-        if CI:
-            pytest.fail(f"PostgreSQL is required in CI but unreachable: {why}")
-        pytest.skip(f"PostgreSQL unreachable: {why}")
-    schema = f"fm_t_{os.urandom(6).hex()}"
+    schema = unique_schema_name("fm_t")
     try:
         yield f"{base}?schema={schema}"
     finally:
         await drop_pg_schema(base, schema)
+
+
+BACKENDS: tuple[Backend, ...] = (
+    Backend("sqlite", _sqlite_url),
+    Backend(
+        "postgres",
+        _postgres_url,
+        unavailable=_postgres_unavailable,
+        marks=(pytest.mark.postgres,),
+    ),
+)
+
+_why_unavailable: dict[str, str | None] = {}
+
+
+def require_backend(backend: Backend) -> None:
+    """Skip the test when the backend cannot be used here; in CI (`CI=true`), fail it."""
+    if backend.name not in _why_unavailable:
+        _why_unavailable[backend.name] = backend.unavailable()
+    why = _why_unavailable[backend.name]
+    if why is None:
+        return
+    if CI:
+        pytest.fail(f"{backend.name} is required in CI but unavailable: {why}")
+    pytest.skip(f"{backend.name} unavailable: {why}")
+
+
+def backend_params() -> list[object]:
+    """`pytest.param`s for a fixture that runs each test once per backend."""
+    return [pytest.param(b, id=b.name, marks=b.marks) for b in BACKENDS]
+
+
+@pytest.fixture(params=backend_params())
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh store per test on each backend of `BACKENDS`: a SQLite file in the test's
+    temporary folder, a schema of its own on PostgreSQL.
+
+    A backend that is unavailable skips the test, except in CI, where it fails.
+    """
+    backend: Backend = request.param
+    await asyncio.to_thread(require_backend, backend)
+    async with backend.fresh_url(tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from flowmill.errors import IllegalTransition
 from flowmill.testing import mermaid_diagram, states_table
 
 S = State
-DOC = Path(__file__).resolve().parents[2] / "docs" / "states.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "explanation" / "states.md"
 ALL_PAIRS = list(itertools.product(State, State))
 ILLEGAL = [pair for pair in ALL_PAIRS if pair not in TRANSITIONS]
 OPERATOR_RETRY = {(S.FAILED, S.READY), (S.DEAD_LETTERED, S.READY)}
@@ -188,8 +188,8 @@ def test_mermaid_labels_escape_what_ends_a_label() -> None:
 def test_docs_match_the_table() -> None:
     doc = DOC.read_text(encoding="utf-8")
     assert f"```mermaid\n{mermaid_diagram()}```" in doc, (
-        "docs/states.md is out of date: paste flowmill.testing.mermaid_diagram() into it"
+        f"{DOC} is out of date: paste flowmill.testing.mermaid_diagram() into it"
     )
     assert states_table() in doc, (
-        "docs/states.md is out of date: paste flowmill.testing.states_table() into it"
+        f"{DOC} is out of date: paste flowmill.testing.states_table() into it"
     )
