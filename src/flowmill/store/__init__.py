@@ -6,7 +6,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ConfigurationError
-from .contract.tasks import Store
+from .contract import Store
 
 DEFAULT_URL = "sqlite:///flowmill.db"
 

@@ -17,18 +17,16 @@ from psycopg import AsyncConnection
 
 from ..._states import State
 from ...errors import ConfigurationError, TaskNotFound
-from .._common.serde import decode_error
 
 # The checks of a linked task are the contract's, shared with the SQLite store.
+from .._common.dag_rules import check, edges_of, has_links
+from .._common.serde import decode_error
 from ..contract.dag import (
     NodeRow,
     UpstreamRow,
     WorkflowGet,
     WorkflowRecord,
     WorkflowsList,
-    check,
-    edges_of,
-    has_links,
 )
 from ..contract.tasks import InsertOutcome, InsertStatus, NewTask, TasksInsert
 from ._dag_sql import DagQueries

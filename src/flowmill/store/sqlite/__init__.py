@@ -21,6 +21,7 @@ from ...errors import (
     TaskNotFound,
 )
 from .._common import wake as _wake
+from .._common.dag_rules import check, has_links
 from .._common.serde import decode_error, encode_error, encode_tags, task_record
 from ..contract.capabilities import Capabilities, MigrateResult
 from ..contract.dag import (
@@ -30,8 +31,6 @@ from ..contract.dag import (
     WorkflowGet,
     WorkflowRecord,
     WorkflowsList,
-    check,
-    has_links,
 )
 from ..contract.tasks import (
     ON_DUPLICATE_CHOICES,

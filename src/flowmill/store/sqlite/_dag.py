@@ -16,6 +16,7 @@ from typing import Any
 from ..._states import TERMINAL, State
 from ...errors import TaskNotFound
 from .._common import wake as _wake
+from .._common.dag_rules import edges_of
 from .._common.serde import decode_error, encode_error
 from ..contract.dag import (
     UPSTREAM_FAILURES,
@@ -25,7 +26,6 @@ from ..contract.dag import (
     WorkflowGet,
     WorkflowRecord,
     WorkflowsList,
-    edges_of,
 )
 from ..contract.tasks import ErrorInfo, NewTask
 from ._sql import IN_CHUNK, marks

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..._states import TRANSITIONS, State
+from ...store.contract import Store
 from ...store.contract.tasks import (
     ClaimedRow,
     ErrorInfo,
@@ -19,7 +20,6 @@ from ...store.contract.tasks import (
     InsertOutcome,
     NewTask,
     OnDuplicate,
-    Store,
     TaskCancel,
     TaskRecord,
     TasksClaim,

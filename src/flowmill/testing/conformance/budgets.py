@@ -10,6 +10,7 @@ import pytest
 
 from ..._states import State
 from ...errors import ConfigurationError, InvalidUsage, LeaseLost, UnknownBudget
+from ...store.contract import Store
 from ...store.contract.budgets import (
     BudgetDefine,
     BudgetReset,
@@ -20,7 +21,10 @@ from ...store.contract.budgets import (
     UsageReport,
     UsageStatus,
 )
-from ...store.contract.tasks import ClaimedRow, Store, TasksClaim
+from ...store.contract.tasks import (
+    ClaimedRow,
+    TasksClaim,
+)
 from ._util import KIND, QUEUE, T0, TTL, add, finish, get, insert, make_state, task
 
 REPORTER = "reporter"  # the kind of the running task that reports usage in these tests

@@ -14,6 +14,7 @@ import pytest
 
 from ..._states import Phase, State
 from ...errors import InvalidParent, LeaseLost
+from ...store.contract import Store
 from ...store.contract.tasks import (
     ChildrenPage,
     ChildrenSummary,
@@ -33,7 +34,6 @@ from ...store.contract.tasks import (
     LeaseRef,
     LeasesRenew,
     NewTask,
-    Store,
     TaskCancel,
     TasksExpire,
     TasksFinish,

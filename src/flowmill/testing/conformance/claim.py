@@ -8,12 +8,12 @@ import pytest
 
 from ..._states import Phase, State
 from ...errors import LeaseLost
+from ...store.contract import Store
 from ...store.contract.tasks import (
     LeaseRef,
     LeasesExpired,
     LeasesRenew,
     RenewOutcome,
-    Store,
     TaskCancel,
     TaskProgress,
     TasksList,

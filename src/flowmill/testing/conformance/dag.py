@@ -9,6 +9,7 @@ import pytest
 
 from ..._states import State
 from ...errors import TaskNotFound
+from ...store.contract import Store
 from ...store.contract.dag import (
     DepsReconcile,
     NewWorkflow,
@@ -20,7 +21,6 @@ from ...store.contract.tasks import (
     Finish,
     InsertStatus,
     NewTask,
-    Store,
     TaskCancel,
     TasksExpire,
     TasksFinish,

@@ -6,6 +6,7 @@ import pytest
 
 from ..._states import TERMINAL, State
 from ...errors import FlowmillError
+from ...store.contract import Store
 from ...store.contract.tasks import (
     ErrorInfo,
     Finish,
@@ -15,7 +16,6 @@ from ...store.contract.tasks import (
     LeasesExpired,
     LeasesRenew,
     ResultRow,
-    Store,
     TaskCancel,
     TaskRetry,
     TasksExpire,

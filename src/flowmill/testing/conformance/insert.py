@@ -8,7 +8,13 @@ import pytest
 
 from ..._states import Phase, State
 from ...errors import DuplicateTask, FlowmillError
-from ...store.contract.tasks import InsertOutcome, InsertStatus, Store, TasksExpire, TasksInsert
+from ...store.contract import Store
+from ...store.contract.tasks import (
+    InsertOutcome,
+    InsertStatus,
+    TasksExpire,
+    TasksInsert,
+)
 from ._util import (
     ERR,
     KIND,

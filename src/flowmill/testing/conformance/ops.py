@@ -6,6 +6,7 @@ import pytest
 
 from ..._states import State
 from ...errors import DuplicateTask, IllegalTransition, TaskNotFound
+from ...store.contract import Store
 from ...store.contract.tasks import (
     CancelOutcome,
     CountRow,
@@ -16,7 +17,6 @@ from ...store.contract.tasks import (
     FinishStatus,
     LeasesExpired,
     ResultRow,
-    Store,
     TaskCancel,
     TaskRetry,
     TasksExpire,

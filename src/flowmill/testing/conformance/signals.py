@@ -14,6 +14,7 @@ import pytest
 from ..._conditions import Condition, Count, Signal, encode_condition
 from ..._states import Phase, State
 from ...errors import FrameTooLarge, LeaseLost, PayloadError, TaskNotFound
+from ...store.contract import Store
 from ...store.contract.signals import (
     MAX_FRAME_BYTES,
     DeliverOutcome,
@@ -34,7 +35,6 @@ from ...store.contract.tasks import (
     ClaimedRow,
     HooksClaim,
     LeaseRef,
-    Store,
     TaskCancel,
     TaskProgress,
     TasksInsert,

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from ...store.contract.tasks import Store
+from ...store.contract import Store
 from ._util import assert_history_legal
 from .budgets import BudgetConformance, LimitConformance
 from .children import ChildrenConformance

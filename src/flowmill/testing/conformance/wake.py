@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from ..._states import State
+from ...store.contract import Store
 from ...store.contract.tasks import (
     LeasesExpired,
-    Store,
     TaskCancel,
     TaskRetry,
     TasksExpire,
