@@ -377,7 +377,7 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
             return []
         if p.workflow is not None or has_links(tasks):
             # Dependencies or a workflow run: rows, edges and the run in one transaction.
-            outs = await self._run(functools.partial(self._dag.insert, p=p), idempotent=False)
+            outs = await self._run(functools.partial(self._dag.tasks_insert, p=p), idempotent=False)
             if len(tasks) >= _ANALYZE_AFTER_LINKED:
                 # A big DAG can make the tables many times larger than their statistics
                 # say; the resolution's plans then scan instead of probing (measured: 10x
@@ -421,12 +421,12 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
         params = insert_params(tasks, now_ms, self.work_channel)
 
         async def job(conn: Conn) -> None:
-            await conn.execute(self._q.insert_unkeyed, params)
+            await conn.execute(self._q.tasks_insert_unkeyed, params)
 
         async def again(conn: Conn) -> None:
             # The statement is atomic: the first run committed all of these rows or none.
             async with conn.transaction():
-                cur = await conn.execute(self._q.insert_unkeyed_again, params)
+                cur = await conn.execute(self._q.tasks_insert_unkeyed_again, params)
                 row = await cur.fetchone()
                 inserted = 0 if row is None else int(row[2])
                 if 0 < inserted < len(tasks):
@@ -460,9 +460,9 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
             "ttl": p.lease_ttl_ms,
         }
         if len(queues) == 1:
-            query, params["queue"] = self._q.claim_one, enc(queues[0])
+            query, params["queue"] = self._q.tasks_claim_one, enc(queues[0])
         else:
-            query, params["queues"] = self._q.claim_many, enc_all(queues)
+            query, params["queues"] = self._q.tasks_claim_many, enc_all(queues)
 
         async def job(conn: Conn) -> list[ClaimedRow]:
             cur = await conn.execute(query, params)
@@ -484,7 +484,7 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
         }
 
         async def job(conn: Conn) -> dict[tuple[str, int], tuple[bool, int]]:
-            cur = await conn.execute(self._q.renew, params)
+            cur = await conn.execute(self._q.leases_renew, params)
             return {(r[0], r[1]): (bool(r[2]), int(r[3])) for r in await cur.fetchall()}
 
         held = await self._run(job, idempotent=True)
@@ -571,8 +571,10 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
         self, conn: Conn, items: list[Finish], now_ms: int | None
     ) -> list[FinishOutcome | None]:
         """One statement in autocommit: the finishes and the join of the children among
-        them (see `Queries.finish`); None for those left to `_finish_tree`."""
-        cur = await conn.execute(self._q.finish, self._finish_params(items, now_ms, simple=True))
+        them (see `Queries.tasks_finish`); None for those left to `_finish_tree`."""
+        cur = await conn.execute(
+            self._q.tasks_finish, self._finish_params(items, now_ms, simple=True)
+        )
         applied: dict[int, State] = {}
         deferred: set[int] = set()
         for tag, k, state, *_ in await cur.fetchall():
@@ -600,7 +602,9 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
         refused = [f for k, f in enumerate(items, 1) if k not in applied and k not in deferred]
         now_rows: dict[str, tuple[str, int, str | None]] = {}
         if refused:
-            cur = await conn.execute(self._q.finish_refused, {"ids": [f.task_id for f in refused]})
+            cur = await conn.execute(
+                self._q.tasks_finish_refused, {"ids": [f.task_id for f in refused]}
+            )
             now_rows = {r[0]: (r[1], r[2], r[3]) for r in await cur.fetchall()}
         out: list[FinishOutcome | None] = []
         for k, f in enumerate(items, 1):
@@ -627,7 +631,9 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
         below the cancelled ones and counts the ended ones against their parents."""
         async with conn.transaction():
             now = await self._tree.now(conn, now_ms)
-            cur = await conn.execute(self._q.finish, self._finish_params(items, now, simple=False))
+            cur = await conn.execute(
+                self._q.tasks_finish, self._finish_params(items, now, simple=False)
+            )
             applied: dict[int, State] = {}
             cancelled: list[str] = []
             ended: list[tuple[str, str, State]] = []
@@ -657,7 +663,7 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
 
     async def tasks_promote(self, p: TasksPromote) -> int:
         return await self._count_and_notify(
-            self._q.promote,
+            self._q.tasks_promote,
             {"now": p.now_ms, "limit": p.limit, "work_channel": self.work_channel},
         )
 
@@ -671,7 +677,7 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
 
         async def job(conn: Conn) -> int:
             async with conn.transaction():
-                row = await (await conn.execute(self._q.expire, params)).fetchone()
+                row = await (await conn.execute(self._q.tasks_expire, params)).fetchone()
                 assert row is not None
                 count, _, children, parents, now = row
                 if children:
@@ -717,7 +723,7 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
         state = State(row[0])
         if state is State.RUNNING:
             await conn.execute(
-                self._q.cancel_request,
+                self._q.task_cancel_request,
                 {"now": p.now_ms, "id": p.task_id, "finish_channel": self.finish_channel},
             )
             return state, CancelOutcome(p.task_id, state, True)
@@ -725,7 +731,7 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
             return state, CancelOutcome(p.task_id, state, False)
         now = await self._tree.now(conn, p.now_ms)
         error = ErrorInfo("Cancelled", p.reason, "cancelled")
-        await self._tree.cancel_task(conn, self._q.cancel, p.task_id, error, now)
+        await self._tree.cancel_task(conn, self._q.task_cancel, p.task_id, error, now)
         return state, CancelOutcome(p.task_id, State.CANCELLED, False)
 
     async def task_retry(self, p: TaskRetry) -> State:
@@ -744,7 +750,7 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
                 try:
                     async with conn.transaction():
                         await conn.execute(
-                            self._q.retry,
+                            self._q.task_retry,
                             {"now": p.now_ms, "id": p.task_id, "work_channel": self.work_channel},
                         )
                 except psycopg.errors.UniqueViolation:
@@ -769,7 +775,7 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
         }
 
         async def job(conn: Conn) -> int:
-            return (await conn.execute(self._q.progress, params)).rowcount
+            return (await conn.execute(self._q.task_progress, params)).rowcount
 
         if await self._run(job, idempotent=True) == 0:
             raise LeaseLost(p.task_id, p.epoch)
@@ -777,7 +783,7 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
     # -- parents and children --------------------------------------------------------
 
     async def task_wait_children(self, p: TaskWaitChildren) -> State:
-        job = functools.partial(self._tree.wait_children, p=p, cancel=self._q.cancel)
+        job = functools.partial(self._tree.task_wait_children, p=p, cancel=self._q.task_cancel)
         return await self._run(job, idempotent=False)
 
     async def children_page(self, p: ChildrenPage) -> list[ChildRow]:
@@ -836,7 +842,7 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
             return 0
 
         async def job(conn: Conn) -> int:
-            return await self._dag.reconcile(conn, p.limit, p.now_ms)
+            return await self._dag.deps_reconcile(conn, p.limit, p.now_ms)
 
         return await self._run(job, idempotent=True)
 
@@ -849,7 +855,7 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
         return await self._run(job, idempotent=True)
 
     async def task_get(self, task_id: str) -> TaskRecord | None:
-        rows = await self._fetch(self._q.get, {"id": task_id})
+        rows = await self._fetch(self._q.task_get, {"id": task_id})
         return record(rows[0]) if rows else None
 
     async def tasks_list(self, p: TasksList) -> list[TaskRecord]:
@@ -865,22 +871,22 @@ class PostgresStore(PostgresSignalsMixin, PostgresBudgetsMixin):
             where.append("t.kind = %(kind)s")
             params["kind"] = enc(p.kind)
         if p.after_id is not None:
-            where.append(self._q.list_after)
+            where.append(self._q.tasks_list_after)
             params["after_id"] = p.after_id
-        query = self._q.list_head + " AND ".join(where) + " ORDER BY t.seq LIMIT %(limit)s"
+        query = self._q.tasks_list_head + " AND ".join(where) + " ORDER BY t.seq LIMIT %(limit)s"
         return [record(r) for r in await self._fetch(query, params)]
 
     async def tasks_count(self) -> list[CountRow]:
-        rows = await self._fetch(self._q.count)
+        rows = await self._fetch(self._q.tasks_count)
         return [CountRow(dec(q), State(s), int(n)) for q, s, n in rows]
 
     async def results_get(self, task_ids: Sequence[str]) -> list[ResultRow]:
         ids = list(task_ids)
         if not ids:
             return []
-        rows = await self._fetch(self._q.results, {"ids": ids})
+        rows = await self._fetch(self._q.results_get, {"ids": ids})
         return [ResultRow(t, State(s), r, decode_error(e)) for t, s, r, e in rows]
 
     async def events_read(self, p: EventsRead) -> list[Event]:
-        rows = await self._fetch(self._q.events, {"after": p.after, "limit": p.limit})
+        rows = await self._fetch(self._q.events_read, {"after": p.after, "limit": p.limit})
         return [Event(i, t, dec(k), State(s), a, d) for i, t, k, s, a, d in rows]

@@ -240,7 +240,7 @@ FROM unnest(%(ids)s::text[], %(counts)s::int[]) AS x(id, n) WHERE t.id = x.id
             "%(work_channel)s, %(finish_channel)s)"
         )
         # The backstop: open edges (their partial index) whose upstream is terminal.
-        self.reconcile = f"""
+        self.deps_reconcile = f"""
 WITH x AS MATERIALIZED (
     SELECT DISTINCT d.upstream_id AS id, u.state FROM {s}.deps d
     JOIN {s}.tasks u ON u.id = d.upstream_id
@@ -253,12 +253,12 @@ SELECT {s}.deps_resolve(coalesce(array_agg(id ORDER BY id), '{{}}'),
     %(work_channel)s, %(finish_channel)s)
 FROM x
 """
-        self.upstream = f"""
+        self.upstream_get = f"""
 SELECT u.id, u.kind, u.node, u.state, r.result, u.error FROM {s}.deps d
 JOIN {s}.tasks u ON u.id = d.upstream_id LEFT JOIN {s}.results r ON r.task_id = u.id
 WHERE d.task_id = %(id)s ORDER BY d.pos
 """
-        self.workflow = f"""
+        self.workflow_get = f"""
 SELECT w.id, w.name, w.created_at, w.nodes,
     ARRAY(SELECT state FROM {s}.tasks WHERE workflow_id = w.id GROUP BY state ORDER BY state),
     ARRAY(SELECT count(*) FROM {s}.tasks WHERE workflow_id = w.id GROUP BY state
@@ -266,7 +266,7 @@ SELECT w.id, w.name, w.created_at, w.nodes,
 FROM {s}.workflows w WHERE w.id = %(id)s
 """
         # An upstream task outside the run (no node name) is named by its id.
-        self.workflow_nodes = f"""
+        self.workflow_get_nodes = f"""
 SELECT t.id, t.node, t.kind, t.state, t.attempts, r.result, t.error, t.created_at,
     t.started_at, t.finished_at,
     ARRAY(SELECT coalesce(u.node, u.id) FROM {s}.deps d JOIN {s}.tasks u ON u.id = d.upstream_id

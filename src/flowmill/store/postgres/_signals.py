@@ -94,14 +94,14 @@ SELECT (SELECT count(*) FROM f), ins.* FROM (SELECT 1) x LEFT JOIN ins ON true
         # -- signal_deliver: the task row locked first, then everything else read ---------
         # Every write about a task's signals holds this lock, so the next statement (a new
         # snapshot, in READ COMMITTED) sees all of them: none is in flight meanwhile.
-        self.deliver_lock = f"""
+        self.signal_deliver_lock = f"""
 SELECT id FROM {s}.tasks
 WHERE id = (SELECT task_id FROM {s}.waitpoints WHERE id = %(wp)s)
 FOR UPDATE
 """
         # The signal is stored unless the waitpoint has expired or the task has ended; for
         # a suspended task, its open suspension and every signal not consumed yet come back.
-        self.deliver = f"""
+        self.signal_deliver = f"""
 WITH {NOW},
 w AS (
     SELECT w.task_id, w.expires_at, t.state FROM {s}.waitpoints w
@@ -154,7 +154,7 @@ SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM n)
 """
 
         # -- task_suspend ----------------------------------------------------------------
-        self.suspend_lock = f"""
+        self.task_suspend_lock = f"""
 WITH {NOW}
 SELECT t.attempts, c.now, t.cancel_requested FROM {s}.tasks t, c
 WHERE t.id = %(task)s AND t.lease_epoch = %(epoch)s AND t.state = 'running'
@@ -166,7 +166,7 @@ FOR UPDATE OF t
         )
         sus_cols = "task_id, condition, timeout_at, on_timeout, attempt, created_at"
         sus_vals = "%(task)s, %(condition)s, %(timeout_at)s, %(on_timeout)s, %(attempt)s, %(now)s"
-        self.suspend_satisfied = f"""
+        self.task_suspend_satisfied = f"""
 WITH ins AS (
     INSERT INTO {s}.suspensions ({sus_cols}, resolved_at, resolution)
     VALUES ({sus_vals}, %(now)s, '{SATISFIED}')
@@ -179,7 +179,7 @@ cons AS (
 SELECT id FROM ins
 """
         # The attempt is given back, as by a release: the claim that resumes it counts it.
-        self.suspend = f"""
+        self.task_suspend = f"""
 WITH ins AS (
     INSERT INTO {s}.suspensions ({sus_cols}) VALUES ({sus_vals})
 ),
@@ -194,7 +194,7 @@ SELECT id, kind, 'suspended', %(now)s, %(detail)s FROM upd
 """
 
         # -- suspensions_expire ------------------------------------------------------------
-        self.due = f"""
+        self.suspensions_expire_due = f"""
 WITH {NOW}
 SELECT s.task_id, c.now FROM {s}.suspensions s JOIN {s}.tasks t ON t.id = s.task_id, c
 WHERE s.resolved_at IS NULL AND s.timeout_at <= c.now AND t.state = 'suspended'
@@ -207,7 +207,7 @@ WHERE p.id IN (SELECT parent_id FROM {s}.tasks WHERE id = ANY(%(ids)s::text[])
     AND parent_id IS NOT NULL)
 ORDER BY p.id FOR NO KEY UPDATE OF p
 """
-        self.due_lock = f"""
+        self.suspensions_expire_lock = f"""
 SELECT s.id, s.task_id, s.on_timeout, t.parent_id
 FROM {s}.suspensions s JOIN {s}.tasks t ON t.id = s.task_id
 WHERE s.task_id = ANY(%(ids)s::text[]) AND s.resolved_at IS NULL
@@ -219,7 +219,7 @@ FOR UPDATE OF t, s SKIP LOCKED
             f"UPDATE {s}.suspensions SET resolved_at = %(now)s, resolution = '{TIMEOUT}' "
             "WHERE id = ANY(%(ids)s::bigint[])"
         )
-        self.timeouts = f"""
+        self.suspensions_expire = f"""
 WITH a AS (
     SELECT * FROM unnest(%(ids)s::text[], %(targets)s::text[], %(errors)s::text[],
         %(details)s::text[]) AS a(id, target, error, detail)
@@ -292,11 +292,11 @@ FROM t CROSS JOIN a LEFT JOIN LATERAL (
 ORDER BY f.seq
 """
 
-        self.meta_insert = (
+        self.meta_get_or_set_insert = (
             f"INSERT INTO {s}.meta (key, value) VALUES (%(key)s, %(value)s) "
             "ON CONFLICT (key) DO NOTHING"
         )
-        self.meta_get = f"SELECT value FROM {s}.meta WHERE key = %(key)s"
+        self.meta_get_or_set_read = f"SELECT value FROM {s}.meta WHERE key = %(key)s"
 
 
 _PIPELINE = psycopg.AsyncPipeline.is_supported()
@@ -391,8 +391,8 @@ class PostgresSignalsMixin:
 
         async def job(conn: Conn) -> DeliverOutcome:
             async with _pipeline(conn), conn.transaction():
-                await conn.execute(self._sq.deliver_lock, {"wp": p.waitpoint_id})
-                cur = await conn.execute(self._sq.deliver, params)
+                await conn.execute(self._sq.signal_deliver_lock, {"wp": p.waitpoint_id})
+                cur = await conn.execute(self._sq.signal_deliver, params)
                 row = await cur.fetchone()
                 assert row is not None
                 (
@@ -450,7 +450,7 @@ class PostgresSignalsMixin:
         async def job(conn: Conn) -> SuspendStatus:
             async with _pipeline(conn), conn.transaction():
                 locked = await conn.execute(
-                    self._sq.suspend_lock,
+                    self._sq.task_suspend_lock,
                     {"now": p.now_ms, "task": p.task_id, "epoch": p.epoch},
                 )
                 unconsumed = await conn.execute(self._sq.unconsumed, {"task": p.task_id})
@@ -471,10 +471,10 @@ class PostgresSignalsMixin:
                 }
                 if satisfied(condition, [(w, dec(n)) for _, w, n in signals]):
                     params["last"] = signals[-1][0]
-                    await conn.execute(self._sq.suspend_satisfied, params)
+                    await conn.execute(self._sq.task_suspend_satisfied, params)
                     return SuspendStatus.ALREADY_SATISFIED
                 params["detail"] = suspend_detail(p)
-                await conn.execute(self._sq.suspend, params)
+                await conn.execute(self._sq.task_suspend, params)
                 return SuspendStatus.SUSPENDED
 
         return await self._run(job, idempotent=False)
@@ -484,14 +484,16 @@ class PostgresSignalsMixin:
             return 0
 
         async def job(conn: Conn) -> int:
-            cur = await conn.execute(self._sq.due, {"now": p.now_ms, "limit": p.limit})
+            cur = await conn.execute(
+                self._sq.suspensions_expire_due, {"now": p.now_ms, "limit": p.limit}
+            )
             due = await cur.fetchall()
             if not due:
                 return 0
             ids, now = sorted(r[0] for r in due), int(due[0][1])
             async with conn.transaction():
                 await conn.execute(self._sq.lock_parents, {"ids": ids})
-                cur = await conn.execute(self._sq.due_lock, {"ids": ids, "now": now})
+                cur = await conn.execute(self._sq.suspensions_expire_lock, {"ids": ids, "now": now})
                 rows = await cur.fetchall()
                 if not rows:
                     return 0
@@ -521,7 +523,7 @@ class PostgresSignalsMixin:
                     ended.append((parent_id, task_id, target))
         if moved:
             await conn.execute(
-                self._sq.timeouts,
+                self._sq.suspensions_expire,
                 {
                     "ids": [m[0] for m in moved],
                     "targets": [m[1].value for m in moved],
@@ -533,7 +535,9 @@ class PostgresSignalsMixin:
                 },
             )
         for task_id in cancelled:  # exactly an operator cancel: hooks, cascade, the join
-            await self._tree.cancel_task(conn, self._q.cancel, task_id, SUSPEND_CANCEL_ERROR, now)
+            await self._tree.cancel_task(
+                conn, self._q.task_cancel, task_id, SUSPEND_CANCEL_ERROR, now
+            )
         if ended:
             await self._tree.children_ended(conn, ended, now)
         return len(rows)
@@ -603,8 +607,8 @@ class PostgresSignalsMixin:
         async def job(conn: Conn) -> str:
             # Two statements: the second sees a value another caller committed while the
             # insert waited for it.
-            await conn.execute(self._sq.meta_insert, params)
-            row = await (await conn.execute(self._sq.meta_get, params)).fetchone()
+            await conn.execute(self._sq.meta_get_or_set_insert, params)
+            row = await (await conn.execute(self._sq.meta_get_or_set_read, params)).fetchone()
             assert row is not None
             return dec(row[0])
 

@@ -260,53 +260,53 @@ class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin):
     # -- submission ------------------------------------------------------------------
 
     async def tasks_insert(self, p: TasksInsert) -> list[InsertOutcome]:
-        result: list[InsertOutcome] = await self._write(lambda c, tx: _insert(c, tx, p))
+        result: list[InsertOutcome] = await self._write(lambda c, tx: tasks_insert(c, tx, p))
         return result
 
     async def tasks_claim(self, p: TasksClaim) -> list[ClaimedRow]:
         if p.limit <= 0 or not p.kinds or not p.queues:
             return []
-        result: list[ClaimedRow] = await self._write(lambda c, tx: _claim(c, tx, p))
+        result: list[ClaimedRow] = await self._write(lambda c, tx: tasks_claim(c, tx, p))
         return result
 
     async def leases_renew(self, p: LeasesRenew) -> list[RenewOutcome]:
         if not p.leases:
             return []
-        result: list[RenewOutcome] = await self._write(lambda c, tx: _renew(c, p))
+        result: list[RenewOutcome] = await self._write(lambda c, tx: leases_renew(c, p))
         return result
 
     async def tasks_finish(self, p: TasksFinish) -> list[FinishOutcome]:
-        result: list[FinishOutcome] = await self._write(lambda c, tx: _finish(c, tx, p))
+        result: list[FinishOutcome] = await self._write(lambda c, tx: tasks_finish(c, tx, p))
         return result
 
     async def tasks_promote(self, p: TasksPromote) -> int:
-        result: int = await self._write(lambda c, tx: _promote(c, tx, p))
+        result: int = await self._write(lambda c, tx: tasks_promote(c, tx, p))
         return result
 
     async def tasks_expire(self, p: TasksExpire) -> int:
-        result: int = await self._write(lambda c, tx: _expire(c, tx, p))
+        result: int = await self._write(lambda c, tx: tasks_expire(c, tx, p))
         return result
 
     async def leases_expired(self, p: LeasesExpired) -> list[ExpiredLease]:
-        result: list[ExpiredLease] = await self._read(lambda c, tx: _expired_leases(c, p))
+        result: list[ExpiredLease] = await self._read(lambda c, tx: leases_expired(c, p))
         return result
 
     async def task_cancel(self, p: TaskCancel) -> CancelOutcome:
-        result: CancelOutcome = await self._write(lambda c, tx: _cancel(c, tx, p))
+        result: CancelOutcome = await self._write(lambda c, tx: task_cancel(c, tx, p))
         return result
 
     async def task_retry(self, p: TaskRetry) -> State:
-        result: State = await self._write(lambda c, tx: _retry(c, tx, p))
+        result: State = await self._write(lambda c, tx: task_retry(c, tx, p))
         return result
 
     async def task_progress(self, p: TaskProgress) -> None:
-        await self._write(lambda c, tx: _progress(c, p))
+        await self._write(lambda c, tx: task_progress(c, p))
 
     # -- parents and children --------------------------------------------------------
 
     async def task_wait_children(self, p: TaskWaitChildren) -> State:
         def job(c: sqlite3.Connection, tx: Tx) -> State:
-            return _tree.wait_children(c, tx, p, _now(p.now_ms))
+            return _tree.task_wait_children(c, tx, p, _now(p.now_ms))
 
         result: State = await self._write(job)
         return result
@@ -353,7 +353,7 @@ class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin):
                 before = c.execute("SELECT state FROM fm_tasks WHERE id = ?", (task_id,))
                 if State(before.fetchone()[0]).terminal:
                     continue
-                out = _cancel(c, tx, TaskCancel(task_id, p.reason, p.now_ms))
+                out = task_cancel(c, tx, TaskCancel(task_id, p.reason, p.now_ms))
                 count += out.requested or out.state is State.CANCELLED
             return count
 
@@ -362,15 +362,15 @@ class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin):
 
     async def deps_reconcile(self, p: DepsReconcile) -> int:
         now = p.now_ms if p.now_ms is not None else _wall_ms()
-        result: int = await self._write(lambda c, tx: _dag.reconcile(c, tx, p.limit, now))
+        result: int = await self._write(lambda c, tx: _dag.deps_reconcile(c, tx, p.limit, now))
         return result
 
     async def task_get(self, task_id: str) -> TaskRecord | None:
-        result: TaskRecord | None = await self._read(lambda c, tx: _get(c, task_id))
+        result: TaskRecord | None = await self._read(lambda c, tx: task_get(c, task_id))
         return result
 
     async def tasks_list(self, p: TasksList) -> list[TaskRecord]:
-        result: list[TaskRecord] = await self._read(lambda c, tx: _list(c, p))
+        result: list[TaskRecord] = await self._read(lambda c, tx: tasks_list(c, p))
         return result
 
     async def tasks_count(self) -> list[CountRow]:
@@ -487,7 +487,7 @@ def _check_fence_and_parents(c: sqlite3.Connection, p: TasksInsert) -> None:
             raise InvalidParent(parent_id, row[0] if row else None)
 
 
-def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome]:
+def tasks_insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome]:
     """Insert a batch as if its tasks were inserted one after another, in one transaction."""
     if p.on_duplicate not in ON_DUPLICATE_CHOICES:
         raise ConfigurationError(
@@ -608,7 +608,7 @@ def _insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOutcome
     return outcomes
 
 
-def _claim(c: sqlite3.Connection, tx: Tx, p: TasksClaim) -> list[ClaimedRow]:
+def tasks_claim(c: sqlite3.Connection, tx: Tx, p: TasksClaim) -> list[ClaimedRow]:
     now = p.now_ms if p.now_ms is not None else _wall_ms()
     if p.limits:
 
@@ -665,7 +665,7 @@ def _claim_rows(
     ]
 
 
-def _renew(c: sqlite3.Connection, p: LeasesRenew) -> list[RenewOutcome]:
+def leases_renew(c: sqlite3.Connection, p: LeasesRenew) -> list[RenewOutcome]:
     now = p.now_ms if p.now_ms is not None else _wall_ms()
     expires = now + p.lease_ttl_ms
     out: list[RenewOutcome] = []
@@ -695,7 +695,7 @@ def _finish_mark(f: Finish) -> str:
     return f"{f.target.value}:reaped" if f.expired_lease else f.target.value
 
 
-def _finish(c: sqlite3.Connection, tx: Tx, p: TasksFinish) -> list[FinishOutcome]:
+def tasks_finish(c: sqlite3.Connection, tx: Tx, p: TasksFinish) -> list[FinishOutcome]:
     now = p.now_ms if p.now_ms is not None else _wall_ms()
     ended: list[_tree.Ended] = []
     cancelled: list[str] = []
@@ -800,7 +800,7 @@ def _finish_refused(c: sqlite3.Connection, f: Finish) -> FinishOutcome:
     return FinishOutcome(f.task_id, FinishStatus.LEASE_LOST, State(row[0]) if row else None)
 
 
-def _promote(c: sqlite3.Connection, tx: Tx, p: TasksPromote) -> int:
+def tasks_promote(c: sqlite3.Connection, tx: Tx, p: TasksPromote) -> int:
     now = p.now_ms if p.now_ms is not None else _wall_ms()
     rows = c.execute(
         "UPDATE fm_tasks SET state = 'ready', updated_at = ? WHERE seq IN (SELECT seq FROM "
@@ -814,7 +814,7 @@ def _promote(c: sqlite3.Connection, tx: Tx, p: TasksPromote) -> int:
     return len(rows)
 
 
-def _expire(c: sqlite3.Connection, tx: Tx, p: TasksExpire) -> int:
+def tasks_expire(c: sqlite3.Connection, tx: Tx, p: TasksExpire) -> int:
     now = p.now_ms if p.now_ms is not None else _wall_ms()
     err = encode_error(_TTL_ERROR)
     rows = c.execute(
@@ -837,7 +837,7 @@ def _expire(c: sqlite3.Connection, tx: Tx, p: TasksExpire) -> int:
     return len(rows)
 
 
-def _expired_leases(c: sqlite3.Connection, p: LeasesExpired) -> list[ExpiredLease]:
+def leases_expired(c: sqlite3.Connection, p: LeasesExpired) -> list[ExpiredLease]:
     now = p.now_ms if p.now_ms is not None else _wall_ms()
     rows = c.execute(
         "SELECT id, kind, lease_epoch, attempts, max_attempts, retry_policy, lease_owner, "
@@ -848,7 +848,7 @@ def _expired_leases(c: sqlite3.Connection, p: LeasesExpired) -> list[ExpiredLeas
     return [ExpiredLease(i, k, e, a, m, r, o, bool(cr)) for i, k, e, a, m, r, o, cr in rows]
 
 
-def _cancel(c: sqlite3.Connection, tx: Tx, p: TaskCancel) -> CancelOutcome:
+def task_cancel(c: sqlite3.Connection, tx: Tx, p: TaskCancel) -> CancelOutcome:
     now = p.now_ms if p.now_ms is not None else _wall_ms()
     row = c.execute(
         "SELECT state, kind, parent_id FROM fm_tasks WHERE id = ?", (p.task_id,)
@@ -886,7 +886,7 @@ def _cancel(c: sqlite3.Connection, tx: Tx, p: TaskCancel) -> CancelOutcome:
     return CancelOutcome(p.task_id, State.CANCELLED, False)
 
 
-def _retry(c: sqlite3.Connection, tx: Tx, p: TaskRetry) -> State:
+def task_retry(c: sqlite3.Connection, tx: Tx, p: TaskRetry) -> State:
     now = p.now_ms if p.now_ms is not None else _wall_ms()
     row = c.execute(
         "SELECT state, kind, dedup_key FROM fm_tasks WHERE id = ?", (p.task_id,)
@@ -913,7 +913,7 @@ def _retry(c: sqlite3.Connection, tx: Tx, p: TaskRetry) -> State:
     return State.READY
 
 
-def _progress(c: sqlite3.Connection, p: TaskProgress) -> None:
+def task_progress(c: sqlite3.Connection, p: TaskProgress) -> None:
     now = p.now_ms if p.now_ms is not None else _wall_ms()
     row = c.execute(
         "UPDATE fm_tasks SET progress_pct = ?, progress_message = ?, updated_at = ? "
@@ -935,12 +935,12 @@ def _result_of(c: sqlite3.Connection, task_id: str) -> bytes | None:
     return None if row is None else row[0]
 
 
-def _get(c: sqlite3.Connection, task_id: str) -> TaskRecord | None:
+def task_get(c: sqlite3.Connection, task_id: str) -> TaskRecord | None:
     row = c.execute(f"SELECT {_TASK_COLUMNS} FROM fm_tasks WHERE id = ?", (task_id,)).fetchone()
     return None if row is None else task_record(row, _result_of(c, task_id))
 
 
-def _list(c: sqlite3.Connection, p: TasksList) -> list[TaskRecord]:
+def tasks_list(c: sqlite3.Connection, p: TasksList) -> list[TaskRecord]:
     where: list[str] = ["1 = 1"]
     args: list[Any] = []
     if p.states:

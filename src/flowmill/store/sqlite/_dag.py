@@ -260,7 +260,7 @@ def _first_bad_upstream(c: sqlite3.Connection, task_id: str, *, failures_only: b
     return f"{name} {'ended ' + row[2] if row[2] != 'failed' else 'failed'}"
 
 
-def reconcile(c: sqlite3.Connection, tx: Tx, limit: int, now: int) -> int:
+def deps_reconcile(c: sqlite3.Connection, tx: Tx, limit: int, now: int) -> int:
     """The backstop: resolve open edges whose upstream is terminal (a missed push)."""
     rows = c.execute(
         "SELECT DISTINCT d.upstream_id, u.state FROM fm_deps d INDEXED BY fm_deps_open "

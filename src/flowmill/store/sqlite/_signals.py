@@ -134,7 +134,7 @@ class SQLiteSignalsMixin:
         async def _read(self, job: Job) -> Any: ...
 
     async def waitpoint_create(self, p: WaitpointCreate) -> WaitpointRow:
-        result: WaitpointRow = await self._write(lambda c, tx: _waitpoint_create(c, p))
+        result: WaitpointRow = await self._write(lambda c, tx: waitpoint_create(c, p))
         return result
 
     async def waitpoint_get(self, waitpoint_id: str) -> WaitpointRow | None:
@@ -149,32 +149,32 @@ class SQLiteSignalsMixin:
         return result
 
     async def signal_deliver(self, p: SignalDeliver) -> DeliverOutcome:
-        result: DeliverOutcome = await self._write(lambda c, tx: _deliver(c, tx, p))
+        result: DeliverOutcome = await self._write(lambda c, tx: signal_deliver(c, tx, p))
         return result
 
     async def task_suspend(self, p: TaskSuspend) -> SuspendStatus:
         condition = decode_condition(p.condition)  # a bad condition fails before any write
-        result: SuspendStatus = await self._write(lambda c, tx: _suspend(c, p, condition))
+        result: SuspendStatus = await self._write(lambda c, tx: task_suspend(c, p, condition))
         return result
 
     async def suspensions_expire(self, p: SuspensionsExpire) -> int:
         if p.limit <= 0:
             return 0
-        result: int = await self._write(lambda c, tx: _suspensions_expire(c, tx, p))
+        result: int = await self._write(lambda c, tx: suspensions_expire(c, tx, p))
         return result
 
     async def resume_signals(self, task_id: str) -> list[SignalRow]:
-        result: list[SignalRow] = await self._read(lambda c, tx: _resume_signals(c, task_id))
+        result: list[SignalRow] = await self._read(lambda c, tx: resume_signals(c, task_id))
         return result
 
     async def frames_append(self, p: FrameAppend) -> FrameRef:
         if len(p.payload) > MAX_FRAME_BYTES:
             raise FrameTooLarge("an output frame", len(p.payload), MAX_FRAME_BYTES)
-        result: FrameRef = await self._write(lambda c, tx: _frames_append(c, tx, p))
+        result: FrameRef = await self._write(lambda c, tx: frames_append(c, tx, p))
         return result
 
     async def frames_read(self, p: FramesRead) -> FramesPage:
-        result: FramesPage = await self._read(lambda c, tx: _frames_read(c, p))
+        result: FramesPage = await self._read(lambda c, tx: frames_read(c, p))
         return result
 
     async def wait_for_frames(self, timeout_s: float) -> None:
@@ -209,7 +209,7 @@ def _fence(c: sqlite3.Connection, task_id: str, epoch: int) -> tuple[str, int]:
     return str(row[0]), int(row[1])
 
 
-def _waitpoint_create(c: sqlite3.Connection, p: WaitpointCreate) -> WaitpointRow:
+def waitpoint_create(c: sqlite3.Connection, p: WaitpointCreate) -> WaitpointRow:
     _fence(c, p.task_id, p.epoch)
     now = _now(p.now_ms)
     c.execute(
@@ -250,7 +250,7 @@ def _consume_if_satisfied(
     return True
 
 
-def _deliver(c: sqlite3.Connection, tx: Tx, p: SignalDeliver) -> DeliverOutcome:
+def signal_deliver(c: sqlite3.Connection, tx: Tx, p: SignalDeliver) -> DeliverOutcome:
     now = _now(p.now_ms)
     row = c.execute(
         "SELECT w.task_id, w.expires_at, t.state, t.kind FROM fm_waitpoints w "
@@ -302,7 +302,7 @@ def _deliver(c: sqlite3.Connection, tx: Tx, p: SignalDeliver) -> DeliverOutcome:
     return DeliverOutcome(DeliverStatus.ACCEPTED, resumed=True)
 
 
-def _suspend(c: sqlite3.Connection, p: TaskSuspend, condition: dict[str, Any]) -> SuspendStatus:
+def task_suspend(c: sqlite3.Connection, p: TaskSuspend, condition: dict[str, Any]) -> SuspendStatus:
     kind, attempt = _fence(c, p.task_id, p.epoch)
     row = c.execute("SELECT cancel_requested FROM fm_tasks WHERE id = ?", (p.task_id,))
     if row.fetchone()[0]:
@@ -338,7 +338,7 @@ def suspend_detail(p: TaskSuspend) -> str:
     return f"timeout {p.timeout_ms} ms: {OnTimeout(p.on_timeout).value}"
 
 
-def _suspensions_expire(c: sqlite3.Connection, tx: Tx, p: SuspensionsExpire) -> int:
+def suspensions_expire(c: sqlite3.Connection, tx: Tx, p: SuspensionsExpire) -> int:
     now = _now(p.now_ms)
     rows = c.execute(
         "SELECT s.id, s.task_id, s.on_timeout, t.kind, t.parent_id FROM fm_suspensions s "
@@ -404,7 +404,7 @@ def _suspensions_expire(c: sqlite3.Connection, tx: Tx, p: SuspensionsExpire) -> 
     return len(rows)
 
 
-def _resume_signals(c: sqlite3.Connection, task_id: str) -> list[SignalRow]:
+def resume_signals(c: sqlite3.Connection, task_id: str) -> list[SignalRow]:
     last = c.execute(
         "SELECT id, resolution FROM fm_suspensions WHERE task_id = ? ORDER BY id DESC LIMIT 1",
         (task_id,),
@@ -419,7 +419,7 @@ def _resume_signals(c: sqlite3.Connection, task_id: str) -> list[SignalRow]:
     return [SignalRow(w, n, pl, a) for w, n, pl, a in rows]
 
 
-def _frames_append(c: sqlite3.Connection, tx: Tx, p: FrameAppend) -> FrameRef:
+def frames_append(c: sqlite3.Connection, tx: Tx, p: FrameAppend) -> FrameRef:
     _, attempt = _fence(c, p.task_id, p.epoch)
     now = _now(p.now_ms)
     seq = c.execute(
@@ -432,7 +432,7 @@ def _frames_append(c: sqlite3.Connection, tx: Tx, p: FrameAppend) -> FrameRef:
     return FrameRef(attempt, int(seq))
 
 
-def _frames_read(c: sqlite3.Connection, p: FramesRead) -> FramesPage:
+def frames_read(c: sqlite3.Connection, p: FramesRead) -> FramesPage:
     row = c.execute("SELECT state, attempts FROM fm_tasks WHERE id = ?", (p.task_id,)).fetchone()
     if row is None:
         raise TaskNotFound(p.task_id)

@@ -45,8 +45,8 @@ ERRORS = {
 }
 
 
-class FinishConformance:
-    """tasks_finish: applied once per attempt, then answered from the record."""
+class TasksFinishConformance:
+    """`tasks_finish`: applied once per attempt, then answered from the record."""
 
     async def test_complete_stores_the_result(self, store: Store) -> None:
         task_id = await add(store)
