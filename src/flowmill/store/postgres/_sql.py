@@ -8,8 +8,12 @@ and constant fragments derived from the state enum.
 
 from __future__ import annotations
 
-from ..._states import CHILD_FAILURES
-from ._schema import ACTIVE_SQL, quote_schema
+from ..._states import ACTIVE, CHILD_FAILURES
+from ._schema import quote_schema
+
+# Constant SQL fragments built from the state enum, never from user input. The dedup
+# index of migration 1 has this predicate; the ON CONFLICT clauses below must repeat it.
+ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE))
 
 # Literals only: child ends that count as failures for fail_fast (see _states).
 _CHILD_FAILURES_SQL = ", ".join(f"'{st.value}'" for st in sorted(CHILD_FAILURES))

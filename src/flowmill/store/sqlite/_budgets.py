@@ -40,40 +40,6 @@ from ..contract.tasks import ClaimedRow, TasksClaim
 from ._sql import marks
 from ._threads import Job, Tx
 
-# Added to schema migration 1 (the tasks table has a `budget_id` column). `breached` holds
-# the JSON list of dimensions that ended the window while the budget is hard-breached.
-# Dedup keys are kept for good: a report retried after its window ended is still a repeat.
-BUDGETS_DDL = """
-    CREATE TABLE fm_budgets (
-        id TEXT PRIMARY KEY,
-        hard TEXT NOT NULL,
-        soft TEXT NOT NULL,
-        usage TEXT NOT NULL,
-        reset_every INTEGER,
-        window_start INTEGER NOT NULL,
-        breached TEXT,
-        created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    CREATE TABLE fm_budget_reports (
-        budget_id TEXT NOT NULL,
-        dedup_key TEXT NOT NULL,
-        task_id TEXT NOT NULL,
-        amounts TEXT NOT NULL,
-        at INTEGER NOT NULL,
-        PRIMARY KEY (budget_id, dedup_key)
-    ) WITHOUT ROWID;
-    CREATE INDEX fm_tasks_budget ON fm_tasks (budget_id)
-        WHERE budget_id IS NOT NULL AND state = 'ready';
-    CREATE TABLE fm_limits (
-        scope TEXT NOT NULL,
-        name TEXT NOT NULL,
-        tokens REAL NOT NULL,
-        refilled_at INTEGER NOT NULL,
-        PRIMARY KEY (scope, name)
-    ) WITHOUT ROWID;
-"""
-
 # A claim condition with one parameter (now): the task names no budget, or one that is not
 # hard-breached in its current window. The subquery does not depend on the row: SQLite
 # runs it once per statement.

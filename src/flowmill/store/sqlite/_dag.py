@@ -33,32 +33,11 @@ from ._threads import Tx
 
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
 _FAILURES = frozenset(s.value for s in UPSTREAM_FAILURES)
-_POLICIES = frozenset(p.value for p in UpstreamPolicy)
 _EVENT_SQL = "INSERT INTO fm_events (task_id, kind, state, at, detail) VALUES (?, ?, ?, ?, ?)"
 _RESULT_SQL = (
     "INSERT OR REPLACE INTO fm_results (task_id, state, result, error, finished_at) "
     "VALUES (?, ?, NULL, ?, ?)"
 )
-
-DDL = """
-CREATE TABLE fm_deps (
-    upstream_id TEXT NOT NULL,
-    task_id TEXT NOT NULL,
-    pos INTEGER NOT NULL,
-    done INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (upstream_id, task_id)
-) WITHOUT ROWID;
-CREATE INDEX fm_deps_task ON fm_deps (task_id, pos);
-CREATE INDEX fm_deps_open ON fm_deps (upstream_id) WHERE done = 0;
-CREATE TABLE fm_workflows (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    nodes INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX fm_workflows_created ON fm_workflows (created_at);
-CREATE UNIQUE INDEX fm_tasks_node ON fm_tasks (workflow_id, node) WHERE workflow_id IS NOT NULL;
-"""
 
 # Installed on the writer's connection only (TEMP: it is not part of the file's schema).
 _TRIGGER = f"""
