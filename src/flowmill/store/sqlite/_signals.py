@@ -43,6 +43,7 @@ from ..contract.signals import (
     WaitpointRow,
 )
 from . import _tree
+from ._tasks import cancelled_tasks
 from ._threads import Job, Tx
 
 SATISFIED = "satisfied"
@@ -331,10 +332,8 @@ def suspensions_expire(c: sqlite3.Connection, tx: Tx, p: SuspensionsExpire) -> i
     if results:
         c.executemany(_RESULT_SQL, results)
         tx.wake(_wake.FINISH)
-    if cancelled:
-        from . import _cancelled_tasks  # the one cancel path: hooks and the cascade
-
-        _cancelled_tasks(c, tx, cancelled, SUSPEND_CANCEL_REASON, now)
+    if cancelled:  # the one cancel path: hooks and the cascade
+        cancelled_tasks(c, tx, cancelled, SUSPEND_CANCEL_REASON, now)
     if ended:
         _tree.children_ended(c, tx, ended, now)
     return len(rows)
