@@ -8,6 +8,10 @@ Each class tests one operation and carries its name (`tasks_claim`:
 `TasksClaimConformance`; a facet of it: `TasksClaimLimitsConformance`). A few test what
 no single operation owns: `TerminalConformance` (the state machine), `WakeConformance`
 (the wake-up hints) and `WalkConformance` (random interleavings of every operation).
+
+A test of something only some backends do starts with `require(store, "<capability>")`
+(from `._util`): on a store whose `Capabilities` lack it, the test is skipped with a reason
+naming the capability, never silently passed.
 """
 
 from __future__ import annotations
