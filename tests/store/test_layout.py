@@ -1,5 +1,6 @@
 """The store's folders keep their rules, checked on the source with `ast`: a backend folder
-never imports another backend, and the contract and the shared code import no backend."""
+never imports another backend, the contract and the shared code import no backend, and no
+module of store/ or testing/ is over 600 lines."""
 
 from __future__ import annotations
 
@@ -80,3 +81,14 @@ def test_the_checker_sees_relative_and_function_local_imports() -> None:
     )
     seen = {_store_part(m) for m in _imported(source, ["flowmill", "store", "sqlite"])}
     assert {"postgres", "redis", "sqlite"} <= seen
+
+
+def test_no_store_or_testing_module_is_over_600_lines() -> None:
+    roots = [STORE, STORE.parent / "testing"]
+    long = {
+        str(path.relative_to(STORE.parent)): n
+        for root in roots
+        for path in root.rglob("*.py")
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > 600
+    }
+    assert long == {}

@@ -1,6 +1,6 @@
 """The store contract for budgets, rate limits and concurrency caps.
 
-Same rules as `_base`: frozen params, int ms times, `now_ms=None` is the store's clock, a
+Same rules as `protocol`: frozen params, int ms times, `now_ms=None` is the store's clock, a
 worker's usage report is fenced by `(task_id, epoch)`. Budgets are never deleted, so a
 budget id checked once stays valid.
 """

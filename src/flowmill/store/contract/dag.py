@@ -12,7 +12,7 @@ dependent counts the end, and one whose last upstream ended is decided by its po
 
 A skipped or failed dependent ends too, so its own dependents are resolved in turn (the
 skip-cascade). `deps_reconcile` is the backstop a maintenance loop runs: it resolves any
-dependency whose upstream is terminal but was not counted. Same rules as `_base`: frozen
+dependency whose upstream is terminal but was not counted. Same rules as `protocol`: frozen
 params, int ms times, `now_ms=None` is the store's clock.
 """
 

@@ -1,5 +1,5 @@
 """The store contract for waiting on the outside world: waitpoints, signals, suspensions,
-and for what a running attempt shows it: output frames. Same rules as `_base`: frozen
+and for what a running attempt shows it: output frames. Same rules as `protocol`: frozen
 params, int ms times, `now_ms=None` is the store's clock, every worker write is fenced."""
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class NewTask:
     child_key: str | None = None
     fail_fast: bool = True  # as a parent: the first child failure fails this task
     has_on_cancel: bool = False  # an executor: cancellation leaves an on_cancel hook to run
-    # Dependencies (see `_base_dag`): the ids of upstream tasks, stored or in this batch.
+    # Dependencies (see `dag`): the ids of upstream tasks, stored or in this batch.
     # A task with any starts `blocked`; it cannot also be delayed or be a child.
     depends_on: Sequence[str] = ()
     upstream_policy: str = "skip"

@@ -1,6 +1,6 @@
 """Dependencies between tasks in the PostgreSQL store: linking at insert, reads, reconcile.
 
-Resolution itself is pushed by a trigger in the database (see `_pg_dag_sql`), so every
+Resolution itself is pushed by a trigger in the database (see `_dag_sql`), so every
 store operation that ends a task with dependents resolves them in its own transaction.
 Here: the insert of a linked batch (tasks with dependencies, or the nodes of a workflow
 run) in one transaction (rows, edges, the run, and the resolution of upstream tasks that

@@ -137,7 +137,7 @@ class Queries:
         self.now = f"SELECT {CLOCK}"
 
         self.tasks_insert = _insert(s, _NEW_TASK_ROWS, INSERT_COLUMNS, INSERT_VALUES)
-        # Tasks with dependencies or of a workflow run (see `_pg_dag`); with dedup keys or not.
+        # Tasks with dependencies or of a workflow run (see `_dag`); with dedup keys or not.
         self.tasks_insert_linked = _insert(s, _LINKED_ROWS, _LINKED_COLUMNS, _LINKED_VALUES)
 
         # Without dedup keys nothing can conflict: skip the speculative-insert machinery.
@@ -271,7 +271,7 @@ RETURNING t.id, t.lease_epoch, t.cancel_requested, t.lease_expires_at
         # `simple` (autocommit, one statement): the finishes, and the join of the children
         # among them: each parent's counter drops by its ended children in one UPDATE
         # (`- n`, under the row lock), and the statement that takes a waiting parent to zero
-        # readies it for finalize. Left out (listed as deferred, for `_pg_tree` to apply in
+        # readies it for finalize. Left out (listed as deferred, for `_tree` to apply in
         # a transaction): a cancelled task with live children (a cascade), a failed child
         # of a waiting fail_fast parent (the parent fails), and a child whose parent is in
         # the same batch (a row may be written once per statement). Every row the
