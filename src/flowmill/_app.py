@@ -30,13 +30,13 @@ from .errors import (
 )
 from .store import DEFAULT_URL, open_store
 from .store._front import StoreFront
+from .store.contract import Store
 from .store.contract.dag import WorkflowGet, WorkflowRecord, WorkflowsList
 from .store.contract.signals import DeliverOutcome
 from .store.contract.tasks import (
     Event,
     EventsRead,
     OnDuplicate,
-    Store,
     TaskCancel,
     TaskRetry,
     TasksList,

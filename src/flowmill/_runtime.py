@@ -13,7 +13,8 @@ from ._clock import Clock
 from ._limits import ClaimLimits
 from ._states import State
 from ._task import TaskDef
-from .store.contract.tasks import ResultRow, Store
+from .store.contract import Store
+from .store.contract.tasks import ResultRow
 
 ConditionFn = Callable[[Any], object]
 """A workflow node's `when=` callable (it is given the node's `Upstream`)."""

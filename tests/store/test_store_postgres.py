@@ -14,14 +14,13 @@ from psycopg import sql
 
 from flowmill._states import State
 from flowmill.errors import SchemaError, StoreError, StoreUnavailable
-from flowmill.store.contract import Capabilities, MigrateResult
+from flowmill.store.contract import Capabilities, MigrateResult, Store
 from flowmill.store.contract.tasks import (
     EventsRead,
     Finish,
     FinishStatus,
     InsertStatus,
     NewTask,
-    Store,
     TasksClaim,
     TasksFinish,
     TasksInsert,

@@ -25,6 +25,7 @@ from typing import Literal
 from .._states import TRANSITIONS, State
 from ..errors import ConfigurationError, FlowmillError, FrameTooLarge, StoreError
 from ._common.budget_rules import check_claim_limit, check_dimensions, check_limits
+from ._common.dag_rules import check, has_links
 from .contract.budgets import BudgetDefine, BudgetReset, BudgetRow, BudgetUsage, UsageReport
 from .contract.capabilities import Capabilities, MigrateResult
 from .contract.dag import (
@@ -34,9 +35,8 @@ from .contract.dag import (
     WorkflowGet,
     WorkflowRecord,
     WorkflowsList,
-    check,
-    has_links,
 )
+from .contract.protocol import Store
 from .contract.signals import (
     MAX_FRAME_BYTES,
     DeliverOutcome,
@@ -73,7 +73,6 @@ from .contract.tasks import (
     LeasesRenew,
     RenewOutcome,
     ResultRow,
-    Store,
     TaskCancel,
     TaskProgress,
     TaskRecord,

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from .._stops import STOP_LEASE_LOST, STOP_LEASE_UNHEALTHY, STOP_OPERATOR, CancelToken
 from ..errors import StoreError
-from ..store.contract.tasks import LeaseRef, LeasesRenew, Store
+from ..store.contract import Store
+from ..store.contract.tasks import LeaseRef, LeasesRenew
 
 log = logging.getLogger("flowmill.leases")
 
