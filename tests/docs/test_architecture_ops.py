@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from flowmill.store.contract.tasks import Store
+from flowmill.store.contract import Store
 
 from ._blocks import ROOT
 

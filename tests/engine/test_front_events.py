@@ -14,7 +14,7 @@ import pytest
 import flowmill as fm
 from flowmill.store import open_store
 from flowmill.store._front import OPERATIONS, StoreEvent, StoreFront
-from flowmill.store.contract.tasks import Store
+from flowmill.store.contract import Store
 
 TTL = timedelta(seconds=30)
 ROUND_TRIP = {"tasks_insert", "tasks_claim", "tasks_finish"}

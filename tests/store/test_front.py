@@ -20,6 +20,7 @@ from flowmill.errors import (
 )
 from flowmill.store import _front
 from flowmill.store._front import OPERATIONS, StoreEvent, StoreFront
+from flowmill.store.contract import Store
 from flowmill.store.contract.budgets import BudgetDefine, BudgetUsage, ClaimLimit
 from flowmill.store.contract.capabilities import Capabilities
 from flowmill.store.contract.dag import DepsReconcile, WorkflowsList
@@ -33,7 +34,6 @@ from flowmill.store.contract.tasks import (
     LeasesExpired,
     LeasesRenew,
     NewTask,
-    Store,
     TasksClaim,
     TasksExpire,
     TasksFinish,
