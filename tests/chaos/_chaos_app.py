@@ -43,6 +43,12 @@ def build(url: str, ledger: str) -> fm.App:
         await asyncio.sleep(n / 1000)
         return os.getpid()
 
+    @app.task(name="good", retry=fm.Retry(max_attempts=2, backoff=fm.Fixed(timedelta(0))))
+    def good(n: int, ctx: fm.Context) -> int:
+        """Quick and healthy; two attempts, so being charged for others' deaths shows."""
+        record(ctx.task_id, n, ctx.attempt)
+        return n
+
     @app.task(
         name="poison",
         retry=fm.Retry(max_attempts=POISON_MAX_ATTEMPTS, backoff=fm.Fixed(timedelta(0))),
