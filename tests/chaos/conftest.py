@@ -19,6 +19,15 @@ SEED_ENV = "FLOWMILL_CHAOS_SEED"
 SEED = int(os.environ.get(SEED_ENV) or random.SystemRandom().randrange(1, 2**31))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Scenarios start processes and servers: more time than the suite's 120 s default
+    (a busy CI machine), the long sizes most of all."""
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.path).startswith(here) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(900 if item.get_closest_marker("long") else 300))
+
+
 @pytest.fixture
 def seed() -> int:
     return SEED
