@@ -111,7 +111,9 @@ async def test_restart_with_tasks_scheduled_running_and_retrying(
     url, ledger = db_url, tmp_path / "ledger.db"
     _crash_app.init_ledger(str(ledger))
     app = _crash_app.build(url, str(ledger))
-    scheduled = await app.submit_many("effect", range(10), delay=timedelta(seconds=1))
+    # Due after the first worker's kill even on a loaded machine (a worker process takes
+    # 1-3 s to start there), so the restart finds them still scheduled.
+    scheduled = await app.submit_many("effect", range(10), delay=timedelta(seconds=6))
     slow = await app.submit_many("slow", range(100, 104))
     flaky = await app.submit_many("flaky", range(200, 210))
     with worker_process(url, ledger, until_idle=False) as first:
