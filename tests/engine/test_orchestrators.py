@@ -13,7 +13,13 @@ import pytest
 
 import flowmill as fm
 
+from ..conftest import eventually
 from .test_worker import running
+
+
+async def _true(value: bool) -> bool:
+    return value
+
 
 WAIT = timedelta(seconds=20)
 
@@ -155,6 +161,9 @@ async def test_fail_fast_cancels_the_rest_and_fails_the_parent(app: fm.App) -> N
         with pytest.raises(fm.TaskFailed) as err:
             await h.result(timeout=WAIT)
         await worker.maintain()
+        # The worker's own maintenance pass may be the one running the hook: wait for it
+        # before the worker stops (a stop would hand the hook back unrun).
+        await eventually(lambda: _true(bool(cancelled_with)), what="on_cancel to run")
         gate.set()
     assert err.value.state == "failed"
     assert err.value.category == "child_failed"
