@@ -9,5 +9,7 @@ class TestMyStore(StoreConformance):
 
 from .._docgen import mermaid_diagram, states_table
 from .conformance.suite import StoreConformance
+from ._drain import DrainReport, drain
 
 __all__ = ["StoreConformance", "mermaid_diagram", "states_table"]
+__all__ += ["DrainReport", "drain"]
