@@ -8,8 +8,11 @@ class TestMyStore(StoreConformance):
 """
 
 from .._docgen import mermaid_diagram, states_table
-from .conformance.suite import StoreConformance
+from ._asserts import ANY, assert_not_submitted, assert_submitted
 from ._drain import DrainReport, drain
+from ._isolate import Submitted, isolated
+from .conformance.suite import StoreConformance
 
 __all__ = ["StoreConformance", "mermaid_diagram", "states_table"]
-__all__ += ["DrainReport", "drain"]
+__all__ += ["ANY", "DrainReport", "Submitted", "assert_not_submitted", "assert_submitted"]
+__all__ += ["drain", "isolated"]
