@@ -13,7 +13,8 @@ from .._handle import ResultWaiter
 from .._sync import SyncBridge
 from ..store import open_store
 from ..store._front import StoreFront
-from ..store.contract.tasks import InsertOutcome, InsertStatus, Store, TasksInsert
+from ..store.contract import Store
+from ..store.contract.tasks import InsertOutcome, InsertStatus, TasksInsert
 
 
 @dataclass(frozen=True, slots=True)
