@@ -12,6 +12,8 @@ import pytest
 import flowmill as fm
 from flowmill.store._front import StoreEvent
 
+from .test_worker import running
+
 THREADS = 32
 WAIT = timedelta(seconds=20)
 
@@ -143,3 +145,18 @@ async def test_result_timeout_and_failure_block_and_raise(db_url: str) -> None:
     with pytest.raises(fm.TaskFailed, match="no 4"):
         await asyncio.to_thread(h.result, WAIT)
     await asyncio.to_thread(app.close_sync)
+
+
+async def test_a_sync_handler_under_a_worker_blocks_on_a_task_it_submitted(app: fm.App) -> None:
+    @app.task
+    def square(n: int) -> int:
+        return n * n
+
+    @app.task
+    def square_plus_one(n: int) -> int:
+        child = app.submit_sync(square, n)  # hops to the worker's loop from its thread
+        return child.result(timeout=WAIT) + 1  # blocks this thread only; the loop runs on
+
+    async with running(app.worker(concurrency=4)):
+        h = await app.submit(square_plus_one, 5)
+        assert await h.result(timeout=WAIT) == 26
