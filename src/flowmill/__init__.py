@@ -19,6 +19,7 @@ from ._limits import RateLimit
 from ._retry import Exponential, Fixed, Linear, Retry, RetryAction, RetryDecision, decide_retry
 from ._signals import Frame, ResumeSignal, Waitpoint
 from ._states import TERMINAL, TRANSITIONS, Phase, State
+from ._sync import SyncTaskHandle
 from ._task import Priority, TaskDef
 from .errors import (
     Cancelled,
@@ -119,6 +120,7 @@ __all__ = [
     "State",
     "StatusReport",
     "SuspendStatus",
+    "SyncTaskHandle",
     "SystemClock",
     "TaskDef",
     "TaskFailed",

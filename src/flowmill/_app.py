@@ -6,7 +6,7 @@ import asyncio
 import os
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._budgets import Budgets, StatusReport
 from ._clock import Clock, SystemClock
@@ -21,6 +21,7 @@ from ._rows import Opts
 from ._signals import Frame, deliver_signal, tail_frames
 from ._states import State
 from ._submit import insert_tasks, upstream_ids
+from ._sync import SyncBridge, SyncTaskHandle
 from ._task import Priority, TaskDef, TaskOptions, make_task_def
 from .errors import (
     ConfigurationError,
@@ -46,6 +47,9 @@ from .worker._worker import Worker
 from .workflows._builder import Workflow
 from .workflows._runs import WorkflowRun
 from .workflows._when import Conditions
+
+if TYPE_CHECKING:
+    from .testing._drain import DrainReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -75,6 +79,7 @@ class App(Budgets):
         self.conditions = Conditions()
         self._opened = False
         self._open_lock: asyncio.Lock | None = None
+        self._sync = SyncBridge()  # blocking calls: the loop the store was opened on
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -88,19 +93,80 @@ class App(Budgets):
             if not self._opened:
                 await self.store.open()
                 self._opened = True
+                self._sync.home = asyncio.get_running_loop()
         return self
 
     async def close(self) -> None:
+        """Close the store, on the loop it was opened on (the sync API's own, if it did)."""
+        home = self._sync.home
+        if home is not None and home is not asyncio.get_running_loop() and home.is_running():
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._close_here(), home))
+        else:
+            await self._close_here()
+        if self._sync.started and not self._sync.on_own_thread():
+            await asyncio.to_thread(self._sync.stop)
+
+    async def _close_here(self) -> None:
         self.results.close()
         if self._opened:
             await self.store.close()
             self._opened = False
+        self._sync.home = None
 
     async def __aenter__(self) -> App:
         return await self.open()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    # -- synchronous API (blocking; see _sync.py) ----------------------------------------
+
+    def submit_sync(
+        self, task: TaskDef | str, payload: Any = None, **opts: Any
+    ) -> SyncTaskHandle[Any]:
+        """`submit` for code without an event loop (or from another thread); its handle's
+        `result(timeout=)` blocks. Safe from many threads at once; they share one store."""
+        handle = self._sync.call(lambda: self.submit(task, payload, **opts), "submit_sync()")
+        return SyncTaskHandle(handle, self._sync)
+
+    def submit_many_sync(
+        self, task: TaskDef | str, payloads: Iterable[Any], **opts: Any
+    ) -> list[SyncTaskHandle[Any]]:
+        """`submit_many`, blocking: all are stored in one transaction, or none."""
+        items = list(payloads)
+        handles = self._sync.call(
+            lambda: self.submit_many(task, items, **opts), "submit_many_sync()"
+        )
+        return [SyncTaskHandle(h, self._sync) for h in handles]
+
+    def get_sync(self, task_id: str) -> TaskInfo:
+        """`get`, blocking: the task record; `TaskNotFound` when there is no such task."""
+        return self._sync.call(lambda: self.get(task_id), "get_sync()")
+
+    def handle_sync(self, task_id: str, task: TaskDef | str | None = None) -> SyncTaskHandle[Any]:
+        """A blocking handle for a task submitted elsewhere."""
+        return SyncTaskHandle(self.handle(task_id, task), self._sync)
+
+    def close_sync(self) -> None:
+        """`close`, blocking (stops the sync API's loop thread too)."""
+        self._sync.close_with(self._close_here)
+
+    async def drain(
+        self, *, queues: Sequence[str] | None = None, max_tasks: int = 10_000
+    ) -> DrainReport:
+        """For tests: run every ready task in this process until nothing is ready, moving a
+        `ManualClock` over delays and backoff; counts by outcome (`flowmill.testing.drain`)."""
+        from .testing._drain import drain
+
+        return await drain(self, queues=queues, max_tasks=max_tasks)
+
+    def drain_sync(
+        self, *, queues: Sequence[str] | None = None, max_tasks: int = 10_000
+    ) -> DrainReport:
+        """`drain`, blocking."""
+        return self._sync.call(
+            lambda: self.drain(queues=queues, max_tasks=max_tasks), "drain_sync()"
+        )
 
     # -- registry --------------------------------------------------------------------
 

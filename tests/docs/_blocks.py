@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN_LANGS = {"python": "python", "sh": "shell", "bash": "shell", "console": "shell"}
 
 _FENCE = re.compile(r"^```([A-Za-z0-9_+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
-_MARK = re.compile(r"<!--\s*(skip|file):\s*(.*?)\s*-->\s*\Z", re.S)
+_MARK = re.compile(r"<!--\s*(skip|file):\s*([^\n]*?)\s*-->\s*\Z", re.S)
 
 
 @dataclass(frozen=True)
