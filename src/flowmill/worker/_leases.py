@@ -62,6 +62,12 @@ async def renew(
         if not out.held:
             if not h.token.is_set:
                 tally.lost += 1
+                log.warning(
+                    "task %s: lease lost (it expired and was reclaimed, or the task was "
+                    "deleted); the attempt is told to stop and its outcome will not count",
+                    h.ref.task_id,
+                    extra={"task_id": h.ref.task_id},
+                )
             h.token.fire(STOP_LEASE_LOST)
         elif out.cancel_requested:
             h.token.fire(STOP_OPERATOR)
