@@ -71,7 +71,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def _text(value: Any) -> str:
-    text = str(value)
+    text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
     return json.dumps(text) if not text or any(c.isspace() or c in '"=' for c in text) else text
 
 

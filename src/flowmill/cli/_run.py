@@ -76,6 +76,15 @@ def worker(
             "a later one cuts the grace short",
         ),
     ] = 2.0,
+    reap_interval: Annotated[
+        float,
+        typer.Option(
+            "--reap-interval",
+            min=0.05,
+            help="Seconds between full maintenance passes: reclaiming expired leases of "
+            "stopped workers, expiring stale tasks",
+        ),
+    ] = 10.0,
     health_port: Annotated[
         int | None,
         typer.Option(
@@ -135,6 +144,7 @@ def worker(
             shutdown_grace=timedelta(seconds=shutdown_grace),
             cancel_grace=timedelta(seconds=cancel_grace),
             repeat_signal_window=timedelta(seconds=repeat_signal_window),
+            reap_interval=timedelta(seconds=reap_interval),
         )
     health = (
         HealthServer(w.readiness, health_host, health_port) if health_port is not None else None

@@ -91,7 +91,7 @@ def attempt_ended(
         level = logging.WARNING  # an interrupted attempt's work is lost: it runs again
     else:
         level = logging.INFO
-    message = f"task {row.id} {row.kind} attempt {row.attempt}: {outcome} in {duration_ms} ms"
+    message = f"task {row.id} {row.kind} attempt {row.attempt}: {outcome} after {duration_ms} ms"
     info = finish.error if finish is not None else None
     if info is not None and outcome != HANDED_BACK:
         message += f": {info.type}: {info.message}"

@@ -381,6 +381,7 @@ class Worker:
         began = time.monotonic()
         try:
             finish = await self._attempt(a)
+            a.lease.ending = True
             not_recorded = await self._record(a, finish) if finish is not None else None
             self._log_end(a, finish, not_recorded, began)
         except Exception:
