@@ -177,6 +177,16 @@ class Env:
             timeout=WAIT_S,
         )
 
+    def flowmill_with(self, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flowmill", *args],
+            cwd=self.dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S,
+        )
+
     def submit(self, kind: str, payload: Any, module: str = MODULE) -> str:
         done = self.flowmill("submit", f"{module}:app", f"{module}.{kind}", json.dumps(payload))
         assert done.returncode == 0, done.stderr
