@@ -114,7 +114,7 @@ def test_a_later_second_signal_cuts_the_grace_short(env: Env) -> None:
     cut = w.wait_for(message("grace short"), "the second signal forces")
     assert cut["level"] == "WARNING" and "1 running attempt" in cut["message"]
     w.wait_for(task("hold", "handed_back"), "the attempt is handed back")
-    assert w.exit_code() == fm.worker.ExitCode.FORCED == 5
+    assert w.exit_code() == fm.worker.ExitCode.FORCED.value == 5
 
 
 # -- exit codes -----------------------------------------------------------------------

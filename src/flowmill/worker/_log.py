@@ -20,6 +20,7 @@ FAILED = "failed"
 DEAD_LETTERED = "dead_lettered"
 HANDED_BACK = "handed_back"  # given back unfinished at shutdown; the attempt is not counted
 LEASE_LOST = "lease_lost"
+NOT_RECORDED = "not_recorded"  # the store refused the write; the lease expiry retries it
 
 _ERROR_OUTCOMES = frozenset({FAILED, DEAD_LETTERED})
 
@@ -87,7 +88,7 @@ def attempt_ended(
     extra = fields(row, worker_id, outcome=outcome, duration_ms=duration_ms)
     if outcome in _ERROR_OUTCOMES:
         level = logging.ERROR
-    elif outcome in (RETRY, LEASE_LOST) or (outcome == HANDED_BACK and ran):
+    elif outcome in (RETRY, LEASE_LOST, NOT_RECORDED) or (outcome == HANDED_BACK and ran):
         level = logging.WARNING  # an interrupted attempt's work is lost: it runs again
     else:
         level = logging.INFO

@@ -528,7 +528,7 @@ class Worker:
                 # Not an outage: retrying cannot help. The lease will expire and the reaper
                 # retries the task, so the attempt is not lost, only repeated.
                 log.exception("recording the outcome of %s failed", a.row.id)
-                return "not_recorded"
+                return _log.NOT_RECORDED
         if outcome.status is FinishStatus.LEASE_LOST:
             self.stats.lease_lost += 1
             return _log.LEASE_LOST
