@@ -2,7 +2,7 @@
 and the worker's lifecycle (hooks, exit codes)."""
 
 from ._claimer import ClaimedTask, Claimer, FailOutcome
-from ._lifecycle import ExitCode, StartHookFailed, WorkerHook
+from ._lifecycle import ExitCode, StartHookFailed
 from ._maintenance import Maintenance
 from ._outcome import Category
 from ._runner import TimeoutClass
@@ -19,6 +19,5 @@ __all__ = [
     "StartHookFailed",
     "TimeoutClass",
     "Worker",
-    "WorkerHook",
     "WorkerStats",
 ]

@@ -17,37 +17,31 @@ from datetime import timedelta
 from typing import Any
 
 from .._clock import Clock
-from .._codec import Codec
 from .._context import Context
 from .._runtime import Runtime
 from .._states import Phase, State
-from .._stops import STOP_LEASE_LOST, STOP_OPERATOR, STOP_SHUTDOWN, CancelToken, Suspended
+from .._stops import STOP_SHUTDOWN, CancelToken, Suspended
 from .._task import TaskDef, check_queue
-from ..errors import ConfigurationError, LeaseLost, PayloadError, StoreError, StoreUnavailable
+from ..errors import ConfigurationError, PayloadError, StoreError
 from ..store.contract.budgets import ClaimedRows
 from ..store.contract.tasks import (
     ClaimedRow,
     Finish,
-    FinishOutcome,
-    FinishStatus,
     LeaseRef,
     TasksClaim,
-    TasksFinish,
-    TaskWaitChildren,
 )
 from ..workflows._when import check_condition
 from . import _log
-from ._batch import Batcher
 from ._leases import HeldLease, renew
 from ._lifecycle import ExitCode, SignalPolicy, WorkerHook, run_start_hooks, run_stop_hooks
 from ._maintenance import Maintenance
 from ._outcome import (
+    before_start,
     beyond_cap,
     decide_finish,
     decode_failure,
-    encode_failure,
-    operator_cancel,
 )
+from ._recorder import Recorder
 from ._runner import AttemptRunner, Ended, SyncPool
 from ._stats import WorkerStats
 
@@ -156,7 +150,7 @@ class Worker:
         self._claiming = False  # store open, hooks run, claim loop on: ready for work
         self._store_ok = True  # the last claim reached the store
         self._tasks: set[asyncio.Task[None]] = set()
-        self._finisher: Batcher[Finish, FinishOutcome] = Batcher(self._finish_batch)
+        self.recorder = Recorder(app, self.clock, self.stats)
 
     # -- public ----------------------------------------------------------------------
 
@@ -382,7 +376,9 @@ class Worker:
         try:
             finish = await self._attempt(a)
             a.lease.ending = True
-            not_recorded = await self._record(a, finish) if finish is not None else None
+            not_recorded = (
+                await self.recorder.record(a.row, a.token, finish) if finish is not None else None
+            )
             self._log_end(a, finish, not_recorded, began)
         except Exception:
             log.exception("worker error while running task %s", row.id)
@@ -417,7 +413,7 @@ class Worker:
         row, tdef = a.row, a.tdef
         a.started = True
         if a.token.is_set:
-            return self._before_start(a)
+            return before_start(a.row, a.token.reason)
         if row.attempt > row.max_attempts:
             return beyond_cap(row)
         ctx = self._context(row, a.token)
@@ -458,7 +454,7 @@ class Worker:
         ended = self._ran(a, await self.runner.call(tdef, payload, ctx, a.token))
         if ended.error is not None or ended.stop_reason is not None or not ended.finished:
             return decide_finish(row, tdef, ended)  # incl. an execute that suspended
-        waited = await self._wait_children(row, parts.memo, ended.value)
+        waited = await self.recorder.wait_children(row, parts.memo, ended.value)
         if isinstance(waited, Finish):
             return waited
         a.outcome = waited
@@ -481,62 +477,6 @@ class Worker:
             now_ms=self.clock.store_now(),
             resources=self._resources_view,
         )
-
-    async def _wait_children(self, row: ClaimedRow, codec: Codec[Any], memo: Any) -> Finish | str:
-        """Execute returned: store its memo and park the task until its children end;
-        returns the state it now waits in (or "lease_lost"), or the Finish of a bad memo."""
-        try:
-            data = codec.encode(memo)
-        except PayloadError as err:
-            return encode_failure(row, err)
-        try:
-            state = await self.app.store.task_wait_children(
-                TaskWaitChildren(row.id, row.lease_epoch, data, self.clock.store_now())
-            )
-        except LeaseLost:
-            self.stats.lease_lost += 1
-            return _log.LEASE_LOST
-        self.stats.outcomes[str(state)] += 1
-        return str(state)
-
-    def _before_start(self, a: _Attempt) -> Finish | None:
-        reason = a.token.reason
-        row = a.row
-        if reason == STOP_OPERATOR:
-            return operator_cancel(row)
-        if reason == STOP_LEASE_LOST:
-            return None
-        return Finish(row.id, row.lease_epoch, State.READY, release=True)
-
-    async def _record(self, a: _Attempt, finish: Finish) -> str | None:
-        """Record `finish`; None once the store applied it, else the outcome to log."""
-        delay = 0.05
-        while True:
-            try:
-                outcome = await self._finisher.submit(finish)
-                break
-            except StoreUnavailable as exc:
-                # Keep the outcome until the store takes it or the lease is gone: a result
-                # that was computed must not be dropped because of a passing outage.
-                if a.token.reason == STOP_LEASE_LOST:
-                    log.warning("dropping outcome of %s: lease lost (%s)", a.row.id, exc)
-                    return _log.LEASE_LOST
-                log.warning("recording %s failed (%s); retrying in %.2fs", a.row.id, exc, delay)
-                await self.clock.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            except StoreError:
-                # Not an outage: retrying cannot help. The lease will expire and the reaper
-                # retries the task, so the attempt is not lost, only repeated.
-                log.exception("recording the outcome of %s failed", a.row.id)
-                return _log.NOT_RECORDED
-        if outcome.status is FinishStatus.LEASE_LOST:
-            self.stats.lease_lost += 1
-            return _log.LEASE_LOST
-        self.stats.outcomes[str(outcome.state)] += 1
-        return None
-
-    async def _finish_batch(self, items: list[Finish]) -> list[FinishOutcome]:
-        return await self.app.store.tasks_finish(TasksFinish(items, self.clock.store_now()))
 
     # -- leases ----------------------------------------------------------------------
 
