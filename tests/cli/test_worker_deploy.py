@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import signal
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -132,6 +133,13 @@ def test_exit_codes_say_why_the_worker_stopped(env: Env) -> None:
     no_store = env.flowmill_with(gone, "worker", f"{MODULE}:app")
     assert no_store.returncode == 3
     assert "cannot open the store" in no_store.stderr and "missing" in no_store.stderr
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        busy = env.flowmill("worker", f"{MODULE}:app", "--health-port", port)
+    assert busy.returncode == 1 and "cannot serve the health endpoint" in busy.stderr
 
     idle = env.worker()
     idle.wait_for(message("claiming"), "started")

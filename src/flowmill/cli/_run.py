@@ -33,10 +33,11 @@ log = logging.getLogger("flowmill.cli")
 
 _EXIT_CODES = (
     "Exit codes: 0 stopped as asked (SIGTERM/SIGINT: attempts ended or were handed back; "
-    "or idle); 1 the app could not be loaded or is misconfigured; 2 bad command line; "
+    "or idle); 1 the app could not be loaded or is misconfigured (or the health port is "
+    "taken); 2 bad command line; "
     "3 the store could not be opened at start; 4 an on_worker_start hook failed; "
     "5 a repeated signal (after --repeat-signal-window) cut the grace short; "
-    "6 the worker failed unexpectedly (traceback in the log)."
+    "6 the worker failed unexpectedly (traceback in the log); 130 Ctrl-C before it started."
 )
 
 
@@ -170,7 +171,12 @@ def run_worker(app: App, w: Worker, health: HealthServer | None) -> ExitCode:
 
     async def run(app: App) -> ExitCode:
         if health is not None:
-            await health.start()
+            try:
+                await health.start()
+            except OSError as exc:
+                log.error("cannot serve the health endpoint on %s:%d: %s", health.host,
+                          health.port, exc)  # fmt: skip
+                return ExitCode.CONFIG
         try:
             try:
                 await app.open()
@@ -188,6 +194,8 @@ def run_worker(app: App, w: Worker, health: HealthServer | None) -> ExitCode:
     except StartHookFailed as exc:
         log.error("%s", exc, exc_info=exc.__cause__)
         return ExitCode.START_HOOK_FAILED
+    except KeyboardInterrupt:  # Ctrl-C before the worker's own handlers were in place
+        return ExitCode.INTERRUPTED
     except Exception:
         log.exception("the worker failed")
         return ExitCode.CRASHED

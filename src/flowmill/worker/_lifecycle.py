@@ -37,6 +37,8 @@ class ExitCode(IntEnum):
     """A repeated signal (after the repeat window) cut the graceful phase short."""
     CRASHED = 6
     """The worker itself failed unexpectedly (a bug: the traceback is in the log)."""
+    INTERRUPTED = 130
+    """Ctrl-C (SIGINT) before the worker had started (the shell's usual 128 + 2)."""
 
 
 class StartHookFailed(FlowmillError):
