@@ -7,7 +7,9 @@ The tests wait for log lines and files the handlers write, never for a timer.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -17,10 +19,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+import flowmill as fm
+from flowmill.store.contract.tasks import LeasesExpired, TasksFinish
+from flowmill.worker._outcome import reap
+
+from .test_worker import running
 
 MODULE = "wlog_jobs"
 WAIT_S = 60.0
@@ -406,3 +415,44 @@ def test_json_masks_the_password_of_the_store_url() -> None:
     assert mask_url("postgresql://app@db/x") == "postgresql://app@db/x"
     assert mask_url("sqlite:///a/b.db") == "sqlite:///a/b.db"
     assert mask_url("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
+
+
+# -- a lost lease, in process ---------------------------------------------------------
+
+
+async def test_a_lost_lease_is_logged_where_it_is_found_and_at_the_attempt_end(
+    app: fm.App, caplog: pytest.LogCaptureFixture
+) -> None:
+    started = asyncio.Event()
+
+    @app.task(retry=fm.Retry(max_attempts=3, backoff=fm.Fixed(timedelta(0))))
+    async def stalls(n: int, ctx: fm.Context) -> int:
+        if ctx.attempt == 1:
+            started.set()
+            await ctx.wait_cancelled()  # until the worker finds its lease gone
+        return n
+
+    caplog.set_level(logging.INFO, logger="flowmill")
+    w = app.worker()
+    async with running(w):
+        h = await app.submit(stalls, 5)
+        await asyncio.wait_for(started.wait(), WAIT_S)
+        # Another worker's reaper, for which the lease expired long ago, takes the task.
+        later = (app.clock.store_now() or 0) + 3_600_000
+        expired = await app.store.leases_expired(LeasesExpired(now_ms=later))
+        assert [e.task_id for e in expired] == [h.id]
+        await app.store.tasks_finish(TasksFinish([reap(e) for e in expired], later))
+        await w.renew_leases()  # the next renewal finds the lease gone
+        assert await h.result(timeout=timedelta(seconds=WAIT_S)) == 5
+
+    def about(r: logging.LogRecord) -> bool:
+        return getattr(r, "task_id", None) == h.id
+
+    found = next(r for r in caplog.records if about(r) and "lease lost" in r.getMessage())
+    assert found.levelno == logging.WARNING
+    ended = [r for r in caplog.records if about(r) and hasattr(r, "outcome")]
+    assert [(r.outcome, r.attempt, r.levelname) for r in ended] == [  # type: ignore[attr-defined]
+        ("lease_lost", 1, "WARNING"),
+        ("completed", 2, "INFO"),
+    ]
+    assert all(r.kind == stalls.name and r.queue == "default" for r in ended)  # type: ignore[attr-defined]

@@ -92,6 +92,8 @@ def attempt_ended(
         level = logging.WARNING  # an interrupted attempt's work is lost: it runs again
     else:
         level = logging.INFO
+    if not log.isEnabledFor(level):
+        return  # a busy worker ends thousands of attempts a second: build nothing
     message = f"task {row.id} {row.kind} attempt {row.attempt}: {outcome} after {duration_ms} ms"
     info = finish.error if finish is not None else None
     if info is not None and outcome != HANDED_BACK:

@@ -426,13 +426,14 @@ class Worker:
         except PayloadError as err:
             return decode_failure(row, err)
         a.ran = True
-        log.debug(
-            "task %s %s attempt %d started",
-            row.id,
-            row.kind,
-            row.attempt,
-            extra=_log.fields(row, self.worker_id),
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "task %s %s attempt %d started",
+                row.id,
+                row.kind,
+                row.attempt,
+                extra=_log.fields(row, self.worker_id),
+            )
         parts = tdef.executor
         if parts is None:
             ended = self._ran(a, await self.runner.call(tdef, payload, ctx, a.token))
