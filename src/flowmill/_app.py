@@ -43,6 +43,7 @@ from .store.contract.tasks import (
     TasksList,
 )
 from .worker._claimer import Claimer
+from .worker._lifecycle import WorkerHook
 from .worker._worker import Worker
 from .workflows._builder import Workflow
 from .workflows._runs import WorkflowRun
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from .testing._drain import DrainReport
 
 F = TypeVar("F", bound=Callable[..., Any])
+H = TypeVar("H", bound=WorkerHook)
 
 
 class App(Budgets):
@@ -80,6 +82,8 @@ class App(Budgets):
         self._opened = False
         self._open_lock: asyncio.Lock | None = None
         self._sync = SyncBridge()  # blocking calls: the loop the store was opened on
+        self.worker_start_hooks: list[WorkerHook] = []
+        self.worker_stop_hooks: list[WorkerHook] = []
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -454,8 +458,25 @@ class App(Budgets):
         return Claimer(self, worker_id=worker_id, queues=queues, kinds=kinds, lease_ttl=lease_ttl)
 
     def worker(self, **options: Any) -> Worker:
-        """A worker for this app's tasks (see `Worker` for the options)."""
+        """A worker for this app's tasks (see `Worker` for the options), with its hooks."""
+        options.setdefault("on_start", self.worker_start_hooks)
+        options.setdefault("on_stop", self.worker_stop_hooks)
         return Worker(self, **options)
+
+    def on_worker_start(self, fn: H, /) -> H:
+        """Run `fn` when a worker of this app starts, before it claims anything.
+
+        Sync or async; it takes no argument or the worker's `resources` dict. Set keys on
+        it or return a mapping to share a DB pool or an HTTP client with every handler as
+        `ctx.resources[...]`. If it raises, the worker stops without claiming."""
+        self.worker_start_hooks.append(fn)
+        return fn
+
+    def on_worker_stop(self, fn: H, /) -> H:
+        """Run `fn` when a worker of this app stops, after its last attempt ended (also
+        after an error), last registered first; it takes no argument or `resources`."""
+        self.worker_stop_hooks.append(fn)
+        return fn
 
     # -- workflows -------------------------------------------------------------------
 

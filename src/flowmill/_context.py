@@ -62,6 +62,7 @@ class Context:
         parent_id: str | None = None,
         phase: Phase = Phase.EXECUTE,
         now_ms: int | None = None,
+        resources: Mapping[str, Any] | None = None,
     ) -> None:
         self.task_id = task_id
         self.kind = kind
@@ -77,6 +78,13 @@ class Context:
         self._loop = loop
         self._now_ms = now_ms
         self._upstreams: Upstream | None = None
+        self._resources: Mapping[str, Any] = resources if resources is not None else {}
+
+    @property
+    def resources(self) -> Mapping[str, Any]:
+        """What the worker's `@app.on_worker_start` hooks shared (a DB pool, an HTTP
+        client...): `ctx.resources["http"]`. Empty outside a worker with such hooks."""
+        return self._resources
 
     @property
     def cancelled(self) -> bool:

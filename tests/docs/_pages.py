@@ -318,5 +318,6 @@ task_id = handles[0].id  # failed
     "docs/howto/serve.md": Page(),
     "docs/howto/cli.md": Page(app=False),
     "docs/howto/testing.md": Page(app=False),
+    "docs/howto/deploy.md": Page(app=False),
     "docs/howto/integrations.md": Page(app=False),
 }

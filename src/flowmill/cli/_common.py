@@ -21,6 +21,8 @@ from rich.text import Text
 
 from .._app import App
 from .._loader import load_app
+from .._logging import LogFormat
+from .._logging import setup as setup_log_output
 from .._states import State
 from ..errors import FlowmillError
 
@@ -84,15 +86,12 @@ def one_line_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, fmt: LogFormat = "text") -> None:
+    """Log at `level` and above to stderr, as text or JSON lines (see `flowmill._logging`)."""
     number = logging.getLevelName(level.upper())
     if not isinstance(number, int):
         fail(f"bad --log-level {level!r}: use debug, info, warning or error", 2)
-    logging.basicConfig(
-        level=number,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_log_output(number, fmt)
 
 
 def seconds(name: str, value: float | None) -> timedelta | None:

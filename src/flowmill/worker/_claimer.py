@@ -289,6 +289,7 @@ class ClaimedTask:
 
     async def _finish(self, finish: Finish) -> State:
         self._check_open()
+        self._lease.ending = True
         app = self._claimer.app
         [out] = await app.store.tasks_finish(TasksFinish([finish], app.clock.store_now()))
         if out.status is FinishStatus.LEASE_LOST:

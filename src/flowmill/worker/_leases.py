@@ -23,6 +23,7 @@ class HeldLease:
     ref: LeaseRef
     token: CancelToken = field(default_factory=CancelToken)
     failures: int = 0
+    ending: bool = False  # the attempt's outcome is being written: a loss now is no news
 
     @property
     def healthy(self) -> bool:
@@ -61,8 +62,16 @@ async def renew(
     for h, out in zip(leases, outcomes, strict=True):
         h.failures = 0
         if not out.held:
-            if not h.token.is_set:
+            # A lease found gone while its finish is being written was most likely taken
+            # by that finish: no news. Its token still fires, in case it was not.
+            if not h.token.is_set and not h.ending:
                 tally.lost += 1
+                log.warning(
+                    "task %s: lease lost (it expired and was reclaimed, or the task was "
+                    "deleted); the attempt is told to stop and its outcome will not count",
+                    h.ref.task_id,
+                    extra={"task_id": h.ref.task_id},
+                )
             h.token.fire(STOP_LEASE_LOST)
         elif out.cancel_requested:
             h.token.fire(STOP_OPERATOR)

@@ -1,16 +1,19 @@
 """Worker maintenance as one object: promote due tasks, expire stale tasks and
 suspensions, reconcile dependencies (the backstop that wakes blocked nodes), run on_cancel
-hooks and reap expired leases."""
+hooks and reap expired leases; now and then, warn of ready tasks this worker cannot serve."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .._clock import Clock
 from .._context import Context
 from .._runtime import Runtime
-from .._states import Phase
+from .._states import Phase, State
 from .._stops import CancelToken
 from ..errors import LeaseLost, PayloadError, StoreError
 from ..store.contract.dag import DepsReconcile
@@ -23,8 +26,10 @@ from ..store.contract.tasks import (
     LeasesExpired,
     TasksExpire,
     TasksFinish,
+    TasksList,
     TasksPromote,
 )
+from ._log import reclaimed
 from ._outcome import reap
 from ._runner import AttemptRunner
 from ._stats import WorkerStats
@@ -34,6 +39,7 @@ log = logging.getLogger("flowmill.worker")
 HOOK_BATCH = 16
 HOOK_ATTEMPTS = 3
 HOOK_TIMEOUT_MS = 60_000  # on_cancel of a task without a timeout
+UNSERVED_SAMPLE = 200  # ready tasks read per queue when looking for kinds nobody here serves
 
 
 class Maintenance:
@@ -50,6 +56,9 @@ class Maintenance:
         lease_ttl_ms: int,
         promote_s: float,
         reap_s: float,
+        queues: Sequence[str] = (),
+        unserved_s: float = 60.0,
+        resources: Mapping[str, Any] | None = None,
     ) -> None:
         self.rt = rt
         self.clock = clock
@@ -59,13 +68,20 @@ class Maintenance:
         self.lease_ttl_ms = lease_ttl_ms
         self.promote_s = promote_s
         self.reap_s = reap_s
+        self.queues = list(queues)
+        self.unserved_s = unserved_s
+        self.resources = resources
+        self._unserved_at: float | None = None
 
     async def loop(self) -> None:
         """Run passes forever: promote every `promote_s`, a full pass every `reap_s`."""
         since_reap = self.reap_s
         while True:
+            full = since_reap >= self.reap_s
             try:
-                await self.maintain(full=since_reap >= self.reap_s)
+                await self.maintain(full=full)
+                if full:
+                    await self.warn_unserved()
             except StoreError as exc:
                 log.warning("maintenance failed: %s", exc)
             since_reap = 0.0 if since_reap >= self.reap_s else since_reap + self.promote_s
@@ -90,8 +106,49 @@ class Maintenance:
         await self.run_hooks()
         expired = await store.leases_expired(LeasesExpired(now_ms=now))
         if expired:
-            outs = await store.tasks_finish(TasksFinish([reap(e) for e in expired], now))
+            finishes = [reap(e) for e in expired]
+            outs = await store.tasks_finish(TasksFinish(finishes, now))
             self.stats.reaped += sum(o.status is FinishStatus.APPLIED for o in outs)
+            reclaimed(self.worker_id, expired, finishes, outs)
+
+    async def warn_unserved(self, *, force: bool = False) -> int:
+        """Warn of ready tasks that wait in vain here: of a kind this worker does not know
+        in a queue it serves, or of a kind it knows in a queue it does not serve. At most
+        once per `unserved_s` unless `force`; returns how many (queue, kind) pairs warned."""
+        now = self.clock.monotonic()
+        last = self._unserved_at
+        if not force and last is not None and now - last < self.unserved_s:
+            return 0
+        self._unserved_at = now
+        counts = await self.rt.store.tasks_count()
+        waiting = sorted({c.queue for c in counts if c.state is State.READY and c.count > 0})
+        kinds = set(self.rt.registry)
+        found: collections.Counter[tuple[str, str]] = collections.Counter()
+        for queue in waiting:
+            served = queue in self.queues
+            rows = await self.rt.store.tasks_list(
+                TasksList((State.READY,), queue, None, UNSERVED_SAMPLE)
+            )
+            for r in rows:
+                if (r.kind in kinds) != served:
+                    found[queue, r.kind] += 1
+        for (queue, kind), n in sorted(found.items()):
+            why = (
+                "no task of that name is registered here"
+                if kind not in kinds
+                else f"this worker serves queues {','.join(self.queues)} only"
+            )
+            log.warning(
+                "%s%d ready task(s) of kind %s wait in queue %s that this worker will not "
+                "claim: %s",
+                "at least " if n >= UNSERVED_SAMPLE else "",
+                n,
+                kind,
+                queue,
+                why,
+                extra={"worker_id": self.worker_id, "kind": kind, "queue": queue, "count": n},
+            )
+        return len(found)
 
     async def run_hooks(self) -> int:
         """Run pending on_cancel hooks of ended orchestrators; returns how many ran."""
@@ -139,6 +196,7 @@ class Maintenance:
             loop=asyncio.get_running_loop(),
             phase=Phase.FINALIZE,
             now_ms=self.clock.store_now(),
+            resources=self.resources,
         )
         ended = await self.runner.invoke(
             parts.instance.on_cancel,

@@ -137,6 +137,16 @@ def decide_finish(row: ClaimedRow, tdef: TaskDef, ended: Ended) -> Finish | None
     return retry_finish(row, error_info(exc, Category.HANDLER))
 
 
+def before_start(row: ClaimedRow, reason: str | None) -> Finish | None:
+    """The write for an attempt stopped before its handler ran (no attempt is spent on a
+    shutdown); None when nothing may be written (lease lost)."""
+    if reason == STOP_OPERATOR:
+        return operator_cancel(row)
+    if reason == STOP_LEASE_LOST:
+        return None
+    return Finish(row.id, row.lease_epoch, State.READY, release=True)
+
+
 def operator_cancel(row: ClaimedRow) -> Finish:
     """The attempt stopped because an operator cancelled the task."""
     error = ErrorInfo("Cancelled", STOP_OPERATOR, Category.CANCELLED, None)

@@ -9,42 +9,40 @@ import logging
 import os
 import signal
 import socket
+import time
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from .._clock import Clock
-from .._codec import Codec
 from .._context import Context
 from .._runtime import Runtime
 from .._states import Phase, State
-from .._stops import STOP_LEASE_LOST, STOP_OPERATOR, STOP_SHUTDOWN, CancelToken
+from .._stops import STOP_SHUTDOWN, CancelToken, Suspended
 from .._task import TaskDef, check_queue
-from ..errors import ConfigurationError, LeaseLost, PayloadError, StoreError, StoreUnavailable
+from ..errors import ConfigurationError, PayloadError, StoreError
 from ..store.contract.budgets import ClaimedRows
 from ..store.contract.tasks import (
     ClaimedRow,
     Finish,
-    FinishOutcome,
-    FinishStatus,
     LeaseRef,
     TasksClaim,
-    TasksFinish,
-    TaskWaitChildren,
 )
 from ..workflows._when import check_condition
-from ._batch import Batcher
+from . import _log
 from ._leases import HeldLease, renew
+from ._lifecycle import ExitCode, SignalPolicy, WorkerHook, run_start_hooks, run_stop_hooks
 from ._maintenance import Maintenance
 from ._outcome import (
+    before_start,
     beyond_cap,
     decide_finish,
     decode_failure,
-    encode_failure,
-    operator_cancel,
 )
-from ._runner import AttemptRunner, SyncPool
+from ._recorder import Recorder
+from ._runner import AttemptRunner, Ended, SyncPool
 from ._stats import WorkerStats
 
 log = logging.getLogger("flowmill.worker")
@@ -62,6 +60,9 @@ class _Attempt:
     tdef: TaskDef
     lease: HeldLease
     started: bool = False
+    ran: bool = False  # the handler was called (not handed back before it started)
+    error: BaseException | None = None  # what the handler raised, for the log's traceback
+    outcome: str | None = None  # when no Finish says it (waiting for children, lease lost)
 
     @property
     def token(self) -> CancelToken:
@@ -85,11 +86,15 @@ class Worker:
         lease_ttl: timedelta = timedelta(seconds=30),
         prefetch: int | None = None,
         claim_batch: int = 100,
-        shutdown_grace: timedelta = timedelta(seconds=30),
-        cancel_grace: timedelta = timedelta(seconds=5),
+        shutdown_grace: timedelta = timedelta(seconds=20),
+        cancel_grace: timedelta = timedelta(seconds=3),
+        repeat_signal_window: timedelta = timedelta(seconds=2),
         poll_interval: timedelta = timedelta(seconds=5),
         promote_interval: timedelta = timedelta(seconds=2),
         reap_interval: timedelta = timedelta(seconds=10),
+        unserved_check_interval: timedelta = timedelta(seconds=60),
+        on_start: Sequence[WorkerHook] = (),
+        on_stop: Sequence[WorkerHook] = (),
         clock: Clock | None = None,
     ) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
@@ -104,6 +109,13 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(2).hex()}"
         self.lease_ttl_ms = _ms(lease_ttl)
         self.shutdown_grace_s = shutdown_grace.total_seconds()
+        self.cancel_grace_s = cancel_grace.total_seconds()
+        self.repeat_window_s = repeat_signal_window.total_seconds()
+        self.on_start = list(on_start)
+        self.on_stop = list(on_stop)
+        self.resources: dict[str, Any] = {}  # what the start hooks share, as ctx.resources
+        self._resources_view = types.MappingProxyType(self.resources)
+        self.exit_code = ExitCode.OK
         self.poll_s = poll_interval.total_seconds()
         self.clock = clock or app.clock
         self.pool = SyncPool(concurrency)
@@ -120,6 +132,9 @@ class Worker:
             lease_ttl_ms=self.lease_ttl_ms,
             promote_s=promote_interval.total_seconds(),
             reap_s=reap_interval.total_seconds(),
+            queues=self.queues,
+            unserved_s=unserved_check_interval.total_seconds(),
+            resources=self._resources_view,
         )
         self._attempts: dict[str, _Attempt] = {}
         self._queue: collections.deque[_Attempt] = collections.deque()
@@ -132,8 +147,10 @@ class Worker:
         self._stop_requested = asyncio.Event()
         self._stopping = False
         self._stop_when_idle = False
+        self._claiming = False  # store open, hooks run, claim loop on: ready for work
+        self._store_ok = True  # the last claim reached the store
         self._tasks: set[asyncio.Task[None]] = set()
-        self._finisher: Batcher[Finish, FinishOutcome] = Batcher(self._finish_batch)
+        self.recorder = Recorder(app, self.clock, self.stats)
 
     # -- public ----------------------------------------------------------------------
 
@@ -146,48 +163,79 @@ class Worker:
     def in_flight(self) -> int:
         return len(self._attempts)
 
+    def readiness(self) -> tuple[bool, str]:
+        """Whether this worker claims work now, and why not (for a readiness probe)."""
+        if self._stopping or self._stop_requested.is_set():
+            return False, "shutting down"
+        if not self._claiming:
+            return False, "starting"
+        if not self._store_ok:
+            return False, "store unreachable"
+        return True, "ready"
+
     async def run(
         self, *, install_signal_handlers: bool = False, stop_when_idle: bool = False
     ) -> None:
-        """Work until `stop()` (or SIGTERM/SIGINT when asked to install handlers)."""
-        await self.app.open()
+        """Work until `stop()` (or SIGTERM/SIGINT when asked to install handlers).
+
+        Raises `StartHookFailed` when an `on_worker_start` hook fails (nothing is claimed);
+        `on_worker_stop` hooks run once the last attempt has ended, even after an error.
+        """
         self._stop_when_idle = stop_when_idle
         loop = asyncio.get_running_loop()
         if install_signal_handlers:
             self._install_signals(loop)
-        kinds = self.app.task_names()
-        self._limits = self.app.claim_limits(self.queues)
-        log.info(
-            "worker %s: queues %s, %d task kinds, concurrency %d",
-            self.worker_id,
-            ",".join(self.queues),
-            len(kinds),
-            self.concurrency,
-        )
-        background = [
-            loop.create_task(self._listen_for_work(), name="flowmill-listen"),
-            loop.create_task(self._lease_keeper(), name="flowmill-leases"),
-            loop.create_task(self._cancel_watcher(), name="flowmill-cancels"),
-            loop.create_task(self.maintenance.loop(), name="flowmill-maintenance"),
-        ]
-        claim = loop.create_task(self._claim_loop(), name="flowmill-claim")
+        hooks_begun = False
+        background: list[asyncio.Task[None]] = []
+        claim: asyncio.Task[None] | None = None
         try:
+            _log.worker_starting(self.app, self.worker_id, self.queues, self.concurrency)
+            await self.app.open()
+            hooks_begun = True
+            await run_start_hooks(self.on_start, self.resources)
+            self._limits = self.app.claim_limits(self.queues)
+            background = [
+                loop.create_task(self._listen_for_work(), name="flowmill-listen"),
+                loop.create_task(self._lease_keeper(), name="flowmill-leases"),
+                loop.create_task(self._cancel_watcher(), name="flowmill-cancels"),
+                loop.create_task(self.maintenance.loop(), name="flowmill-maintenance"),
+            ]
+            claim = loop.create_task(self._claim_loop(), name="flowmill-claim")
+            self._claiming = True
+            log.info("worker %s: store open, claiming", self.worker_id, extra=self._extra())
             await self._stop_requested.wait()
             self._stopping = True
             self._wake.set()
             await claim
             await self._drain()
         finally:
-            claim.cancel()
+            self._stopping = True
+            if claim is not None:
+                claim.cancel()
             for t in background:
                 t.cancel()
-            await asyncio.gather(claim, *background, return_exceptions=True)
+            await asyncio.gather(*filter(None, [claim, *background]), return_exceptions=True)
+            if self._tasks:  # an error cut the drain short: let the attempts end first
+                for a in list(self._attempts.values()):
+                    a.token.fire(STOP_SHUTDOWN)
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
             self.pool.close()
+            if hooks_begun:
+                await run_stop_hooks(self.on_stop, self.resources)
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     with contextlib.suppress(Exception):
                         loop.remove_signal_handler(sig)
-        log.info("worker %s stopped", self.worker_id)
+        log.info(
+            "worker %s stopped: %d claimed, outcomes %s",
+            self.worker_id,
+            self.stats.claimed,
+            dict(self.stats.outcomes) or "none",
+            extra=self._extra(),
+        )
+
+    def _extra(self) -> dict[str, Any]:
+        return {"worker_id": self.worker_id}
 
     # -- claiming --------------------------------------------------------------------
 
@@ -241,7 +289,9 @@ class Worker:
                     for row in rows:
                         self._accept(row)
                 backoff = 0.05
+                self._store_ok = True
             except StoreError as exc:
+                self._store_ok = False
                 log.warning("claim failed (%s); retrying in %.2fs", exc, backoff)
                 await self.clock.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -322,16 +372,35 @@ class Worker:
 
     async def _run_one(self, a: _Attempt) -> None:
         row = a.row
+        began = time.monotonic()
         try:
             finish = await self._attempt(a)
-            if finish is not None:
-                await self._record(a, finish)
+            a.lease.ending = True
+            not_recorded = (
+                await self.recorder.record(a.row, a.token, finish) if finish is not None else None
+            )
+            self._log_end(a, finish, not_recorded, began)
         except Exception:
             log.exception("worker error while running task %s", row.id)
         finally:
             self._running -= 1
             self._release_slot(a)
             self._dispatch()
+
+    def _log_end(
+        self, a: _Attempt, finish: Finish | None, not_recorded: str | None, began: float
+    ) -> None:
+        outcome = not_recorded or (
+            _log.outcome_of(finish)
+            if finish is not None
+            else a.outcome or ("suspended" if isinstance(a.error, Suspended) else _log.LEASE_LOST)
+        )
+        duration_ms = int((time.monotonic() - began) * 1000)
+        _log.attempt_ended(a.row, self.worker_id, outcome, duration_ms, a.error, finish, a.ran)
+
+    def _ran(self, a: _Attempt, ended: Ended) -> Ended:
+        a.error = ended.error
+        return ended
 
     def _release_slot(self, a: _Attempt) -> None:
         self._attempts.pop(a.row.id, None)
@@ -344,7 +413,7 @@ class Worker:
         row, tdef = a.row, a.tdef
         a.started = True
         if a.token.is_set:
-            return self._before_start(a)
+            return before_start(a.row, a.token.reason)
         if row.attempt > row.max_attempts:
             return beyond_cap(row)
         ctx = self._context(row, a.token)
@@ -356,9 +425,18 @@ class Worker:
             payload = tdef.payload.decode(row.payload)
         except PayloadError as err:
             return decode_failure(row, err)
+        a.ran = True
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "task %s %s attempt %d started",
+                row.id,
+                row.kind,
+                row.attempt,
+                extra=_log.fields(row, self.worker_id),
+            )
         parts = tdef.executor
         if parts is None:
-            ended = await self.runner.call(tdef, payload, ctx, a.token)
+            ended = self._ran(a, await self.runner.call(tdef, payload, ctx, a.token))
             return decide_finish(row, tdef, ended)
         instance = parts.instance
         if row.phase is Phase.FINALIZE:
@@ -373,11 +451,15 @@ class Worker:
                 timeout_ms=tdef.timeout_ms,
                 token=a.token,
             )
-            return decide_finish(row, tdef, ended)
-        ended = await self.runner.call(tdef, payload, ctx, a.token)
+            return decide_finish(row, tdef, self._ran(a, ended))
+        ended = self._ran(a, await self.runner.call(tdef, payload, ctx, a.token))
         if ended.error is not None or ended.stop_reason is not None or not ended.finished:
             return decide_finish(row, tdef, ended)  # incl. an execute that suspended
-        return await self._wait_children(row, parts.memo, ended.value)
+        waited = await self.recorder.wait_children(row, parts.memo, ended.value)
+        if isinstance(waited, Finish):
+            return waited
+        a.outcome = waited
+        return None
 
     def _context(self, row: ClaimedRow, token: CancelToken) -> Context:
         return Context(
@@ -394,62 +476,8 @@ class Worker:
             parent_id=row.parent_id,
             phase=row.phase,
             now_ms=self.clock.store_now(),
+            resources=self._resources_view,
         )
-
-    async def _wait_children(self, row: ClaimedRow, codec: Codec[Any], memo: Any) -> Finish | None:
-        """Execute returned: store its memo and park the task until its children end."""
-        try:
-            data = codec.encode(memo)
-        except PayloadError as err:
-            return encode_failure(row, err)
-        try:
-            state = await self.app.store.task_wait_children(
-                TaskWaitChildren(row.id, row.lease_epoch, data, self.clock.store_now())
-            )
-        except LeaseLost:
-            self.stats.lease_lost += 1
-            log.warning("task %s: lease lost before its memo was stored", row.id)
-            return None
-        self.stats.outcomes[str(state)] += 1
-        return None
-
-    def _before_start(self, a: _Attempt) -> Finish | None:
-        reason = a.token.reason
-        row = a.row
-        if reason == STOP_OPERATOR:
-            return operator_cancel(row)
-        if reason == STOP_LEASE_LOST:
-            return None
-        return Finish(row.id, row.lease_epoch, State.READY, release=True)
-
-    async def _record(self, a: _Attempt, finish: Finish) -> None:
-        delay = 0.05
-        while True:
-            try:
-                outcome = await self._finisher.submit(finish)
-                break
-            except StoreUnavailable as exc:
-                # Keep the outcome until the store takes it or the lease is gone: a result
-                # that was computed must not be dropped because of a passing outage.
-                if a.token.reason == STOP_LEASE_LOST:
-                    log.warning("dropping outcome of %s: lease lost (%s)", a.row.id, exc)
-                    return
-                log.warning("recording %s failed (%s); retrying in %.2fs", a.row.id, exc, delay)
-                await self.clock.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            except StoreError:
-                # Not an outage: retrying cannot help. The lease will expire and the reaper
-                # retries the task, so the attempt is not lost, only repeated.
-                log.exception("recording the outcome of %s failed", a.row.id)
-                return
-        if outcome.status is FinishStatus.LEASE_LOST:
-            self.stats.lease_lost += 1
-            log.warning("task %s: lease lost before its outcome was recorded", a.row.id)
-        else:
-            self.stats.outcomes[str(outcome.state)] += 1
-
-    async def _finish_batch(self, items: list[Finish]) -> list[FinishOutcome]:
-        return await self.app.store.tasks_finish(TasksFinish(items, self.clock.store_now()))
 
     # -- leases ----------------------------------------------------------------------
 
@@ -501,13 +529,21 @@ class Worker:
         # Claimed but never started: give them back at once, without spending an attempt.
         queued = list(self._queue)
         self._queue.clear()
+        if queued:
+            log.info("handing back %d claimed task(s) not yet started", len(queued))
         for a in queued:
             a.token.fire(STOP_SHUTDOWN)
             self._running += 1
             task = asyncio.get_running_loop().create_task(self._run_one(a))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        if self._attempts:
+        if len(self._attempts) > len(queued):
+            log.info(
+                "waiting up to %gs for %d running attempt(s) to end",
+                self.shutdown_grace_s,
+                len(self._attempts) - len(queued),
+                extra=self._extra(),
+            )
             self._idle.clear()
             grace_over = asyncio.Event()
             timer = self.clock.call_later(self.shutdown_grace_s, grace_over.set)
@@ -517,24 +553,46 @@ class Worker:
             timer.cancel()
             idle.cancel()
             over.cancel()
-        for a in list(self._attempts.values()):
+        left = [a for a in self._attempts.values() if not a.token.is_set]
+        if left:
+            log.warning(
+                "shutdown grace (%gs) is over: asking %d attempt(s) to stop within %gs; "
+                "they are handed back to run again",
+                self.shutdown_grace_s,
+                len(left),
+                self.cancel_grace_s,
+                extra=self._extra(),
+            )
+        for a in left:
             a.token.fire(STOP_SHUTDOWN)
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        def on_signal(sig: signal.Signals) -> None:
-            if self._stop_requested.is_set():
-                log.warning("second %s: cancelling running attempts now", sig.name)
-                for a in list(self._attempts.values()):
-                    a.token.fire(STOP_SHUTDOWN)
-                return
-            log.info(
-                "%s: stopping after the running attempts (grace %.0fs)",
-                sig.name,
-                self.shutdown_grace_s,
-            )
-            self.stop()
-
+        policy = SignalPolicy(self.repeat_window_s, self._graceful_stop, self._forced_stop)
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig)
+            loop.add_signal_handler(sig, policy, sig)
+
+    def _graceful_stop(self, signame: str) -> None:
+        log.info(
+            "%s: stopping: no new claims; running attempts get %gs to end, then %gs to stop "
+            "when asked, and are handed back",
+            signame,
+            self.shutdown_grace_s,
+            self.cancel_grace_s,
+            extra=self._extra(),
+        )
+        self.stop()
+
+    def _forced_stop(self, signame: str) -> None:
+        self.exit_code = ExitCode.FORCED
+        log.warning(
+            "%s again: cutting the grace short, asking %d running attempt(s) to stop now; "
+            "they are handed back",
+            signame,
+            len(self._attempts),
+            extra=self._extra(),
+        )
+        self.stop()
+        for a in list(self._attempts.values()):
+            a.token.fire(STOP_SHUTDOWN)
