@@ -323,7 +323,13 @@ class Worker:
     async def _run_one(self, a: _Attempt) -> None:
         row = a.row
         try:
-            finish = await self._attempt(a)
+            try:
+                finish = await self._attempt(a)
+            except PayloadError as err:
+                # A stored value the engine read for this attempt (an upstream's result
+                # for `when=`) does not decode: no retry can fix it, so fail it now
+                # rather than let the lease run out.
+                finish = decode_failure(row, err)
             if finish is not None:
                 await self._record(a, finish)
         except Exception:
