@@ -40,6 +40,16 @@ def worker(
         float,
         typer.Option("--shutdown-grace", min=0, help="On SIGTERM, seconds to let attempts end"),
     ] = 30.0,
+    reap_interval: Annotated[
+        float | None,
+        typer.Option(
+            "--reap-interval",
+            min=0.001,
+            help="Seconds between reaper passes, which reclaim expired leases "
+            "[default: a third of --lease-ttl, from 1 to 10]",
+            show_default=False,
+        ),
+    ] = None,
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Run a worker for MODULE:APP until SIGTERM or Ctrl-C (a second one cancels attempts)."""
@@ -51,6 +61,7 @@ def worker(
             queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
             lease_ttl=timedelta(seconds=lease_ttl),
             shutdown_grace=timedelta(seconds=shutdown_grace),
+            reap_interval=seconds("--reap-interval", reap_interval),
         )
 
         async def run(app: App) -> None:

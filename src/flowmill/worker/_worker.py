@@ -36,7 +36,7 @@ from ..store.contract.tasks import (
 from ..workflows._when import check_condition
 from ._batch import Batcher
 from ._leases import HeldLease, renew
-from ._maintenance import Maintenance
+from ._maintenance import Maintenance, default_reap_interval
 from ._outcome import (
     beyond_cap,
     decide_finish,
@@ -89,13 +89,15 @@ class Worker:
         cancel_grace: timedelta = timedelta(seconds=5),
         poll_interval: timedelta = timedelta(seconds=5),
         promote_interval: timedelta = timedelta(seconds=2),
-        reap_interval: timedelta = timedelta(seconds=10),
+        reap_interval: timedelta | None = None,
         clock: Clock | None = None,
     ) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError(f"concurrency must be >= 1, got {concurrency!r}")
         if lease_ttl <= timedelta(0):
             raise ConfigurationError(f"lease_ttl must be > 0, got {lease_ttl}")
+        if reap_interval is not None and reap_interval <= timedelta(0):
+            raise ConfigurationError(f"reap_interval must be > 0, got {reap_interval}")
         self.app = app
         self.queues = [check_queue(q) for q in (queues or sorted(app.queues()))]
         self.concurrency = concurrency
@@ -119,7 +121,7 @@ class Worker:
             worker_id=self.worker_id,
             lease_ttl_ms=self.lease_ttl_ms,
             promote_s=promote_interval.total_seconds(),
-            reap_s=reap_interval.total_seconds(),
+            reap_s=(reap_interval or default_reap_interval(lease_ttl)).total_seconds(),
         )
         self._attempts: dict[str, _Attempt] = {}
         self._queue: collections.deque[_Attempt] = collections.deque()
