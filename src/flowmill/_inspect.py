@@ -20,6 +20,8 @@ from .errors import PayloadError
 from .store._common.serde import UNDECODABLE, UNDECODABLE_TAGS
 from .store.contract.tasks import ErrorInfo, TaskRecord
 
+_SHOWN = 200  # characters of an undecodable value that str() shows
+
 
 @dataclass(frozen=True, slots=True)
 class Undecodable:
@@ -31,7 +33,9 @@ class Undecodable:
     """What was wrong: the type found, or the decode error and its byte position."""
 
     def __str__(self) -> str:
-        return f"<undecodable: {self.error}> {self.raw!r}"
+        held = repr(self.raw)
+        held = held if len(held) <= _SHOWN else f"{held[: _SHOWN - 3]}..."
+        return f"<undecodable: {self.error}> {held}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +89,14 @@ def _decoded(decode: Callable[[], Any], raw: object, what: str, errors: dict[str
 def task_info(rt: Runtime, r: TaskRecord) -> TaskInfo:
     """The `TaskInfo` of a stored record, payload and result decoded by their task's codecs."""
     tdef = rt.registry.get(r.kind)
+
+    def decode_payload() -> Any:
+        if tdef is None:  # a reader without the task's types: any JSON will do
+            return decode_json(r.payload, task=r.kind, what="payload")
+        return tdef.payload.decode(r.payload)
+
     errors: dict[str, str] = {}
-    payload = _decoded(
-        (lambda: tdef.payload.decode(r.payload))
-        if tdef is not None
-        else (lambda: decode_json(r.payload, task=r.kind, what="payload")),
-        r.payload,
-        "payload",
-        errors,
-    )
+    payload = _decoded(decode_payload, r.payload, "payload", errors)
     result = _decoded(lambda: rt.decode_result(r.kind, r.result), r.result, "result", errors)
     if r.error is not None and r.error.category == UNDECODABLE:
         errors["error"] = r.error.message
