@@ -15,6 +15,7 @@ from ._conditions import Condition, Count, Signal
 from ._context import Context
 from ._executor import Executor
 from ._handle import TaskHandle
+from ._inspect import Undecodable
 from ._limits import RateLimit
 from ._retry import Exponential, Fixed, Linear, Retry, RetryAction, RetryDecision, decide_retry
 from ._signals import Frame, ResumeSignal, Waitpoint
@@ -129,6 +130,7 @@ __all__ = [
     "TaskNotFound",
     "TaskTimeout",
     "TimeoutClass",
+    "Undecodable",
     "UnknownBudget",
     "Upstream",
     "UpstreamFailed",

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._budgets import Budgets, StatusReport
 from ._clock import Clock, SystemClock
-from ._codec import DEFAULT_MAX_BYTES
+from ._codec import DEFAULT_MAX_BYTES, decode_json
 from ._executor import Executor, make_executor_def
-from ._handle import ResultWaiter, TaskHandle, decode_json
+from ._handle import ResultWaiter, TaskHandle
 from ._inspect import TaskInfo as TaskInfo
 from ._inspect import task_info
 from ._limits import QueueLimits, RateLimit
@@ -358,7 +358,7 @@ class App(Budgets):
     def decode_result(self, kind: str, data: bytes | None) -> Any:
         tdef = self.registry.get(kind)
         if tdef is None or data is None:
-            return decode_json(data)
+            return decode_json(data, task=kind, what="result")
         return tdef.result.decode(data)
 
     # -- inspection and operations ---------------------------------------------------

@@ -7,6 +7,7 @@ task can only ever decode into the type its handler declares.
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import dataclasses
 import datetime
 import decimal
@@ -28,9 +29,11 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "Codec",
     "HandlerSignature",
+    "decode_json",
     "describe_type",
     "inspect_executor_generic",
     "inspect_handler",
+    "stored_bytes",
 ]
 
 T = TypeVar("T")
@@ -238,16 +241,22 @@ class Codec(Generic[T]):
         return data
 
     def decode(self, data: bytes) -> T:
-        """Decode JSON bytes into the declared type, validating every field."""
+        """Decode JSON bytes into the declared type, validating every field.
+
+        `data` is what the store returned. A value another tool wrote into the column (a
+        number, text with invalid UTF-8) is a `PayloadError` saying what it holds."""
+        if type(data) is not bytes:
+            data = _stored_or_raise(data, self.task, self.what)
         if self._model is not None:
             try:
                 return cast("T", self._model.model_validate_json(data))
             except ValueError as exc:
-                raise self._undecodable(_describe_pydantic_error(exc)) from exc
+                detail = _with_utf8(_describe_pydantic_error(exc), data)
+                raise self._undecodable(detail) from exc
         try:
             return cast("T", self._decoder.decode(data))
         except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
-            raise self._undecodable(str(exc)) from exc
+            raise self._undecodable(_with_utf8(str(exc), data)) from exc
 
     def _mismatch(self, value: Any, exc: Exception | None) -> PayloadError:
         message = f"{self._prefix} must be {describe_type(self.type)}, got {_describe_value(value)}"
@@ -258,6 +267,57 @@ class Codec(Generic[T]):
     def _undecodable(self, detail: str) -> PayloadError:
         message = f"{self._prefix} does not decode as {describe_type(self.type)}: {detail}"
         return _with_task(PayloadError(message), self.task, self.what)
+
+
+_ANY_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
+
+
+def stored_bytes(data: object) -> bytes | None:
+    """The bytes of a stored JSON value, or None when the store holds no bytes or text."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, bytearray | memoryview):
+        return bytes(data)
+    if isinstance(data, str):
+        # Text stored with invalid UTF-8 arrives with its bad bytes as lone surrogates (the
+        # SQLite store reads text so); encoding them back lets the error point at them.
+        return data.encode("utf-8", "surrogateescape")
+    return None
+
+
+def _stored_or_raise(data: object, task: str, what: str) -> bytes:
+    raw = None
+    with contextlib.suppress(UnicodeEncodeError):
+        raw = stored_bytes(data)
+    if raw is None:
+        text = repr(data)
+        text = text if len(text) <= 60 else f"{text[:57]}..."
+        message = f"task {task!r}: {what} is not JSON: the store holds {type(data).__name__} {text}"
+        raise _with_task(PayloadError(message), task, what)
+    return raw
+
+
+def _with_utf8(detail: str, data: bytes) -> str:
+    """A decode error's text, plus where the bytes stop being UTF-8 if they do."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"{detail}; not valid UTF-8: 0x{data[exc.start]:02x} at byte {exc.start}"
+    return detail
+
+
+def decode_json(data: object, *, task: str, what: str) -> Any:
+    """Decode a stored value as plain JSON (no declared type); None stays None.
+
+    Raises `PayloadError`, like `Codec.decode`, for anything that is not JSON."""
+    if data is None:
+        return None
+    raw = data if type(data) is bytes else _stored_or_raise(data, task, what)
+    try:
+        return _ANY_DECODER.decode(raw)
+    except msgspec.DecodeError as exc:
+        message = f"task {task!r}: {what} does not decode as JSON: {_with_utf8(str(exc), raw)}"
+        raise _with_task(PayloadError(message), task, what) from exc
 
 
 def _describe_value(value: Any) -> str:

@@ -6,9 +6,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Generic, TypeVar
-
-import msgspec
+from typing import Generic, TypeVar
 
 from ._runtime import Runtime
 from ._states import State
@@ -83,7 +81,10 @@ class TaskHandle(Generic[R]):
         return self.status is not InsertStatus.INSERTED
 
     async def result(self, timeout: timedelta | None = None) -> R:
-        """Wait for the end: the typed result, `TaskFailed`, or `TaskTimeout` past `timeout`."""
+        """Wait for the end: the typed result, `TaskFailed`, or `TaskTimeout` past `timeout`.
+
+        A stored result that does not decode (written by another tool, or by an older
+        result type) raises `PayloadError` saying what was wrong."""
         await self.app.open()
         timeout_s = None if timeout is None else timeout.total_seconds()
         try:
@@ -105,7 +106,3 @@ class TaskHandle(Generic[R]):
 
     async def cancel(self) -> State:
         return await self.app.cancel(self.id)
-
-
-def decode_json(data: bytes | None) -> Any:
-    return None if data is None else msgspec.json.decode(data)

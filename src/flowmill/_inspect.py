@@ -1,17 +1,41 @@
-"""What inspection shows of a task: `TaskInfo`, built from a stored record."""
+"""What inspection shows of a task: `TaskInfo`, built from a stored record.
+
+Inspection never fails on one bad row: a payload or result that does not decode shows as
+an `Undecodable` in its place, and `TaskInfo.decode_errors` names every field that did not
+decode (payload, result, error, tags) with the reason.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from ._clock import from_ms, from_ms_opt
-from ._handle import decode_json
+from ._codec import decode_json, stored_bytes
 from ._runtime import Runtime
 from ._states import Phase, State
 from .errors import PayloadError
+from .store._common.serde import UNDECODABLE, UNDECODABLE_TAGS
 from .store.contract.tasks import ErrorInfo, TaskRecord
+
+_SHOWN = 200  # characters of an undecodable value that str() shows
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """A stored payload or result that does not decode, shown in its place by inspection."""
+
+    raw: object
+    """The value as stored: bytes, or whatever another tool wrote (an int, a float)."""
+    error: str
+    """What was wrong: the type found, or the decode error and its byte position."""
+
+    def __str__(self) -> str:
+        held = repr(self.raw)
+        held = held if len(held) <= _SHOWN else f"{held[: _SHOWN - 3]}..."
+        return f"<undecodable: {self.error}> {held}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,19 +68,42 @@ class TaskInfo:
     expires_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    decode_errors: dict[str, str] = field(default_factory=dict)
+    """Fields that did not decode ("payload", "result", "error", "tags") and why; such a
+    payload or result is an `Undecodable`, such an error has category "undecodable", and
+    such tags are empty."""
+
+
+def _decoded(decode: Callable[[], Any], raw: object, what: str, errors: dict[str, str]) -> Any:
+    try:
+        return decode()
+    except PayloadError as err:
+        errors[what] = str(err)
+        try:
+            stored = stored_bytes(raw)
+        except UnicodeEncodeError:
+            stored = None
+        return Undecodable(raw if stored is None else stored, str(err))
 
 
 def task_info(rt: Runtime, r: TaskRecord) -> TaskInfo:
     """The `TaskInfo` of a stored record, payload and result decoded by their task's codecs."""
     tdef = rt.registry.get(r.kind)
-    try:
-        payload = tdef.payload.decode(r.payload) if tdef else decode_json(r.payload)
-    except PayloadError:
-        payload = decode_json(r.payload)
-    try:
-        result = rt.decode_result(r.kind, r.result)
-    except PayloadError:
-        result = decode_json(r.result)
+
+    def decode_payload() -> Any:
+        if tdef is None:  # a reader without the task's types: any JSON will do
+            return decode_json(r.payload, task=r.kind, what="payload")
+        return tdef.payload.decode(r.payload)
+
+    errors: dict[str, str] = {}
+    payload = _decoded(decode_payload, r.payload, "payload", errors)
+    result = _decoded(lambda: rt.decode_result(r.kind, r.result), r.result, "result", errors)
+    if r.error is not None and r.error.category == UNDECODABLE:
+        errors["error"] = r.error.message
+    tags = r.tags
+    if UNDECODABLE_TAGS in tags:
+        errors["tags"] = tags[UNDECODABLE_TAGS]
+        tags = {}
     return TaskInfo(
         id=r.id,
         name=r.kind,
@@ -69,7 +116,7 @@ def task_info(rt: Runtime, r: TaskRecord) -> TaskInfo:
         payload=payload,
         result=result,
         error=r.error,
-        tags=r.tags,
+        tags=tags,
         key=r.dedup_key,
         parent_id=r.parent_id,
         progress=r.progress_pct,
@@ -84,4 +131,5 @@ def task_info(rt: Runtime, r: TaskRecord) -> TaskInfo:
         expires_at=from_ms_opt(r.expires_at_ms),
         started_at=from_ms_opt(r.started_at_ms),
         finished_at=from_ms_opt(r.finished_at_ms),
+        decode_errors=errors,
     )

@@ -1,4 +1,4 @@
-"""Chaos scenarios for defects not fixed yet (issue 13 items 1, 2, 3, 4, 7).
+"""Chaos scenarios for issue 13 items 1, 2, 3, 4, 7 (3 and 4 fixed: no mark left on them).
 
 Each is a real scenario with its ledger, marked `xfail(strict=True)` where it fails today,
 so the fix that makes it pass flips it (and must then drop the mark).
@@ -122,9 +122,6 @@ async def test_a_poison_task_hurts_no_good_task(
 
 # -- corrupt rows --------------------------------------------------------------------------
 
-ITEM3 = "issue 13 item 3: an undecodable payload stalls its task until the lease expires"
-ITEM4 = "issue 13 item 4: one corrupt row crashes app.get / app.list_tasks"
-
 # What another tool may have written into a payload or result column, per backend: SQLite
 # keeps any type in any column; PostgreSQL's bytea holds bytes only.
 CORRUPT: dict[str, dict[str, Any]] = {
@@ -179,8 +176,6 @@ async def test_a_corrupt_payload_fails_its_attempt_at_once(
     backend = _backend(db_url)
     if variant not in CORRUPT.get(backend, {}):
         pytest.skip(f"no {variant} corruption on {backend} (its column holds bytes only)")
-    if variant in ("integer", "real"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=ITEM3))
     book = _ledger.start(f"corrupt_payload_{variant}", db_url, seed)
     effects = tmp_path / "ledger.db"
     _crash_app.init_ledger(str(effects))
@@ -224,7 +219,6 @@ async def test_inspection_survives_a_corrupt_row(
     backend = _backend(db_url)
     if variant not in CORRUPT.get(backend, {}):
         pytest.skip(f"no {variant} corruption on {backend} (its column holds bytes only)")
-    request.applymarker(pytest.mark.xfail(strict=True, reason=ITEM4))
     book = _ledger.start(f"corrupt_{column}_{variant}_inspection", db_url, seed)
     effects = tmp_path / "ledger.db"
     _crash_app.init_ledger(str(effects))

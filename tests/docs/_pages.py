@@ -319,5 +319,6 @@ task_id = handles[0].id  # failed
     "docs/howto/cli.md": Page(app=False),
     "docs/howto/testing.md": Page(app=False),
     "docs/howto/deploy.md": Page(app=False),
+    "docs/explanation/reaper.md": Page(app=False),
     "docs/howto/integrations.md": Page(app=False),
 }

@@ -9,6 +9,7 @@ from rich.console import Console
 
 from .._app import App, TaskInfo
 from .._budgets import BudgetStatus
+from .._inspect import Undecodable
 from .._states import State
 from ..errors import FlowmillError, IllegalTransition
 from ._common import (
@@ -112,7 +113,7 @@ def _print_tasks(infos: list[TaskInfo], limit: int, title: str) -> None:
             f"{i.attempts}/{i.max_attempts}",
             str(i.priority),
             when(i.created_at, short=True),
-            f"{i.error.type}: {shorten(i.error.message, 50)}" if i.error else "",
+            _error_cell(i),
         ]
         for i in infos
     ]
@@ -120,6 +121,24 @@ def _print_tasks(infos: list[TaskInfo], limit: int, title: str) -> None:
     print_columns(console, title, headers, rows)
     if len(infos) == limit:
         console.print(f"(first {limit}; next page: --after {infos[-1].id})")
+
+
+def _error_cell(i: TaskInfo) -> str:
+    """The error column of a list; fields of the row that did not decode are named first."""
+    cells = [f"{i.error.type}: {shorten(i.error.message, 50)}"] if i.error else []
+    if i.decode_errors:
+        cells.insert(0, f"[undecodable: {', '.join(i.decode_errors)}]")
+    return " ".join(cells)
+
+
+def _undecodable(info: TaskInfo, field: str) -> str:
+    why = info.decode_errors.get(field)
+    return "-" if why is None else f"<undecodable: {why}>"
+
+
+def _shown(value: object) -> str:
+    """A payload or result for `tasks show`: JSON, or the marker of one that did not decode."""
+    return str(value) if isinstance(value, Undecodable) else to_json(value, indent=2)
 
 
 @tasks_cli.command("show")
@@ -140,7 +159,7 @@ def tasks_show(task_id: IdArg, url: UrlOpt = None, app_path: AppOpt = None) -> N
         ("attempts", f"{info.attempts} of {info.max_attempts}"),
         ("priority", str(info.priority)),
         ("key", info.key or "-"),
-        ("tags", to_json(info.tags) if info.tags else "-"),
+        ("tags", to_json(info.tags) if info.tags else _undecodable(info, "tags")),
         ("parent", info.parent_id or "-"),
         ("progress", "-" if info.progress is None else f"{info.progress:g}%"),
         ("progress message", info.progress_message or "-"),
@@ -153,8 +172,8 @@ def tasks_show(task_id: IdArg, url: UrlOpt = None, app_path: AppOpt = None) -> N
         ("expires", when(info.expires_at)),
         ("started", when(info.started_at)),
         ("finished", when(info.finished_at)),
-        ("payload", to_json(info.payload, indent=2)),
-        ("result", "-" if info.result is None else to_json(info.result, indent=2)),
+        ("payload", _shown(info.payload)),
+        ("result", "-" if info.result is None else _shown(info.result)),
     ]
     if info.error is not None:
         fields.append(("error", f"{info.error.type} ({info.error.category}): {info.error.message}"))

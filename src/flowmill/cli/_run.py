@@ -78,14 +78,15 @@ def worker(
         ),
     ] = 2.0,
     reap_interval: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--reap-interval",
-            min=0.05,
-            help="Seconds between full maintenance passes: reclaiming expired leases of "
-            "stopped workers, expiring stale tasks",
+            min=0.001,
+            help="Seconds between reaper passes, which reclaim expired leases "
+            "[default: a third of --lease-ttl, from 1 to 10]",
+            show_default=False,
         ),
-    ] = 10.0,
+    ] = None,
     health_port: Annotated[
         int | None,
         typer.Option(
@@ -145,7 +146,7 @@ def worker(
             shutdown_grace=timedelta(seconds=shutdown_grace),
             cancel_grace=timedelta(seconds=cancel_grace),
             repeat_signal_window=timedelta(seconds=repeat_signal_window),
-            reap_interval=timedelta(seconds=reap_interval),
+            reap_interval=seconds("--reap-interval", reap_interval),
         )
     health = (
         HealthServer(w.readiness, health_host, health_port) if health_port is not None else None

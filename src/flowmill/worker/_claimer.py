@@ -19,9 +19,9 @@ from typing import Any
 import msgspec
 
 from .._budgets import report_usage
+from .._codec import decode_json
 from .._conditions import Condition
 from .._context import check_progress
-from .._handle import decode_json
 from .._runtime import Runtime
 from .._signals import Fenced, ResumeSignal, Waitpoint
 from .._states import State
@@ -114,9 +114,15 @@ class ClaimedTask:
         return self._row.parent_id
 
     def decoded(self) -> Any:
-        """The payload decoded with the task's registered type (plain JSON when unknown)."""
-        tdef = self._claimer.app.registry.get(self._row.kind)
-        return tdef.payload.decode(self._row.payload) if tdef else decode_json(self._row.payload)
+        """The payload decoded with the task's registered type (plain JSON when unknown).
+
+        `PayloadError` when it does not decode: fail the attempt with `retryable=False`,
+        since no retry can fix a payload."""
+        row = self._row
+        tdef = self._claimer.app.registry.get(row.kind)
+        if tdef is None:
+            return decode_json(row.payload, task=row.kind, what="payload")
+        return tdef.payload.decode(row.payload)
 
     # -- lease health ------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from ..workflows._when import check_condition
 from . import _log
 from ._leases import HeldLease, renew
 from ._lifecycle import ExitCode, SignalPolicy, WorkerHook, run_start_hooks, run_stop_hooks
-from ._maintenance import Maintenance
+from ._maintenance import Maintenance, default_reap_interval
 from ._outcome import (
     before_start,
     beyond_cap,
@@ -91,7 +91,7 @@ class Worker:
         repeat_signal_window: timedelta = timedelta(seconds=2),
         poll_interval: timedelta = timedelta(seconds=5),
         promote_interval: timedelta = timedelta(seconds=2),
-        reap_interval: timedelta = timedelta(seconds=10),
+        reap_interval: timedelta | None = None,
         unserved_check_interval: timedelta = timedelta(seconds=60),
         on_start: Sequence[WorkerHook] = (),
         on_stop: Sequence[WorkerHook] = (),
@@ -101,6 +101,8 @@ class Worker:
             raise ConfigurationError(f"concurrency must be >= 1, got {concurrency!r}")
         if lease_ttl <= timedelta(0):
             raise ConfigurationError(f"lease_ttl must be > 0, got {lease_ttl}")
+        if reap_interval is not None and reap_interval <= timedelta(0):
+            raise ConfigurationError(f"reap_interval must be > 0, got {reap_interval}")
         self.app = app
         self.queues = [check_queue(q) for q in (queues or sorted(app.queues()))]
         self.concurrency = concurrency
@@ -131,7 +133,7 @@ class Worker:
             worker_id=self.worker_id,
             lease_ttl_ms=self.lease_ttl_ms,
             promote_s=promote_interval.total_seconds(),
-            reap_s=reap_interval.total_seconds(),
+            reap_s=(reap_interval or default_reap_interval(lease_ttl)).total_seconds(),
             queues=self.queues,
             unserved_s=unserved_check_interval.total_seconds(),
             resources=self._resources_view,
@@ -374,7 +376,13 @@ class Worker:
         row = a.row
         began = time.monotonic()
         try:
-            finish = await self._attempt(a)
+            try:
+                finish = await self._attempt(a)
+            except PayloadError as err:
+                # A stored value the engine read for this attempt (an upstream's result
+                # for `when=`) does not decode: no retry can fix it, so fail it now
+                # rather than let the lease run out.
+                finish = decode_failure(row, err)
             a.lease.ending = True
             not_recorded = (
                 await self.recorder.record(a.row, a.token, finish) if finish is not None else None

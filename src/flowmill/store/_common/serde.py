@@ -14,13 +14,33 @@ _enc = msgspec.json.Encoder()
 _error_dec = msgspec.json.Decoder(ErrorInfo)
 _tags_dec = msgspec.json.Decoder(dict[str, str])
 
+# A row another tool corrupted must not make every read of it fail: an error column that
+# does not decode reads as this marker error, a tags column as one marker key.
+UNDECODABLE = "undecodable"
+"""`ErrorInfo.category` (its type: "Undecodable") of a stored error that does not decode."""
+UNDECODABLE_TAGS = "\x00undecodable"
+"""The one key of the tags of a row whose tags do not decode; its value says why."""
+_BAD_VALUE = (msgspec.DecodeError, TypeError, ValueError)  # UnicodeEncodeError is a ValueError
+
+
+def _why(exc: Exception, data: object) -> str:
+    held = repr(data)
+    held = held if len(held) <= 60 else f"{held[:57]}..."
+    return f"{exc}; it holds {type(data).__name__} {held}"
+
 
 def encode_error(error: ErrorInfo | None) -> str | None:
     return None if error is None else _enc.encode(error).decode()
 
 
 def decode_error(data: str | bytes | None) -> ErrorInfo | None:
-    return None if data is None else _error_dec.decode(data)
+    if data is None:
+        return None
+    try:
+        return _error_dec.decode(data)
+    except _BAD_VALUE as exc:
+        why = _why(exc, data)
+        return ErrorInfo("Undecodable", f"the stored error does not decode: {why}", UNDECODABLE)
 
 
 def encode_tags(tags: Mapping[str, str]) -> str | None:
@@ -28,7 +48,12 @@ def encode_tags(tags: Mapping[str, str]) -> str | None:
 
 
 def decode_tags(data: str | bytes | None) -> dict[str, str]:
-    return {} if data is None else _tags_dec.decode(data)
+    if data is None:
+        return {}
+    try:
+        return _tags_dec.decode(data)
+    except _BAD_VALUE as exc:
+        return {UNDECODABLE_TAGS: f"the stored tags do not decode: {_why(exc, data)}"}
 
 
 def _same(text: Any) -> Any:

@@ -92,6 +92,12 @@ def _check_path(path: str) -> None:
         raise StoreError(f"cannot open {path}: it is a directory, not a database file")
 
 
+def _read_text(data: bytes) -> str:
+    """TEXT as str. Invalid UTF-8 that another tool stored keeps its bytes (as surrogates)
+    instead of making every read of its row fail; the codecs report it as undecodable."""
+    return data.decode("utf-8", "surrogateescape")
+
+
 class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin):
     """Tasks in one SQLite file (or in memory), shared safely by processes on one machine."""
 
@@ -159,6 +165,7 @@ class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin):
                 )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        conn.text_factory = _read_text
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             if not self.memory:
