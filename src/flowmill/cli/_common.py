@@ -22,7 +22,7 @@ from rich.text import Text
 from .._app import App
 from .._loader import load_app
 from .._states import State
-from ..errors import FlowmillError
+from ..errors import FlowmillError, StoreError
 
 T = TypeVar("T")
 
@@ -115,14 +115,35 @@ def make_app(url: str | None, app_path: str | None) -> App:
     return app
 
 
+def store_file(app: App) -> str | None:
+    """The absolute path of the app's SQLite file (None for another store)."""
+    if not app.store.capabilities.local_file or not app.url.startswith("sqlite:///"):
+        return None
+    return os.path.abspath(app.url.removeprefix("sqlite:///").split("?", 1)[0])
+
+
 async def require_store(app: App) -> None:
     """Refuse to read a local store file that holds no flowmill schema: opening it would
     create an empty database where a mistyped path was meant."""
     if app.store.capabilities.local_file and await app.store.schema_version() is None:
         fail(
-            f"no flowmill database at {app.url} (check --url, or create it with "
-            f"`flowmill migrate --url {app.url}`)"
+            f"no flowmill database at {store_file(app) or app.url} (check --url, or create "
+            f"it with `flowmill migrate --url {app.url}`)"
         )
+
+
+def explain_store_error(app: App, exc: StoreError) -> StoreError:
+    """A SQLite file the user cannot write: name it and say what to do."""
+    path = store_file(app)
+    text = str(exc)
+    if path is None or "readonly database" not in text:
+        return exc
+    name = os.path.basename(path)
+    return StoreError(
+        f"{path} is read-only for this user: flowmill writes to its database, and to "
+        f"{name}-wal and {name}-shm beside it, even to read it; make the file and its "
+        f"directory writable (e.g. chmod u+w {path}), or point --url at a writable copy"
+    )
 
 
 def run_on(app: App, work: Callable[[App], Awaitable[T]]) -> T:
@@ -131,6 +152,11 @@ def run_on(app: App, work: Callable[[App], Awaitable[T]]) -> T:
     async def main() -> T:
         try:
             return await work(app)
+        except StoreError as exc:
+            better = explain_store_error(app, exc)
+            if better is exc:
+                raise
+            raise better from exc
         finally:
             await app.close()
 
