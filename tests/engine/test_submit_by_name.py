@@ -7,7 +7,7 @@ import contextlib
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -23,7 +23,9 @@ class Resize:
 
 
 @contextlib.asynccontextmanager
-async def worker_app(url: str, clock: fm.ManualClock, *, strict: bool = True) -> AsyncIterator[fm.App]:
+async def worker_app(
+    url: str, clock: fm.ManualClock, *, strict: bool = True
+) -> AsyncIterator[fm.App]:
     """Another App on the same store, as a worker process would have: it registers "resize"."""
     other = fm.App(url, clock=clock)
 
@@ -85,7 +87,7 @@ async def test_strict_false_ignores_unknown_fields(app: fm.App, clock: fm.Manual
 @pytest.mark.parametrize(
     ("payload", "needle"),
     [
-        ({"when": datetime(2026, 1, 1, tzinfo=timezone.utc)}, "`$.when` is a datetime"),
+        ({"when": datetime(2026, 1, 1, tzinfo=UTC)}, "`$.when` is a datetime"),
         ({"tags": {"a", "b"}}, "`$.tags` is a set"),
         ({"x": [1, math.nan]}, "`$.x[1]` is nan"),
         ({1: "one"}, "has a int key 1"),
@@ -102,7 +104,9 @@ async def test_a_payload_that_is_not_json_is_refused_and_nothing_is_stored(
     assert await app.list_tasks() == []
 
 
-async def test_structured_values_are_sent_as_json_objects(app: fm.App, clock: fm.ManualClock) -> None:
+async def test_structured_values_are_sent_as_json_objects(
+    app: fm.App, clock: fm.ManualClock
+) -> None:
     # A service may share the payload classes (not the handlers): they encode as objects.
     h = await app.submit("resize", Resize(4, 5))
     assert (await app.get(h.id)).payload == {"w": 4, "h": 5}

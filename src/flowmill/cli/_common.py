@@ -133,9 +133,14 @@ async def require_store(app: App) -> None:
 
 
 def explain_store_error(app: App, exc: StoreError) -> StoreError:
-    """A SQLite file the user cannot write: name it and say what to do."""
+    """A SQLite file the user cannot open or write: name it and say what to do."""
     path = store_file(app)
     text = str(exc)
+    if path is not None and "unable to open database file" in text:
+        return StoreError(
+            f"cannot open {path}: check that it and its directory exist and that this user "
+            "may read and write both"
+        )
     if path is None or "readonly database" not in text:
         return exc
     name = os.path.basename(path)
