@@ -127,8 +127,8 @@ async def require_store(app: App) -> None:
     create an empty database where a mistyped path was meant."""
     if app.store.capabilities.local_file and await app.store.schema_version() is None:
         fail(
-            f"no flowmill database at {store_file(app) or app.url} (check --url, or create "
-            f"it with `flowmill migrate --url {app.url}`)"
+            f"no flowmill database at {app.url} (check --url, or create it with "
+            f"`flowmill migrate --url {app.url}`)"
         )
 
 
