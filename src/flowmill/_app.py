@@ -66,14 +66,18 @@ class App(Budgets):
         max_payload_bytes: int = DEFAULT_MAX_BYTES,
         clock: Clock | None = None,
         store: Store | None = None,
+        submit_unregistered: bool = True,
         **store_options: Any,
     ) -> None:
+        """`submit_unregistered`: `submit("name", ...)` of a name no task is registered for
+        here stores it as plain JSON for the worker that has it (False: `UnknownTask`)."""
         if not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
             raise ConfigurationError(f"max_payload_bytes must be >= 1, got {max_payload_bytes!r}")
         self.url = url or os.environ.get("FLOWMILL_URL") or DEFAULT_URL
         backend = store if store is not None else open_store(self.url, **store_options)
         self.store: StoreFront = StoreFront(backend)  # every store call goes through this door
         self.max_payload_bytes = max_payload_bytes
+        self.submit_unregistered = bool(submit_unregistered)
         self.clock: Clock = clock or SystemClock()
         self.registry: dict[str, TaskDef] = {}
         self._queue_limits: dict[str, QueueLimits] = {}
@@ -192,6 +196,7 @@ class App(Budgets):
         ttl: timedelta | None = None,
         rate_limit: RateLimit | None = None,
         budget: str | None = None,
+        strict: bool = True,
     ) -> Callable[[F], TaskDef]: ...
 
     def task(
@@ -208,14 +213,17 @@ class App(Budgets):
         ttl: timedelta | None = None,
         rate_limit: RateLimit | None = None,
         budget: str | None = None,
+        strict: bool = True,
     ) -> TaskDef | Callable[[F], TaskDef]:
         """Register a handler as a task: `@app.task` or `@app.task(retry=..., timeout=...)`.
 
         `max_concurrency` and `rate_limit` hold across every worker; `budget` is the
-        default budget of its submits."""
+        default budget of its submits. A payload object with a field its class does not
+        declare is refused (`PayloadError` naming it) unless `strict=False`, which ignores
+        such fields (while senders and workers are deployed apart)."""
 
         options = TaskOptions(
-            name, retry, timeout, queue, priority, max_concurrency, ttl, rate_limit, budget
+            name, retry, timeout, queue, priority, max_concurrency, ttl, rate_limit, budget, strict
         )
 
         def register(f: F) -> TaskDef:
@@ -245,13 +253,14 @@ class App(Budgets):
         ttl: timedelta | None = None,
         rate_limit: RateLimit | None = None,
         budget: str | None = None,
+        strict: bool = True,
     ) -> Any:
         """Register an orchestrator class: `@app.executor` or `@app.executor(retry=...)`.
 
         Returns the class's TaskDef, which `submit` takes like a task function's.
         """
         options = TaskOptions(
-            name, retry, timeout, queue, priority, max_concurrency, ttl, rate_limit, budget
+            name, retry, timeout, queue, priority, max_concurrency, ttl, rate_limit, budget, strict
         )
 
         def register(c: type[Executor[Any, Any, Any]]) -> TaskDef:
@@ -295,6 +304,10 @@ class App(Budgets):
     ) -> TaskHandle[Any]:
         """Submit one task; durable when this returns. A duplicate `key` follows `on_duplicate`.
 
+        `task` is a registered task (its payload type is checked here) or a task name: a
+        name no task here is registered for is stored with a plain JSON payload and the
+        default options, for the worker that registers it (see `submit_unregistered`).
+
         `parent` makes it a child of that (active) task; `fail_fast` overrides the task's
         default for its own children. With `depends_on` (handles or ids) it starts `blocked`
         and runs once they have ended, as `on_upstream_failure` says (see `app.workflow`).
@@ -320,6 +333,7 @@ class App(Budgets):
                 depends_on=upstream_ids(depends_on),
                 upstream_policy=on_upstream_failure,
             ),
+            by_name=self.submit_unregistered,
         )
         return handle
 
@@ -340,7 +354,9 @@ class App(Budgets):
         fail_fast: bool | None = None,
         budget: str | None = None,
     ) -> list[TaskHandle[Any]]:
-        """Submit many tasks of one kind in one transaction: all are stored, or none."""
+        """Submit many tasks of one kind in one transaction: all are stored, or none.
+
+        `task` is a registered task or a task name, as for `submit`."""
         return await insert_tasks(
             self,
             task,
@@ -348,11 +364,16 @@ class App(Budgets):
             keys=keys,
             on_duplicate=on_duplicate,
             opts=Opts(delay, run_at, priority, queue, tags, ttl, parent, fail_fast, budget=budget),
+            by_name=self.submit_unregistered,
         )
 
     def handle(self, task_id: str, task: TaskDef | str | None = None) -> TaskHandle[Any]:
-        """A handle for a task submitted elsewhere (its result decodes by its registered kind)."""
-        kind = self.resolve_task(task).name if task is not None else ""
+        """A handle for a task submitted elsewhere (its result decodes by its registered kind,
+        as plain JSON for a name not registered here)."""
+        if task is None or (isinstance(task, str) and task not in self.registry):
+            kind = task or ""
+        else:
+            kind = self.resolve_task(task).name
         return TaskHandle(task_id, self, kind)
 
     def decode_result(self, kind: str, data: bytes | None) -> Any:

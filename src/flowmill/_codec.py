@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
-import dataclasses
 import datetime
 import decimal
 import functools
 import inspect
-import sys
 import types
 import typing
 import uuid
@@ -23,6 +21,17 @@ from typing import Any, Generic, TypeVar, cast
 
 import msgspec
 
+from ._shape import (
+    STRICT_HINT,
+    is_pydantic_model,
+    is_structured_class,
+    json_syntax_error,
+    non_json,
+    object_as_any,
+    pydantic_base,
+    strip_annotated,
+    unknown_fields_check,
+)
 from .errors import ConfigurationError, PayloadError, PayloadTooLarge
 
 __all__ = [
@@ -65,22 +74,9 @@ _CONVERT_CHECKED_CLASSES: frozenset[Any] = frozenset(
 _MAX_REPORTED_ERRORS = 5
 
 
-def _pydantic_base() -> type[Any] | None:
-    """Return pydantic's BaseModel if pydantic has been imported, else None."""
-    # A BaseModel subclass or instance cannot exist unless pydantic is already imported,
-    # so looking in sys.modules keeps pydantic optional and costs no import.
-    base = getattr(sys.modules.get("pydantic"), "BaseModel", None)
-    return base if isinstance(base, type) else None
-
-
-def _is_pydantic_model(tp: Any) -> bool:
-    base = _pydantic_base()
-    return base is not None and isinstance(tp, type) and issubclass(tp, base)
-
-
 def _enc_hook(obj: Any) -> Any:
     """Encode values msgspec does not support natively (pydantic models nested in others)."""
-    base = _pydantic_base()
+    base = pydantic_base()
     if base is not None and isinstance(obj, base):
         return obj.model_dump(mode="json")
     # msgspec lets a NotImplementedError escape as is; a TypeError is what encode raises.
@@ -89,7 +85,7 @@ def _enc_hook(obj: Any) -> Any:
 
 def _dec_hook(tp: Any, obj: Any) -> Any:
     """Decode into types msgspec does not support natively (pydantic models nested in others)."""
-    if _is_pydantic_model(tp):
+    if is_pydantic_model(tp):
         try:
             return tp.model_validate(obj)
         except ValueError as exc:
@@ -134,21 +130,9 @@ def _describe_pydantic_error(exc: ValueError, root: str = "$") -> str:
     return "; ".join(parts) if parts else str(exc)
 
 
-def _strip_annotated(tp: Any) -> Any:
-    while typing.get_origin(tp) is typing.Annotated:
-        tp = typing.get_args(tp)[0]
-    return tp
-
-
-def _is_structured_class(tp: Any) -> bool:
-    return isinstance(tp, type) and (
-        dataclasses.is_dataclass(tp) or issubclass(tp, msgspec.Struct) or _is_pydantic_model(tp)
-    )
-
-
 def _instance_check_class(tp: Any) -> type[Any] | None:
     """Return the class an encoded value must be an instance of, or None to use convert."""
-    base = _strip_annotated(tp)
+    base = strip_annotated(tp)
     if isinstance(base, type):
         if base in _CONVERT_CHECKED_CLASSES or typing.is_typeddict(base):
             return None
@@ -156,7 +140,7 @@ def _instance_check_class(tp: Any) -> type[Any] | None:
     # A parameterised generic dataclass/Struct (Box[int]) cannot be used with isinstance,
     # but its origin can, which keeps the check as cheap as for a plain class.
     origin = typing.get_origin(base)
-    if _is_structured_class(origin):
+    if is_structured_class(origin):
         return cast("type[Any]", origin)
     return None
 
@@ -173,32 +157,47 @@ class Codec(Generic[T]):
     __slots__ = (
         "_decoder",
         "_instance_of",
+        "_json_only",
         "_model",
         "_prefix",
         "_strict_check",
+        "_unknown",
         "max_bytes",
+        "strict",
         "task",
         "type",
         "what",
     )
 
     def __init__(
-        self, tp: Any, *, task: str, what: str, max_bytes: int = DEFAULT_MAX_BYTES
+        self,
+        tp: Any,
+        *,
+        task: str,
+        what: str,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        strict: bool = False,
+        json_only: bool = False,
     ) -> None:
+        """`strict`: refuse object fields the declared classes do not have (payloads).
+        `json_only`: encode only plain JSON values (a task submitted by name)."""
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
             raise ConfigurationError(f"max_bytes must be a positive integer, got {max_bytes!r}")
         self.type: Any = tp  # as declared (the `object` rewrite below is for msgspec only)
         self.task = task
         self.what = what
         self.max_bytes = max_bytes
+        self.strict = strict
+        self._json_only = json_only
         self._prefix = f"task {task!r}: {what}"
         # All type analysis happens here so encode/decode stay a few microseconds.
-        tp = _object_as_any(tp)
-        base = _strip_annotated(tp)
-        self._model: Any = base if _is_pydantic_model(base) else None
+        tp = object_as_any(tp)
+        base = strip_annotated(tp)
+        self._model: Any = base if is_pydantic_model(base) else None
         skip = base is Any or base is object
         self._instance_of: type[Any] | None = None if skip else _instance_check_class(tp)
         self._strict_check = not skip and self._instance_of is None
+        self._unknown = unknown_fields_check(tp) if strict else None
         try:
             self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(tp, dec_hook=_dec_hook)
         except TypeError as exc:
@@ -219,6 +218,18 @@ class Codec(Generic[T]):
                 msgspec.convert(value, self.type, strict=True, builtin_types=_CONVERT_BUILTINS)
             except (msgspec.ValidationError, TypeError) as exc:
                 raise self._mismatch(value, exc) from exc
+            # Plain dicts where classes are declared: their keys are not checked by convert.
+            unknown = self._unknown(value, "$") if self._unknown is not None else None
+            if unknown is not None:
+                raise self._mismatch(value, None, f"{unknown}{STRICT_HINT}")
+        elif self._json_only:
+            problem = non_json(value)
+            if problem is not None:
+                raise _with_task(
+                    PayloadError(f"{self._prefix} submitted by name must be JSON: {problem}"),
+                    self.task,
+                    self.what,
+                )
         try:
             if self._model is not None:
                 data: bytes = value.model_dump_json().encode()
@@ -249,19 +260,30 @@ class Codec(Generic[T]):
             data = _stored_or_raise(data, self.task, self.what)
         if self._model is not None:
             try:
-                return cast("T", self._model.model_validate_json(data))
+                out = cast("T", self._model.model_validate_json(data))
             except ValueError as exc:
-                detail = _with_utf8(_describe_pydantic_error(exc), data)
-                raise self._undecodable(detail) from exc
-        try:
-            return cast("T", self._decoder.decode(data))
-        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
-            raise self._undecodable(_with_utf8(str(exc), data)) from exc
+                raise self._undecodable(_with_utf8(_describe_pydantic_error(exc), data)) from exc
+        else:
+            try:
+                out = cast("T", self._decoder.decode(data))
+            except msgspec.ValidationError as exc:
+                raise self._undecodable(_with_utf8(str(exc), data)) from exc
+            except msgspec.DecodeError as exc:
+                detail = json_syntax_error(data) or str(exc)
+                raise self._undecodable(_with_utf8(detail, data)) from exc
+        if self._unknown is not None:
+            # Only once the typed decode succeeded: the common case pays one more parse.
+            unknown = self._unknown(msgspec.json.decode(data), "$")
+            if unknown is not None:
+                raise self._undecodable(f"{unknown}{STRICT_HINT}")
+        return out
 
-    def _mismatch(self, value: Any, exc: Exception | None) -> PayloadError:
+    def _mismatch(
+        self, value: Any, exc: Exception | None, detail: str | None = None
+    ) -> PayloadError:
         message = f"{self._prefix} must be {describe_type(self.type)}, got {_describe_value(value)}"
-        if exc is not None:
-            message = f"{message}: {exc}"
+        if exc is not None or detail is not None:
+            message = f"{message}: {detail if detail is not None else exc}"
         return _with_task(PayloadError(message), self.task, self.what)
 
     def _undecodable(self, detail: str) -> PayloadError:
@@ -322,26 +344,6 @@ def decode_json(data: object, *, task: str, what: str) -> Any:
 
 def _describe_value(value: Any) -> str:
     return "None" if value is None else type(value).__name__
-
-
-def _object_as_any(tp: Any) -> Any:
-    """`object` means "any JSON value" here, but msgspec treats it as a custom class:
-    rewrite it to `Any`, also inside generics (`list[object]`, `dict[str, object]`)."""
-    if tp is object:
-        return Any
-    args = typing.get_args(tp)
-    origin = typing.get_origin(tp)
-    if not args or origin is None or origin is typing.Annotated or origin is typing.Literal:
-        return tp
-    new_args = tuple(_object_as_any(a) for a in args)
-    if new_args == args:
-        return tp
-    if origin is types.UnionType or origin is typing.Union:
-        return typing.Union[new_args]  # noqa: UP007 - built from a tuple of types
-    try:
-        return origin[new_args]
-    except TypeError:
-        return tp
 
 
 def describe_type(tp: Any) -> str:

@@ -9,6 +9,7 @@ from ._handle import TaskHandle
 from ._rows import Common, Opts, check_key, check_on_duplicate
 from ._runtime import Runtime
 from ._task import TaskDef
+from ._task import by_name as by_name_def
 from .errors import ConfigurationError
 from .store.contract.tasks import LeaseRef, OnDuplicate, TasksInsert
 
@@ -23,9 +24,17 @@ async def insert_tasks(
     on_duplicate: OnDuplicate = "skip",
     opts: Opts,
     fence: LeaseRef | None = None,
+    by_name: bool = False,
 ) -> list[TaskHandle[Any]]:
-    """Validate everything, then store the tasks in one transaction; their handles."""
-    tdef = rt.resolve_task(task)
+    """Validate everything, then store the tasks in one transaction; their handles.
+
+    With `by_name`, a task name no handler is registered for is stored as plain JSON with
+    the default options (see `_task.by_name`); otherwise it is `UnknownTask`.
+    """
+    if by_name and isinstance(task, str) and task not in rt.registry:
+        tdef = by_name_def(task, rt.max_payload_bytes)
+    else:
+        tdef = rt.resolve_task(task)
     check_on_duplicate(on_duplicate)
     common = Common.build(tdef, opts)
     for what, given in (("keys", keys), ("child keys", child_keys)):

@@ -15,7 +15,7 @@ from typing import Any
 from ._codec import Codec, inspect_handler
 from ._limits import RateLimit, check_budget_id, check_max_concurrency, check_rate_limit
 from ._retry import Retry, backoff_to_json
-from .errors import ConfigurationError
+from .errors import ConfigurationError, UnknownTask
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 
@@ -113,6 +113,7 @@ class TaskOptions:
     ttl: timedelta | None = None
     rate_limit: RateLimit | None = None
     budget: str | None = None
+    strict: bool = True  # refuse payload fields the payload's classes do not declare
 
     def build(
         self,
@@ -124,6 +125,7 @@ class TaskOptions:
         wants_context: bool,
         takes_payload: bool,
         max_payload_bytes: int,
+        json_only: bool = False,
     ) -> TaskDef:
         task_name = self.name or default_name
         if not isinstance(task_name, str) or not task_name or len(task_name) > 255:
@@ -138,7 +140,12 @@ class TaskOptions:
             name=task_name,
             fn=fn,
             payload=Codec(
-                payload_type, task=task_name, what="payload", max_bytes=max_payload_bytes
+                payload_type,
+                task=task_name,
+                what="payload",
+                max_bytes=max_payload_bytes,
+                strict=bool(self.strict),
+                json_only=json_only,
             ),
             result=Codec(result_type, task=task_name, what="result", max_bytes=max_payload_bytes),
             wants_context=wants_context,
@@ -169,4 +176,28 @@ def make_task_def(fn: Callable[..., Any], options: TaskOptions, max_payload_byte
         wants_context=sig.wants_context,
         takes_payload=_positional_count(fn) > 0,
         max_payload_bytes=max_payload_bytes,
+    )
+
+
+def by_name(name: str, max_payload_bytes: int) -> TaskDef:
+    """The definition a submit uses for a task name this app has no handler for.
+
+    Its payload and result are plain JSON, its options the defaults (queue "default",
+    `Retry()`, no timeout): the worker that registers the name decodes the payload.
+    """
+    if not isinstance(name, str) or not name or len(name) > 255:
+        raise ConfigurationError(f"bad task name {name!r}")
+
+    def not_here(*_: Any) -> Any:
+        raise UnknownTask(f"task {name!r} is not registered on this app")
+
+    return TaskOptions(name=name).build(
+        name,
+        not_here,
+        payload_type=Any,
+        result_type=Any,
+        wants_context=False,
+        takes_payload=True,
+        max_payload_bytes=max_payload_bytes,
+        json_only=True,
     )

@@ -319,6 +319,8 @@ task_id = handles[0].id  # failed
     "docs/howto/cli.md": Page(app=False),
     "docs/howto/testing.md": Page(app=False),
     "docs/howto/deploy.md": Page(app=False),
+    "docs/howto/submit-by-name.md": Page(app=False),
+    "docs/howto/cli-json.md": Page(),
     "docs/explanation/reaper.md": Page(app=False),
     "docs/howto/integrations.md": Page(app=False),
 }

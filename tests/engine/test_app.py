@@ -109,6 +109,7 @@ async def test_typed_submit_errors_store_nothing(app: fm.App) -> None:
 
     with pytest.raises(fm.PayloadError, match="AddArgs"):
         await app.submit(add, {"a": 1, "b": 2})
+    app.submit_unregistered = False  # by default an unregistered name is submitted by name
     with pytest.raises(fm.UnknownTask):
         await app.submit("nobody.registered.this", 1)
     other = fm.App("sqlite://:memory:")

@@ -17,6 +17,7 @@ import pytest
 from flowmill._states import State
 from flowmill.errors import LeaseLost
 from flowmill.store import open_store
+from flowmill.store.contract import Store
 from flowmill.store.contract.signals import FrameAppend
 from flowmill.store.contract.tasks import (
     ClaimedRow,
@@ -25,7 +26,6 @@ from flowmill.store.contract.tasks import (
     LeaseRef,
     LeasesExpired,
     LeasesRenew,
-    Store,
     TaskProgress,
     TaskWaitChildren,
 )

@@ -51,11 +51,17 @@ def migrate(url: UrlOpt = None) -> None:
 def demo(
     url: Annotated[
         str | None,
-        typer.Option(help="Store URL [default: a fresh sqlite:///flowmill-demo.db]"),
+        typer.Option(metavar="URL", help="Store URL [default: a fresh sqlite:///flowmill-demo.db]"),
     ] = None,
-    tasks: Annotated[int, typer.Option(min=1, max=100_000, help="How many fetch tasks")] = 200,
-    workers: Annotated[int, typer.Option(min=1, max=64, help="In-process workers")] = 2,
-    concurrency: Annotated[int, typer.Option(min=1, help="Attempts at once per worker")] = 32,
+    tasks: Annotated[
+        int, typer.Option(metavar="N", min=1, max=100_000, help="How many fetch tasks")
+    ] = 200,
+    workers: Annotated[
+        int, typer.Option(metavar="N", min=1, max=64, help="In-process workers")
+    ] = 2,
+    concurrency: Annotated[
+        int, typer.Option(metavar="N", min=1, help="Attempts at once per worker")
+    ] = 32,
     progress: Annotated[bool, typer.Option(help="Show a live progress bar")] = True,
     log_level: LogLevelOpt = "warning",
 ) -> None:
@@ -93,10 +99,10 @@ def demo(
 @cli.command()
 def serve(
     app_path: AppArg,
-    host: Annotated[str, typer.Option(help="Address to bind (keep it local by default)")] = (
-        "127.0.0.1"
-    ),
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port")] = 8765,
+    host: Annotated[
+        str, typer.Option(metavar="ADDRESS", help="Address to bind (keep it local by default)")
+    ] = ("127.0.0.1"),
+    port: Annotated[int, typer.Option(metavar="PORT", min=1, max=65535, help="Port")] = 8765,
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Serve POST /signals/{waitpoint_id} for MODULE:APP (webhooks, e-mail approvals)."""

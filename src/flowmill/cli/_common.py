@@ -24,7 +24,7 @@ from .._loader import load_app
 from .._logging import LogFormat
 from .._logging import setup as setup_log_output
 from .._states import State
-from ..errors import FlowmillError
+from ..errors import FlowmillError, StoreError
 
 T = TypeVar("T")
 
@@ -114,6 +114,13 @@ def make_app(url: str | None, app_path: str | None) -> App:
     return app
 
 
+def store_file(app: App) -> str | None:
+    """The absolute path of the app's SQLite file (None for another store)."""
+    if not app.store.capabilities.local_file or not app.url.startswith("sqlite:///"):
+        return None
+    return os.path.abspath(app.url.removeprefix("sqlite:///").split("?", 1)[0])
+
+
 async def require_store(app: App) -> None:
     """Refuse to read a local store file that holds no flowmill schema: opening it would
     create an empty database where a mistyped path was meant."""
@@ -124,12 +131,36 @@ async def require_store(app: App) -> None:
         )
 
 
+def explain_store_error(app: App, exc: StoreError) -> StoreError:
+    """A SQLite file the user cannot open or write: name it and say what to do."""
+    path = store_file(app)
+    text = str(exc)
+    if path is not None and "unable to open database file" in text:
+        return StoreError(
+            f"cannot open {path}: check that it and its directory exist and that this user "
+            "may read and write both"
+        )
+    if path is None or "readonly database" not in text:
+        return exc
+    name = os.path.basename(path)
+    return StoreError(
+        f"{path} is read-only for this user: flowmill writes to its database, and to "
+        f"{name}-wal and {name}-shm beside it, even to read it; make the file and its "
+        f"directory writable (e.g. chmod u+w {path}), or point --url at a writable copy"
+    )
+
+
 def run_on(app: App, work: Callable[[App], Awaitable[T]]) -> T:
     """Run `work(app)` on a fresh event loop, then close the app."""
 
     async def main() -> T:
         try:
             return await work(app)
+        except StoreError as exc:
+            better = explain_store_error(app, exc)
+            if better is exc:
+                raise
+            raise better from exc
         finally:
             await app.close()
 

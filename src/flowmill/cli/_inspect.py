@@ -25,13 +25,22 @@ from ._common import (
     to_json,
     when,
 )
-from ._root import AppOpt, IdArg, UrlOpt, cli, tasks_cli
+from ._json import print_json, status_json, task_json
+from ._root import AppOpt, IdArg, JsonOpt, UrlOpt, cli, tasks_cli
+
+LimitOpt = Annotated[int, typer.Option(metavar="N", min=1, max=10_000, help="At most this many")]
+AfterOpt = Annotated[
+    str | None, typer.Option(metavar="ID", help="Start after this task id (the next page)")
+]
 
 
 @cli.command()
-def status(url: UrlOpt = None, app_path: AppOpt = None) -> None:
+def status(url: UrlOpt = None, app_path: AppOpt = None, json_out: JsonOpt = False) -> None:
     """Task counts by queue and state, dead letters included; then every budget."""
     app, rows = on_store(url, app_path, lambda app: app.status())
+    if json_out:
+        print_json(status_json(rows))
+        return
     console = stdout_console()
     if not rows:
         console.print(f"no tasks in {app.url}")
@@ -80,22 +89,27 @@ def _print_budgets(console: Console, budgets: list[BudgetStatus]) -> None:
 @tasks_cli.command("list")
 def tasks_list(
     state: Annotated[
-        list[str] | None, typer.Option(help="Only these states (repeat, or comma-separate)")
+        list[str] | None,
+        typer.Option(metavar="STATE", help="Only these states (repeat, or comma-separate)"),
     ] = None,
-    queue: Annotated[str | None, typer.Option(help="Only this queue")] = None,
-    name: Annotated[str | None, typer.Option(help="Only this task name")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many")] = 50,
-    after: Annotated[str | None, typer.Option(help="Start after this task id")] = None,
+    queue: Annotated[str | None, typer.Option(metavar="NAME", help="Only this queue")] = None,
+    name: Annotated[str | None, typer.Option(metavar="NAME", help="Only this task name")] = None,
+    limit: LimitOpt = 50,
+    after: AfterOpt = None,
     url: UrlOpt = None,
     app_path: AppOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
-    """Tasks in submission order, filtered."""
+    """Tasks in submission order, filtered (the next page: --after the last id)."""
     states = parse_states(state)
     app, infos = on_store(
         url,
         app_path,
         lambda app: app.list_tasks(states=states, queue=queue, name=name, limit=limit, after=after),
     )
+    if json_out:
+        print_json([task_json(i) for i in infos])
+        return
     _print_tasks(infos, limit, f"tasks in {app.url}")
 
 
@@ -142,9 +156,14 @@ def _shown(value: object) -> str:
 
 
 @tasks_cli.command("show")
-def tasks_show(task_id: IdArg, url: UrlOpt = None, app_path: AppOpt = None) -> None:
+def tasks_show(
+    task_id: IdArg, url: UrlOpt = None, app_path: AppOpt = None, json_out: JsonOpt = False
+) -> None:
     """Every field of one task, its error with traceback, and its result."""
     _, info = on_store(url, app_path, lambda app: app.get(task_id))
+    if json_out:
+        print_json(task_json(info))
+        return
     console = stdout_console()
     table = new_table("field", "value", header=False)
     table.columns[0].style = "bold"
@@ -226,13 +245,17 @@ def replay(task_id: IdArg, url: UrlOpt = None, app_path: AppOpt = None) -> None:
 
 @cli.command("dead-letters")
 def dead_letters(
-    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many")] = 50,
-    after: Annotated[str | None, typer.Option(help="Start after this task id")] = None,
+    limit: LimitOpt = 50,
+    after: AfterOpt = None,
     url: UrlOpt = None,
     app_path: AppOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Tasks whose retries ran out, oldest first; `flowmill replay ID` runs one again."""
     app, infos = on_store(url, app_path, lambda app: app.dead_letters(limit=limit, after=after))
+    if json_out:
+        print_json([task_json(i) for i in infos])
+        return
     console = stdout_console()
     if not infos:
         console.print(f"no dead letters in {app.url}")

@@ -6,14 +6,14 @@ import logging
 import os
 import sys
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from .._app import App
 from .._loader import load_app
 from .._logging import LogFormat, mask_url
-from ..errors import StoreError, TaskFailed
+from ..errors import StoreError
 from ..worker._health import HealthServer
 from ..worker._lifecycle import ExitCode, StartHookFailed
 from ..worker._processes import supervise
@@ -24,7 +24,6 @@ from ._common import (
     run_on,
     seconds,
     setup_logging,
-    to_json,
 )
 from ._root import AppArg, LogLevelOpt, cli
 
@@ -217,48 +216,3 @@ def _child_args(argv: list[str]) -> list[str]:
             continue
         out.append(arg)
     return out
-
-
-@cli.command()
-def submit(
-    app_path: AppArg,
-    task_name: Annotated[str, typer.Argument(metavar="TASK_NAME", help="A registered task")],
-    payload: Annotated[
-        str | None, typer.Argument(metavar="PAYLOAD_JSON", help="The payload as JSON")
-    ] = None,
-    key: Annotated[str | None, typer.Option(help="Dedup key: one active task per key")] = None,
-    delay: Annotated[float | None, typer.Option(help="Run after this many seconds")] = None,
-    priority: Annotated[int | None, typer.Option(help="Higher runs first")] = None,
-    queue: Annotated[str | None, typer.Option(help="Queue [default: the task's]")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Wait for the result and print it")] = False,
-    timeout: Annotated[
-        float | None, typer.Option(help="With --wait: give up after this many seconds")
-    ] = None,
-) -> None:
-    """Submit one task and print its id (with --wait, then its result as JSON)."""
-    with one_line_errors():
-        app = load_app(app_path)
-        tdef = app.registry.get(task_name)
-        if tdef is None:
-            names = ", ".join(app.task_names()) or "none"
-            fail(f"no task named {task_name!r} in {app_path} (registered: {names})")
-        value = tdef.payload.decode((payload if payload is not None else "null").encode())
-
-        async def run(app: App) -> tuple[str, Any]:
-            h = await app.submit(
-                tdef, value, key=key, delay=seconds("--delay", delay), priority=priority,
-                queue=queue,
-            )  # fmt: skip
-            if not wait:
-                return h.id, None
-            print(h.id, flush=True)
-            return h.id, await h.result(timeout=seconds("--timeout", timeout))
-
-        try:
-            task_id, result = run_on(app, run)
-        except TaskFailed as exc:
-            fail(f"task {exc.task_id} ended {exc.state}: {exc.error_type}: {exc.message}")
-    if wait:
-        print(to_json(result))
-    else:
-        print(task_id)

@@ -43,8 +43,10 @@ def _duration(value: timedelta | None) -> str:
 def workflows_list(
     url: UrlOpt = None,
     app_path: AppOpt = None,
-    name: Annotated[str | None, typer.Option(help="Only runs of this workflow")] = None,
-    limit: Annotated[int, typer.Option(min=1, help="How many runs")] = 20,
+    name: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Only runs of this workflow")
+    ] = None,
+    limit: Annotated[int, typer.Option(metavar="N", min=1, help="How many runs")] = 20,
 ) -> None:
     """The newest workflow runs, with their nodes counted by state."""
     _, runs = on_store(url, app_path, lambda app: app.workflow_runs(name=name, limit=limit))
