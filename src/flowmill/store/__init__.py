@@ -43,8 +43,15 @@ def open_store(url: str, **options: Any) -> Store:
             ) from exc
         options.pop("synchronous", None)
         return PostgresStore(url, **options)
-    if scheme in ("redis", "rediss", "valkey"):
-        raise ConfigurationError("the Redis/Valkey backend is not available in this version")
+    if scheme in ("redis", "rediss", "valkey", "valkeys", "unix"):
+        try:
+            from .redis import RedisStore
+        except ImportError as exc:  # redis-py is an optional extra
+            raise ConfigurationError(
+                f"the Redis/Valkey backend needs redis-py: pip install 'flowmill[redis]' ({exc})"
+            ) from exc
+        options.pop("synchronous", None)
+        return RedisStore(url, **options)
     split = urlsplit(url)
     raise ConfigurationError(f"unknown store URL scheme {split.scheme!r} in {url!r}")
 

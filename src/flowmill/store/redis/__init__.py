@@ -1,0 +1,531 @@
+"""The Redis/Valkey store: one Functions library, one FCALL per transition, Streams for events.
+
+Keys live under `<prefix>{fm:0}:` (the hash tag keeps a partition in one cluster slot);
+see `flowmill.lua` for the layout. Time is the server's (`TIME` inside the functions)
+unless a caller passes `now_ms`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
+from importlib.resources import files
+from typing import Any, NoReturn
+
+import msgspec
+from redis import exceptions as rx
+from redis.asyncio import Redis
+
+from ..._states import State
+from ...errors import (
+    ConfigurationError,
+    DuplicateTask,
+    IllegalTransition,
+    InvalidParent,
+    LeaseLost,
+    StoreError,
+    TaskNotFound,
+)
+from .._common.serde import decode_error, encode_error
+from ..contract.tasks import (
+    ON_DUPLICATE_CHOICES,
+    CancelOutcome,
+    ChildrenPage,
+    ChildrenSummary,
+    ChildrenSummaryQuery,
+    ChildRow,
+    ClaimedRow,
+    CountRow,
+    ErrorGroup,
+    ErrorInfo,
+    Event,
+    EventsRead,
+    ExpiredLease,
+    FinishOutcome,
+    FinishStatus,
+    HookDone,
+    HookRow,
+    HooksClaim,
+    InsertOutcome,
+    InsertStatus,
+    LeasesExpired,
+    LeasesRenew,
+    RenewOutcome,
+    ResultRow,
+    TaskCancel,
+    TaskProgress,
+    TaskRecord,
+    TaskRetry,
+    TasksClaim,
+    TasksExpire,
+    TasksFinish,
+    TasksInsert,
+    TasksList,
+    TasksPromote,
+    TaskWaitChildren,
+)
+from . import _records as rec
+from ._conn import Durability, check_durability, guarded, parse_url, redact, translate
+from ._unsupported import UnsupportedMixin
+
+_SOURCE = files(__package__).joinpath("flowmill.lua").read_text()
+LIBRARY_VERSION = hashlib.sha256(_SOURCE.encode()).hexdigest()[:12]
+LIBRARY = _SOURCE.replace("__VERSION__", LIBRARY_VERSION)
+
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder()
+_RESULT_CHUNK = 500
+_WAKE_READ = 128
+
+
+def progress_detail(pct: float, message: str | None) -> str:
+    """The detail of a progress event: `progress 40%: loading`."""
+    return f"progress {pct:g}%" + (f": {message}" if message else "")
+
+
+class RedisStore(UnsupportedMixin):
+    """Tasks in Redis or Valkey, shared by every worker that reaches the server."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str | None = None,
+        durability: Durability | None = None,
+        max_connections: int | None = None,
+    ) -> None:
+        settings = parse_url(url, prefix, durability)
+        self.url = url
+        self.prefix = settings.prefix
+        self.durability: Durability = settings.durability
+        self._driver_url = settings.driver_url
+        self._max_connections = max_connections
+        # One partition for now: every key shares the hash tag {fm:0}.
+        self._k = f"{self.prefix}{{fm:0}}:"
+        self._client: Redis | None = None
+        self._waitaof = False
+        self._last: dict[str, bytes] = {}
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        where = f"cannot open {redact(self.url)}"
+        try:
+            client: Redis = Redis.from_url(
+                self._driver_url,
+                decode_responses=False,
+                max_connections=self._max_connections,
+                health_check_interval=30,
+            )
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"bad Redis URL {redact(self.url)}: {exc}") from exc
+        try:
+            await guarded(where, client.ping)
+            self._waitaof = await guarded(
+                where, lambda: check_durability(client, self.durability, self.url)
+            )
+            await guarded(where, lambda: self._load_library(client))
+        except BaseException:
+            await client.aclose()
+            raise
+        self._client = client
+
+    async def _load_library(self, client: Redis, *, force: bool = False) -> None:
+        """Load the Functions library unless this exact version is loaded already."""
+        if not force:
+            try:
+                loaded = await client.fcall("fm_version", 0)
+            except rx.ResponseError:
+                loaded = None
+            if loaded == LIBRARY_VERSION.encode():
+                return
+        await client.function_load(LIBRARY, replace=True)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def _c(self) -> Redis:
+        if self._client is None:
+            raise StoreError("the store is not open")
+        return self._client
+
+    async def _run(self, where: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """One plain command (a read); its reply as the driver gives it (bytes)."""
+        return await guarded(where, call)
+
+    async def _fcall(self, fn: str, params: dict[str, Any], blobs: Sequence[bytes] = ()) -> Any:
+        """One function call; on a library that is missing or stale, load ours and retry."""
+        client = self._c()
+        args = (_enc.encode(params), *blobs)
+        try:
+            return await client.fcall(fn, 1, self._k, *args)
+        except rx.ResponseError as exc:
+            if "function not found" not in str(exc).lower():
+                raise translate(exc, fn) from exc
+        except (rx.RedisError, OSError) as exc:
+            raise translate(exc, fn) from exc
+        try:
+            await self._load_library(client, force=True)
+            return await client.fcall(fn, 1, self._k, *args)
+        except (rx.RedisError, OSError) as exc:
+            raise translate(exc, fn) from exc
+
+    async def _call(self, fn: str, params: dict[str, Any], blobs: Sequence[bytes] = ()) -> Any:
+        """A function whose reply is one MessagePack map; its `err` raised as typed errors."""
+        out = _dec.decode(await self._fcall(fn, params, blobs))
+        if isinstance(out, dict) and "err" in out:
+            _raise(out)
+        return out
+
+    async def _fsync(self) -> None:
+        """With durability=fsync: wait until the write is in the AOF on disk."""
+        if self._waitaof:
+            client: Any = self._c()
+            await self._run("WAITAOF", lambda: client.execute_command("WAITAOF", 1, 0, 0))
+
+    async def now_ms(self) -> int:
+        secs, micros = await self._run("TIME", lambda: self._c().time())
+        return int(secs) * 1000 + int(micros) // 1000
+
+    # -- wake-ups --------------------------------------------------------------------
+
+    async def _wait(self, which: str, timeout_s: float) -> None:
+        client = self._c()
+        key = self._k + which
+        last = self._last.get(which)
+        if last is None or timeout_s <= 0:
+            # The first wait answers at once (it cannot know what it missed); both catch up.
+            newest = await self._run(which, lambda: client.xrevrange(key, count=1))
+            self._last[which] = newest[0][0] if newest else b"0-0"
+            return
+        block_ms = max(1, int(timeout_s * 1000))
+        if which == "ww":
+            block_ms = await self._until_due(block_ms)
+        got = await self._run(
+            which, lambda: client.xread({key: last}, count=_WAKE_READ, block=block_ms)
+        )
+        if got:
+            entries = got[0][1]
+            newest_id = entries[-1][0]
+            if newest_id > self._last.get(which, b""):
+                self._last[which] = newest_id
+
+    async def _until_due(self, block_ms: int) -> int:
+        """Delayed tasks wake a waiter at their due time: no longer than until the next one."""
+        client = self._c()
+        first = await self._run(
+            "due", lambda: client.zrange(self._k + "sch", 0, 0, withscores=True)
+        )
+        if not first:
+            return block_ms
+        now = await self.now_ms()
+        due = int(first[0][1])
+        return block_ms if due <= now else max(1, min(block_ms, due - now + 1))
+
+    async def wait_for_work(self, timeout_s: float) -> None:
+        await self._wait("ww", timeout_s)
+
+    async def wait_for_finish(self, timeout_s: float) -> None:
+        await self._wait("wf", timeout_s)
+
+    # -- submission and leases -------------------------------------------------------
+
+    async def tasks_insert(self, p: TasksInsert) -> list[InsertOutcome]:
+        if p.on_duplicate not in ON_DUPLICATE_CHOICES:
+            raise ConfigurationError(
+                f"on_duplicate must be one of {', '.join(ON_DUPLICATE_CHOICES)}, "
+                f"got {p.on_duplicate!r}"
+            )
+        if not p.tasks and p.fence is None:
+            return []
+        if p.workflow is not None or any(t.depends_on for t in p.tasks):
+            self._unsupported("task dependencies and workflows")
+        if any(t.condition is not None or t.workflow_id is not None for t in p.tasks):
+            self._unsupported("workflow conditions")
+        blobs = rec.Blobs()
+        params: dict[str, Any] = {
+            "tasks": [rec.new_task(t, blobs) for t in p.tasks],
+            "mode": p.on_duplicate,
+        }
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        if p.fence is not None:
+            params["fence"] = {"id": p.fence.task_id, "epoch": p.fence.epoch}
+        out = await self._call("fm_insert", params, blobs.items)
+        await self._fsync()
+        return [InsertOutcome(o[0], InsertStatus(o[1])) for o in out["out"]]
+
+    async def tasks_claim(self, p: TasksClaim) -> list[ClaimedRow]:
+        if p.limit <= 0 or not p.kinds or not p.queues:
+            return []
+        if p.limits:
+            self._unsupported("concurrency caps and rate limits")
+        params: dict[str, Any] = {
+            "worker": p.worker_id,
+            "queues": list(p.queues),
+            "kinds": list(p.kinds),
+            "limit": p.limit,
+            "ttl": p.lease_ttl_ms,
+        }
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        rows = await self._fcall("fm_claim", params)
+        return [rec.claimed_row(r) for r in rows]
+
+    async def leases_renew(self, p: LeasesRenew) -> list[RenewOutcome]:
+        if not p.leases:
+            return []
+        params: dict[str, Any] = {
+            "leases": [[ref.task_id, ref.epoch] for ref in p.leases],
+            "ttl": p.lease_ttl_ms,
+        }
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        out = await self._call("fm_renew", params)
+        return [
+            RenewOutcome(ref.task_id, bool(held), bool(cr), exp if held else None)
+            for ref, (held, cr, exp) in zip(p.leases, out["out"], strict=True)
+        ]
+
+    async def tasks_finish(self, p: TasksFinish) -> list[FinishOutcome]:
+        if not p.items:
+            return []
+        blobs = rec.Blobs()
+        items: list[dict[str, Any]] = []
+        for f in p.items:
+            item: dict[str, Any] = {"id": f.task_id, "epoch": f.epoch, "target": f.target.value}
+            if f.result is not None:
+                item["result"] = blobs.add(f.result)
+            if f.error is not None:
+                item["error"] = encode_error(f.error)
+                item["category"] = f.error.category
+            if f.delay_ms is not None:
+                item["delay"] = f.delay_ms
+            if f.run_at_ms is not None:
+                item["run_at"] = f.run_at_ms
+            if f.release:
+                item["release"] = True
+            if f.expired_lease:
+                item["expired"] = True
+            items.append(item)
+        params: dict[str, Any] = {"items": items}
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        out = await self._call("fm_finish", params, blobs.items)
+        await self._fsync()
+        return [
+            FinishOutcome(
+                o[0], FinishStatus(o[1]), State(o[2]) if len(o) > 2 and o[2] is not None else None
+            )
+            for o in out["out"]
+        ]
+
+    async def tasks_promote(self, p: TasksPromote) -> int:
+        n: int = (await self._call("fm_promote", _limit_now(p.limit, p.now_ms)))["n"]
+        return n
+
+    async def tasks_expire(self, p: TasksExpire) -> int:
+        n: int = (await self._call("fm_expire", _limit_now(p.limit, p.now_ms)))["n"]
+        return n
+
+    async def leases_expired(self, p: LeasesExpired) -> list[ExpiredLease]:
+        rows = await self._fcall("fm_leases_expired", _limit_now(p.limit, p.now_ms))
+        return [rec.expired_lease(r) for r in rows]
+
+    async def task_cancel(self, p: TaskCancel) -> CancelOutcome:
+        params: dict[str, Any] = {
+            "id": p.task_id,
+            "reason": p.reason,
+            "error": encode_error(ErrorInfo("Cancelled", p.reason, "cancelled")),
+        }
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        out = await self._call("fm_cancel", params)
+        return CancelOutcome(p.task_id, State(out["state"]), bool(out["requested"]))
+
+    async def task_retry(self, p: TaskRetry) -> State:
+        params: dict[str, Any] = {"id": p.task_id}
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        out = await self._call("fm_retry", params)
+        return State(out["state"])
+
+    async def task_progress(self, p: TaskProgress) -> None:
+        params: dict[str, Any] = {
+            "id": p.task_id,
+            "epoch": p.epoch,
+            "pct": repr(float(p.pct)),
+            "detail": progress_detail(p.pct, p.message),
+        }
+        if p.message is not None:
+            params["message"] = p.message
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        await self._call("fm_progress", params)
+
+    # -- parents and children --------------------------------------------------------
+
+    async def task_wait_children(self, p: TaskWaitChildren) -> State:
+        params: dict[str, Any] = {"id": p.task_id, "epoch": p.epoch, "memo": 2}
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        out = await self._call("fm_wait_children", params, [p.memo])
+        return State(out["state"])
+
+    async def children_page(self, p: ChildrenPage) -> list[ChildRow]:
+        if p.limit <= 0:
+            return []
+        params: dict[str, Any] = {"parent": p.parent_id, "after": p.after_seq, "limit": p.limit}
+        if p.kinds:
+            params["kinds"] = list(p.kinds)
+        if p.states:
+            params["states"] = [s.value for s in p.states]
+        rows = await self._fcall("fm_children_page", params)
+        return [
+            ChildRow(
+                int(seq),
+                cid.decode(),
+                kind.decode(),
+                State(st.decode()),
+                res,
+                decode_error(err),
+                int(att),
+            )
+            for seq, cid, kind, st, res, err, att in rows
+        ]
+
+    async def children_summary(self, p: ChildrenSummaryQuery) -> ChildrenSummary:
+        params = {"parent": p.parent_id, "top": p.top_errors, "examples": p.examples}
+        out = await self._call("fm_children_summary", params)
+        by_state = {State(k): int(v) for k, v in (out["by_state"] or {}).items()}
+        top = tuple(ErrorGroup(str(m), int(n), tuple(ids)) for m, n, ids in out["top"])
+        return ChildrenSummary(p.parent_id, int(out["total"]), by_state, top)
+
+    async def hooks_claim(self, p: HooksClaim) -> list[HookRow]:
+        if not p.kinds or p.limit <= 0:
+            return []
+        params: dict[str, Any] = {
+            "worker": p.worker_id,
+            "kinds": list(p.kinds),
+            "limit": p.limit,
+            "ttl": p.lease_ttl_ms,
+        }
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        rows = await self._fcall("fm_hooks_claim", params)
+        return [
+            HookRow(
+                i.decode(), k.decode(), h.decode(), pl, memo, State(st.decode()), int(e), int(a)
+            )
+            for i, k, h, pl, memo, st, e, a in rows
+        ]
+
+    async def hook_done(self, p: HookDone) -> None:
+        params: dict[str, Any] = {
+            "id": p.task_id,
+            "epoch": p.epoch,
+            "ok": p.ok,
+            "max_attempts": p.max_attempts,
+        }
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        await self._call("fm_hook_done", params)
+
+    # -- inspection ------------------------------------------------------------------
+
+    async def task_get(self, task_id: str) -> TaskRecord | None:
+        h = await self._run("task_get", lambda: self._c().hgetall(self._k + "t:" + task_id))
+        return rec.task_record(h) if h else None
+
+    async def tasks_list(self, p: TasksList) -> list[TaskRecord]:
+        if p.limit <= 0:
+            return []
+        params: dict[str, Any] = {"limit": p.limit}
+        if p.states:
+            params["states"] = [s.value for s in p.states]
+        if p.queue is not None:
+            params["queue"] = p.queue
+        if p.kind is not None:
+            params["kind"] = p.kind
+        if p.after_id is not None:
+            params["after"] = p.after_id
+        rows = await self._fcall("fm_list", params)
+        return [rec.task_record(rec.as_hash(r)) for r in rows]
+
+    async def tasks_count(self) -> list[CountRow]:
+        raw = await self._run("tasks_count", lambda: self._c().hgetall(self._k + "cnt"))
+        rows: list[CountRow] = []
+        for field, n in raw.items():
+            state, _, queue = field.partition(b"|")
+            if int(n) > 0:
+                rows.append(CountRow(queue.decode(), State(state.decode()), int(n)))
+        rows.sort(key=lambda c: (c.queue, c.state.value))
+        return rows
+
+    async def results_get(self, task_ids: Sequence[str]) -> list[ResultRow]:
+        ids = list(task_ids)
+        out: list[ResultRow] = []
+        client = self._c()
+        for i in range(0, len(ids), _RESULT_CHUNK):
+            chunk = ids[i : i + _RESULT_CHUNK]
+            pipe = client.pipeline(transaction=False)
+            for task_id in chunk:
+                pipe.hmget(self._k + "t:" + task_id, "res_state", "result", "res_error")
+            got = await self._run("results_get", pipe.execute)
+            for task_id, (state, result, error) in zip(chunk, got, strict=True):
+                if state is not None:
+                    out.append(
+                        ResultRow(task_id, State(state.decode()), result, decode_error(error))
+                    )
+        return out
+
+    async def events_read(self, p: EventsRead) -> list[Event]:
+        if p.limit <= 0:
+            return []
+        entries = await self._run(
+            "events_read",
+            lambda: self._c().xrange(self._k + "ev", min=str(p.after + 1), count=p.limit),
+        )
+        return [rec.event(entry_id, fields) for entry_id, fields in entries]
+
+    async def meta_get_or_set(self, key: str, value: str) -> str:
+        client = self._c()
+        meta = self._k + "meta"
+        await self._run("meta", lambda: client.hsetnx(meta, key, value))
+        stored = await self._run("meta", lambda: client.hget(meta, key))
+        return value if stored is None else stored.decode()
+
+
+def _limit_now(limit: int, now_ms: int | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": limit}
+    if now_ms is not None:
+        params["now"] = now_ms
+    return params
+
+
+def _raise(out: dict[str, Any]) -> NoReturn:
+    kind = out["err"]
+    if kind == "dup":
+        raise DuplicateTask(out["key"], out["id"])
+    if kind == "lease":
+        raise LeaseLost(out["id"], out["epoch"])
+    if kind == "parent":
+        raise InvalidParent(out["id"], out.get("state"))
+    if kind == "notfound":
+        raise TaskNotFound(out["id"])
+    if kind == "illegal":
+        raise IllegalTransition(out["from"], out["to"])
+    if kind == "exists":
+        raise StoreError(f"a task with id {out['id']!r} already exists")
+    if kind == "target":
+        raise StoreError(f"a running task cannot be finished as {out['target']}")
+    if kind == "when":
+        raise StoreError("a finish to scheduled needs delay_ms or run_at_ms")
+    raise StoreError(f"the Redis store refused the call: {out}")
+
+
+__all__ = ["LIBRARY_VERSION", "RedisStore"]

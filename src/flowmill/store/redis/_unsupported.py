@@ -1,0 +1,114 @@
+"""The operation groups the Redis store does not have yet: each says so with a typed error.
+
+Reads that can only find what the missing writes would have made answer truthfully (no
+waitpoints, no workflows, no budgets exist on this backend), so the worker's maintenance
+loop runs unchanged; every write of those groups raises `StoreError` naming the feature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NoReturn
+
+from ...errors import StoreError, UnknownBudget
+from ..contract.budgets import BudgetDefine, BudgetReset, BudgetRow, BudgetUsage, UsageReport
+from ..contract.dag import (
+    DepsReconcile,
+    UpstreamRow,
+    WorkflowCancel,
+    WorkflowGet,
+    WorkflowRecord,
+    WorkflowsList,
+)
+from ..contract.signals import (
+    DeliverOutcome,
+    FrameAppend,
+    FrameRef,
+    FramesPage,
+    FramesRead,
+    SignalDeliver,
+    SignalRow,
+    SuspendStatus,
+    SuspensionsExpire,
+    TaskSuspend,
+    WaitpointCreate,
+    WaitpointRow,
+)
+
+UNSUPPORTED = (
+    "waitpoints, signals, suspend and output frames",
+    "budgets, concurrency caps and rate limits",
+    "task dependencies and workflows",
+)
+
+
+class UnsupportedMixin:
+    """Signals, frames, budgets, limits and DAG operations: not in the Redis store yet."""
+
+    def _unsupported(self, feature: str) -> NoReturn:
+        raise StoreError(
+            f"the Redis/Valkey store does not support {feature} yet; "
+            "use SQLite or PostgreSQL for tasks that need them"
+        )
+
+    # -- signals, waitpoints, frames ------------------------------------------------------
+
+    async def waitpoint_create(self, p: WaitpointCreate) -> WaitpointRow:
+        self._unsupported("waitpoints")
+
+    async def waitpoint_get(self, waitpoint_id: str) -> WaitpointRow | None:
+        return None  # none can exist here
+
+    async def signal_deliver(self, p: SignalDeliver) -> DeliverOutcome:
+        self._unsupported("signals")
+
+    async def task_suspend(self, p: TaskSuspend) -> SuspendStatus:
+        self._unsupported("suspend")
+
+    async def suspensions_expire(self, p: SuspensionsExpire) -> int:
+        return 0  # no task can be suspended here
+
+    async def resume_signals(self, task_id: str) -> list[SignalRow]:
+        return []
+
+    async def frames_append(self, p: FrameAppend) -> FrameRef:
+        self._unsupported("output frames")
+
+    async def frames_read(self, p: FramesRead) -> FramesPage:
+        self._unsupported("output frames")
+
+    async def wait_for_frames(self, timeout_s: float) -> None:
+        self._unsupported("output frames")
+
+    # -- budgets ----------------------------------------------------------------------------
+
+    async def budget_define(self, p: BudgetDefine) -> BudgetRow:
+        self._unsupported("budgets")
+
+    async def budget_reset(self, p: BudgetReset) -> BudgetRow:
+        raise UnknownBudget(p.budget_id)
+
+    async def budget_report_usage(self, p: BudgetUsage) -> UsageReport:
+        self._unsupported("budgets")
+
+    async def budgets_get(
+        self, budget_ids: Sequence[str], now_ms: int | None = None
+    ) -> list[BudgetRow]:
+        return []  # none can be defined here
+
+    # -- dependencies and workflows ----------------------------------------------------------
+
+    async def upstream_get(self, task_id: str) -> list[UpstreamRow]:
+        return []  # no task can have dependencies here
+
+    async def workflow_get(self, p: WorkflowGet) -> WorkflowRecord | None:
+        return None
+
+    async def workflows_list(self, p: WorkflowsList) -> list[WorkflowRecord]:
+        return []
+
+    async def workflow_cancel(self, p: WorkflowCancel) -> int:
+        return 0  # no run has nodes here
+
+    async def deps_reconcile(self, p: DepsReconcile) -> int:
+        return 0

@@ -1,0 +1,899 @@
+#!lua name=flowmill
+-- flowmill's Redis/Valkey Functions library: every state transition is one FCALL.
+--
+-- KEYS[1] is the partition prefix (`<store prefix>{fm:N}:`); every key a function touches
+-- starts with it, so all of them share one hash slot and a function is atomic on a
+-- cluster too. ARGV[1] is a MessagePack map of the operation's parameters; every reply
+-- is one MessagePack blob. A missing `now` means the server's clock (TIME), the clock
+-- every lease, due time and TTL is judged by.
+
+local VERSION = '__VERSION__'
+
+local TERMINAL = {
+  completed = true, failed = true, dead_lettered = true,
+  cancelled = true, skipped = true, expired = true,
+}
+local FINISH_TARGETS = {
+  completed = true, failed = true, dead_lettered = true, cancelled = true,
+  scheduled = true, ready = true, suspended = true, waiting_children = true, skipped = true,
+}
+local CANCEL_SOURCES = {
+  scheduled = true, blocked = true, ready = true, running = true,
+  waiting_children = true, suspended = true,
+}
+local REPLACEABLE = { scheduled = true, ready = true, blocked = true }
+local CHILD_FAILURES = { failed = true, dead_lettered = true, expired = true }
+local PRIO = 1099511627776 -- 2^40: ready score = -priority * 2^40 + seq
+
+local TTL_ERROR = '{"type":"Expired","message":"the task was not started before its ttl ' ..
+  'ran out","category":"ttl","traceback":null}'
+local CANCELLED_ON_RETRY = '{"type":"Cancelled","message":"cancel was requested while the ' ..
+  'attempt ran; it ended asking for a retry","category":"cancelled","traceback":null}'
+local CANCEL_ON_WAIT = '{"type":"Cancelled","message":"cancel was requested while execute ' ..
+  'ran; its children are cancelled","category":"cancelled","traceback":null}'
+
+local function clock(v)
+  if v ~= nil then return v end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- cmsgpack is reachable when a function runs, not while the library loads
+local function reply(v) return cmsgpack.pack(v) end
+local function params(a) return cmsgpack.unpack(a) end
+
+-- keys ----------------------------------------------------------------------------------
+
+local function tkey(K, id) return K .. 't:' .. id end
+local function rkey(K, queue, kind) return K .. 'r:' .. #queue .. ':' .. queue .. kind end
+local function dfield(kind, key) return #kind .. ':' .. kind .. key end
+
+local function load(K, id)
+  local flat = redis.call('HGETALL', tkey(K, id))
+  if #flat == 0 then return nil end
+  local r = {}
+  for i = 1, #flat, 2 do r[flat[i]] = flat[i + 1] end
+  return r
+end
+
+local function set(K, id, fields)
+  -- fields: name -> value, or false to delete the field
+  local put, del = {}, {}
+  for k, v in pairs(fields) do
+    if v == false then del[#del + 1] = k else put[#put + 1] = k; put[#put + 1] = v end
+  end
+  if #put > 0 then redis.call('HSET', tkey(K, id), unpack(put)) end
+  if #del > 0 then redis.call('HDEL', tkey(K, id), unpack(del)) end
+end
+
+-- indexes: what a task's state puts it in --------------------------------------------
+
+local function unindex(K, id, r)
+  local s = r.state
+  if s == 'ready' then
+    redis.call('ZREM', rkey(K, r.queue, r.kind), id)
+  elseif s == 'scheduled' then
+    redis.call('ZREM', K .. 'sch', id)
+  elseif s == 'running' then
+    redis.call('ZREM', K .. 'ls', id)
+  end
+  local f = s .. '|' .. r.queue
+  if redis.call('HINCRBY', K .. 'cnt', f, -1) <= 0 then redis.call('HDEL', K .. 'cnt', f) end
+end
+
+local function index(K, id, r)
+  local s = r.state
+  if s == 'ready' then
+    local score = -tonumber(r.priority) * PRIO + tonumber(r.seq)
+    redis.call('ZADD', rkey(K, r.queue, r.kind), score, id)
+  elseif s == 'scheduled' then
+    redis.call('ZADD', K .. 'sch', r.run_at, id)
+  elseif s == 'running' then
+    redis.call('ZADD', K .. 'ls', r.lease_expires_at, id)
+  end
+  redis.call('HINCRBY', K .. 'cnt', s .. '|' .. r.queue, 1)
+end
+
+local function event(K, id, kind, state, at, detail)
+  local n = redis.call('INCR', K .. 'evn')
+  if detail then
+    redis.call('XADD', K .. 'ev', n .. '-1', 't', id, 'k', kind, 's', state, 'a', at, 'd', detail)
+  else
+    redis.call('XADD', K .. 'ev', n .. '-1', 't', id, 'k', kind, 's', state, 'a', at)
+  end
+end
+
+local woke = {}
+local function wake(K, which)
+  if woke[which] then return end
+  woke[which] = true
+  redis.call('XADD', K .. which, 'MAXLEN', '~', '64', '*', 'w', '1')
+end
+
+local function reset_wakes() woke = {} end
+
+-- endings shared by every path to a terminal state ---------------------------------------
+
+local children_ended -- forward
+local cancelled_tasks -- forward
+
+local function ended(K, id, r, state, result, err, now, quiet_parent)
+  -- the result row, the dedup key freed, the ttl index, the wake-up, the parent counted
+  set(K, id, {
+    res_state = state,
+    result = result or false,
+    res_error = err or false,
+  })
+  if r.dedup_key then
+    local f = dfield(r.kind, r.dedup_key)
+    if redis.call('HGET', K .. 'dd', f) == id then redis.call('HDEL', K .. 'dd', f) end
+  end
+  redis.call('ZREM', K .. 'ttl', id)
+  wake(K, 'wf')
+  if r.parent_id and not quiet_parent then
+    children_ended(K, r.parent_id, { { id, state } }, now)
+  end
+end
+
+local function hook_due(K, id, r)
+  if r.has_on_cancel == '1' then
+    set(K, id, { hook = 'on_cancel' })
+    redis.call('ZADD', K .. 'hk', r.seq, id)
+  end
+end
+
+-- a task that is not running ends now (cancel, fail_fast, ttl)
+local function end_waiting(K, id, r, state, err, now, detail, quiet_parent)
+  unindex(K, id, r)
+  r.state = state
+  set(K, id, {
+    state = state, error = err or false, updated_at = now, finished_at = now,
+    lease_owner = false, lease_expires_at = false,
+  })
+  index(K, id, r)
+  event(K, id, r.kind, state, now, detail)
+  ended(K, id, r, state, nil, err, now, quiet_parent)
+end
+
+-- children ---------------------------------------------------------------------------------
+
+local function error_message(err)
+  if not err then return nil end
+  local ok, e = pcall(cjson.decode, err)
+  if ok and type(e) == 'table' and type(e.message) == 'string' then return e.message end
+  return nil
+end
+
+local function child_failed_error(cid, state, err)
+  local msg = error_message(err)
+  local text = 'child ' .. cid .. ' ended ' .. state
+  if msg then text = text .. ': ' .. msg end
+  return cjson.encode({ type = 'ChildFailed', message = text, category = 'child_failed' })
+end
+
+-- the first child to fail (by end time, then spawn order), for a parent that waits late
+local function first_failure(K, parent_id)
+  local best, best_at, best_seq = nil, nil, nil
+  local kids = redis.call('ZRANGE', K .. 'ch:' .. parent_id, 0, -1, 'WITHSCORES')
+  for j = 1, #kids, 2 do
+    local c = redis.call('HMGET', tkey(K, kids[j]), 'state', 'error', 'finished_at')
+    if CHILD_FAILURES[c[1]] then
+      local at, seq = tonumber(c[3]) or 0, tonumber(kids[j + 1])
+      if not best or at < best_at or (at == best_at and seq < best_seq) then
+        best, best_at, best_seq = { kids[j], c[1], c[2] }, at, seq
+      end
+    end
+  end
+  if not best then
+    return '{"type":"ChildFailed","message":"a child task failed","category":"child_failed"}'
+  end
+  return child_failed_error(best[1], best[2], best[3])
+end
+
+local STOPPABLE = {
+  scheduled = true, blocked = true, ready = true, waiting_children = true, suspended = true,
+}
+
+-- cancel every task below `roots` that has not ended; running ones are asked to stop
+local function cancel_descendants(K, roots, reason, now)
+  local err = cjson.encode({ type = 'Cancelled', message = reason, category = 'cancelled' })
+  local stack = {}
+  for _, id in ipairs(roots) do stack[#stack + 1] = id end
+  while #stack > 0 do
+    local pid = table.remove(stack)
+    local kids = redis.call('ZRANGE', K .. 'ch:' .. pid, 0, -1)
+    local stopped = 0
+    for _, cid in ipairs(kids) do
+      local c = load(K, cid)
+      if c then
+        if tonumber(c.children_active or 0) > 0 then stack[#stack + 1] = cid end
+        if STOPPABLE[c.state] then
+          end_waiting(K, cid, c, 'cancelled', err, now, reason, true)
+          hook_due(K, cid, c)
+          stopped = stopped + 1
+        elseif c.state == 'running' then
+          set(K, cid, { cancel_requested = '1', updated_at = now })
+          wake(K, 'wf')
+        end
+      end
+    end
+    if stopped > 0 then redis.call('HINCRBY', tkey(K, pid), 'children_active', -stopped) end
+  end
+end
+
+cancelled_tasks = function(K, ids, reason, now)
+  for _, id in ipairs(ids) do
+    local v = redis.call('HMGET', tkey(K, id), 'has_on_cancel', 'seq')
+    hook_due(K, id, { has_on_cancel = v[1], seq = v[2] })
+  end
+  cancel_descendants(K, ids, reason, now)
+end
+
+local function fail_parent(K, id, r, err, now)
+  end_waiting(K, id, r, 'failed', err, now, 'child_failed')
+  hook_due(K, id, r)
+  cancel_descendants(K, { id }, 'parent ' .. id .. ' failed', now)
+end
+
+local function ready_for_finalize(K, id, r, now)
+  -- finalize gets an attempt budget of its own: execute's attempts are spent already
+  unindex(K, id, r)
+  r.state = 'ready'
+  set(K, id, { state = 'ready', phase = 'finalize', attempts = 0, updated_at = now })
+  index(K, id, r)
+  event(K, id, r.kind, 'ready', now, 'children done: finalize')
+  wake(K, 'ww')
+end
+
+children_ended = function(K, parent_id, kids, now)
+  local failed = {}
+  for _, k in ipairs(kids) do if CHILD_FAILURES[k[2]] then failed[#failed + 1] = k end end
+  local pk = tkey(K, parent_id)
+  if redis.call('EXISTS', pk) == 0 then return end
+  redis.call('HINCRBY', pk, 'children_active', -#kids)
+  if #failed > 0 then redis.call('HINCRBY', pk, 'children_failed', #failed) end
+  redis.call('HSET', pk, 'updated_at', now)
+  local p = load(K, parent_id)
+  if p.state ~= 'waiting_children' then return end -- still in execute, or ended
+  if #failed > 0 and p.fail_fast == '1' then
+    local first = failed[1]
+    local cerr = redis.call('HGET', tkey(K, first[1]), 'error')
+    fail_parent(K, parent_id, p, child_failed_error(first[1], first[2], cerr), now)
+  elseif tonumber(p.children_active) <= 0 then
+    ready_for_finalize(K, parent_id, p, now)
+  end
+end
+
+local function wait_children(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local id = p.id
+  local r = load(K, id)
+  if not r or r.state ~= 'running' or tonumber(r.lease_epoch) ~= p.epoch then
+    return reply({ err = 'lease', id = id, epoch = p.epoch })
+  end
+  set(K, id, {
+    memo = args[p.memo], lease_owner = false, lease_expires_at = false,
+    last_finish = 'waiting_children', updated_at = now,
+  })
+  if r.cancel_requested == '1' then
+    -- cancelled while execute ran: parking it would lose the request, so the cancel wins
+    end_waiting(K, id, r, 'cancelled', CANCEL_ON_WAIT, now, error_message(CANCEL_ON_WAIT))
+    hook_due(K, id, r)
+    cancel_descendants(K, { id }, error_message(CANCEL_ON_WAIT), now)
+    return reply({ state = 'cancelled' })
+  end
+  if tonumber(r.children_failed) > 0 and r.fail_fast == '1' then
+    fail_parent(K, id, r, first_failure(K, id), now)
+    return reply({ state = 'failed' })
+  end
+  local active = tonumber(r.children_active)
+  if active <= 0 then
+    ready_for_finalize(K, id, r, now)
+    return reply({ state = 'ready' })
+  end
+  unindex(K, id, r)
+  r.state = 'waiting_children'
+  set(K, id, { state = 'waiting_children', phase = 'finalize' })
+  index(K, id, r)
+  event(K, id, r.kind, 'waiting_children', now, active .. ' children')
+  return reply({ state = 'waiting_children' })
+end
+
+local function children_page(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local kinds, states = nil, nil
+  if p.kinds then kinds = {}; for _, k in ipairs(p.kinds) do kinds[k] = true end end
+  if p.states then states = {}; for _, s in ipairs(p.states) do states[s] = true end end
+  local out = {}
+  local after = '(' .. p.after
+  local chunk = math.max(p.limit, 100)
+  while #out < p.limit do
+    local page = redis.call('ZRANGEBYSCORE', K .. 'ch:' .. p.parent, after, '+inf',
+      'WITHSCORES', 'LIMIT', 0, chunk)
+    if #page == 0 then break end
+    for j = 1, #page, 2 do
+      local v = redis.call('HMGET', tkey(K, page[j]), 'kind', 'state', 'result', 'error',
+        'attempts')
+      if (not kinds or kinds[v[1]]) and (not states or states[v[2]]) then
+        out[#out + 1] = { tonumber(page[j + 1]), page[j], v[1], v[2], v[3], v[4],
+          tonumber(v[5]) }
+        if #out >= p.limit then break end
+      end
+      after = '(' .. page[j + 1]
+    end
+  end
+  return out
+end
+
+local function children_summary(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local by_state, groups, order = {}, {}, {}
+  local total = 0
+  local kids = redis.call('ZRANGE', K .. 'ch:' .. p.parent, 0, -1)
+  for _, cid in ipairs(kids) do
+    local v = redis.call('HMGET', tkey(K, cid), 'state', 'error')
+    if v[1] then
+      total = total + 1
+      by_state[v[1]] = (by_state[v[1]] or 0) + 1
+      if CHILD_FAILURES[v[1]] and v[2] then
+        local m = error_message(v[2]) or ''
+        local g = groups[m]
+        if not g then
+          g = { m, 0, {} }
+          groups[m] = g
+          order[#order + 1] = g
+        end
+        g[2] = g[2] + 1
+        if #g[3] < p.examples then g[3][#g[3] + 1] = cid end
+      end
+    end
+  end
+  table.sort(order, function(a, b)
+    if a[2] ~= b[2] then return a[2] > b[2] end
+    return a[1] < b[1]
+  end)
+  local top = {}
+  for i = 1, math.min(p.top, #order) do top[i] = order[i] end
+  return reply({ total = total, by_state = by_state, top = top })
+end
+
+local function hooks_claim(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local kinds = {}
+  for _, k in ipairs(p.kinds) do kinds[k] = true end
+  local out = {}
+  local ids = redis.call('ZRANGE', K .. 'hk', 0, -1)
+  for _, id in ipairs(ids) do
+    if #out >= p.limit then break end
+    local r = load(K, id)
+    if r and r.hook and kinds[r.kind]
+      and (not r.lease_expires_at or tonumber(r.lease_expires_at) < now) then
+      local epoch = tonumber(r.lease_epoch) + 1
+      local attempts = tonumber(r.hook_attempts or 0) + 1
+      set(K, id, {
+        lease_epoch = epoch, lease_owner = p.worker, lease_expires_at = now + p.ttl,
+        hook_attempts = attempts,
+      })
+      out[#out + 1] = { id, r.kind, r.hook, r.payload, r.memo or false, r.state, epoch, attempts }
+    end
+  end
+  return out
+end
+
+local function hook_done(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local v = redis.call('HMGET', tkey(K, p.id), 'lease_epoch', 'hook', 'hook_attempts')
+  if not v[2] or tonumber(v[1]) ~= p.epoch then
+    return reply({ err = 'lease', id = p.id, epoch = p.epoch })
+  end
+  local fields = { lease_owner = false, lease_expires_at = false, updated_at = now }
+  if p.ok or tonumber(v[3] or 0) >= p.max_attempts then
+    fields.hook = false
+    redis.call('ZREM', K .. 'hk', p.id)
+  end
+  set(K, p.id, fields)
+  return reply({})
+end
+
+-- insert -------------------------------------------------------------------------------------
+
+local function fence_ok(K, fence)
+  if not fence then return true end
+  local r = redis.call('HMGET', tkey(K, fence.id), 'state', 'lease_epoch')
+  return r[1] == 'running' and tonumber(r[2]) == fence.epoch
+end
+
+local function insert(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local mode = p.mode
+  if not fence_ok(K, p.fence) then
+    return reply({ err = 'lease', id = p.fence.id, epoch = p.fence.epoch })
+  end
+  local checked = {}
+  for _, t in ipairs(p.tasks) do
+    if t.parent and not checked[t.parent] then
+      checked[t.parent] = true
+      local st = redis.call('HGET', tkey(K, t.parent), 'state')
+      if not st or TERMINAL[st] then
+        return reply({ err = 'parent', id = t.parent, state = st or nil })
+      end
+    end
+  end
+  -- plan: nothing is written until the whole batch is known to go in
+  local outcomes, rows, replaced = {}, {}, {}
+  local batch_keys, child_keys, ids = {}, {}, {}
+  for i, t in ipairs(p.tasks) do
+    local run_at = t.run_at
+    if t.delay then run_at = now + t.delay end
+    local state = 'ready'
+    if run_at and run_at > now then state = 'scheduled' end
+    local expires = nil
+    if t.ttl then expires = now + t.ttl end
+    local row = { t = t, id = t.id, state = state, run_at = run_at, expires = expires }
+    local done = false
+    if t.child_key and t.parent then
+      local ck = #t.parent .. ':' .. t.parent .. t.child_key
+      local holder = child_keys[ck] or redis.call('HGET', K .. 'ck', ck)
+      if holder then
+        outcomes[i] = { holder, 'skipped' }
+        done = true
+      else
+        child_keys[ck] = t.id
+        row.ck = ck
+      end
+    end
+    if not done and t.key then
+      local f = dfield(t.kind, t.key)
+      local at = batch_keys[f]
+      if at then
+        local first = rows[at].id
+        if mode == 'reject' then return reply({ err = 'dup', key = t.key, id = first }) end
+        if mode == 'replace' then
+          row.id = first
+          row.ck = rows[at].ck
+          rows[at] = row
+          outcomes[i] = { first, 'replaced' }
+        else
+          outcomes[i] = { first, 'skipped' }
+        end
+        done = true
+      else
+        local holder = redis.call('HGET', K .. 'dd', f)
+        if holder then
+          if mode == 'reject' then return reply({ err = 'dup', key = t.key, id = holder }) end
+          local hstate = redis.call('HGET', tkey(K, holder), 'state')
+          if mode == 'replace' and REPLACEABLE[hstate] then
+            replaced[#replaced + 1] = { holder, row }
+            outcomes[i] = { holder, 'replaced' }
+          else
+            outcomes[i] = { holder, 'skipped' }
+          end
+          done = true
+        else
+          batch_keys[f] = #rows + 1
+          row.dkey = f
+        end
+      end
+    end
+    if not done then
+      if ids[t.id] or redis.call('EXISTS', tkey(K, t.id)) == 1 then
+        return reply({ err = 'exists', id = t.id })
+      end
+      ids[t.id] = true
+      rows[#rows + 1] = row
+      outcomes[i] = { t.id, 'inserted' }
+    end
+  end
+  -- apply
+  local any_ready = false
+  local grown = {}
+  for _, row in ipairs(rows) do
+    local t, id = row.t, row.id
+    local seq = redis.call('INCR', K .. 'seq')
+    local r = {
+      id = id, seq = seq, kind = t.kind, queue = t.queue, priority = t.priority,
+      state = row.state, phase = 'execute', attempts = 0, max_attempts = t.max_attempts,
+      payload = args[t.payload], retry_policy = args[t.retry_policy], lease_epoch = 0,
+      cancel_requested = '0', created_at = now, updated_at = now,
+      fail_fast = t.fail_fast and '1' or '0', has_on_cancel = t.has_on_cancel and '1' or '0',
+      children_active = 0, children_failed = 0, children_total = 0,
+      run_at = row.run_at or false, expires_at = row.expires or false,
+      dedup_key = t.key or false, parent_id = t.parent or false, tags = t.tags or false,
+      timeout_ms = t.timeout or false, child_key = t.child_key or false,
+      budget_id = t.budget or false,
+    }
+    set(K, id, r)
+    for k, v in pairs(r) do if v == false then r[k] = nil end end
+    redis.call('ZADD', K .. 'all', seq, id)
+    index(K, id, r)
+    if row.expires then redis.call('ZADD', K .. 'ttl', row.expires, id) end
+    if row.dkey then redis.call('HSET', K .. 'dd', row.dkey, id) end
+    if row.ck then redis.call('HSET', K .. 'ck', row.ck, id) end
+    if t.parent then
+      grown[t.parent] = (grown[t.parent] or 0) + 1
+      redis.call('ZADD', K .. 'ch:' .. t.parent, seq, id)
+    end
+    event(K, id, t.kind, row.state, now, nil)
+    any_ready = any_ready or row.state == 'ready'
+  end
+  for pid, n in pairs(grown) do
+    redis.call('HINCRBY', tkey(K, pid), 'children_active', n)
+    redis.call('HINCRBY', tkey(K, pid), 'children_total', n)
+    redis.call('HSET', tkey(K, pid), 'updated_at', now)
+  end
+  for _, rep in ipairs(replaced) do
+    local id, row = rep[1], rep[2]
+    local t = row.t
+    local r = load(K, id)
+    unindex(K, id, r)
+    local state = row.state
+    if r.state == 'blocked' then state = 'blocked' end
+    r.queue, r.priority, r.state, r.run_at = t.queue, t.priority, state, row.run_at
+    set(K, id, {
+      payload = args[t.payload], queue = t.queue, priority = t.priority, state = state,
+      tags = t.tags or false, max_attempts = t.max_attempts, retry_policy = args[t.retry_policy],
+      timeout_ms = t.timeout or false, run_at = row.run_at or false,
+      expires_at = row.expires or false, budget_id = t.budget or false, updated_at = now,
+    })
+    index(K, id, r)
+    if row.expires then
+      redis.call('ZADD', K .. 'ttl', row.expires, id)
+    else
+      redis.call('ZREM', K .. 'ttl', id)
+    end
+    event(K, id, t.kind, state, now, 'replaced')
+    any_ready = any_ready or state == 'ready'
+  end
+  if any_ready then wake(K, 'ww') end
+  return reply({ out = outcomes })
+end
+
+-- claim, renew, progress ------------------------------------------------------------------
+
+local function claimable(K, id, now)
+  local v = redis.call('HMGET', tkey(K, id), 'expires_at', 'started_at')
+  return (not v[1]) or tonumber(v[1]) > now or v[2]
+end
+
+local function claim(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local limit = p.limit
+  local cands = {}
+  for _, q in ipairs(p.queues) do
+    for _, k in ipairs(p.kinds) do
+      local key = rkey(K, q, k)
+      local offset, got = 0, 0
+      local chunk = math.max(limit, 16)
+      while got < limit do
+        local page = redis.call('ZRANGE', key, offset, offset + chunk - 1, 'WITHSCORES')
+        if #page == 0 then break end
+        for j = 1, #page, 2 do
+          if claimable(K, page[j], now) then
+            cands[#cands + 1] = { page[j], tonumber(page[j + 1]) }
+            got = got + 1
+            if got >= limit then break end
+          end
+        end
+        offset = offset + chunk
+      end
+    end
+  end
+  table.sort(cands, function(a, b) return a[2] < b[2] end)
+  local out = {}
+  local expires = now + p.ttl
+  for i = 1, math.min(limit, #cands) do
+    local id = cands[i][1]
+    local r = load(K, id)
+    unindex(K, id, r)
+    r.state = 'running'
+    r.lease_expires_at = expires
+    local attempts = tonumber(r.attempts) + 1
+    local epoch = tonumber(r.lease_epoch) + 1
+    set(K, id, {
+      state = 'running', attempts = attempts, lease_epoch = epoch, lease_owner = p.worker,
+      lease_expires_at = expires, cancel_requested = '0', last_finish = false,
+      started_at = now, updated_at = now,
+    })
+    index(K, id, r)
+    redis.call('ZREM', K .. 'ttl', id)
+    event(K, id, r.kind, 'running', now, p.worker)
+    out[#out + 1] = {
+      id, r.kind, r.queue, tonumber(r.priority), r.payload, r.phase, r.memo or false,
+      attempts, tonumber(r.max_attempts), r.retry_policy,
+      r.timeout_ms and tonumber(r.timeout_ms) or false, epoch, expires,
+      r.parent_id or false, r.condition or false, r.workflow_id or false,
+    }
+  end
+  return out
+end
+
+local function renew(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local expires = now + p.ttl
+  local out = {}
+  for i, l in ipairs(p.leases) do
+    local v = redis.call('HMGET', tkey(K, l[1]), 'state', 'lease_epoch', 'cancel_requested')
+    if v[1] == 'running' and tonumber(v[2]) == l[2] then
+      redis.call('HSET', tkey(K, l[1]), 'lease_expires_at', expires)
+      redis.call('ZADD', K .. 'ls', expires, l[1])
+      out[i] = { 1, v[3] == '1' and 1 or 0, expires }
+    else
+      out[i] = { 0, 0, -1 }
+    end
+  end
+  return reply({ out = out })
+end
+
+local function progress(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local v = redis.call('HMGET', tkey(K, p.id), 'state', 'lease_epoch', 'kind')
+  if v[1] ~= 'running' or tonumber(v[2]) ~= p.epoch then
+    return reply({ err = 'lease', id = p.id, epoch = p.epoch })
+  end
+  set(K, p.id, { progress_pct = p.pct, progress_message = p.message or false, updated_at = now })
+  event(K, p.id, v[3], 'running', now, p.detail)
+  return reply({})
+end
+
+-- finish -------------------------------------------------------------------------------------
+
+local function finish(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  for _, f in ipairs(p.items) do
+    if not FINISH_TARGETS[f.target] then
+      return reply({ err = 'target', target = f.target })
+    end
+    if f.target == 'scheduled' and not f.delay and not f.run_at then
+      return reply({ err = 'when' })
+    end
+  end
+  local out = {}
+  for i, f in ipairs(p.items) do
+    local id = f.id
+    local mark = f.target
+    if f.expired then mark = mark .. ':reaped' end
+    local r = load(K, id)
+    local ok = r and r.state == 'running' and tonumber(r.lease_epoch) == f.epoch
+    if ok and f.expired then ok = tonumber(r.lease_expires_at) < now end
+    if not ok then
+      if r and tonumber(r.lease_epoch) == f.epoch and r.last_finish == mark then
+        out[i] = { id, 'already', r.state }
+      else
+        out[i] = { id, 'lease_lost', r and r.state or nil }
+      end
+    else
+      local target = f.target
+      local run_at = nil
+      if target == 'scheduled' then
+        run_at = f.run_at
+        if f.delay then run_at = now + f.delay end
+      end
+      local err = f.error
+      local detail = f.category
+      unindex(K, id, r)
+      local fields = {
+        state = target, last_finish = mark, lease_owner = false, lease_expires_at = false,
+        run_at = run_at or false, updated_at = now,
+        finished_at = TERMINAL[target] and now or false,
+      }
+      if target == 'completed' then
+        fields.error = false
+      elseif err then
+        fields.error = err
+      end
+      if f.release then fields.attempts = tonumber(r.attempts) - 1 end
+      if r.cancel_requested == '1' and not TERMINAL[target] then
+        target, err, detail = 'cancelled', CANCELLED_ON_RETRY, 'cancel requested'
+        fields.state, fields.error, fields.run_at, fields.finished_at = target, err, false, now
+      end
+      r.state, r.run_at = target, run_at
+      set(K, id, fields)
+      index(K, id, r)
+      event(K, id, r.kind, target, now, detail)
+      if TERMINAL[target] then
+        ended(K, id, r, target, f.result and args[f.result], err, now)
+        if target == 'cancelled' then cancelled_tasks(K, { id }, 'parent cancelled', now) end
+      elseif target == 'ready' then
+        wake(K, 'ww')
+      end
+      out[i] = { id, 'applied', target }
+    end
+  end
+  return reply({ out = out })
+end
+
+-- maintenance --------------------------------------------------------------------------------
+
+local function promote(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local ids = redis.call('ZRANGEBYSCORE', K .. 'sch', '-inf', now, 'LIMIT', 0, p.limit)
+  for _, id in ipairs(ids) do
+    local r = load(K, id)
+    unindex(K, id, r)
+    r.state = 'ready'
+    set(K, id, { state = 'ready', updated_at = now })
+    index(K, id, r)
+    event(K, id, r.kind, 'ready', now, 'promoted')
+  end
+  if #ids > 0 then wake(K, 'ww') end
+  return reply({ n = #ids })
+end
+
+local function expire(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local due, stale = {}, {}
+  local offset, chunk = 0, math.max(p.limit, 64)
+  while #due < p.limit do
+    local ids = redis.call('ZRANGEBYSCORE', K .. 'ttl', '-inf', now, 'LIMIT', offset, chunk)
+    if #ids == 0 then break end
+    for _, id in ipairs(ids) do
+      local v = redis.call('HMGET', tkey(K, id), 'state', 'started_at')
+      if v[1] == 'ready' and not v[2] then
+        due[#due + 1] = id
+        if #due >= p.limit then break end
+      elseif v[1] ~= 'scheduled' and v[1] ~= 'blocked' then
+        stale[#stale + 1] = id
+      end
+    end
+    offset = offset + chunk
+  end
+  for _, id in ipairs(stale) do redis.call('ZREM', K .. 'ttl', id) end
+  for _, id in ipairs(due) do
+    end_waiting(K, id, load(K, id), 'expired', TTL_ERROR, now, 'ttl')
+  end
+  return reply({ n = #due })
+end
+
+local function leases_expired(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local ids = redis.call('ZRANGEBYSCORE', K .. 'ls', '-inf', '(' .. now, 'LIMIT', 0, p.limit)
+  local out = {}
+  for _, id in ipairs(ids) do
+    local v = redis.call('HMGET', tkey(K, id), 'kind', 'lease_epoch', 'attempts',
+      'max_attempts', 'retry_policy', 'lease_owner', 'cancel_requested')
+    out[#out + 1] = { id, v[1], tonumber(v[2]), tonumber(v[3]), tonumber(v[4]), v[5], v[6],
+      v[7] == '1' and 1 or 0 }
+  end
+  return out
+end
+
+-- operator ---------------------------------------------------------------------------------
+
+local function cancel(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local r = load(K, p.id)
+  if not r then return reply({ err = 'notfound', id = p.id }) end
+  if r.state == 'running' then
+    set(K, p.id, { cancel_requested = '1', updated_at = now })
+    wake(K, 'wf')
+    return reply({ state = 'running', requested = true })
+  end
+  if not CANCEL_SOURCES[r.state] then
+    return reply({ state = r.state, requested = false })
+  end
+  end_waiting(K, p.id, r, 'cancelled', p.error, now, p.reason)
+  cancelled_tasks(K, { p.id }, p.reason, now)
+  return reply({ state = 'cancelled', requested = false })
+end
+
+local function retry(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local r = load(K, p.id)
+  if not r then return reply({ err = 'notfound', id = p.id }) end
+  if r.state ~= 'failed' and r.state ~= 'dead_lettered' then
+    return reply({ err = 'illegal', from = r.state, to = 'ready' })
+  end
+  local f = nil
+  if r.dedup_key then
+    f = dfield(r.kind, r.dedup_key)
+    local holder = redis.call('HGET', K .. 'dd', f)
+    if holder and holder ~= p.id then
+      return reply({ err = 'dup', key = r.dedup_key, id = holder })
+    end
+  end
+  unindex(K, p.id, r)
+  r.state = 'ready'
+  set(K, p.id, {
+    state = 'ready', attempts = 0, error = false, finished_at = false, run_at = false,
+    last_finish = false, cancel_requested = '0', progress_pct = false,
+    progress_message = false, updated_at = now, res_state = false, result = false,
+    res_error = false,
+  })
+  index(K, p.id, r)
+  if f then redis.call('HSET', K .. 'dd', f, p.id) end
+  event(K, p.id, r.kind, 'ready', now, 'operator retry')
+  wake(K, 'ww')
+  return reply({ state = 'ready' })
+end
+
+-- inspection -------------------------------------------------------------------------------
+
+local function list(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local after = '-inf'
+  if p.after then
+    local s = redis.call('ZSCORE', K .. 'all', p.after)
+    if not s then return {} end
+    after = '(' .. s
+  end
+  local states = nil
+  if p.states then
+    states = {}
+    for _, s in ipairs(p.states) do states[s] = true end
+  end
+  local out = {}
+  local chunk = math.max(p.limit, 100)
+  while #out < p.limit do
+    local page = redis.call('ZRANGEBYSCORE', K .. 'all', after, '+inf', 'WITHSCORES',
+      'LIMIT', 0, chunk)
+    if #page == 0 then break end
+    for j = 1, #page, 2 do
+      local id = page[j]
+      local v = redis.call('HMGET', tkey(K, id), 'state', 'queue', 'kind')
+      if (not states or states[v[1]]) and (not p.queue or p.queue == v[2])
+        and (not p.kind or p.kind == v[3]) then
+        out[#out + 1] = redis.call('HGETALL', tkey(K, id))
+        if #out >= p.limit then break end
+      end
+      after = '(' .. page[j + 1]
+    end
+  end
+  return out
+end
+
+local function version() return VERSION end
+
+redis.register_function('fm_version', version)
+redis.register_function('fm_insert', insert)
+redis.register_function('fm_claim', claim)
+redis.register_function('fm_renew', renew)
+redis.register_function('fm_progress', progress)
+redis.register_function('fm_finish', finish)
+redis.register_function('fm_promote', promote)
+redis.register_function('fm_expire', expire)
+redis.register_function('fm_leases_expired', leases_expired)
+redis.register_function('fm_cancel', cancel)
+redis.register_function('fm_retry', retry)
+redis.register_function('fm_list', list)
+redis.register_function('fm_wait_children', wait_children)
+redis.register_function('fm_children_page', children_page)
+redis.register_function('fm_children_summary', children_summary)
+redis.register_function('fm_hooks_claim', hooks_claim)
+redis.register_function('fm_hook_done', hook_done)
