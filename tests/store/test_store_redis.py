@@ -10,6 +10,7 @@ import pytest
 
 from flowmill.errors import StoreUnavailable
 from flowmill.store.redis import RedisStore
+from flowmill.testing.conformance.budgets import LimitConformance
 from flowmill.testing.conformance.children import ChildrenConformance
 from flowmill.testing.conformance.claim import (
     ClaimConformance,
@@ -74,6 +75,7 @@ class TestRedisStore(
     ClockConformance,
     WalkConformance,
     ChildrenConformance,
+    LimitConformance,
 ):
     @pytest.fixture
     def store(self, redis_store: RedisStore) -> RedisStore:

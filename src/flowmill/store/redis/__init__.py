@@ -26,7 +26,9 @@ from ...errors import (
     StoreError,
     TaskNotFound,
 )
+from .._common.budget_rules import check_claim_limit
 from .._common.serde import decode_error, encode_error
+from ..contract.budgets import ClaimedRows, ClaimLimit
 from ..contract.tasks import (
     ON_DUPLICATE_CHOICES,
     CancelOutcome,
@@ -262,8 +264,8 @@ class RedisStore(UnsupportedMixin):
     async def tasks_claim(self, p: TasksClaim) -> list[ClaimedRow]:
         if p.limit <= 0 or not p.kinds or not p.queues:
             return []
-        if p.limits:
-            self._unsupported("concurrency caps and rate limits")
+        for limit in p.limits:
+            check_claim_limit(limit)
         params: dict[str, Any] = {
             "worker": p.worker_id,
             "queues": list(p.queues),
@@ -271,10 +273,18 @@ class RedisStore(UnsupportedMixin):
             "limit": p.limit,
             "ttl": p.lease_ttl_ms,
         }
+        if p.limits:
+            params["limits"] = [_limit(x) for x in p.limits]
         if p.now_ms is not None:
             params["now"] = p.now_ms
-        rows = await self._fcall("fm_claim", params)
-        return [rec.claimed_row(r) for r in rows]
+        rows, retry_in, held = await self._fcall("fm_claim", params)
+        claimed = [rec.claimed_row(r) for r in rows]
+        if not p.limits:
+            return claimed
+        out = ClaimedRows(claimed)
+        out.retry_in_ms = None if retry_in is None else int(retry_in)
+        out.held_by_running = bool(held)
+        return out
 
     async def leases_renew(self, p: LeasesRenew) -> list[RenewOutcome]:
         if not p.leases:
@@ -498,6 +508,17 @@ class RedisStore(UnsupportedMixin):
         await self._run("meta", lambda: client.hsetnx(meta, key, value))
         stored = await self._run("meta", lambda: client.hget(meta, key))
         return value if stored is None else stored.decode()
+
+
+def _limit(x: ClaimLimit) -> dict[str, Any]:
+    d: dict[str, Any] = {"scope": x.scope, "name": x.name}
+    if x.per_second is not None:
+        d["per_second"] = float(x.per_second)
+    if x.burst is not None:
+        d["burst"] = x.burst
+    if x.max_running is not None:
+        d["max_running"] = x.max_running
+    return d
 
 
 def _limit_now(limit: int, now_ms: int | None) -> dict[str, Any]:

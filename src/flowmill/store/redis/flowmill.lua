@@ -76,6 +76,8 @@ local function unindex(K, id, r)
     redis.call('ZREM', K .. 'sch', id)
   elseif s == 'running' then
     redis.call('ZREM', K .. 'ls', id)
+    redis.call('HINCRBY', K .. 'run', 'kind|' .. r.kind, -1)
+    redis.call('HINCRBY', K .. 'run', 'queue|' .. r.queue, -1)
   end
   local f = s .. '|' .. r.queue
   if redis.call('HINCRBY', K .. 'cnt', f, -1) <= 0 then redis.call('HDEL', K .. 'cnt', f) end
@@ -90,6 +92,8 @@ local function index(K, id, r)
     redis.call('ZADD', K .. 'sch', r.run_at, id)
   elseif s == 'running' then
     redis.call('ZADD', K .. 'ls', r.lease_expires_at, id)
+    redis.call('HINCRBY', K .. 'run', 'kind|' .. r.kind, 1)
+    redis.call('HINCRBY', K .. 'run', 'queue|' .. r.queue, 1)
   end
   redis.call('HINCRBY', K .. 'cnt', s .. '|' .. r.queue, 1)
 end
@@ -562,6 +566,47 @@ end
 
 -- claim, renew, progress ------------------------------------------------------------------
 
+-- concurrency caps and rate limits: running counts per kind/queue, token buckets
+local function build_slots(K, limits, now)
+  local slots = {}
+  for _, l in ipairs(limits or {}) do
+    local key = l.scope .. '|' .. l.name
+    local s = { limit = l, running = tonumber(redis.call('HGET', K .. 'run', key) or 0) }
+    if l.per_second then
+      local burst = l.burst or math.max(1, math.ceil(l.per_second))
+      local tokens, at = burst, now
+      local v = redis.call('HGET', K .. 'tb', key)
+      if v then
+        local a, b = string.match(v, '^([^:]+):(.+)$')
+        tokens, at = tonumber(a), tonumber(b)
+      end
+      s.tokens = math.min(burst, tokens + math.max(0, now - at) * l.per_second / 1000)
+      s.refilled_at = math.max(at, now)
+    end
+    slots[key] = s
+  end
+  return slots
+end
+
+local function room(s)
+  local out = math.huge
+  if s.limit.max_running then out = math.min(out, s.limit.max_running - s.running) end
+  if s.tokens then out = math.min(out, math.floor(s.tokens + 1e-9)) end
+  return out
+end
+
+local function slot_take(slots, kind, queue)
+  local a, b = slots['kind|' .. kind], slots['queue|' .. queue]
+  if (a and room(a) <= 0) or (b and room(b) <= 0) then return false end
+  for _, s in ipairs({ a or false, b or false }) do
+    if s then
+      s.running = s.running + 1
+      if s.tokens then s.tokens = s.tokens - 1 end
+    end
+  end
+  return true
+end
+
 local function claimable(K, id, now)
   local v = redis.call('HMGET', tkey(K, id), 'expires_at', 'started_at')
   return (not v[1]) or tonumber(v[1]) > now or v[2]
@@ -573,18 +618,22 @@ local function claim(keys, args)
   local p = params(args[1])
   local now = clock(p.now)
   local limit = p.limit
+  local slots = build_slots(K, p.limits, now)
   local cands = {}
   for _, q in ipairs(p.queues) do
+    local qs = slots['queue|' .. q]
     for _, k in ipairs(p.kinds) do
+      local ks = slots['kind|' .. k]
       local key = rkey(K, q, k)
       local offset, got = 0, 0
       local chunk = math.max(limit, 16)
+      if (qs and room(qs) <= 0) or (ks and room(ks) <= 0) then got = limit end
       while got < limit do
         local page = redis.call('ZRANGE', key, offset, offset + chunk - 1, 'WITHSCORES')
         if #page == 0 then break end
         for j = 1, #page, 2 do
           if claimable(K, page[j], now) then
-            cands[#cands + 1] = { page[j], tonumber(page[j + 1]) }
+            cands[#cands + 1] = { page[j], tonumber(page[j + 1]), q, k }
             got = got + 1
             if got >= limit then break end
           end
@@ -594,10 +643,14 @@ local function claim(keys, args)
     end
   end
   table.sort(cands, function(a, b) return a[2] < b[2] end)
+  local chosen = {}
+  for _, c in ipairs(cands) do
+    if #chosen >= limit then break end
+    if slot_take(slots, c[4], c[3]) then chosen[#chosen + 1] = c[1] end
+  end
   local out = {}
   local expires = now + p.ttl
-  for i = 1, math.min(limit, #cands) do
-    local id = cands[i][1]
+  for _, id in ipairs(chosen) do
     local r = load(K, id)
     unindex(K, id, r)
     r.state = 'running'
@@ -619,7 +672,20 @@ local function claim(keys, args)
       r.parent_id or false, r.condition or false, r.workflow_id or false,
     }
   end
-  return out
+  local retry_in, held = false, 0
+  for key, s in pairs(slots) do
+    if s.tokens then
+      redis.call('HSET', K .. 'tb', key, string.format('%.17g:%d', s.tokens, s.refilled_at))
+    end
+    if #out < limit then
+      if s.tokens and s.tokens < 1 - 1e-9 then
+        local w = math.max(1, math.ceil((1 - s.tokens) * 1000 / s.limit.per_second))
+        if not retry_in or w < retry_in then retry_in = w end
+      end
+      if s.limit.max_running and s.running >= s.limit.max_running then held = 1 end
+    end
+  end
+  return { out, retry_in, held }
 end
 
 local function renew(keys, args)
