@@ -7,10 +7,11 @@ unless a caller passes `now_ms`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from importlib.resources import files
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import msgspec
 from redis import exceptions as rx
@@ -74,6 +75,7 @@ _SOURCE = files(__package__).joinpath("flowmill.lua").read_text()
 LIBRARY_VERSION = hashlib.sha256(_SOURCE.encode()).hexdigest()[:12]
 LIBRARY = _SOURCE.replace("__VERSION__", LIBRARY_VERSION)
 
+T = TypeVar("T")
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
 _RESULT_CHUNK = 500
@@ -105,6 +107,9 @@ class RedisStore(UnsupportedMixin):
         # One partition for now: every key shares the hash tag {fm:0}.
         self._k = f"{self.prefix}{{fm:0}}:"
         self._client: Redis | None = None
+        # Blocking reads (XREAD BLOCK) get a client without a socket timeout of their own:
+        # the block is the timeout, and keepalives notice a dead peer.
+        self._blocking: Redis | None = None
         self._waitaof = False
         self._last: dict[str, bytes] = {}
 
@@ -133,6 +138,14 @@ class RedisStore(UnsupportedMixin):
             await client.aclose()
             raise
         self._client = client
+        self._blocking = Redis.from_url(
+            self._driver_url,
+            decode_responses=False,
+            max_connections=self._max_connections,
+            socket_timeout=None,
+            socket_keepalive=True,
+            health_check_interval=30,
+        )
 
     async def _load_library(self, client: Redis, *, force: bool = False) -> None:
         """Load the Functions library unless this exact version is loaded already."""
@@ -147,8 +160,10 @@ class RedisStore(UnsupportedMixin):
 
     async def close(self) -> None:
         client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        blocking, self._blocking = self._blocking, None
+        for c in (blocking, client):
+            if c is not None:
+                await c.aclose()
 
     def _c(self) -> Redis:
         if self._client is None:
@@ -207,8 +222,10 @@ class RedisStore(UnsupportedMixin):
         block_ms = max(1, int(timeout_s * 1000))
         if which == "ww":
             block_ms = await self._until_due(block_ms)
+        blocking = self._blocking
+        assert blocking is not None
         got = await self._run(
-            which, lambda: client.xread({key: last}, count=_WAKE_READ, block=block_ms)
+            which, lambda: blocking.xread({key: last}, count=_WAKE_READ, block=block_ms)
         )
         if got:
             entries = got[0][1]
@@ -229,10 +246,10 @@ class RedisStore(UnsupportedMixin):
         return block_ms if due <= now else max(1, min(block_ms, due - now + 1))
 
     async def wait_for_work(self, timeout_s: float) -> None:
-        await self._wait("ww", timeout_s)
+        await _cancellable(self._wait("ww", timeout_s))
 
     async def wait_for_finish(self, timeout_s: float) -> None:
-        await self._wait("wf", timeout_s)
+        await _cancellable(self._wait("wf", timeout_s))
 
     # -- submission and leases -------------------------------------------------------
 
@@ -508,6 +525,28 @@ class RedisStore(UnsupportedMixin):
         await self._run("meta", lambda: client.hsetnx(meta, key, value))
         stored = await self._run("meta", lambda: client.hget(meta, key))
         return value if stored is None else stored.decode()
+
+
+async def _cancellable(call: Awaitable[T]) -> T:
+    """Await a blocking read so that cancelling the caller always ends the wait.
+
+    The driver may turn a cancel that races its own read timeout into a timeout error,
+    and a waiter loop would then wait again instead of stopping; the read runs in a task
+    of its own here, and the caller's cancel is raised at once.
+    """
+    inner = asyncio.ensure_future(call)
+    try:
+        await asyncio.wait({inner})
+    except asyncio.CancelledError:
+        inner.cancel()
+        inner.add_done_callback(_retrieve)
+        raise
+    return inner.result()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _limit(x: ClaimLimit) -> dict[str, Any]:
