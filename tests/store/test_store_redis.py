@@ -24,6 +24,7 @@ from flowmill.testing.conformance.ops import (
     MaintenanceConformance,
     OperatorConformance,
 )
+from flowmill.testing.conformance.signals import SignalsConformance
 from flowmill.testing.conformance.suite import assert_history_legal
 from flowmill.testing.conformance.wake import ClockConformance, WakeConformance
 from flowmill.testing.conformance.walk import WalkConformance
@@ -76,6 +77,7 @@ class TestRedisStore(
     WalkConformance,
     ChildrenConformance,
     LimitConformance,
+    SignalsConformance,
 ):
     @pytest.fixture
     def store(self, redis_store: RedisStore) -> RedisStore:

@@ -15,7 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 import msgspec
 from redis import exceptions as rx
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from ..._states import State
 from ...errors import (
@@ -69,6 +69,7 @@ from ..contract.tasks import (
 )
 from . import _records as rec
 from ._conn import Durability, check_durability, guarded, parse_url, redact, translate
+from ._signals import RedisSignalsMixin
 from ._unsupported import UnsupportedMixin
 
 _SOURCE = files(__package__).joinpath("flowmill.lua").read_text()
@@ -87,7 +88,7 @@ def progress_detail(pct: float, message: str | None) -> str:
     return f"progress {pct:g}%" + (f": {message}" if message else "")
 
 
-class RedisStore(UnsupportedMixin):
+class RedisStore(RedisSignalsMixin, UnsupportedMixin):
     """Tasks in Redis or Valkey, shared by every worker that reaches the server."""
 
     def __init__(
@@ -96,7 +97,7 @@ class RedisStore(UnsupportedMixin):
         *,
         prefix: str | None = None,
         durability: Durability | None = None,
-        max_connections: int | None = None,
+        max_connections: int = 64,
     ) -> None:
         settings = parse_url(url, prefix, durability)
         self.url = url
@@ -120,12 +121,7 @@ class RedisStore(UnsupportedMixin):
             return
         where = f"cannot open {redact(self.url)}"
         try:
-            client: Redis = Redis.from_url(
-                self._driver_url,
-                decode_responses=False,
-                max_connections=self._max_connections,
-                health_check_interval=30,
-            )
+            client = self._connect()
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"bad Redis URL {redact(self.url)}: {exc}") from exc
         try:
@@ -138,14 +134,18 @@ class RedisStore(UnsupportedMixin):
             await client.aclose()
             raise
         self._client = client
-        self._blocking = Redis.from_url(
+        self._blocking = self._connect(socket_timeout=None, socket_keepalive=True)
+
+    def _connect(self, **options: Any) -> Redis:
+        """A client whose pool makes callers wait for a free connection (never refuses)."""
+        pool = BlockingConnectionPool.from_url(
             self._driver_url,
-            decode_responses=False,
             max_connections=self._max_connections,
-            socket_timeout=None,
-            socket_keepalive=True,
+            timeout=None,
             health_check_interval=30,
+            **options,
         )
+        return Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
 
     async def _load_library(self, client: Redis, *, force: bool = False) -> None:
         """Load the Functions library unless this exact version is loaded already."""
@@ -244,6 +244,9 @@ class RedisStore(UnsupportedMixin):
         now = await self.now_ms()
         due = int(first[0][1])
         return block_ms if due <= now else max(1, min(block_ms, due - now + 1))
+
+    async def _wait_cancellable(self, which: str, timeout_s: float) -> None:
+        await _cancellable(self._wait(which, timeout_s))
 
     async def wait_for_work(self, timeout_s: float) -> None:
         await _cancellable(self._wait("ww", timeout_s))

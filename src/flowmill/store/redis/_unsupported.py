@@ -1,7 +1,7 @@
 """The operation groups the Redis store does not have yet: each says so with a typed error.
 
 Reads that can only find what the missing writes would have made answer truthfully (no
-waitpoints, no workflows, no budgets exist on this backend), so the worker's maintenance
+workflows and no budgets exist on this backend), so the worker's maintenance
 loop runs unchanged; every write of those groups raises `StoreError` naming the feature.
 """
 
@@ -20,65 +20,18 @@ from ..contract.dag import (
     WorkflowRecord,
     WorkflowsList,
 )
-from ..contract.signals import (
-    DeliverOutcome,
-    FrameAppend,
-    FrameRef,
-    FramesPage,
-    FramesRead,
-    SignalDeliver,
-    SignalRow,
-    SuspendStatus,
-    SuspensionsExpire,
-    TaskSuspend,
-    WaitpointCreate,
-    WaitpointRow,
-)
 
-UNSUPPORTED = (
-    "waitpoints, signals, suspend and output frames",
-    "budgets, concurrency caps and rate limits",
-    "task dependencies and workflows",
-)
+UNSUPPORTED = ("budgets", "task dependencies and workflows")
 
 
 class UnsupportedMixin:
-    """Signals, frames, budgets, limits and DAG operations: not in the Redis store yet."""
+    """Budget and DAG operations: not in the Redis store yet."""
 
     def _unsupported(self, feature: str) -> NoReturn:
         raise StoreError(
             f"the Redis/Valkey store does not support {feature} yet; "
             "use SQLite or PostgreSQL for tasks that need them"
         )
-
-    # -- signals, waitpoints, frames ------------------------------------------------------
-
-    async def waitpoint_create(self, p: WaitpointCreate) -> WaitpointRow:
-        self._unsupported("waitpoints")
-
-    async def waitpoint_get(self, waitpoint_id: str) -> WaitpointRow | None:
-        return None  # none can exist here
-
-    async def signal_deliver(self, p: SignalDeliver) -> DeliverOutcome:
-        self._unsupported("signals")
-
-    async def task_suspend(self, p: TaskSuspend) -> SuspendStatus:
-        self._unsupported("suspend")
-
-    async def suspensions_expire(self, p: SuspensionsExpire) -> int:
-        return 0  # no task can be suspended here
-
-    async def resume_signals(self, task_id: str) -> list[SignalRow]:
-        return []
-
-    async def frames_append(self, p: FrameAppend) -> FrameRef:
-        self._unsupported("output frames")
-
-    async def frames_read(self, p: FramesRead) -> FramesPage:
-        self._unsupported("output frames")
-
-    async def wait_for_frames(self, timeout_s: float) -> None:
-        self._unsupported("output frames")
 
     # -- budgets ----------------------------------------------------------------------------
 

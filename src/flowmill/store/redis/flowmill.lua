@@ -70,6 +70,7 @@ end
 
 local function unindex(K, id, r)
   local s = r.state
+  r.was = s
   if s == 'ready' then
     redis.call('ZREM', rkey(K, r.queue, r.kind), id)
   elseif s == 'scheduled' then
@@ -96,6 +97,15 @@ local function index(K, id, r)
     redis.call('HINCRBY', K .. 'run', 'queue|' .. r.queue, 1)
   end
   redis.call('HINCRBY', K .. 'cnt', s .. '|' .. r.queue, 1)
+  if r.was == 'suspended' and s ~= 'suspended' then
+    -- left `suspended` by any write (cancel, cascade): its open suspension ends with it
+    local sp = K .. 'sp:' .. id
+    if redis.call('HGET', sp, 'open') == '1' then
+      redis.call('HSET', sp, 'open', '0', 'resolution', s)
+    end
+    redis.call('ZREM', K .. 'spd', id)
+  end
+  r.was = nil
 end
 
 local function event(K, id, kind, state, at, detail)
@@ -908,6 +918,231 @@ local function retry(keys, args)
   return reply({ state = 'ready' })
 end
 
+
+-- waitpoints, signals, suspensions, frames -------------------------------------------------
+
+local function fenced(K, id, epoch)
+  local v = redis.call('HMGET', tkey(K, id), 'state', 'lease_epoch', 'kind', 'attempts',
+    'cancel_requested')
+  if v[1] ~= 'running' or tonumber(v[2]) ~= epoch then return nil end
+  return v
+end
+
+local function waitpoint_create(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  if not fenced(K, p.task, p.epoch) then
+    return reply({ err = 'lease', id = p.task, epoch = p.epoch })
+  end
+  local f = #p.task .. ':' .. p.task .. p.key
+  local id = redis.call('HGET', K .. 'wpk', f)
+  if not id then
+    id = p.id
+    redis.call('HSET', K .. 'wpk', f, id)
+    redis.call('HSET', K .. 'wp:' .. id, 'task', p.task, 'key', p.key,
+      'expires_at', now + p.expires_in, 'created_at', now)
+  end
+  local v = redis.call('HMGET', K .. 'wp:' .. id, 'task', 'key', 'expires_at', 'created_at')
+  return reply({ id = id, task = v[1], key = v[2], expires_at = tonumber(v[3]),
+    created_at = tonumber(v[4]) })
+end
+
+local function matches(spec, wp, name)
+  local w = spec.waitpoint
+  return (spec.signal == '*' or spec.signal == name)
+    and (w == nil or w == cjson.null or w == wp)
+end
+
+local function evaluate(c, seen)
+  if c.signal then
+    for _, k in ipairs(seen) do if matches(c, k[1], k[2]) then return true end end
+    return false
+  elseif c.any then
+    for _, part in ipairs(c.any) do if evaluate(part, seen) then return true end end
+    return false
+  elseif c.all then
+    for _, part in ipairs(c.all) do if not evaluate(part, seen) then return false end end
+    return true
+  elseif c.count then
+    local n = 0
+    for _, k in ipairs(seen) do if matches(c.of, k[1], k[2]) then n = n + 1 end end
+    return n >= tonumber(c.count)
+  end
+  return false
+end
+
+-- consume the task's buffered signals for its suspension if they satisfy its condition
+local function consume_if_satisfied(K, id, condition)
+  local raw = redis.call('LRANGE', K .. 'su:' .. id, 0, -1)
+  local seen = {}
+  for i, e in ipairs(raw) do
+    local sig = cmsgpack.unpack(e)
+    seen[i] = { sig[1], sig[2] }
+  end
+  if #raw == 0 or not evaluate(cjson.decode(condition), seen) then return false end
+  redis.call('DEL', K .. 'sc:' .. id)
+  redis.call('RPUSH', K .. 'sc:' .. id, unpack(raw))
+  redis.call('DEL', K .. 'su:' .. id)
+  redis.call('HSET', K .. 'sp:' .. id, 'open', '0', 'resolution', 'satisfied')
+  return true
+end
+
+local function signal_deliver(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local wp = redis.call('HMGET', K .. 'wp:' .. p.wp, 'task', 'expires_at')
+  if not wp[1] then return reply({ status = 'rejected', reason = 'unknown waitpoint' }) end
+  local id = wp[1]
+  local ik = nil
+  if p.idem then
+    -- a repeat is answered as such even after the waitpoint expired or the task ended
+    ik = #p.wp .. ':' .. p.wp .. p.idem
+    if redis.call('HEXISTS', K .. 'sik', ik) == 1 then return reply({ status = 'duplicate' }) end
+  end
+  if tonumber(wp[2]) <= now then
+    return reply({ status = 'rejected', reason = 'waitpoint expired' })
+  end
+  local r = load(K, id)
+  if not r then return reply({ status = 'rejected', reason = 'unknown waitpoint' }) end
+  if TERMINAL[r.state] then
+    return reply({ status = 'rejected', reason = 'task already ended (' .. r.state .. ')' })
+  end
+  redis.call('RPUSH', K .. 'su:' .. id, cmsgpack.pack({ p.wp, p.name, args[p.payload], now }))
+  if ik then redis.call('HSET', K .. 'sik', ik, '1') end
+  if r.state ~= 'suspended' then return reply({ status = 'accepted' }) end
+  local sp = redis.call('HMGET', K .. 'sp:' .. id, 'open', 'condition')
+  if sp[1] ~= '1' or not consume_if_satisfied(K, id, sp[2]) then
+    return reply({ status = 'accepted' })
+  end
+  unindex(K, id, r)
+  r.state = 'ready'
+  set(K, id, { state = 'ready', updated_at = now })
+  index(K, id, r)
+  event(K, id, r.kind, 'ready', now, 'resumed')
+  wake(K, 'ww')
+  return reply({ status = 'accepted', resumed = true })
+end
+
+local function task_suspend(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local v = fenced(K, p.id, p.epoch)
+  if not v then return reply({ err = 'lease', id = p.id, epoch = p.epoch }) end
+  if v[5] == '1' then return reply({ status = 'cancel_requested' }) end
+  local sp = K .. 'sp:' .. p.id
+  redis.call('DEL', sp)
+  redis.call('HSET', sp, 'open', '1', 'condition', p.condition, 'on_timeout', p.on_timeout,
+    'attempt', v[4], 'created_at', now)
+  if consume_if_satisfied(K, p.id, p.condition) then
+    return reply({ status = 'already_satisfied' })
+  end
+  local r = load(K, p.id)
+  unindex(K, p.id, r)
+  r.state = 'suspended'
+  -- the attempt is given back, as by a release: the claim that resumes it counts it again
+  set(K, p.id, {
+    state = 'suspended', lease_owner = false, lease_expires_at = false,
+    attempts = tonumber(r.attempts) - 1, updated_at = now,
+  })
+  index(K, p.id, r)
+  if p.timeout then
+    redis.call('HSET', sp, 'timeout_at', now + p.timeout)
+    redis.call('ZADD', K .. 'spd', now + p.timeout, p.id)
+  end
+  event(K, p.id, r.kind, 'suspended', now, p.detail)
+  return reply({ status = 'suspended' })
+end
+
+local function suspensions_expire(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local ids = redis.call('ZRANGEBYSCORE', K .. 'spd', '-inf', now, 'LIMIT', 0, p.limit)
+  local n = 0
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', K .. 'spd', id)
+    local r = load(K, id)
+    local sp = K .. 'sp:' .. id
+    local how = redis.call('HGET', sp, 'on_timeout')
+    if r and r.state == 'suspended' and redis.call('HGET', sp, 'open') == '1' then
+      n = n + 1
+      redis.call('HSET', sp, 'open', '0', 'resolution', 'timeout')
+      if how == 'resume' then
+        unindex(K, id, r)
+        r.state = 'ready'
+        set(K, id, { state = 'ready', updated_at = now })
+        index(K, id, r)
+        event(K, id, r.kind, 'ready', now, 'suspend timeout: resumed')
+        wake(K, 'ww')
+      elseif how == 'cancel' then
+        end_waiting(K, id, r, 'cancelled', p.cancel_error, now, p.cancel_reason)
+        cancelled_tasks(K, { id }, p.cancel_reason, now)
+      elseif how == 'expire' then
+        end_waiting(K, id, r, 'expired', p.expired_error, now, 'suspend_timeout')
+      else
+        end_waiting(K, id, r, 'failed', p.timeout_error, now, 'suspend_timeout')
+      end
+    end
+  end
+  return reply({ n = n })
+end
+
+local function resume_signals(keys, args)
+  local K = keys[1]
+  local id = params(args[1]).id
+  if redis.call('HGET', K .. 'sp:' .. id, 'resolution') ~= 'satisfied' then return {} end
+  local out = {}
+  for i, e in ipairs(redis.call('LRANGE', K .. 'sc:' .. id, 0, -1)) do
+    local sig = cmsgpack.unpack(e)
+    out[i] = { sig[1], sig[2], sig[3], sig[4] }
+  end
+  return out
+end
+
+local function frames_append(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local v = fenced(K, p.id, p.epoch)
+  if not v then return reply({ err = 'lease', id = p.id, epoch = p.epoch }) end
+  local attempt = tonumber(v[4])
+  local fk = K .. 'fr:' .. p.id .. ':' .. attempt
+  local seq = redis.call('XLEN', fk) + 1
+  if p.metadata then
+    redis.call('XADD', fk, seq .. '-1', 't', p.type, 'p', args[p.payload], 'm',
+      args[p.metadata], 'a', now)
+  else
+    redis.call('XADD', fk, seq .. '-1', 't', p.type, 'p', args[p.payload], 'a', now)
+  end
+  redis.call('HSET', tkey(K, p.id), 'frame_attempt', attempt)
+  wake(K, 'wo')
+  return reply({ attempt = attempt, seq = seq })
+end
+
+local function frames_read(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local v = redis.call('HMGET', tkey(K, p.id), 'state', 'attempts', 'frame_attempt')
+  if not v[1] then return { 'missing' } end
+  local current = tonumber(v[2])
+  local attempt = p.attempt
+  if not attempt then
+    attempt = tonumber(v[3])
+    if not attempt and current > 0 then attempt = current end
+  end
+  local live = (v[1] == 'running' and attempt ~= nil and attempt == current) and 1 or 0
+  if not attempt or p.limit <= 0 then return { 'ok', attempt or false, live, {} } end
+  local fk = K .. 'fr:' .. p.id .. ':' .. attempt
+  local entries = redis.call('XRANGE', fk, tostring(p.after + 1), '+', 'COUNT', p.limit)
+  return { 'ok', attempt, live, entries }
+end
+
 -- inspection -------------------------------------------------------------------------------
 
 local function list(keys, args)
@@ -963,3 +1198,10 @@ redis.register_function('fm_children_page', children_page)
 redis.register_function('fm_children_summary', children_summary)
 redis.register_function('fm_hooks_claim', hooks_claim)
 redis.register_function('fm_hook_done', hook_done)
+redis.register_function('fm_waitpoint_create', waitpoint_create)
+redis.register_function('fm_signal_deliver', signal_deliver)
+redis.register_function('fm_task_suspend', task_suspend)
+redis.register_function('fm_suspensions_expire', suspensions_expire)
+redis.register_function('fm_resume_signals', resume_signals)
+redis.register_function('fm_frames_append', frames_append)
+redis.register_function('fm_frames_read', frames_read)
