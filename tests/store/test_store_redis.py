@@ -10,7 +10,7 @@ import pytest
 
 from flowmill.errors import StoreUnavailable
 from flowmill.store.redis import RedisStore
-from flowmill.testing.conformance.budgets import LimitConformance
+from flowmill.testing.conformance.budgets import BudgetConformance, LimitConformance
 from flowmill.testing.conformance.children import ChildrenConformance
 from flowmill.testing.conformance.claim import (
     ClaimConformance,
@@ -78,6 +78,7 @@ class TestRedisStore(
     ChildrenConformance,
     LimitConformance,
     SignalsConformance,
+    BudgetConformance,
 ):
     @pytest.fixture
     def store(self, redis_store: RedisStore) -> RedisStore:

@@ -26,6 +26,7 @@ from ...errors import (
     LeaseLost,
     StoreError,
     TaskNotFound,
+    UnknownBudget,
 )
 from .._common.budget_rules import check_claim_limit
 from .._common.serde import decode_error, encode_error
@@ -68,6 +69,7 @@ from ..contract.tasks import (
     TaskWaitChildren,
 )
 from . import _records as rec
+from ._budgets import RedisBudgetsMixin
 from ._conn import Durability, check_durability, guarded, parse_url, redact, translate
 from ._signals import RedisSignalsMixin
 from ._unsupported import UnsupportedMixin
@@ -88,7 +90,7 @@ def progress_detail(pct: float, message: str | None) -> str:
     return f"progress {pct:g}%" + (f": {message}" if message else "")
 
 
-class RedisStore(RedisSignalsMixin, UnsupportedMixin):
+class RedisStore(RedisSignalsMixin, RedisBudgetsMixin, UnsupportedMixin):
     """Tasks in Redis or Valkey, shared by every worker that reaches the server."""
 
     def __init__(
@@ -578,6 +580,8 @@ def _raise(out: dict[str, Any]) -> NoReturn:
         raise LeaseLost(out["id"], out["epoch"])
     if kind == "parent":
         raise InvalidParent(out["id"], out.get("state"))
+    if kind == "budget":
+        raise UnknownBudget(out["id"])
     if kind == "notfound":
         raise TaskNotFound(out["id"])
     if kind == "illegal":

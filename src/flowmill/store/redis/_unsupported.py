@@ -1,17 +1,15 @@
 """The operation groups the Redis store does not have yet: each says so with a typed error.
 
 Reads that can only find what the missing writes would have made answer truthfully (no
-workflows and no budgets exist on this backend), so the worker's maintenance
+workflows exist on this backend), so the worker's maintenance
 loop runs unchanged; every write of those groups raises `StoreError` naming the feature.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import NoReturn
 
-from ...errors import StoreError, UnknownBudget
-from ..contract.budgets import BudgetDefine, BudgetReset, BudgetRow, BudgetUsage, UsageReport
+from ...errors import StoreError
 from ..contract.dag import (
     DepsReconcile,
     UpstreamRow,
@@ -21,33 +19,17 @@ from ..contract.dag import (
     WorkflowsList,
 )
 
-UNSUPPORTED = ("budgets", "task dependencies and workflows")
+UNSUPPORTED = ("task dependencies and workflows",)
 
 
 class UnsupportedMixin:
-    """Budget and DAG operations: not in the Redis store yet."""
+    """DAG operations: not in the Redis store yet."""
 
     def _unsupported(self, feature: str) -> NoReturn:
         raise StoreError(
             f"the Redis/Valkey store does not support {feature} yet; "
             "use SQLite or PostgreSQL for tasks that need them"
         )
-
-    # -- budgets ----------------------------------------------------------------------------
-
-    async def budget_define(self, p: BudgetDefine) -> BudgetRow:
-        self._unsupported("budgets")
-
-    async def budget_reset(self, p: BudgetReset) -> BudgetRow:
-        raise UnknownBudget(p.budget_id)
-
-    async def budget_report_usage(self, p: BudgetUsage) -> UsageReport:
-        self._unsupported("budgets")
-
-    async def budgets_get(
-        self, budget_ids: Sequence[str], now_ms: int | None = None
-    ) -> list[BudgetRow]:
-        return []  # none can be defined here
 
     # -- dependencies and workflows ----------------------------------------------------------
 

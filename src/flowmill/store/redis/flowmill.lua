@@ -73,6 +73,7 @@ local function unindex(K, id, r)
   r.was = s
   if s == 'ready' then
     redis.call('ZREM', rkey(K, r.queue, r.kind), id)
+    if r.budget_id then redis.call('HINCRBY', K .. 'bready', r.budget_id, -1) end
   elseif s == 'scheduled' then
     redis.call('ZREM', K .. 'sch', id)
   elseif s == 'running' then
@@ -89,6 +90,7 @@ local function index(K, id, r)
   if s == 'ready' then
     local score = -tonumber(r.priority) * PRIO + tonumber(r.seq)
     redis.call('ZADD', rkey(K, r.queue, r.kind), score, id)
+    if r.budget_id then redis.call('HINCRBY', K .. 'bready', r.budget_id, 1) end
   elseif s == 'scheduled' then
     redis.call('ZADD', K .. 'sch', r.run_at, id)
   elseif s == 'running' then
@@ -555,6 +557,7 @@ local function insert(keys, args)
     local state = row.state
     if r.state == 'blocked' then state = 'blocked' end
     r.queue, r.priority, r.state, r.run_at = t.queue, t.priority, state, row.run_at
+    r.budget_id = t.budget
     set(K, id, {
       payload = args[t.payload], queue = t.queue, priority = t.priority, state = state,
       tags = t.tags or false, max_attempts = t.max_attempts, retry_policy = args[t.retry_policy],
@@ -617,9 +620,21 @@ local function slot_take(slots, kind, queue)
   return true
 end
 
-local function claimable(K, id, now)
-  local v = redis.call('HMGET', tkey(K, id), 'expires_at', 'started_at')
-  return (not v[1]) or tonumber(v[1]) > now or v[2]
+-- a budget hard-breached in its current window holds its ready tasks back
+local function budget_held(K, bid, now, cache)
+  local held = cache[bid]
+  if held == nil then
+    local b = redis.call('HMGET', K .. 'b:' .. bid, 'breached', 'reset_every', 'window_start')
+    held = b[1] ~= false and (not b[2] or now < tonumber(b[3]) + tonumber(b[2]))
+    cache[bid] = held
+  end
+  return held
+end
+
+local function claimable(K, id, now, cache)
+  local v = redis.call('HMGET', tkey(K, id), 'expires_at', 'started_at', 'budget_id')
+  if v[1] and tonumber(v[1]) <= now and not v[2] then return false end
+  return not (v[3] and budget_held(K, v[3], now, cache))
 end
 
 local function claim(keys, args)
@@ -629,7 +644,7 @@ local function claim(keys, args)
   local now = clock(p.now)
   local limit = p.limit
   local slots = build_slots(K, p.limits, now)
-  local cands = {}
+  local cands, held_cache = {}, {}
   for _, q in ipairs(p.queues) do
     local qs = slots['queue|' .. q]
     for _, k in ipairs(p.kinds) do
@@ -642,7 +657,7 @@ local function claim(keys, args)
         local page = redis.call('ZRANGE', key, offset, offset + chunk - 1, 'WITHSCORES')
         if #page == 0 then break end
         for j = 1, #page, 2 do
-          if claimable(K, page[j], now) then
+          if claimable(K, page[j], now, held_cache) then
             cands[#cands + 1] = { page[j], tonumber(page[j + 1]), q, k }
             got = got + 1
             if got >= limit then break end
@@ -1143,6 +1158,43 @@ local function frames_read(keys, args)
   return { 'ok', attempt, live, entries }
 end
 
+-- budgets: the engine's shared rules decide (store/_common/budget_rules.py); this applies
+-- the decision as a compare-and-set on the budget's version, with the fence and dedup key
+
+local BUDGET_FIELDS = { 'hard', 'soft', 'usage', 'reset_every', 'window_start', 'breached' }
+
+local function budget_put(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  if p.task and not fenced(K, p.task, p.epoch) then
+    return reply({ err = 'lease', id = p.task, epoch = p.epoch })
+  end
+  local bk = K .. 'b:' .. p.id
+  local ver = redis.call('HGET', bk, 'ver')
+  if p.must_exist and not ver then return reply({ err = 'budget', id = p.id }) end
+  if p.dedup and redis.call('HEXISTS', K .. 'bdk:' .. p.id, p.dedup) == 1 then
+    return reply({ status = 'already', usage = redis.call('HGET', bk, 'usage') })
+  end
+  if tonumber(ver or -1) ~= p.ver then return reply({ status = 'conflict' }) end
+  local fields = {}
+  for _, f in ipairs(BUDGET_FIELDS) do
+    if p[f] ~= nil then fields[f] = p[f] else fields[f] = false end
+  end
+  fields.ver = (tonumber(ver) or 0) + 1
+  fields.updated_at = p.now
+  redis.call('SADD', K .. 'bids', p.id)
+  local put, del = {}, {}
+  for k, v in pairs(fields) do
+    if v == false then del[#del + 1] = k else put[#put + 1] = k; put[#put + 1] = v end
+  end
+  redis.call('HSET', bk, unpack(put))
+  if #del > 0 then redis.call('HDEL', bk, unpack(del)) end
+  if p.record_dedup then redis.call('HSET', K .. 'bdk:' .. p.id, p.dedup, '1') end
+  if p.wake then wake(K, 'ww') end
+  return reply({ status = 'ok' })
+end
+
 -- inspection -------------------------------------------------------------------------------
 
 local function list(keys, args)
@@ -1205,3 +1257,4 @@ redis.register_function('fm_suspensions_expire', suspensions_expire)
 redis.register_function('fm_resume_signals', resume_signals)
 redis.register_function('fm_frames_append', frames_append)
 redis.register_function('fm_frames_read', frames_read)
+redis.register_function('fm_budget_put', budget_put)
