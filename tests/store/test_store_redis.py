@@ -10,24 +10,7 @@ import pytest
 
 from flowmill.errors import StoreUnavailable
 from flowmill.store.redis import RedisStore
-from flowmill.testing.conformance.budgets import BudgetConformance, LimitConformance
-from flowmill.testing.conformance.children import ChildrenConformance
-from flowmill.testing.conformance.claim import (
-    ClaimConformance,
-    ProgressConformance,
-    RenewConformance,
-)
-from flowmill.testing.conformance.finish import FinishConformance, TerminalConformance
-from flowmill.testing.conformance.insert import DedupConformance, InsertConformance
-from flowmill.testing.conformance.ops import (
-    InspectConformance,
-    MaintenanceConformance,
-    OperatorConformance,
-)
-from flowmill.testing.conformance.signals import SignalsConformance
-from flowmill.testing.conformance.suite import assert_history_legal
-from flowmill.testing.conformance.wake import ClockConformance, WakeConformance
-from flowmill.testing.conformance.walk import WalkConformance
+from flowmill.testing import StoreConformance
 
 REDIS_URL = os.environ.get("FLOWMILL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -61,30 +44,9 @@ async def redis_store() -> AsyncIterator[RedisStore]:
         await store.close()
 
 
-class TestRedisStore(
-    InsertConformance,
-    DedupConformance,
-    ClaimConformance,
-    RenewConformance,
-    ProgressConformance,
-    FinishConformance,
-    TerminalConformance,
-    MaintenanceConformance,
-    OperatorConformance,
-    InspectConformance,
-    WakeConformance,
-    ClockConformance,
-    WalkConformance,
-    ChildrenConformance,
-    LimitConformance,
-    SignalsConformance,
-    BudgetConformance,
-):
+class TestRedisStore(StoreConformance):
+    """The whole conformance suite, each test under a key prefix of its own."""
+
     @pytest.fixture
     def store(self, redis_store: RedisStore) -> RedisStore:
         return redis_store
-
-    @pytest.fixture(autouse=True)
-    async def _history_is_legal(self, store: RedisStore) -> AsyncIterator[None]:
-        yield
-        await assert_history_legal(store)

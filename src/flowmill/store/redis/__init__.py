@@ -31,6 +31,7 @@ from ...errors import (
 from .._common.budget_rules import check_claim_limit
 from .._common.serde import decode_error, encode_error
 from ..contract.budgets import ClaimedRows, ClaimLimit
+from ..contract.dag import check, has_links
 from ..contract.tasks import (
     ON_DUPLICATE_CHOICES,
     CancelOutcome,
@@ -71,8 +72,8 @@ from ..contract.tasks import (
 from . import _records as rec
 from ._budgets import RedisBudgetsMixin
 from ._conn import Durability, check_durability, guarded, parse_url, redact, translate
+from ._dag import RedisDagMixin
 from ._signals import RedisSignalsMixin
-from ._unsupported import UnsupportedMixin
 
 _SOURCE = files(__package__).joinpath("flowmill.lua").read_text()
 LIBRARY_VERSION = hashlib.sha256(_SOURCE.encode()).hexdigest()[:12]
@@ -90,7 +91,7 @@ def progress_detail(pct: float, message: str | None) -> str:
     return f"progress {pct:g}%" + (f": {message}" if message else "")
 
 
-class RedisStore(RedisSignalsMixin, RedisBudgetsMixin, UnsupportedMixin):
+class RedisStore(RedisSignalsMixin, RedisBudgetsMixin, RedisDagMixin):
     """Tasks in Redis or Valkey, shared by every worker that reaches the server."""
 
     def __init__(
@@ -266,10 +267,11 @@ class RedisStore(RedisSignalsMixin, RedisBudgetsMixin, UnsupportedMixin):
             )
         if not p.tasks and p.fence is None:
             return []
-        if p.workflow is not None or any(t.depends_on for t in p.tasks):
-            self._unsupported("task dependencies and workflows")
-        if any(t.condition is not None or t.workflow_id is not None for t in p.tasks):
-            self._unsupported("workflow conditions")
+        if p.workflow is not None or has_links(p.tasks):
+            for t in p.tasks:
+                check(t)
+                if t.depends_on and t.dedup_key is not None and p.on_duplicate == "replace":
+                    raise ConfigurationError("a task with dependencies cannot replace a duplicate")
         blobs = rec.Blobs()
         params: dict[str, Any] = {
             "tasks": [rec.new_task(t, blobs) for t in p.tasks],
@@ -279,6 +281,8 @@ class RedisStore(RedisSignalsMixin, RedisBudgetsMixin, UnsupportedMixin):
             params["now"] = p.now_ms
         if p.fence is not None:
             params["fence"] = {"id": p.fence.task_id, "epoch": p.fence.epoch}
+        if p.workflow is not None:
+            params["workflow"] = {"id": p.workflow.id, "name": p.workflow.name}
         out = await self._call("fm_insert", params, blobs.items)
         await self._fsync()
         return [InsertOutcome(o[0], InsertStatus(o[1])) for o in out["out"]]

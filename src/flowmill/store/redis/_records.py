@@ -96,10 +96,18 @@ def new_task(t: NewTask, blobs: Blobs) -> dict[str, Any]:
         "parent": t.parent_id,
         "child_key": t.child_key,
         "budget": t.budget_id,
+        "condition": t.condition,
+        "workflow_id": t.workflow_id,
+        "node": t.node,
     }
     d.update((k, v) for k, v in optional.items() if v is not None)
     if t.tags:
         d["tags"] = encode_tags(t.tags)
+    if t.depends_on:
+        d["deps"] = list(t.depends_on)
+        d["policy"] = t.upstream_policy
+    elif t.workflow_id is not None:
+        d["policy"] = t.upstream_policy
     return d
 
 

@@ -126,12 +126,17 @@ local function wake(K, which)
   redis.call('XADD', K .. which, 'MAXLEN', '~', '64', '*', 'w', '1')
 end
 
-local function reset_wakes() woke = {} end
+local dag_queue, draining = {}, false
+local function reset_wakes()
+  woke = {}
+  dag_queue, draining = {}, false
+end
 
 -- endings shared by every path to a terminal state ---------------------------------------
 
 local children_ended -- forward
 local cancelled_tasks -- forward
+local dag_ended -- forward
 
 local function ended(K, id, r, state, result, err, now, quiet_parent)
   -- the result row, the dedup key freed, the ttl index, the wake-up, the parent counted
@@ -149,6 +154,7 @@ local function ended(K, id, r, state, result, err, now, quiet_parent)
   if r.parent_id and not quiet_parent then
     children_ended(K, r.parent_id, { { id, state } }, now)
   end
+  if r.has_dependents == '1' then dag_ended(K, id, state, now) end
 end
 
 local function hook_due(K, id, r)
@@ -420,6 +426,178 @@ local function hook_done(keys, args)
   return reply({})
 end
 
+
+-- dependencies (DAG) -----------------------------------------------------------------------
+-- Edges: `dno:<up>` holds the dependents whose edge from <up> is still open; `up:<down>`
+-- lists <down>'s upstreams in the order given. The operation that ends an upstream
+-- resolves its dependents in the same call (push), iteratively: a skip-cascade has no
+-- depth limit.
+
+local UPSTREAM_FAILURES = { failed = true, dead_lettered = true, cancelled = true, expired = true }
+
+local function first_bad_upstream(K, id, failures_only)
+  for _, up in ipairs(redis.call('LRANGE', K .. 'up:' .. id, 0, -1)) do
+    local v = redis.call('HMGET', tkey(K, up), 'state', 'node')
+    local bad = v[1] ~= 'completed' and (
+      (failures_only and UPSTREAM_FAILURES[v[1]]) or (not failures_only and TERMINAL[v[1]]))
+    if bad then
+      local name = up
+      if v[2] then name = "'" .. v[2] .. "'" end
+      if v[1] == 'failed' then return name .. ' failed' end
+      return name .. ' ended ' .. v[1]
+    end
+  end
+  return 'did not complete'
+end
+
+local function decide(K, id, now)
+  local r = load(K, id)
+  local failed, skipped = tonumber(r.deps_failed or 0), tonumber(r.deps_skipped or 0)
+  if r.upstream_policy == 'run' or (failed == 0 and skipped == 0) then
+    unindex(K, id, r)
+    r.state = 'ready'
+    set(K, id, { state = 'ready', updated_at = now })
+    index(K, id, r)
+    event(K, id, r.kind, 'ready', now, 'dependencies done')
+    wake(K, 'ww')
+    return
+  end
+  local culprit = first_bad_upstream(K, id, failed > 0)
+  local target, err
+  if failed > 0 and r.upstream_policy == 'fail' then
+    target = 'failed'
+    err = cjson.encode({ type = 'UpstreamFailed', message = 'upstream ' .. culprit,
+      category = 'upstream_failed' })
+  else
+    target = 'skipped'
+    err = cjson.encode({ type = 'Skipped', message = 'skipped: upstream ' .. culprit,
+      category = 'upstream_skipped' })
+  end
+  local category = target == 'failed' and 'upstream_failed' or 'upstream_skipped'
+  end_waiting(K, id, r, target, err, now, category)
+end
+
+local function resolve(K, up, state, now)
+  local open = K .. 'dno:' .. up
+  local downs = redis.call('HKEYS', open)
+  if #downs == 0 then return 0 end
+  redis.call('DEL', open)
+  local failed = UPSTREAM_FAILURES[state] and 1 or 0
+  local skipped = (state ~= 'completed' and failed == 0) and 1 or 0
+  for _, down in ipairs(downs) do
+    local dk = tkey(K, down)
+    if redis.call('HGET', dk, 'state') == 'blocked' then
+      local pending = redis.call('HINCRBY', dk, 'deps_pending', -1)
+      if failed > 0 then redis.call('HINCRBY', dk, 'deps_failed', 1) end
+      if skipped > 0 then redis.call('HINCRBY', dk, 'deps_skipped', 1) end
+      if pending <= 0 then decide(K, down, now) end
+    end
+  end
+  return #downs
+end
+
+dag_ended = function(K, id, state, now)
+  dag_queue[#dag_queue + 1] = { id, state }
+  if draining then return end
+  draining = true
+  local i = 1
+  while i <= #dag_queue do
+    resolve(K, dag_queue[i][1], dag_queue[i][2], now)
+    i = i + 1
+  end
+  dag_queue, draining = {}, false
+end
+
+-- the edges of freshly inserted tasks; upstreams that ended already resolve at once
+local function link(K, rows, remap, now)
+  local ended = {}
+  for _, row in ipairs(rows) do
+    local t = row.t
+    if t.deps and #t.deps > 0 then
+      local seen, doubled = {}, 0
+      for _, up in ipairs(t.deps) do
+        up = remap[up] or up
+        if seen[up] then
+          doubled = doubled + 1
+        else
+          seen[up] = true
+          redis.call('HSET', K .. 'dno:' .. up, row.id, '1')
+          redis.call('RPUSH', K .. 'up:' .. row.id, up)
+          local st = redis.call('HGET', tkey(K, up), 'state')
+          redis.call('HSET', tkey(K, up), 'has_dependents', '1')
+          if TERMINAL[st] and not ended[up] then
+            ended[up] = true
+            ended[#ended + 1] = { up, st }
+          end
+        end
+      end
+      if doubled > 0 then redis.call('HINCRBY', tkey(K, row.id), 'deps_pending', -doubled) end
+    end
+  end
+  for _, e in ipairs(ended) do dag_ended(K, e[1], e[2], now) end
+end
+
+local function upstream_get(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local out = {}
+  for i, up in ipairs(redis.call('LRANGE', K .. 'up:' .. p.id, 0, -1)) do
+    local v = redis.call('HMGET', tkey(K, up), 'kind', 'node', 'state', 'result', 'error')
+    out[i] = { up, v[1], v[2], v[3], v[4], v[5] }
+  end
+  return out
+end
+
+local function wf_counts(K, wf)
+  local counts = {}
+  for _, id in ipairs(redis.call('ZRANGE', K .. 'wfn:' .. wf, 0, -1)) do
+    local st = redis.call('HGET', tkey(K, id), 'state')
+    if st then counts[#counts + 1] = st end
+  end
+  return counts
+end
+
+local function workflow_get(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local v = redis.call('HMGET', K .. 'wf:' .. p.id, 'name', 'created_at', 'nodes')
+  if not v[1] then return {} end
+  local nodes = {}
+  if p.nodes then
+    for i, id in ipairs(redis.call('ZRANGE', K .. 'wfn:' .. p.id, 0, -1)) do
+      local t = redis.call('HMGET', tkey(K, id), 'node', 'kind', 'state', 'attempts', 'result',
+        'error', 'created_at', 'started_at', 'finished_at')
+      local ups = {}
+      for j, up in ipairs(redis.call('LRANGE', K .. 'up:' .. id, 0, -1)) do
+        ups[j] = redis.call('HGET', tkey(K, up), 'node') or up
+      end
+      nodes[i] = { id, t[1] or id, t[2], t[3], tonumber(t[4]), ups, t[5], t[6],
+        tonumber(t[7]), t[8] and tonumber(t[8]) or false, t[9] and tonumber(t[9]) or false }
+    end
+  end
+  return { { p.id, v[1], tonumber(v[2]), tonumber(v[3]), wf_counts(K, p.id) }, nodes }
+end
+
+local function workflows_list(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local out = {}
+  local offset, chunk = 0, math.max(p.limit, 50)
+  while #out < p.limit do
+    local ids = redis.call('ZREVRANGE', K .. 'wfs', offset, offset + chunk - 1)
+    if #ids == 0 then break end
+    for _, id in ipairs(ids) do
+      local v = redis.call('HMGET', K .. 'wf:' .. id, 'name', 'created_at', 'nodes')
+      if not p.name or p.name == v[1] then
+        out[#out + 1] = { id, v[1], tonumber(v[2]), tonumber(v[3]), wf_counts(K, id) }
+        if #out >= p.limit then break end
+      end
+    end
+    offset = offset + chunk
+  end
+  return out
+end
+
 -- insert -------------------------------------------------------------------------------------
 
 local function fence_ok(K, fence)
@@ -455,6 +633,7 @@ local function insert(keys, args)
     if t.delay then run_at = now + t.delay end
     local state = 'ready'
     if run_at and run_at > now then state = 'scheduled' end
+    if t.deps and #t.deps > 0 then state = 'blocked' end
     local expires = nil
     if t.ttl then expires = now + t.ttl end
     local row = { t = t, id = t.id, state = state, run_at = run_at, expires = expires }
@@ -512,6 +691,19 @@ local function insert(keys, args)
       outcomes[i] = { t.id, 'inserted' }
     end
   end
+  -- every upstream named must exist, in this batch or stored
+  local remap = {}
+  for i, t in ipairs(p.tasks) do
+    if outcomes[i][1] ~= t.id then remap[t.id] = outcomes[i][1] end
+  end
+  for _, row in ipairs(rows) do
+    for _, up in ipairs(row.t.deps or {}) do
+      up = remap[up] or up
+      if not ids[up] and redis.call('EXISTS', tkey(K, up)) == 0 then
+        return reply({ err = 'notfound', id = up })
+      end
+    end
+  end
   -- apply
   local any_ready = false
   local grown = {}
@@ -529,8 +721,12 @@ local function insert(keys, args)
       dedup_key = t.key or false, parent_id = t.parent or false, tags = t.tags or false,
       timeout_ms = t.timeout or false, child_key = t.child_key or false,
       budget_id = t.budget or false,
+      deps_pending = t.deps and #t.deps or false,
+      upstream_policy = t.policy or false, condition = t.condition or false,
+      workflow_id = t.workflow_id or false, node = t.node or false,
     }
     set(K, id, r)
+    if t.workflow_id then redis.call('ZADD', K .. 'wfn:' .. t.workflow_id, seq, id) end
     for k, v in pairs(r) do if v == false then r[k] = nil end end
     redis.call('ZADD', K .. 'all', seq, id)
     index(K, id, r)
@@ -544,6 +740,14 @@ local function insert(keys, args)
     event(K, id, t.kind, row.state, now, nil)
     any_ready = any_ready or row.state == 'ready'
   end
+  if p.workflow then
+    local n = 0
+    for _, row in ipairs(rows) do if row.t.workflow_id == p.workflow.id then n = n + 1 end end
+    redis.call('HSET', K .. 'wf:' .. p.workflow.id, 'name', p.workflow.name, 'created_at', now,
+      'nodes', n)
+    redis.call('ZADD', K .. 'wfs', now, p.workflow.id)
+  end
+  link(K, rows, remap, now)
   for pid, n in pairs(grown) do
     redis.call('HINCRBY', tkey(K, pid), 'children_active', n)
     redis.call('HINCRBY', tkey(K, pid), 'children_total', n)
@@ -880,6 +1084,18 @@ end
 
 -- operator ---------------------------------------------------------------------------------
 
+local function cancel_one(K, id, r, reason, err, now)
+  if r.state == 'running' then
+    set(K, id, { cancel_requested = '1', updated_at = now })
+    wake(K, 'wf')
+    return 'running', true
+  end
+  if not CANCEL_SOURCES[r.state] then return r.state, false end
+  end_waiting(K, id, r, 'cancelled', err, now, reason)
+  cancelled_tasks(K, { id }, reason, now)
+  return 'cancelled', false
+end
+
 local function cancel(keys, args)
   reset_wakes()
   local K = keys[1]
@@ -887,17 +1103,26 @@ local function cancel(keys, args)
   local now = clock(p.now)
   local r = load(K, p.id)
   if not r then return reply({ err = 'notfound', id = p.id }) end
-  if r.state == 'running' then
-    set(K, p.id, { cancel_requested = '1', updated_at = now })
-    wake(K, 'wf')
-    return reply({ state = 'running', requested = true })
+  local state, requested = cancel_one(K, p.id, r, p.reason, p.error, now)
+  return reply({ state = state, requested = requested })
+end
+
+local function workflow_cancel(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local ids = redis.call('ZREVRANGE', K .. 'wfn:' .. p.id, 0, -1)
+  local n = 0
+  for _, id in ipairs(ids) do
+    local r = load(K, id)
+    -- a node cancelled above may have skipped this one already
+    if r and not TERMINAL[r.state] then
+      local state, requested = cancel_one(K, id, r, p.reason, p.error, now)
+      if requested or state == 'cancelled' then n = n + 1 end
+    end
   end
-  if not CANCEL_SOURCES[r.state] then
-    return reply({ state = r.state, requested = false })
-  end
-  end_waiting(K, p.id, r, 'cancelled', p.error, now, p.reason)
-  cancelled_tasks(K, { p.id }, p.reason, now)
-  return reply({ state = 'cancelled', requested = false })
+  return reply({ n = n })
 end
 
 local function retry(keys, args)
@@ -1258,3 +1483,7 @@ redis.register_function('fm_resume_signals', resume_signals)
 redis.register_function('fm_frames_append', frames_append)
 redis.register_function('fm_frames_read', frames_read)
 redis.register_function('fm_budget_put', budget_put)
+redis.register_function('fm_upstream_get', upstream_get)
+redis.register_function('fm_workflow_get', workflow_get)
+redis.register_function('fm_workflows_list', workflows_list)
+redis.register_function('fm_workflow_cancel', workflow_cancel)
