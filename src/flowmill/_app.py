@@ -29,6 +29,7 @@ from .errors import (
     WorkflowNotFound,
 )
 from .store import DEFAULT_URL, open_store
+from .store.contract import Store
 from .store.contract.dag import WorkflowGet, WorkflowRecord, WorkflowsList
 from .store.contract.signals import DeliverOutcome
 from .store.contract.tasks import (
@@ -40,7 +41,6 @@ from .store.contract.tasks import (
     LeaseRef,
     NewTask,
     OnDuplicate,
-    Store,
     TaskCancel,
     TaskRecord,
     TaskRetry,

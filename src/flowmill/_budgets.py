@@ -32,7 +32,7 @@ from .store.contract.tasks import CountRow, LeaseRef
 if TYPE_CHECKING:
     from ._clock import Clock
     from ._task import TaskDef
-    from .store.contract.tasks import Store
+    from .store.contract import Store
 
 MAX_DEDUP_KEY_LEN = 512
 

@@ -14,13 +14,13 @@ from psycopg import sql
 
 from flowmill._states import State
 from flowmill.errors import SchemaError, StoreError, StoreUnavailable
+from flowmill.store.contract import Capabilities, MigrateResult, Store
 from flowmill.store.contract.tasks import (
     EventsRead,
     Finish,
     FinishStatus,
     InsertStatus,
     NewTask,
-    Store,
     TasksClaim,
     TasksFinish,
     TasksInsert,
@@ -171,10 +171,19 @@ async def test_missing_permissions_are_one_clear_line(pg_url: str, schema: str) 
 
 async def test_open_creates_the_schema_and_migrate_is_idempotent(pg_url: str, schema: str) -> None:
     s = PostgresStore(pg_url, schema=schema)
-    assert await s.migrate() == SCHEMA_VERSION
-    assert await s.migrate() == SCHEMA_VERSION
+    assert await s.schema_version() is None
+    assert await s.migrate() == MigrateResult(None, SCHEMA_VERSION)
+    assert await s.migrate() == MigrateResult(SCHEMA_VERSION, SCHEMA_VERSION)
+    assert await s.schema_version() == SCHEMA_VERSION
     await s.open()
     await s.close()
+
+
+async def test_schema_version_creates_nothing(pg_url: str, schema: str) -> None:
+    s = PostgresStore(pg_url, schema=schema)
+    assert await s.schema_version() is None
+    assert await s.schema_version() is None  # the schema was not created by reading it
+    assert s.capabilities == Capabilities(durable=True, local_file=False)
 
 
 async def test_a_newer_schema_is_refused(store: PostgresStore, pg_url: str, schema: str) -> None:

@@ -16,6 +16,7 @@ import pytest
 from flowmill._states import State
 from flowmill.errors import SchemaError, StoreError, StoreUnavailable
 from flowmill.store._common.wake import wake_dir_for
+from flowmill.store.contract import Capabilities, MigrateResult
 from flowmill.store.contract.tasks import (
     Finish,
     InsertStatus,
@@ -77,6 +78,41 @@ class TestOpen:
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
         assert meta == {"app": "flowmill", "schema_version": str(SCHEMA_VERSION)}
         assert mode == "wal"
+
+    async def test_schema_version_reads_without_creating(self, tmp_path: Path) -> None:
+        path = tmp_path / "fresh.db"
+        s = SQLiteStore(str(path))
+        assert await s.schema_version() is None
+        assert not path.exists()
+        sqlite3.connect(path).close()  # an empty file: no schema yet
+        assert await s.schema_version() is None
+        assert path.stat().st_size == 0
+
+    async def test_migrate_before_open_creates_then_reports(self, db_path: str) -> None:
+        s = SQLiteStore(db_path)
+        assert await s.migrate() == MigrateResult(None, SCHEMA_VERSION)
+        assert await s.schema_version() == SCHEMA_VERSION
+        assert await s.migrate() == MigrateResult(SCHEMA_VERSION, SCHEMA_VERSION)
+        await s.open()
+        assert await s.schema_version() == SCHEMA_VERSION
+        await s.close()
+
+    async def test_schema_version_refuses_a_foreign_database(self, db_path: str) -> None:
+        with closing(sqlite3.connect(db_path)) as conn:
+            conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
+            conn.commit()
+        with pytest.raises(SchemaError, match="not a flowmill database"):
+            await SQLiteStore(db_path).schema_version()
+
+    async def test_capabilities(self, db_path: str) -> None:
+        assert SQLiteStore(db_path).capabilities == Capabilities(durable=True, local_file=True)
+        memory = SQLiteStore(":memory:")
+        assert memory.capabilities == Capabilities(durable=False, local_file=False)
+        assert await memory.schema_version() is None
+        await memory.open()
+        assert await memory.schema_version() == SCHEMA_VERSION
+        assert await memory.migrate() == MigrateResult(SCHEMA_VERSION, SCHEMA_VERSION)
+        await memory.close()
 
     async def test_not_a_sqlite_file(self, db_path: str) -> None:
         _write_junk(db_path)

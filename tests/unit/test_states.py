@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flowmill._docgen import mermaid_label
+from flowmill._docgen import mermaid_diagram, mermaid_label, states_table
 from flowmill._states import (
     ACTIVE,
     TERMINAL,
@@ -20,7 +20,6 @@ from flowmill._states import (
     sources_of,
 )
 from flowmill.errors import IllegalTransition
-from flowmill.testing import mermaid_diagram, states_table
 
 S = State
 DOC = Path(__file__).resolve().parents[2] / "docs" / "states.md"
@@ -188,8 +187,8 @@ def test_mermaid_labels_escape_what_ends_a_label() -> None:
 def test_docs_match_the_table() -> None:
     doc = DOC.read_text(encoding="utf-8")
     assert f"```mermaid\n{mermaid_diagram()}```" in doc, (
-        "docs/states.md is out of date: paste flowmill.testing.mermaid_diagram() into it"
+        "docs/states.md is out of date: paste flowmill._docgen.mermaid_diagram() into it"
     )
     assert states_table() in doc, (
-        "docs/states.md is out of date: paste flowmill.testing.states_table() into it"
+        "docs/states.md is out of date: paste flowmill._docgen.states_table() into it"
     )

@@ -7,7 +7,6 @@ class TestMyStore(StoreConformance):
     async def store(self): ...   # yield an open, empty store; close it afterwards
 """
 
-from .._docgen import mermaid_diagram, states_table
 from .conformance.suite import StoreConformance
 
-__all__ = ["StoreConformance", "mermaid_diagram", "states_table"]
+__all__ = ["StoreConformance"]

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from .._context import CancelToken
 from ..errors import StoreError
-from ..store.contract.tasks import LeaseRef, LeasesRenew, Store
+from ..store.contract import Store
+from ..store.contract.tasks import LeaseRef, LeasesRenew
 from ._outcome import STOP_LEASE_LOST, STOP_LEASE_UNHEALTHY, STOP_OPERATOR
 
 log = logging.getLogger("flowmill.leases")

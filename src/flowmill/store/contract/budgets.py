@@ -1,19 +1,18 @@
 """The store contract for budgets, rate limits and concurrency caps.
 
-Same rules as `_base`: frozen params, int ms times, `now_ms=None` is the store's clock, a
+Same rules as `protocol`: frozen params, int ms times, `now_ms=None` is the store's clock, a
 worker's usage report is fenced by `(task_id, epoch)`. Budgets are never deleted, so a
 budget id checked once stays valid.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal
 
-if TYPE_CHECKING:
-    from .tasks import ClaimedRow
+from .records import ClaimedRow
 
 LimitScope = Literal["kind", "queue"]
 LIMIT_SCOPES: tuple[str, ...] = ("kind", "queue")
@@ -131,27 +130,10 @@ class ClaimLimit:
     max_running: int | None = None
 
 
-class ClaimedRows(list["ClaimedRow"]):
+class ClaimedRows(list[ClaimedRow]):
     """What `tasks_claim` returns: the claimed rows, and (only when limits were passed) why
     others were left: `retry_in_ms` is how soon a rate limit gives out its next token when
     a ready task waited for one; `held_by_running` says a concurrency cap held a task."""
 
     retry_in_ms: int | None = None
     held_by_running: bool = False
-
-
-class BudgetsStore(Protocol):
-    """Budgets and the database side of rate limits (`ClaimLimit` rides on `TasksClaim`)."""
-
-    async def budget_define(self, p: BudgetDefine) -> BudgetRow: ...
-
-    async def budget_reset(self, p: BudgetReset) -> BudgetRow:
-        """`UnknownBudget` when there is no such budget."""
-
-    async def budget_report_usage(self, p: BudgetUsage) -> UsageReport: ...
-
-    async def budgets_get(
-        self, budget_ids: Sequence[str], now_ms: int | None = None
-    ) -> list[BudgetRow]:
-        """The budgets named (all of them when `budget_ids` is empty), by id; unknown ids
-        are left out."""

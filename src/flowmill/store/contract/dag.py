@@ -12,7 +12,7 @@ dependent counts the end, and one whose last upstream ended is decided by its po
 
 A skipped or failed dependent ends too, so its own dependents are resolved in turn (the
 skip-cascade). `deps_reconcile` is the backstop a maintenance loop runs: it resolves any
-dependency whose upstream is terminal but was not counted. Same rules as `_base`: frozen
+dependency whose upstream is terminal but was not counted. Same rules as `protocol`: frozen
 params, int ms times, `now_ms=None` is the store's clock.
 """
 
@@ -20,15 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
 
 from ..._states import State
-from ...errors import ConfigurationError
-
-if TYPE_CHECKING:  # _base imports this module
-    from collections.abc import Sequence
-
-    from .tasks import ErrorInfo, NewTask
+from .records import ErrorInfo
 
 
 class UpstreamPolicy(StrEnum):
@@ -41,52 +35,6 @@ class UpstreamPolicy(StrEnum):
 
 # Upstream ends that count as failures for the `fail` policy (skipped ones do not).
 UPSTREAM_FAILURES = frozenset({State.FAILED, State.DEAD_LETTERED, State.CANCELLED, State.EXPIRED})
-
-
-POLICIES = frozenset(p.value for p in UpstreamPolicy)
-
-
-def has_links(tasks: Sequence[NewTask]) -> bool:
-    """Whether an insert batch needs the dependency work (edges, a workflow row)."""
-    return any(t.depends_on or t.workflow_id is not None for t in tasks)
-
-
-def check(t: NewTask) -> None:
-    """Refuse a dependent task no store can honour (`ConfigurationError`)."""
-    if t.upstream_policy not in POLICIES:
-        raise ConfigurationError(
-            f"upstream policy must be one of {', '.join(sorted(POLICIES))}, "
-            f"got {t.upstream_policy!r}"
-        )
-    if t.depends_on:
-        if t.parent_id is not None:
-            raise ConfigurationError("a child task cannot have dependencies")
-        if t.delay_ms is not None or t.run_at_ms is not None:
-            raise ConfigurationError("a task with dependencies cannot also be delayed")
-        if len(set(t.depends_on)) != len(t.depends_on):
-            raise ConfigurationError(f"task {t.id} names an upstream task twice")
-        if t.id in t.depends_on:
-            raise ConfigurationError(f"task {t.id} depends on itself")
-
-
-def edges_of(
-    inserted: Sequence[NewTask], remap: dict[str, str]
-) -> tuple[list[tuple[str, str, int]], dict[str, int]]:
-    """The (upstream, task, pos) edges of the inserted tasks, upstream ids of tasks the
-    batch skipped (dedup) sent to the task standing for them (`remap`); and, per task, how
-    many upstreams that made one with another (each counted once: deps_pending drops)."""
-    edges: list[tuple[str, str, int]] = []
-    doubled: dict[str, int] = {}
-    for t in inserted:
-        seen: set[str] = set()
-        for pos, up in enumerate(t.depends_on):
-            up = remap.get(up, up)
-            if up in seen:
-                doubled[t.id] = doubled.get(t.id, 0) + 1
-                continue
-            seen.add(up)
-            edges.append((up, t.id, pos))
-    return edges, doubled
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,20 +116,3 @@ class WorkflowCancel:
 class DepsReconcile:
     limit: int = 1000
     now_ms: int | None = None
-
-
-class DagStore(Protocol):
-    async def upstream_get(self, task_id: str) -> list[UpstreamRow]:
-        """The upstream tasks of `task_id` with their states and results."""
-
-    async def workflow_get(self, p: WorkflowGet) -> WorkflowRecord | None: ...
-
-    async def workflows_list(self, p: WorkflowsList) -> list[WorkflowRecord]:
-        """The newest runs first, counts only."""
-
-    async def workflow_cancel(self, p: WorkflowCancel) -> int:
-        """Returns how many nodes were cancelled or asked to stop."""
-
-    async def deps_reconcile(self, p: DepsReconcile) -> int:
-        """Resolve dependencies whose upstream ended without being counted; returns how
-        many dependency edges it resolved (0 when the push did its job)."""

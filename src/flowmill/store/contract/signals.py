@@ -1,12 +1,11 @@
 """The store contract for waiting on the outside world: waitpoints, signals, suspensions,
-and for what a running attempt shows it: output frames. Same rules as `_base`: frozen
+and for what a running attempt shows it: output frames. Same rules as `protocol`: frozen
 params, int ms times, `now_ms=None` is the store's clock, every worker write is fenced."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
 
 MAX_FRAME_BYTES = 64 * 1024
 
@@ -150,30 +149,3 @@ class FramesPage:
     attempt: int | None  # None: the task has no attempt yet
     frames: list[FrameRow]
     live: bool  # the attempt is still running: more frames may come
-
-
-class SignalsStore(Protocol):
-    """Waitpoints, signals, suspensions, frames and the meta values the engine keeps."""
-
-    async def waitpoint_create(self, p: WaitpointCreate) -> WaitpointRow: ...
-
-    async def waitpoint_get(self, waitpoint_id: str) -> WaitpointRow | None: ...
-
-    async def signal_deliver(self, p: SignalDeliver) -> DeliverOutcome: ...
-
-    async def task_suspend(self, p: TaskSuspend) -> SuspendStatus: ...
-
-    async def suspensions_expire(self, p: SuspensionsExpire) -> int: ...
-
-    async def resume_signals(self, task_id: str) -> list[SignalRow]:
-        """The signals consumed by the task's latest satisfied suspension, in order."""
-
-    async def frames_append(self, p: FrameAppend) -> FrameRef: ...
-
-    async def frames_read(self, p: FramesRead) -> FramesPage: ...
-
-    async def wait_for_frames(self, timeout_s: float) -> None:
-        """Return when frames may have been appended, or after `timeout_s`."""
-
-    async def meta_get_or_set(self, key: str, value: str) -> str:
-        """The stored value for `key`, storing `value` first if there is none (race-safe)."""

@@ -1,4 +1,5 @@
-"""The store contract: named atomic operations, each taking one frozen params dataclass.
+"""The params and records of the task operations: insert, claim, renew, finish, maintenance,
+operator calls, reads, children and on_cancel hooks (the `Store` protocol is in `protocol`).
 
 The engine decides (retry, backoff, next state); the store applies, as a compare-and-set on
 `(state, lease_epoch)`. Times are integer milliseconds since the Unix epoch; a `now_ms` of
@@ -11,31 +12,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal
 
 from ..._states import Phase, State
-from .budgets import BudgetsStore, ClaimLimit
-from .dag import DagStore, NewWorkflow
-from .signals import SignalsStore
+from .budgets import ClaimLimit
+from .dag import NewWorkflow
+from .records import ClaimedRow as ClaimedRow
+from .records import ErrorInfo as ErrorInfo
+from .records import LeaseRef as LeaseRef
 
 OnDuplicate = Literal["skip", "replace", "reject"]
 ON_DUPLICATE_CHOICES: tuple[str, ...] = ("skip", "replace", "reject")
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorInfo:
-    """Why an attempt or a task ended badly: kept on the task and in its result row."""
-
-    type: str
-    message: str
-    category: str
-    traceback: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseRef:
-    task_id: str
-    epoch: int
 
 
 @dataclass(slots=True)
@@ -65,7 +52,7 @@ class NewTask:
     child_key: str | None = None
     fail_fast: bool = True  # as a parent: the first child failure fails this task
     has_on_cancel: bool = False  # an executor: cancellation leaves an on_cancel hook to run
-    # Dependencies (see `_base_dag`): the ids of upstream tasks, stored or in this batch.
+    # Dependencies (see `dag`): the ids of upstream tasks, stored or in this batch.
     # A task with any starts `blocked`; it cannot also be delayed or be a child.
     depends_on: Sequence[str] = ()
     upstream_policy: str = "skip"
@@ -117,26 +104,6 @@ class TasksClaim:
     lease_ttl_ms: int
     now_ms: int | None = None
     limits: Sequence[ClaimLimit] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedRow:
-    id: str
-    kind: str
-    queue: str
-    priority: int
-    payload: bytes
-    phase: Phase
-    memo: bytes | None
-    attempt: int
-    max_attempts: int
-    retry_policy: bytes
-    timeout_ms: int | None
-    lease_epoch: int
-    lease_expires_at_ms: int
-    parent_id: str | None
-    condition: str | None = None
-    workflow_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,68 +388,3 @@ class HookDone:
     ok: bool
     max_attempts: int = 3
     now_ms: int | None = None
-
-
-@runtime_checkable
-class Store(SignalsStore, DagStore, BudgetsStore, Protocol):
-    """What every backend provides, the `SignalsStore`, `DagStore` and `BudgetsStore` operations.
-
-    `flowmill.testing.StoreConformance` checks it."""
-
-    url: str
-
-    async def open(self) -> None:
-        """Connect, create or upgrade the schema (refusing a newer one)."""
-
-    async def close(self) -> None: ...
-
-    async def now_ms(self) -> int:
-        """The store's clock: the clock lease expiry, due times and TTLs are judged by."""
-
-    async def tasks_insert(self, p: TasksInsert) -> list[InsertOutcome]: ...
-
-    async def tasks_claim(self, p: TasksClaim) -> list[ClaimedRow]: ...
-
-    async def leases_renew(self, p: LeasesRenew) -> list[RenewOutcome]: ...
-
-    async def tasks_finish(self, p: TasksFinish) -> list[FinishOutcome]: ...
-
-    async def tasks_promote(self, p: TasksPromote) -> int: ...
-
-    async def tasks_expire(self, p: TasksExpire) -> int: ...
-
-    async def leases_expired(self, p: LeasesExpired) -> list[ExpiredLease]: ...
-
-    async def task_cancel(self, p: TaskCancel) -> CancelOutcome: ...
-
-    async def task_retry(self, p: TaskRetry) -> State: ...
-
-    async def task_progress(self, p: TaskProgress) -> None: ...
-
-    async def task_get(self, task_id: str) -> TaskRecord | None: ...
-
-    async def tasks_list(self, p: TasksList) -> list[TaskRecord]: ...
-
-    async def tasks_count(self) -> list[CountRow]: ...
-
-    async def results_get(self, task_ids: Sequence[str]) -> list[ResultRow]:
-        """Result rows of those tasks that have ended; tasks still active are left out."""
-
-    async def events_read(self, p: EventsRead) -> list[Event]: ...
-
-    async def task_wait_children(self, p: TaskWaitChildren) -> State:
-        """Park a task whose execute returned; returns the state it moved to."""
-
-    async def children_page(self, p: ChildrenPage) -> list[ChildRow]: ...
-
-    async def children_summary(self, p: ChildrenSummaryQuery) -> ChildrenSummary: ...
-
-    async def hooks_claim(self, p: HooksClaim) -> list[HookRow]: ...
-
-    async def hook_done(self, p: HookDone) -> None: ...
-
-    async def wait_for_work(self, timeout_s: float) -> None:
-        """Return when new ready work may exist (a hint), or after `timeout_s`."""
-
-    async def wait_for_finish(self, timeout_s: float) -> None:
-        """Return when some task may have ended or been asked to cancel, or after `timeout_s`."""

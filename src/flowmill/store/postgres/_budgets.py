@@ -67,7 +67,7 @@ class BudgetQueries:
         self.seen = (
             f"SELECT 1 FROM {s}.budget_reports WHERE budget_id = %(id)s AND dedup_key = %(key)s"
         )
-        self.insert = f"""
+        self.budget_define_insert = f"""
 INSERT INTO {s}.budgets ({_COLUMNS}, created_at, updated_at)
 VALUES (%(id)s, %(hard)s, %(soft)s, %(usage)s, %(every)s, %(start)s, %(breached)s, %(now)s,
     %(now)s)
@@ -79,12 +79,12 @@ UPDATE {s}.budgets SET hard = %(hard)s, soft = %(soft)s, usage = %(usage)s,
     updated_at = %(now)s
 WHERE id = %(id)s
 """
-        self.record = f"""
+        self.budget_report_usage = f"""
 INSERT INTO {s}.budget_reports (budget_id, dedup_key, task_id, amounts, at)
 VALUES (%(id)s, %(key)s, %(task)s, %(amounts)s, %(now)s)
 """
         self.ready = f"SELECT count(*) FROM {s}.tasks WHERE budget_id = %(id)s AND state = 'ready'"
-        self.get = f"""
+        self.budgets_get = f"""
 WITH {NOW}
 SELECT {", ".join(f"b.{col}" for col in _COLUMNS.split(", "))},
     (SELECT count(*) FROM {s}.tasks t WHERE t.budget_id = b.id AND t.state = 'ready'), c.now
@@ -190,7 +190,7 @@ class PostgresBudgetsMixin:
                 b = await self._budget_locked(conn, p.budget_id)
                 if b is None:
                     b = new_budget(p.budget_id, p.hard, p.soft, p.reset_every_ms, now)
-                    cur = await conn.execute(self._bq.insert, _values(b, now))
+                    cur = await conn.execute(self._bq.budget_define_insert, _values(b, now))
                     if await cur.fetchone() is not None:
                         return b.row(now, 0)
                     # Defined meanwhile by another caller: redefine that one.
@@ -241,7 +241,7 @@ class PostgresBudgetsMixin:
                 await conn.execute(self._bq.update, _values(b, now))
                 if key is not None and report.status is not UsageStatus.HARD_BREACH:
                     await conn.execute(
-                        self._bq.record,
+                        self._bq.budget_report_usage,
                         {
                             "id": enc(b.id),
                             "key": key,
@@ -262,7 +262,7 @@ class PostgresBudgetsMixin:
         params = {"now": now_ms, "ids": [enc(i) for i in dict.fromkeys(budget_ids)]}
 
         async def job(conn: Conn) -> list[BudgetRow]:
-            rows = await (await conn.execute(self._bq.get, params)).fetchall()
+            rows = await (await conn.execute(self._bq.budgets_get, params)).fetchall()
             return [_budget(r).row(int(r[8]), int(r[7])) for r in rows]
 
         return await self._run(job, idempotent=True)
@@ -320,7 +320,7 @@ class PostgresBudgetsMixin:
                 out = ClaimedRows()
                 if walk.chosen:
                     cur = await conn.execute(
-                        self._q.claim_picked,
+                        self._q.tasks_claim_picked,
                         {
                             "now": now,
                             "seqs": walk.chosen,

@@ -1,6 +1,6 @@
 """Dependencies between tasks in the PostgreSQL store: linking at insert, reads, reconcile.
 
-Resolution itself is pushed by a trigger in the database (see `_pg_dag_sql`), so every
+Resolution itself is pushed by a trigger in the database (see `_dag_sql`), so every
 store operation that ends a task with dependents resolves them in its own transaction.
 Here: the insert of a linked batch (tasks with dependencies, or the nodes of a workflow
 run) in one transaction (rows, edges, the run, and the resolution of upstream tasks that
@@ -17,18 +17,16 @@ from psycopg import AsyncConnection
 
 from ..._states import State
 from ...errors import ConfigurationError, TaskNotFound
-from .._common.serde import decode_error
 
 # The checks of a linked task are the contract's, shared with the SQLite store.
+from .._common.dag_rules import check, edges_of, has_links
+from .._common.serde import decode_error
 from ..contract.dag import (
     NodeRow,
     UpstreamRow,
     WorkflowGet,
     WorkflowRecord,
     WorkflowsList,
-    check,
-    edges_of,
-    has_links,
 )
 from ..contract.tasks import InsertOutcome, InsertStatus, NewTask, TasksInsert
 from ._dag_sql import DagQueries
@@ -61,7 +59,7 @@ class Dag:
         """Fresh planner statistics of the tables the resolution reads."""
         await conn.execute(self.dq.analyze)
 
-    async def insert(self, conn: Conn, p: TasksInsert) -> list[InsertOutcome]:
+    async def tasks_insert(self, conn: Conn, p: TasksInsert) -> list[InsertOutcome]:
         """A linked batch, in one transaction: the rows (dependents `blocked`), then the
         edges, with upstream ids of tasks the batch skipped (dedup, child keys) sent to
         the task standing for them. Upstream tasks outside the batch must exist
@@ -153,9 +151,9 @@ class Dag:
 
     # -- maintenance -------------------------------------------------------------------
 
-    async def reconcile(self, conn: Conn, limit: int, now_ms: int | None) -> int:
+    async def deps_reconcile(self, conn: Conn, limit: int, now_ms: int | None) -> int:
         cur = await conn.execute(
-            self.dq.reconcile,
+            self.dq.deps_reconcile,
             {
                 "limit": limit,
                 "now": now_ms,
@@ -173,20 +171,20 @@ class Dag:
     # -- reads -------------------------------------------------------------------------
 
     async def upstream_get(self, conn: Conn, task_id: str) -> list[UpstreamRow]:
-        cur = await conn.execute(self.dq.upstream, {"id": task_id})
+        cur = await conn.execute(self.dq.upstream_get, {"id": task_id})
         return [
             UpstreamRow(i, dec(k), dec_opt(n), State(s), res, decode_error(e))
             for i, k, n, s, res, e in await cur.fetchall()
         ]
 
     async def workflow_get(self, conn: Conn, p: WorkflowGet) -> WorkflowRecord | None:
-        cur = await conn.execute(self.dq.workflow, {"id": p.workflow_id})
+        cur = await conn.execute(self.dq.workflow_get, {"id": p.workflow_id})
         row = await cur.fetchone()
         if row is None:
             return None
         nodes: tuple[NodeRow, ...] = ()
         if p.nodes:
-            cur = await conn.execute(self.dq.workflow_nodes, {"id": p.workflow_id})
+            cur = await conn.execute(self.dq.workflow_get_nodes, {"id": p.workflow_id})
             nodes = tuple(
                 NodeRow(
                     node=dec(n) if n is not None else i,

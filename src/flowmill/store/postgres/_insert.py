@@ -50,10 +50,10 @@ def insert_params(
     work_channel: str,
     dependents: Set[str] | None = None,
 ) -> dict[str, Any]:
-    """Parameters of `Queries.insert`: one array per column, or one value for all.
+    """Parameters of `Queries.tasks_insert`: one array per column, or one value for all.
 
     With `dependents` (the ids some task of the batch depends on), those of
-    `Queries.insert_linked`: the dependency and workflow columns too."""
+    `Queries.tasks_insert_linked`: the dependency and workflow columns too."""
     params: dict[str, Any] = {
         "now": now_ms,
         "work_channel": work_channel,
@@ -94,7 +94,7 @@ async def insert_keyed(
     partial unique index; those that conflict are looked up (the winner may be another
     transaction's, committed meanwhile). A key whose holder ended between the two
     statements is tried again. A linked batch (dependencies, a workflow run: `dependents`
-    names the ids its tasks depend on) goes through `Queries.insert_linked`.
+    names the ids its tasks depend on) goes through `Queries.tasks_insert_linked`.
     """
     first: dict[tuple[str, str], int] = {}
     send: list[int] = []
@@ -115,7 +115,7 @@ async def insert_keyed(
         for _ in range(_DEDUP_TRIES):
             batch = [rows[i] for i in send]
             cur = await conn.execute(
-                q.insert if dependents is None else q.insert_linked,
+                q.tasks_insert if dependents is None else q.tasks_insert_linked,
                 insert_params(batch, p.now_ms, work_channel, dependents),
             )
             row = await cur.fetchone()

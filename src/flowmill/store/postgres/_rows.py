@@ -12,7 +12,7 @@ from ._text import dec, dec_opt
 
 
 def claimed_row(r: Sequence[Any]) -> ClaimedRow:
-    """A row of `Queries.claim_one` / `claim_many`."""
+    """A row of `Queries.tasks_claim_one` / `claim_many`."""
     return ClaimedRow(
         id=r[0],
         kind=dec(r[1]),

@@ -43,261 +43,17 @@ from ..contract.signals import (
     WaitpointCreate,
     WaitpointRow,
 )
-from ._schema import quote_schema
-from ._sql import NOW
 from ._text import dec, enc, enc_opt
 
 if TYPE_CHECKING:
     from .._common.wake import Pulse
     from ._sql import Queries
     from ._tree import Tree
+from ._signals_sql import SignalQueries
 
 T = TypeVar("T")
+
 Conn = AsyncConnection[Any]
-
-_TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
-SATISFIED = "satisfied"
-TIMEOUT = "timeout"
-_RESULT_UPSERT = (
-    "ON CONFLICT (task_id) DO UPDATE SET state = excluded.state, result = excluded.result, "
-    "error = excluded.error, finished_at = excluded.finished_at"
-)
-
-
-class SignalQueries:
-    """Every statement of the signal and frame operations, for one schema."""
-
-    def __init__(self, schema: str) -> None:
-        s = quote_schema(schema)
-        wp_cols = "id, task_id, key, expires_at, created_at"
-        # Fenced writes lock the task row FOR SHARE: a claim, finish or suspend of the
-        # same task waits for them (and they for it), while they never wait for each other.
-        self.waitpoint_create = f"""
-WITH {NOW},
-f AS MATERIALIZED (
-    SELECT id FROM {s}.tasks WHERE id = %(task)s AND lease_epoch = %(epoch)s
-        AND state = 'running' FOR SHARE
-),
-ins AS (
-    INSERT INTO {s}.waitpoints ({wp_cols})
-    SELECT %(id)s, f.id, %(key)s, c.now + %(expires_in)s, c.now FROM f, c
-    ON CONFLICT (task_id, key) DO NOTHING
-    RETURNING {wp_cols}
-)
-SELECT (SELECT count(*) FROM f), ins.* FROM (SELECT 1) x LEFT JOIN ins ON true
-"""
-        self.waitpoint_by_key = (
-            f"SELECT {wp_cols} FROM {s}.waitpoints WHERE task_id = %(task)s AND key = %(key)s"
-        )
-        self.waitpoint_get = f"SELECT {wp_cols} FROM {s}.waitpoints WHERE id = %(id)s"
-
-        # -- signal_deliver: the task row locked first, then everything else read ---------
-        # Every write about a task's signals holds this lock, so the next statement (a new
-        # snapshot, in READ COMMITTED) sees all of them: none is in flight meanwhile.
-        self.deliver_lock = f"""
-SELECT id FROM {s}.tasks
-WHERE id = (SELECT task_id FROM {s}.waitpoints WHERE id = %(wp)s)
-FOR UPDATE
-"""
-        # The signal is stored unless the waitpoint has expired or the task has ended; for
-        # a suspended task, its open suspension and every signal not consumed yet come back.
-        self.deliver = f"""
-WITH {NOW},
-w AS (
-    SELECT w.task_id, w.expires_at, t.state FROM {s}.waitpoints w
-    JOIN {s}.tasks t ON t.id = w.task_id WHERE w.id = %(wp)s
-),
-ok AS (
-    SELECT w.task_id FROM w, c
-    WHERE w.expires_at > c.now AND w.state NOT IN ({_TERMINAL_SQL})
-),
-ins AS (
-    INSERT INTO {s}.signals (task_id, waitpoint_id, name, payload, idempotency_key, at)
-    SELECT ok.task_id, %(wp)s, %(name)s, %(payload)s, %(key)s, c.now FROM ok, c
-    ON CONFLICT (waitpoint_id, idempotency_key) WHERE idempotency_key IS NOT NULL
-        DO NOTHING
-    RETURNING seq, task_id
-),
-sus AS (
-    SELECT s.id, s.condition FROM {s}.suspensions s, w
-    WHERE s.task_id = w.task_id AND s.resolved_at IS NULL AND w.state = 'suspended'
-),
-old AS (
-    SELECT g.seq, g.waitpoint_id, g.name FROM {s}.signals g, ins
-    WHERE g.task_id = ins.task_id AND g.suspension_id IS NULL AND EXISTS (SELECT 1 FROM sus)
-)
-SELECT w.task_id, w.expires_at, w.state, c.now,
-    EXISTS (SELECT 1 FROM {s}.signals WHERE waitpoint_id = %(wp)s
-        AND idempotency_key = %(key)s),
-    (SELECT seq FROM ins), (SELECT id FROM sus), (SELECT condition FROM sus),
-    ARRAY(SELECT waitpoint_id FROM old ORDER BY seq), ARRAY(SELECT name FROM old ORDER BY seq)
-FROM c LEFT JOIN w ON true
-"""
-        self.resume = f"""
-WITH cons AS (
-    UPDATE {s}.signals SET suspension_id = %(sid)s
-    WHERE task_id = %(task)s AND suspension_id IS NULL AND seq <= %(last)s
-),
-res AS (
-    UPDATE {s}.suspensions SET resolved_at = %(now)s, resolution = '{SATISFIED}'
-    WHERE id = %(sid)s
-),
-upd AS (
-    UPDATE {s}.tasks SET state = 'ready', updated_at = %(now)s
-    WHERE id = %(task)s AND state = 'suspended'
-    RETURNING id, kind
-),
-ev AS (INSERT INTO {s}.events (task_id, kind, state, at, detail)
-    SELECT id, kind, 'ready', %(now)s, 'resumed' FROM upd),
-n AS (SELECT pg_notify(%(work_channel)s, '') FROM upd)
-SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM n)
-"""
-
-        # -- task_suspend ----------------------------------------------------------------
-        self.suspend_lock = f"""
-WITH {NOW}
-SELECT t.attempts, c.now, t.cancel_requested FROM {s}.tasks t, c
-WHERE t.id = %(task)s AND t.lease_epoch = %(epoch)s AND t.state = 'running'
-FOR UPDATE OF t
-"""
-        self.unconsumed = (
-            f"SELECT seq, waitpoint_id, name FROM {s}.signals "
-            "WHERE task_id = %(task)s AND suspension_id IS NULL ORDER BY seq"
-        )
-        sus_cols = "task_id, condition, timeout_at, on_timeout, attempt, created_at"
-        sus_vals = "%(task)s, %(condition)s, %(timeout_at)s, %(on_timeout)s, %(attempt)s, %(now)s"
-        self.suspend_satisfied = f"""
-WITH ins AS (
-    INSERT INTO {s}.suspensions ({sus_cols}, resolved_at, resolution)
-    VALUES ({sus_vals}, %(now)s, '{SATISFIED}')
-    RETURNING id
-),
-cons AS (
-    UPDATE {s}.signals SET suspension_id = (SELECT id FROM ins)
-    WHERE task_id = %(task)s AND suspension_id IS NULL AND seq <= %(last)s
-)
-SELECT id FROM ins
-"""
-        # The attempt is given back, as by a release: the claim that resumes it counts it.
-        self.suspend = f"""
-WITH ins AS (
-    INSERT INTO {s}.suspensions ({sus_cols}) VALUES ({sus_vals})
-),
-upd AS (
-    UPDATE {s}.tasks SET state = 'suspended', lease_owner = NULL, lease_expires_at = NULL,
-        attempts = attempts - 1, updated_at = %(now)s
-    WHERE id = %(task)s
-    RETURNING id, kind
-)
-INSERT INTO {s}.events (task_id, kind, state, at, detail)
-SELECT id, kind, 'suspended', %(now)s, %(detail)s FROM upd
-"""
-
-        # -- suspensions_expire ------------------------------------------------------------
-        self.due = f"""
-WITH {NOW}
-SELECT s.task_id, c.now FROM {s}.suspensions s JOIN {s}.tasks t ON t.id = s.task_id, c
-WHERE s.resolved_at IS NULL AND s.timeout_at <= c.now AND t.state = 'suspended'
-ORDER BY s.timeout_at, s.id LIMIT %(limit)s
-"""
-        # Their parents are locked first: the parent-before-child order of tree writes.
-        self.lock_parents = f"""
-SELECT p.id FROM {s}.tasks p
-WHERE p.id IN (SELECT parent_id FROM {s}.tasks WHERE id = ANY(%(ids)s::text[])
-    AND parent_id IS NOT NULL)
-ORDER BY p.id FOR NO KEY UPDATE OF p
-"""
-        self.due_lock = f"""
-SELECT s.id, s.task_id, s.on_timeout, t.parent_id
-FROM {s}.suspensions s JOIN {s}.tasks t ON t.id = s.task_id
-WHERE s.task_id = ANY(%(ids)s::text[]) AND s.resolved_at IS NULL
-    AND s.timeout_at <= %(now)s AND t.state = 'suspended'
-ORDER BY t.id
-FOR UPDATE OF t, s SKIP LOCKED
-"""
-        self.resolve_timeouts = (
-            f"UPDATE {s}.suspensions SET resolved_at = %(now)s, resolution = '{TIMEOUT}' "
-            "WHERE id = ANY(%(ids)s::bigint[])"
-        )
-        self.timeouts = f"""
-WITH a AS (
-    SELECT * FROM unnest(%(ids)s::text[], %(targets)s::text[], %(errors)s::text[],
-        %(details)s::text[]) AS a(id, target, error, detail)
-),
-upd AS (
-    UPDATE {s}.tasks t SET state = a.target, error = coalesce(a.error, t.error),
-        updated_at = %(now)s,
-        finished_at = CASE WHEN a.target = 'ready' THEN t.finished_at ELSE %(now)s END
-    FROM a WHERE t.id = a.id
-    RETURNING t.id, t.kind, t.seq, a.target, a.error, a.detail
-),
-ev AS (INSERT INTO {s}.events (task_id, kind, state, at, detail)
-    SELECT id, kind, target, %(now)s, detail FROM upd ORDER BY seq),
-res AS (INSERT INTO {s}.results (task_id, state, result, error, finished_at)
-    SELECT id, target, NULL, error, %(now)s FROM upd WHERE target <> 'ready'
-    {_RESULT_UPSERT}),
-nw AS (SELECT pg_notify(%(work_channel)s, '')
-    FROM (SELECT 1 FROM upd WHERE target = 'ready' LIMIT 1) x),
-nf AS (SELECT pg_notify(%(finish_channel)s, '')
-    FROM (SELECT 1 FROM upd WHERE target <> 'ready' LIMIT 1) x)
-SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM nw), (SELECT count(*) FROM nf)
-"""
-
-        self.resume_signals = f"""
-WITH last AS (
-    SELECT id, resolution FROM {s}.suspensions WHERE task_id = %(id)s
-    ORDER BY id DESC LIMIT 1
-)
-SELECT g.waitpoint_id, g.name, g.payload, g.at FROM {s}.signals g, last
-WHERE last.resolution = '{SATISFIED}' AND g.suspension_id = last.id
-ORDER BY g.seq
-"""
-
-        # -- frames --------------------------------------------------------------------------
-        self.frames_append = f"""
-WITH {NOW},
-f AS MATERIALIZED (
-    SELECT attempts FROM {s}.tasks WHERE id = %(task)s AND lease_epoch = %(epoch)s
-        AND state = 'running' FOR SHARE
-),
-n AS (
-    INSERT INTO {s}.frame_seqs (task_id, attempt, seq)
-    SELECT %(task)s, f.attempts, 1 FROM f
-    ON CONFLICT (task_id, attempt) DO UPDATE SET seq = {s}.frame_seqs.seq + 1
-    RETURNING attempt, seq
-),
-ins AS (
-    INSERT INTO {s}.frames (task_id, attempt, seq, frame_type, payload, metadata, at)
-    SELECT %(task)s, n.attempt, n.seq, %(frame_type)s, %(payload)s, %(metadata)s, c.now
-    FROM n, c
-),
-nt AS (SELECT pg_notify(%(frames_channel)s, '') FROM n)
-SELECT n.attempt, n.seq, (SELECT count(*) FROM nt) FROM n
-"""
-        # One row per frame (or one with NULL frame columns): the task's state and current
-        # attempt, the attempt read (given, else the latest with frames, else the current).
-        self.frames_read = f"""
-WITH t AS (SELECT state, attempts FROM {s}.tasks WHERE id = %(task)s),
-a AS (
-    SELECT coalesce(%(attempt)s::int,
-        (SELECT max(attempt) FROM {s}.frames WHERE task_id = %(task)s),
-        nullif((SELECT attempts FROM t), 0)) AS attempt
-)
-SELECT t.state, t.attempts, a.attempt, f.seq, f.frame_type, f.payload, f.metadata, f.at
-FROM t CROSS JOIN a LEFT JOIN LATERAL (
-    SELECT seq, frame_type, payload, metadata, at FROM {s}.frames
-    WHERE task_id = %(task)s AND attempt = a.attempt AND seq > %(after)s
-    ORDER BY seq LIMIT %(limit)s
-) f ON true
-ORDER BY f.seq
-"""
-
-        self.meta_insert = (
-            f"INSERT INTO {s}.meta (key, value) VALUES (%(key)s, %(value)s) "
-            "ON CONFLICT (key) DO NOTHING"
-        )
-        self.meta_get = f"SELECT value FROM {s}.meta WHERE key = %(key)s"
-
 
 _PIPELINE = psycopg.AsyncPipeline.is_supported()
 
@@ -391,8 +147,8 @@ class PostgresSignalsMixin:
 
         async def job(conn: Conn) -> DeliverOutcome:
             async with _pipeline(conn), conn.transaction():
-                await conn.execute(self._sq.deliver_lock, {"wp": p.waitpoint_id})
-                cur = await conn.execute(self._sq.deliver, params)
+                await conn.execute(self._sq.signal_deliver_lock, {"wp": p.waitpoint_id})
+                cur = await conn.execute(self._sq.signal_deliver, params)
                 row = await cur.fetchone()
                 assert row is not None
                 (
@@ -450,7 +206,7 @@ class PostgresSignalsMixin:
         async def job(conn: Conn) -> SuspendStatus:
             async with _pipeline(conn), conn.transaction():
                 locked = await conn.execute(
-                    self._sq.suspend_lock,
+                    self._sq.task_suspend_lock,
                     {"now": p.now_ms, "task": p.task_id, "epoch": p.epoch},
                 )
                 unconsumed = await conn.execute(self._sq.unconsumed, {"task": p.task_id})
@@ -471,10 +227,10 @@ class PostgresSignalsMixin:
                 }
                 if satisfied(condition, [(w, dec(n)) for _, w, n in signals]):
                     params["last"] = signals[-1][0]
-                    await conn.execute(self._sq.suspend_satisfied, params)
+                    await conn.execute(self._sq.task_suspend_satisfied, params)
                     return SuspendStatus.ALREADY_SATISFIED
                 params["detail"] = suspend_detail(p)
-                await conn.execute(self._sq.suspend, params)
+                await conn.execute(self._sq.task_suspend, params)
                 return SuspendStatus.SUSPENDED
 
         return await self._run(job, idempotent=False)
@@ -484,14 +240,16 @@ class PostgresSignalsMixin:
             return 0
 
         async def job(conn: Conn) -> int:
-            cur = await conn.execute(self._sq.due, {"now": p.now_ms, "limit": p.limit})
+            cur = await conn.execute(
+                self._sq.suspensions_expire_due, {"now": p.now_ms, "limit": p.limit}
+            )
             due = await cur.fetchall()
             if not due:
                 return 0
             ids, now = sorted(r[0] for r in due), int(due[0][1])
             async with conn.transaction():
                 await conn.execute(self._sq.lock_parents, {"ids": ids})
-                cur = await conn.execute(self._sq.due_lock, {"ids": ids, "now": now})
+                cur = await conn.execute(self._sq.suspensions_expire_lock, {"ids": ids, "now": now})
                 rows = await cur.fetchall()
                 if not rows:
                     return 0
@@ -521,7 +279,7 @@ class PostgresSignalsMixin:
                     ended.append((parent_id, task_id, target))
         if moved:
             await conn.execute(
-                self._sq.timeouts,
+                self._sq.suspensions_expire,
                 {
                     "ids": [m[0] for m in moved],
                     "targets": [m[1].value for m in moved],
@@ -533,7 +291,9 @@ class PostgresSignalsMixin:
                 },
             )
         for task_id in cancelled:  # exactly an operator cancel: hooks, cascade, the join
-            await self._tree.cancel_task(conn, self._q.cancel, task_id, SUSPEND_CANCEL_ERROR, now)
+            await self._tree.cancel_task(
+                conn, self._q.task_cancel, task_id, SUSPEND_CANCEL_ERROR, now
+            )
         if ended:
             await self._tree.children_ended(conn, ended, now)
         return len(rows)
@@ -603,8 +363,8 @@ class PostgresSignalsMixin:
         async def job(conn: Conn) -> str:
             # Two statements: the second sees a value another caller committed while the
             # insert waited for it.
-            await conn.execute(self._sq.meta_insert, params)
-            row = await (await conn.execute(self._sq.meta_get, params)).fetchone()
+            await conn.execute(self._sq.meta_get_or_set_insert, params)
+            row = await (await conn.execute(self._sq.meta_get_or_set_read, params)).fetchone()
             assert row is not None
             return dec(row[0])
 

@@ -8,8 +8,12 @@ and constant fragments derived from the state enum.
 
 from __future__ import annotations
 
-from ..._states import CHILD_FAILURES
-from ._schema import ACTIVE_SQL, quote_schema
+from ..._states import ACTIVE, CHILD_FAILURES
+from ._schema import quote_schema
+
+# Constant SQL fragments built from the state enum, never from user input. The dedup
+# index of migration 1 has this predicate; the ON CONFLICT clauses below must repeat it.
+ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE))
 
 # Literals only: child ends that count as failures for fail_fast (see _states).
 _CHILD_FAILURES_SQL = ", ".join(f"'{st.value}'" for st in sorted(CHILD_FAILURES))
@@ -50,7 +54,7 @@ NEW_TASK_COLUMNS: tuple[tuple[str, str], ...] = (
     ("budget_id", "text"),
 )
 # Columns only a task linked to others has (dependencies, a workflow run): sent only by
-# the linked insert (`Queries.insert_linked`), so plain inserts carry none of them.
+# the linked insert (`Queries.tasks_insert_linked`), so plain inserts carry none of them.
 LINK_COLUMNS: tuple[tuple[str, str], ...] = (
     ("deps_pending", "int"),
     ("upstream_policy", "text"),
@@ -132,19 +136,19 @@ class Queries:
         s = quote_schema(schema)
         self.now = f"SELECT {CLOCK}"
 
-        self.insert = _insert(s, _NEW_TASK_ROWS, INSERT_COLUMNS, INSERT_VALUES)
-        # Tasks with dependencies or of a workflow run (see `_pg_dag`); with dedup keys or not.
-        self.insert_linked = _insert(s, _LINKED_ROWS, _LINKED_COLUMNS, _LINKED_VALUES)
+        self.tasks_insert = _insert(s, _NEW_TASK_ROWS, INSERT_COLUMNS, INSERT_VALUES)
+        # Tasks with dependencies or of a workflow run (see `_dag`); with dedup keys or not.
+        self.tasks_insert_linked = _insert(s, _LINKED_ROWS, _LINKED_COLUMNS, _LINKED_VALUES)
 
         # Without dedup keys nothing can conflict: skip the speculative-insert machinery.
         conflict = (
             f"    ON CONFLICT (kind, dedup_key) WHERE dedup_key IS NOT NULL AND state IN "
             f"({ACTIVE_SQL})\n    DO NOTHING\n"
         )
-        assert conflict in self.insert
-        self.insert_unkeyed = self.insert.replace(conflict, "")
+        assert conflict in self.tasks_insert
+        self.tasks_insert_unkeyed = self.tasks_insert.replace(conflict, "")
         # The same, run again after a lost reply: rows the first run committed are skipped.
-        self.insert_unkeyed_again = self.insert.replace(
+        self.tasks_insert_unkeyed_again = self.tasks_insert.replace(
             conflict, "    ON CONFLICT (id) DO NOTHING\n"
         )
 
@@ -214,7 +218,7 @@ SELECT id, kind, queue, priority, payload, phase, memo, attempts, max_attempts,
 FROM upd ORDER BY priority DESC, seq
 """
         # One queue: a plain walk of the ready index in (priority DESC, seq) order.
-        self.claim_one = (
+        self.tasks_claim_one = (
             claim_head
             + f"""    SELECT t.seq FROM {s}.tasks t
     WHERE t.queue = %(queue)s AND {ready_filter}
@@ -224,7 +228,7 @@ FROM upd ORDER BY priority DESC, seq
         )
         # Several queues: one index walk per queue, merged; rows locked but not taken are
         # released at commit, a moment later.
-        self.claim_many = (
+        self.tasks_claim_many = (
             claim_head
             + f"""    SELECT x.seq FROM unnest(%(queues)b::text[]) AS q(queue)
     CROSS JOIN LATERAL (
@@ -238,11 +242,13 @@ FROM upd ORDER BY priority DESC, seq
         )
 
         # Tasks a limited claim chose (and locked) already.
-        self.claim_picked = claim_head + "    SELECT unnest(%(seqs)s::bigint[]) AS seq" + claim_tail
+        self.tasks_claim_picked = (
+            claim_head + "    SELECT unnest(%(seqs)s::bigint[]) AS seq" + claim_tail
+        )
 
         # Rows are locked in id order, the order every batched write locks in (the plan of
         # a join would lock in whatever order it scans: a deadlock with another batch).
-        self.renew = f"""
+        self.leases_renew = f"""
 WITH {_NOW},
 lk AS MATERIALIZED (
     SELECT t.seq FROM {s}.tasks t
@@ -265,7 +271,7 @@ RETURNING t.id, t.lease_epoch, t.cancel_requested, t.lease_expires_at
         # `simple` (autocommit, one statement): the finishes, and the join of the children
         # among them: each parent's counter drops by its ended children in one UPDATE
         # (`- n`, under the row lock), and the statement that takes a waiting parent to zero
-        # readies it for finalize. Left out (listed as deferred, for `_pg_tree` to apply in
+        # readies it for finalize. Left out (listed as deferred, for `_tree` to apply in
         # a transaction): a cancelled task with live children (a cascade), a failed child
         # of a waiting fail_fast parent (the parent fails), and a child whose parent is in
         # the same batch (a row may be written once per statement). Every row the
@@ -273,7 +279,7 @@ RETURNING t.id, t.lease_epoch, t.cancel_requested, t.lease_expires_at
         # before any row is written): the order every batched write locks in, so batches
         # never deadlock one another. Not `simple`: the finishes only; the caller does the
         # tree work.
-        self.finish = f"""
+        self.tasks_finish = f"""
 WITH {_NOW},
 i AS MATERIALIZED (SELECT * FROM unnest(%(ids)b::text[], %(epochs)b::bigint[],
         %(targets)b::text[], %(errors)b::text[], %(details)b::text[],
@@ -363,12 +369,12 @@ UNION ALL SELECT 'd', ord, NULL, NULL, NULL, NULL FROM deferred
 UNION ALL SELECT 'n', 0, NULL, NULL, NULL, NULL FROM nw
 UNION ALL SELECT 'n', 0, NULL, NULL, NULL, NULL FROM nf
 """
-        self.finish_refused = (
+        self.tasks_finish_refused = (
             f"SELECT id, state, lease_epoch, last_finish FROM {s}.tasks "
             "WHERE id = ANY(%(ids)b::text[])"
         )
 
-        self.promote = f"""
+        self.tasks_promote = f"""
 WITH {_NOW},
 picked AS MATERIALIZED (
     SELECT seq FROM {s}.tasks WHERE state = 'scheduled' AND run_at <= (SELECT now FROM c)
@@ -385,7 +391,7 @@ n AS (SELECT pg_notify(%(work_channel)s, '') FROM (SELECT 1 FROM upd LIMIT 1) x)
 SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM n)
 """
 
-        self.expire = f"""
+        self.tasks_expire = f"""
 WITH {_NOW},
 picked AS MATERIALIZED (
     SELECT seq FROM {s}.tasks
@@ -428,13 +434,13 @@ ORDER BY lease_expires_at LIMIT %(limit)s
             f"SELECT id FROM {s}.tasks WHERE kind = %(kind)s AND dedup_key = %(key)s "
             f"AND state IN ({ACTIVE_SQL})"
         )
-        self.cancel_request = f"""
+        self.task_cancel_request = f"""
 WITH {_NOW}
 UPDATE {s}.tasks SET cancel_requested = true, updated_at = (SELECT now FROM c)
 WHERE id = %(id)s
 RETURNING pg_notify(%(finish_channel)s, '')
 """
-        self.cancel = f"""
+        self.task_cancel = f"""
 WITH {_NOW},
 upd AS (
     UPDATE {s}.tasks t SET state = 'cancelled', error = %(error)s, updated_at = c.now,
@@ -456,7 +462,7 @@ SELECT upd.now, upd.parent_id, upd.has_children, (SELECT count(*) FROM n) FROM u
             f"SELECT p.id FROM {s}.tasks p WHERE p.id = (SELECT parent_id FROM {s}.tasks "
             "WHERE id = %(id)s) FOR NO KEY UPDATE OF p"
         )
-        self.retry = f"""
+        self.task_retry = f"""
 WITH {_NOW},
 upd AS (
     UPDATE {s}.tasks t SET state = 'ready', attempts = 0, error = NULL, finished_at = NULL,
@@ -473,7 +479,7 @@ SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM n)
 """
 
         # Progress is recorded as a `running` event too (detail `progress 40%: loading`).
-        self.progress = f"""
+        self.task_progress = f"""
 WITH {_NOW},
 upd AS (
     UPDATE {s}.tasks SET progress_pct = %(pct)s, progress_message = %(message)s,
@@ -485,24 +491,24 @@ INSERT INTO {s}.events (task_id, kind, state, at, detail)
 SELECT id, kind, 'running', updated_at, %(detail)s FROM upd
 """
 
-        self.get = (
+        self.task_get = (
             f"SELECT {TASK_COLUMNS} FROM {s}.tasks t "
             f"LEFT JOIN {s}.results r ON r.task_id = t.id WHERE t.id = %(id)s"
         )
-        self.list_head = (
+        self.tasks_list_head = (
             f"SELECT {TASK_COLUMNS} FROM {s}.tasks t "
             f"LEFT JOIN {s}.results r ON r.task_id = t.id WHERE "
         )
-        self.list_after = f"t.seq > (SELECT seq FROM {s}.tasks WHERE id = %(after_id)s)"
-        self.count = (
+        self.tasks_list_after = f"t.seq > (SELECT seq FROM {s}.tasks WHERE id = %(after_id)s)"
+        self.tasks_count = (
             f"SELECT queue, state, count(*) FROM {s}.tasks GROUP BY queue, state "
             "ORDER BY queue, state"
         )
-        self.results = (
+        self.results_get = (
             f"SELECT task_id, state, result, error FROM {s}.results "
             "WHERE task_id = ANY(%(ids)b::text[])"
         )
-        self.events = (
+        self.events_read = (
             f"SELECT id, task_id, kind, state, at, detail FROM {s}.events WHERE id > %(after)s "
             "ORDER BY id LIMIT %(limit)s"
         )

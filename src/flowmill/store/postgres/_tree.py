@@ -1,6 +1,6 @@
 """Parents and children in the PostgreSQL store: the join, fail-fast, cascades, spawns, hooks.
 
-The common cases are single statements (see `Queries.finish` and `TreeQueries.spawn`):
+The common cases are single statements (see `Queries.tasks_finish` and `TreeQueries.spawn`):
 a batch of finishes counts its ended children against their parents with one aggregated
 `children_active - n` per parent, and the statement that takes a waiting parent to zero
 readies it for finalize; concurrent spawns are merged into one statement that locks each
@@ -333,7 +333,7 @@ class Tree:
 
     # -- wait_children -----------------------------------------------------------------
 
-    async def wait_children(self, conn: Conn, p: TaskWaitChildren, cancel: str) -> State:
+    async def task_wait_children(self, conn: Conn, p: TaskWaitChildren, cancel: str) -> State:
         """Store the memo and park the task (fenced); see `TaskWaitChildren`.
 
         `cancel` is the store's cancel statement: a task asked to cancel while its execute
@@ -344,7 +344,7 @@ class Tree:
             now = await self.now(conn, p.now_ms)
             await conn.execute(self.q.lock_parent, {"id": p.task_id})  # parent first
             cur = await conn.execute(
-                self.tq.store_memo,
+                self.tq.task_wait_children_memo,
                 {"now": now, "memo": p.memo, "id": p.task_id, "epoch": p.epoch},
             )
             row = await cur.fetchone()
@@ -364,7 +364,8 @@ class Tree:
                 await self.ready_for_finalize(conn, [p.task_id], now)
                 return State.READY
             await conn.execute(
-                self.tq.park, {"now": now, "id": p.task_id, "detail": f"{active} children"}
+                self.tq.task_wait_children,
+                {"now": now, "id": p.task_id, "detail": f"{active} children"},
             )
             return State.WAITING_CHILDREN
 

@@ -200,13 +200,13 @@ SELECT (SELECT count(*) FROM page), (SELECT max(seq) FROM page),
 """
 
         # -- wait_children -----------------------------------------------------------
-        self.store_memo = f"""
+        self.task_wait_children_memo = f"""
 UPDATE {s}.tasks SET memo = %(memo)s, lease_owner = NULL, lease_expires_at = NULL,
     last_finish = 'waiting_children', updated_at = %(now)s
 WHERE id = %(id)s AND lease_epoch = %(epoch)s AND state = 'running'
 RETURNING kind, children_active, children_failed, fail_fast, parent_id, cancel_requested
 """
-        self.park = f"""
+        self.task_wait_children = f"""
 WITH upd AS (
     UPDATE {s}.tasks SET state = 'waiting_children', phase = 'finalize'
     WHERE id = %(id)s RETURNING id, kind

@@ -40,40 +40,6 @@ from ..contract.tasks import ClaimedRow, TasksClaim
 from ._sql import marks
 from ._threads import Job, Tx
 
-# Added to schema migration 1 (the tasks table has a `budget_id` column). `breached` holds
-# the JSON list of dimensions that ended the window while the budget is hard-breached.
-# Dedup keys are kept for good: a report retried after its window ended is still a repeat.
-BUDGETS_DDL = """
-    CREATE TABLE fm_budgets (
-        id TEXT PRIMARY KEY,
-        hard TEXT NOT NULL,
-        soft TEXT NOT NULL,
-        usage TEXT NOT NULL,
-        reset_every INTEGER,
-        window_start INTEGER NOT NULL,
-        breached TEXT,
-        created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    CREATE TABLE fm_budget_reports (
-        budget_id TEXT NOT NULL,
-        dedup_key TEXT NOT NULL,
-        task_id TEXT NOT NULL,
-        amounts TEXT NOT NULL,
-        at INTEGER NOT NULL,
-        PRIMARY KEY (budget_id, dedup_key)
-    ) WITHOUT ROWID;
-    CREATE INDEX fm_tasks_budget ON fm_tasks (budget_id)
-        WHERE budget_id IS NOT NULL AND state = 'ready';
-    CREATE TABLE fm_limits (
-        scope TEXT NOT NULL,
-        name TEXT NOT NULL,
-        tokens REAL NOT NULL,
-        refilled_at INTEGER NOT NULL,
-        PRIMARY KEY (scope, name)
-    ) WITHOUT ROWID;
-"""
-
 # A claim condition with one parameter (now): the task names no budget, or one that is not
 # hard-breached in its current window. The subquery does not depend on the row: SQLite
 # runs it once per statement.
@@ -100,23 +66,23 @@ class SQLiteBudgetsMixin:
 
     async def budget_define(self, p: BudgetDefine) -> BudgetRow:
         check_limits(p.hard, p.soft)
-        result: BudgetRow = await self._write(lambda c, tx: _define(c, tx, p))
+        result: BudgetRow = await self._write(lambda c, tx: budget_define(c, tx, p))
         return result
 
     async def budget_reset(self, p: BudgetReset) -> BudgetRow:
-        result: BudgetRow = await self._write(lambda c, tx: _reset(c, tx, p))
+        result: BudgetRow = await self._write(lambda c, tx: budget_reset(c, tx, p))
         return result
 
     async def budget_report_usage(self, p: BudgetUsage) -> UsageReport:
         amounts = check_dimensions(p.dimensions)  # bad input fails before any write
-        result: UsageReport = await self._write(lambda c, tx: _report(c, p, amounts))
+        result: UsageReport = await self._write(lambda c, tx: budget_report_usage(c, p, amounts))
         return result
 
     async def budgets_get(
         self, budget_ids: Sequence[str], now_ms: int | None = None
     ) -> list[BudgetRow]:
         ids = list(dict.fromkeys(budget_ids))
-        result: list[BudgetRow] = await self._read(lambda c, tx: _get(c, ids, _now(now_ms)))
+        result: list[BudgetRow] = await self._read(lambda c, tx: budgets_get(c, ids, _now(now_ms)))
         return result
 
 
@@ -169,7 +135,7 @@ def _ready_count(c: sqlite3.Connection, budget_id: str) -> int:
     return int(row[0])
 
 
-def _define(c: sqlite3.Connection, tx: Tx, p: BudgetDefine) -> BudgetRow:
+def budget_define(c: sqlite3.Connection, tx: Tx, p: BudgetDefine) -> BudgetRow:
     now = _now(p.now_ms)
     b = _load(c, p.budget_id)
     if b is None:
@@ -183,7 +149,7 @@ def _define(c: sqlite3.Connection, tx: Tx, p: BudgetDefine) -> BudgetRow:
     return b.row(now, _ready_count(c, b.id))
 
 
-def _reset(c: sqlite3.Connection, tx: Tx, p: BudgetReset) -> BudgetRow:
+def budget_reset(c: sqlite3.Connection, tx: Tx, p: BudgetReset) -> BudgetRow:
     now = _now(p.now_ms)
     b = _load(c, p.budget_id)
     if b is None:
@@ -194,7 +160,9 @@ def _reset(c: sqlite3.Connection, tx: Tx, p: BudgetReset) -> BudgetRow:
     return b.row(now, _ready_count(c, b.id))
 
 
-def _report(c: sqlite3.Connection, p: BudgetUsage, amounts: dict[str, int]) -> UsageReport:
+def budget_report_usage(
+    c: sqlite3.Connection, p: BudgetUsage, amounts: dict[str, int]
+) -> UsageReport:
     now = _now(p.now_ms)
     fenced = c.execute(
         "SELECT 1 FROM fm_tasks WHERE id = ? AND lease_epoch = ? AND state = 'running'",
@@ -223,7 +191,7 @@ def _report(c: sqlite3.Connection, p: BudgetUsage, amounts: dict[str, int]) -> U
     return report
 
 
-def _get(c: sqlite3.Connection, ids: list[str], now: int) -> list[BudgetRow]:
+def budgets_get(c: sqlite3.Connection, ids: list[str], now: int) -> list[BudgetRow]:
     if ids:
         rows = c.execute(
             f"SELECT {_COLUMNS} FROM fm_budgets WHERE id IN ({marks(len(ids))}) ORDER BY id",

@@ -16,6 +16,7 @@ from typing import Any
 from ..._states import TERMINAL, State
 from ...errors import TaskNotFound
 from .._common import wake as _wake
+from .._common.dag_rules import edges_of
 from .._common.serde import decode_error, encode_error
 from ..contract.dag import (
     UPSTREAM_FAILURES,
@@ -25,7 +26,6 @@ from ..contract.dag import (
     WorkflowGet,
     WorkflowRecord,
     WorkflowsList,
-    edges_of,
 )
 from ..contract.tasks import ErrorInfo, NewTask
 from ._sql import IN_CHUNK, marks
@@ -33,32 +33,11 @@ from ._threads import Tx
 
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
 _FAILURES = frozenset(s.value for s in UPSTREAM_FAILURES)
-_POLICIES = frozenset(p.value for p in UpstreamPolicy)
 _EVENT_SQL = "INSERT INTO fm_events (task_id, kind, state, at, detail) VALUES (?, ?, ?, ?, ?)"
 _RESULT_SQL = (
     "INSERT OR REPLACE INTO fm_results (task_id, state, result, error, finished_at) "
     "VALUES (?, ?, NULL, ?, ?)"
 )
-
-DDL = """
-CREATE TABLE fm_deps (
-    upstream_id TEXT NOT NULL,
-    task_id TEXT NOT NULL,
-    pos INTEGER NOT NULL,
-    done INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (upstream_id, task_id)
-) WITHOUT ROWID;
-CREATE INDEX fm_deps_task ON fm_deps (task_id, pos);
-CREATE INDEX fm_deps_open ON fm_deps (upstream_id) WHERE done = 0;
-CREATE TABLE fm_workflows (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    nodes INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX fm_workflows_created ON fm_workflows (created_at);
-CREATE UNIQUE INDEX fm_tasks_node ON fm_tasks (workflow_id, node) WHERE workflow_id IS NOT NULL;
-"""
 
 # Installed on the writer's connection only (TEMP: it is not part of the file's schema).
 _TRIGGER = f"""
@@ -260,7 +239,7 @@ def _first_bad_upstream(c: sqlite3.Connection, task_id: str, *, failures_only: b
     return f"{name} {'ended ' + row[2] if row[2] != 'failed' else 'failed'}"
 
 
-def reconcile(c: sqlite3.Connection, tx: Tx, limit: int, now: int) -> int:
+def deps_reconcile(c: sqlite3.Connection, tx: Tx, limit: int, now: int) -> int:
     """The backstop: resolve open edges whose upstream is terminal (a missed push)."""
     rows = c.execute(
         "SELECT DISTINCT d.upstream_id, u.state FROM fm_deps d INDEXED BY fm_deps_open "

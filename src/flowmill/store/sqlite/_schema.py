@@ -1,104 +1,21 @@
-"""The SQLite schema, as numbered migrations, and the checks made when a file is opened."""
+"""The SQLite schema: its numbered migration files, applied in order, and the checks made
+when a file is opened."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from pathlib import Path
 
-from ..._states import ACTIVE
 from ...errors import SchemaError
-from ._budgets import BUDGETS_DDL
-from ._dag import DDL as DAG_DDL
-from ._signals import SIGNALS_DDL
+from .._common.migrations import load
+from ..contract.capabilities import MigrateResult
 
 APP_ID = "flowmill"
 
-_ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE))
-
-# Each entry upgrades the schema by one version; never edit a released entry, add one.
-MIGRATIONS: tuple[str, ...] = (
-    f"""
-    CREATE TABLE fm_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-    CREATE TABLE fm_tasks (
-        seq INTEGER PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        kind TEXT NOT NULL,
-        queue TEXT NOT NULL,
-        priority INTEGER NOT NULL DEFAULT 0,
-        state TEXT NOT NULL,
-        phase TEXT NOT NULL DEFAULT 'execute',
-        payload BLOB NOT NULL,
-        memo BLOB,
-        dedup_key TEXT,
-        parent_id TEXT,
-        tags TEXT,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        max_attempts INTEGER NOT NULL,
-        retry_policy BLOB NOT NULL,
-        timeout_ms INTEGER,
-        lease_epoch INTEGER NOT NULL DEFAULT 0,
-        lease_owner TEXT,
-        lease_expires_at INTEGER,
-        cancel_requested INTEGER NOT NULL DEFAULT 0,
-        last_finish TEXT,
-        progress_pct REAL,
-        progress_message TEXT,
-        error TEXT,
-        created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL,
-        run_at INTEGER,
-        expires_at INTEGER,
-        started_at INTEGER,
-        finished_at INTEGER,
-        children_total INTEGER NOT NULL DEFAULT 0,
-        children_active INTEGER NOT NULL DEFAULT 0,
-        children_failed INTEGER NOT NULL DEFAULT 0,
-        fail_fast INTEGER NOT NULL DEFAULT 1,
-        child_key TEXT,
-        has_on_cancel INTEGER NOT NULL DEFAULT 0,
-        hook TEXT,
-        hook_attempts INTEGER NOT NULL DEFAULT 0,
-        deps_pending INTEGER NOT NULL DEFAULT 0,
-        deps_failed INTEGER NOT NULL DEFAULT 0,
-        deps_skipped INTEGER NOT NULL DEFAULT 0,
-        upstream_policy TEXT,
-        condition TEXT,
-        workflow_id TEXT,
-        node TEXT,
-        has_dependents INTEGER NOT NULL DEFAULT 0,
-        budget_id TEXT
-    );
-    CREATE INDEX fm_tasks_ready ON fm_tasks (queue, priority DESC, seq) WHERE state = 'ready';
-    CREATE INDEX fm_tasks_due ON fm_tasks (run_at) WHERE state = 'scheduled';
-    CREATE INDEX fm_tasks_leases ON fm_tasks (lease_expires_at) WHERE state = 'running';
-    CREATE INDEX fm_tasks_ttl ON fm_tasks (expires_at)
-        WHERE state = 'ready' AND expires_at IS NOT NULL;
-    CREATE INDEX fm_tasks_state ON fm_tasks (state, queue);
-    CREATE INDEX fm_tasks_parent ON fm_tasks (parent_id, seq) WHERE parent_id IS NOT NULL;
-    CREATE UNIQUE INDEX fm_tasks_child_key ON fm_tasks (parent_id, child_key)
-        WHERE child_key IS NOT NULL;
-    CREATE INDEX fm_tasks_hooks ON fm_tasks (seq) WHERE hook IS NOT NULL;
-    CREATE UNIQUE INDEX fm_tasks_dedup ON fm_tasks (kind, dedup_key)
-        WHERE dedup_key IS NOT NULL AND state IN ({_ACTIVE_SQL});
-    CREATE TABLE fm_results (
-        task_id TEXT PRIMARY KEY,
-        state TEXT NOT NULL,
-        result BLOB,
-        error TEXT,
-        finished_at INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    CREATE TABLE fm_events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        task_id TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        state TEXT NOT NULL,
-        at INTEGER NOT NULL,
-        detail TEXT
-    );
-    """
-    + SIGNALS_DDL
-    + DAG_DDL
-    + BUDGETS_DDL,
-)
+# Each file upgrades the schema by one version: migrations/0001_initial.sql, ... Frozen once
+# released (tests/store/test_migrations.py holds their checksums): never edit one, add one.
+MIGRATIONS: tuple[str, ...] = tuple(m.sql for m in load(__name__.rpartition(".")[0]))
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -147,7 +64,24 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-def migrate(conn: sqlite3.Connection) -> int:
+def read_version(path: str) -> int | None:
+    """The schema version of the file at `path`, opened read-only: None when the file or its
+    schema is absent (or it is not a database at all); SchemaError for a foreign schema."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        return _version(conn)
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+
+
+def migrate(conn: sqlite3.Connection) -> MigrateResult:
     """Create or upgrade the schema in one transaction; refuse a newer schema. Autocommit conn."""
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -177,4 +111,4 @@ def migrate(conn: sqlite3.Connection) -> int:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return SCHEMA_VERSION
+    return MigrateResult(current, SCHEMA_VERSION)

@@ -43,71 +43,8 @@ from ..contract.signals import (
     WaitpointRow,
 )
 from . import _tree
+from ._tasks import cancelled_tasks
 from ._threads import Job, Tx
-
-# Added to schema migration 1. A suspension is open while `resolved_at` is NULL (at most
-# one per task); `resolution` says how it ended: `satisfied` (its signals are the ones
-# whose `suspension_id` names it), `timeout`, or the state the task left for otherwise.
-# The trigger resolves the open suspension of a task moved out of `suspended` by any
-# other write (an operator cancel, a cascade from a cancelled or failed parent).
-SIGNALS_DDL = """
-    CREATE TABLE fm_waitpoints (
-        id TEXT PRIMARY KEY,
-        task_id TEXT NOT NULL,
-        key TEXT NOT NULL,
-        expires_at INTEGER NOT NULL,
-        created_at INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    CREATE UNIQUE INDEX fm_waitpoints_key ON fm_waitpoints (task_id, key);
-    CREATE TABLE fm_signals (
-        seq INTEGER PRIMARY KEY,
-        task_id TEXT NOT NULL,
-        waitpoint_id TEXT NOT NULL,
-        name TEXT NOT NULL,
-        payload BLOB NOT NULL,
-        idempotency_key TEXT,
-        at INTEGER NOT NULL,
-        suspension_id INTEGER
-    );
-    CREATE INDEX fm_signals_unconsumed ON fm_signals (task_id, seq)
-        WHERE suspension_id IS NULL;
-    CREATE INDEX fm_signals_consumed ON fm_signals (suspension_id, seq)
-        WHERE suspension_id IS NOT NULL;
-    CREATE UNIQUE INDEX fm_signals_idempotency ON fm_signals (waitpoint_id, idempotency_key)
-        WHERE idempotency_key IS NOT NULL;
-    CREATE TABLE fm_suspensions (
-        id INTEGER PRIMARY KEY,
-        task_id TEXT NOT NULL,
-        condition TEXT NOT NULL,
-        timeout_at INTEGER,
-        on_timeout TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        created_at INTEGER NOT NULL,
-        resolved_at INTEGER,
-        resolution TEXT
-    );
-    CREATE INDEX fm_suspensions_task ON fm_suspensions (task_id, id);
-    CREATE UNIQUE INDEX fm_suspensions_open ON fm_suspensions (task_id)
-        WHERE resolved_at IS NULL;
-    CREATE INDEX fm_suspensions_due ON fm_suspensions (timeout_at)
-        WHERE resolved_at IS NULL AND timeout_at IS NOT NULL;
-    CREATE TRIGGER fm_suspension_left AFTER UPDATE OF state ON fm_tasks
-        WHEN OLD.state = 'suspended' AND NEW.state <> 'suspended'
-    BEGIN
-        UPDATE fm_suspensions SET resolved_at = NEW.updated_at, resolution = NEW.state
-        WHERE task_id = NEW.id AND resolved_at IS NULL;
-    END;
-    CREATE TABLE fm_frames (
-        task_id TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        seq INTEGER NOT NULL,
-        frame_type TEXT NOT NULL,
-        payload BLOB NOT NULL,
-        metadata BLOB,
-        at INTEGER NOT NULL,
-        PRIMARY KEY (task_id, attempt, seq)
-    ) WITHOUT ROWID;
-"""
 
 SATISFIED = "satisfied"
 TIMEOUT = "timeout"
@@ -134,7 +71,7 @@ class SQLiteSignalsMixin:
         async def _read(self, job: Job) -> Any: ...
 
     async def waitpoint_create(self, p: WaitpointCreate) -> WaitpointRow:
-        result: WaitpointRow = await self._write(lambda c, tx: _waitpoint_create(c, p))
+        result: WaitpointRow = await self._write(lambda c, tx: waitpoint_create(c, p))
         return result
 
     async def waitpoint_get(self, waitpoint_id: str) -> WaitpointRow | None:
@@ -149,32 +86,32 @@ class SQLiteSignalsMixin:
         return result
 
     async def signal_deliver(self, p: SignalDeliver) -> DeliverOutcome:
-        result: DeliverOutcome = await self._write(lambda c, tx: _deliver(c, tx, p))
+        result: DeliverOutcome = await self._write(lambda c, tx: signal_deliver(c, tx, p))
         return result
 
     async def task_suspend(self, p: TaskSuspend) -> SuspendStatus:
         condition = decode_condition(p.condition)  # a bad condition fails before any write
-        result: SuspendStatus = await self._write(lambda c, tx: _suspend(c, p, condition))
+        result: SuspendStatus = await self._write(lambda c, tx: task_suspend(c, p, condition))
         return result
 
     async def suspensions_expire(self, p: SuspensionsExpire) -> int:
         if p.limit <= 0:
             return 0
-        result: int = await self._write(lambda c, tx: _suspensions_expire(c, tx, p))
+        result: int = await self._write(lambda c, tx: suspensions_expire(c, tx, p))
         return result
 
     async def resume_signals(self, task_id: str) -> list[SignalRow]:
-        result: list[SignalRow] = await self._read(lambda c, tx: _resume_signals(c, task_id))
+        result: list[SignalRow] = await self._read(lambda c, tx: resume_signals(c, task_id))
         return result
 
     async def frames_append(self, p: FrameAppend) -> FrameRef:
         if len(p.payload) > MAX_FRAME_BYTES:
             raise FrameTooLarge("an output frame", len(p.payload), MAX_FRAME_BYTES)
-        result: FrameRef = await self._write(lambda c, tx: _frames_append(c, tx, p))
+        result: FrameRef = await self._write(lambda c, tx: frames_append(c, tx, p))
         return result
 
     async def frames_read(self, p: FramesRead) -> FramesPage:
-        result: FramesPage = await self._read(lambda c, tx: _frames_read(c, p))
+        result: FramesPage = await self._read(lambda c, tx: frames_read(c, p))
         return result
 
     async def wait_for_frames(self, timeout_s: float) -> None:
@@ -209,7 +146,7 @@ def _fence(c: sqlite3.Connection, task_id: str, epoch: int) -> tuple[str, int]:
     return str(row[0]), int(row[1])
 
 
-def _waitpoint_create(c: sqlite3.Connection, p: WaitpointCreate) -> WaitpointRow:
+def waitpoint_create(c: sqlite3.Connection, p: WaitpointCreate) -> WaitpointRow:
     _fence(c, p.task_id, p.epoch)
     now = _now(p.now_ms)
     c.execute(
@@ -250,7 +187,7 @@ def _consume_if_satisfied(
     return True
 
 
-def _deliver(c: sqlite3.Connection, tx: Tx, p: SignalDeliver) -> DeliverOutcome:
+def signal_deliver(c: sqlite3.Connection, tx: Tx, p: SignalDeliver) -> DeliverOutcome:
     now = _now(p.now_ms)
     row = c.execute(
         "SELECT w.task_id, w.expires_at, t.state, t.kind FROM fm_waitpoints w "
@@ -302,7 +239,7 @@ def _deliver(c: sqlite3.Connection, tx: Tx, p: SignalDeliver) -> DeliverOutcome:
     return DeliverOutcome(DeliverStatus.ACCEPTED, resumed=True)
 
 
-def _suspend(c: sqlite3.Connection, p: TaskSuspend, condition: dict[str, Any]) -> SuspendStatus:
+def task_suspend(c: sqlite3.Connection, p: TaskSuspend, condition: dict[str, Any]) -> SuspendStatus:
     kind, attempt = _fence(c, p.task_id, p.epoch)
     row = c.execute("SELECT cancel_requested FROM fm_tasks WHERE id = ?", (p.task_id,))
     if row.fetchone()[0]:
@@ -338,7 +275,7 @@ def suspend_detail(p: TaskSuspend) -> str:
     return f"timeout {p.timeout_ms} ms: {OnTimeout(p.on_timeout).value}"
 
 
-def _suspensions_expire(c: sqlite3.Connection, tx: Tx, p: SuspensionsExpire) -> int:
+def suspensions_expire(c: sqlite3.Connection, tx: Tx, p: SuspensionsExpire) -> int:
     now = _now(p.now_ms)
     rows = c.execute(
         "SELECT s.id, s.task_id, s.on_timeout, t.kind, t.parent_id FROM fm_suspensions s "
@@ -395,16 +332,14 @@ def _suspensions_expire(c: sqlite3.Connection, tx: Tx, p: SuspensionsExpire) -> 
     if results:
         c.executemany(_RESULT_SQL, results)
         tx.wake(_wake.FINISH)
-    if cancelled:
-        from . import _cancelled_tasks  # the one cancel path: hooks and the cascade
-
-        _cancelled_tasks(c, tx, cancelled, SUSPEND_CANCEL_REASON, now)
+    if cancelled:  # the one cancel path: hooks and the cascade
+        cancelled_tasks(c, tx, cancelled, SUSPEND_CANCEL_REASON, now)
     if ended:
         _tree.children_ended(c, tx, ended, now)
     return len(rows)
 
 
-def _resume_signals(c: sqlite3.Connection, task_id: str) -> list[SignalRow]:
+def resume_signals(c: sqlite3.Connection, task_id: str) -> list[SignalRow]:
     last = c.execute(
         "SELECT id, resolution FROM fm_suspensions WHERE task_id = ? ORDER BY id DESC LIMIT 1",
         (task_id,),
@@ -419,7 +354,7 @@ def _resume_signals(c: sqlite3.Connection, task_id: str) -> list[SignalRow]:
     return [SignalRow(w, n, pl, a) for w, n, pl, a in rows]
 
 
-def _frames_append(c: sqlite3.Connection, tx: Tx, p: FrameAppend) -> FrameRef:
+def frames_append(c: sqlite3.Connection, tx: Tx, p: FrameAppend) -> FrameRef:
     _, attempt = _fence(c, p.task_id, p.epoch)
     now = _now(p.now_ms)
     seq = c.execute(
@@ -432,7 +367,7 @@ def _frames_append(c: sqlite3.Connection, tx: Tx, p: FrameAppend) -> FrameRef:
     return FrameRef(attempt, int(seq))
 
 
-def _frames_read(c: sqlite3.Connection, p: FramesRead) -> FramesPage:
+def frames_read(c: sqlite3.Connection, p: FramesRead) -> FramesPage:
     row = c.execute("SELECT state, attempts FROM fm_tasks WHERE id = ?", (p.task_id,)).fetchone()
     if row is None:
         raise TaskNotFound(p.task_id)

@@ -76,7 +76,7 @@ def children_ended(c: sqlite3.Connection, tx: Tx, ended: Iterable[Ended], now: i
                 (len(children), len(failed), now, parent_id),
             ).fetchone()
             if row is None or row[0] != State.WAITING_CHILDREN.value:
-                continue  # still in execute (wait_children decides), or already ended
+                continue  # still in execute (task_wait_children decides), or already ended
             _, active, fail_fast, kind, grandparent = row
             if failed and fail_fast:
                 first_id, first_state = failed[0]
@@ -190,7 +190,7 @@ def cancel_descendants(
                 tx.wake(_wake.FINISH)
 
 
-def wait_children(c: sqlite3.Connection, tx: Tx, p: TaskWaitChildren, now: int) -> State:
+def task_wait_children(c: sqlite3.Connection, tx: Tx, p: TaskWaitChildren, now: int) -> State:
     row = c.execute(
         "SELECT kind, children_active, children_failed, fail_fast, parent_id, cancel_requested "
         "FROM fm_tasks WHERE id = ? AND lease_epoch = ? AND state = 'running'",

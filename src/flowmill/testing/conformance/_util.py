@@ -6,9 +6,13 @@ import itertools
 import os
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
+import pytest
+
 from ..._states import TRANSITIONS, State
+from ...store.contract import Capabilities, Store
 from ...store.contract.tasks import (
     ClaimedRow,
     ErrorInfo,
@@ -19,7 +23,6 @@ from ...store.contract.tasks import (
     InsertOutcome,
     NewTask,
     OnDuplicate,
-    Store,
     TaskCancel,
     TaskRecord,
     TasksClaim,
@@ -29,6 +32,20 @@ from ...store.contract.tasks import (
 )
 
 # A fixed instant far from the wall clock: every test drives time through `now_ms=`.
+CAPABILITIES = frozenset(f.name for f in fields(Capabilities))
+
+
+def require(store: Store, capability: str) -> None:
+    """Skip the running test when the store lacks `capability`, saying which one.
+
+    A test of behaviour that only some backends have starts with this call, so the suite
+    reports the gap (`SKIPPED ... lacks capability 'durable'`) instead of failing on it."""
+    if capability not in CAPABILITIES:
+        raise ValueError(f"no capability {capability!r}: one of {', '.join(sorted(CAPABILITIES))}")
+    if not getattr(store.capabilities, capability):
+        pytest.skip(f"{type(store).__name__} lacks capability {capability!r}")
+
+
 T0 = 1_700_000_000_000
 TTL = 30_000
 KIND = "job"

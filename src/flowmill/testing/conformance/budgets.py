@@ -10,6 +10,7 @@ import pytest
 
 from ..._states import State
 from ...errors import ConfigurationError, InvalidUsage, LeaseLost, UnknownBudget
+from ...store.contract import Store
 from ...store.contract.budgets import (
     BudgetDefine,
     BudgetReset,
@@ -20,10 +21,15 @@ from ...store.contract.budgets import (
     UsageReport,
     UsageStatus,
 )
-from ...store.contract.tasks import ClaimedRow, Store, TasksClaim
+from ...store.contract.tasks import (
+    ClaimedRow,
+    TasksClaim,
+)
 from ._util import KIND, QUEUE, T0, TTL, add, finish, get, insert, make_state, task
 
 REPORTER = "reporter"  # the kind of the running task that reports usage in these tests
+
+
 MINUTE = 60_000
 
 
@@ -85,8 +91,8 @@ async def limited(
     return rows
 
 
-class BudgetConformance:
-    """Budgets: definitions, usage reports, breaches, windows, and the tasks they hold."""
+class BudgetDefineConformance:
+    """`budget_define` (read back with `budgets_get`)."""
 
     async def test_define_and_read(self, store: Store) -> None:
         row = await define(store, hard={"tokens": 1000}, soft={"tokens": 800}, every=MINUTE)
@@ -108,6 +114,22 @@ class BudgetConformance:
         with pytest.raises(ConfigurationError, match=">= 0"):
             await define(store, hard={"tokens": -1})
         assert await store.budgets_get([], T0) == []
+
+    async def test_redefining_keeps_usage_and_judges_the_breach_again(self, store: Store) -> None:
+        await define(store, hard={"tokens": 100})
+        t = await reporter(store)
+        assert (await report(store, t, {"tokens": 100})).ok
+        assert (await budget(store)).hard_breached
+        row = await define(store, hard={"tokens": 150}, soft={"tokens": 90})
+        assert (row.usage, row.hard_breached) == ({"tokens": 100}, False)
+        r = await report(store, t, {"tokens": 20})
+        assert (r.status, r.usage) == (UsageStatus.SOFT_BREACH, {"tokens": 120})
+        row = await define(store, hard={"tokens": 120})
+        assert (row.hard_breached, row.breached) == (True, ("tokens",))
+
+
+class BudgetReportUsageConformance:
+    """`budget_report_usage`: usage, breaches, dedup keys, windows, fences."""
 
     async def test_ok_soft_hard(self, store: Store) -> None:
         await define(store, hard={"tokens": 1000}, soft={"tokens": 800})
@@ -210,28 +232,6 @@ class BudgetConformance:
         row = await budget(store, now=T0 + 3 * MINUTE + 5)
         assert (row.usage, row.window_start_ms, row.hard_breached) == ({}, T0 + 3 * MINUTE, False)
 
-    async def test_redefining_keeps_usage_and_judges_the_breach_again(self, store: Store) -> None:
-        await define(store, hard={"tokens": 100})
-        t = await reporter(store)
-        assert (await report(store, t, {"tokens": 100})).ok
-        assert (await budget(store)).hard_breached
-        row = await define(store, hard={"tokens": 150}, soft={"tokens": 90})
-        assert (row.usage, row.hard_breached) == ({"tokens": 100}, False)
-        r = await report(store, t, {"tokens": 20})
-        assert (r.status, r.usage) == (UsageStatus.SOFT_BREACH, {"tokens": 120})
-        row = await define(store, hard={"tokens": 120})
-        assert (row.hard_breached, row.breached) == (True, ("tokens",))
-
-    async def test_reset_zeroes_usage_and_ends_the_breach(self, store: Store) -> None:
-        await define(store, hard={"tokens": 100})
-        t = await reporter(store)
-        await report(store, t, {"tokens": 100})
-        row = await store.budget_reset(BudgetReset("org-42", T0 + 5))
-        assert (row.usage, row.hard_breached, row.window_start_ms) == ({}, False, T0 + 5)
-        assert (await report(store, t, {"tokens": 1}, now=T0 + 6)).ok
-        with pytest.raises(UnknownBudget):
-            await store.budget_reset(BudgetReset("nope", T0))
-
     async def test_bad_reports_are_refused_and_change_nothing(self, store: Store) -> None:
         await define(store)
         t = await reporter(store)
@@ -265,6 +265,24 @@ class BudgetConformance:
         with pytest.raises(LeaseLost):
             await report(store, t, {"tokens": 1}, epoch=1)
         assert (await budget(store)).usage == {}
+
+
+class BudgetResetConformance:
+    """`budget_reset`."""
+
+    async def test_reset_zeroes_usage_and_ends_the_breach(self, store: Store) -> None:
+        await define(store, hard={"tokens": 100})
+        t = await reporter(store)
+        await report(store, t, {"tokens": 100})
+        row = await store.budget_reset(BudgetReset("org-42", T0 + 5))
+        assert (row.usage, row.hard_breached, row.window_start_ms) == ({}, False, T0 + 5)
+        assert (await report(store, t, {"tokens": 1}, now=T0 + 6)).ok
+        with pytest.raises(UnknownBudget):
+            await store.budget_reset(BudgetReset("nope", T0))
+
+
+class TasksClaimBudgetConformance:
+    """`tasks_claim` of tasks whose budget is hard-breached."""
 
     async def test_tasks_of_a_breached_budget_wait(self, store: Store) -> None:
         await define(store, hard={"tokens": 100}, every=MINUTE)
@@ -302,8 +320,8 @@ class BudgetConformance:
         assert [r.id for r in rows] == [free]
 
 
-class LimitConformance:
-    """Claims under rate limits and concurrency caps, enforced across claimers."""
+class TasksClaimLimitsConformance:
+    """`tasks_claim` with limits: rate limits and concurrency caps, kept across claimers."""
 
     async def test_rate_limit_burst_then_refill(self, store: Store) -> None:
         await insert(store, *(task() for _ in range(20)))

@@ -1,9 +1,5 @@
-"""Conformance: parents and children — spawns, the join, fail-fast, cascades, paging, hooks.
-
-Parents are "orchestrator" tasks of their own kinds (so that claims pick them apart from
-the leaves): claimed, they spawn children fenced by their lease, then park with
-`task_wait_children`. The last child's end readies the parent for finalize exactly once.
-"""
+"""Conformance: the join (`task_wait_children`), fail-fast, cascades of a cancel, and the
+reaper's mark on a finish."""
 
 from __future__ import annotations
 
@@ -13,42 +9,40 @@ import dataclasses
 import pytest
 
 from ..._states import Phase, State
-from ...errors import InvalidParent, LeaseLost
+from ...errors import LeaseLost
+from ...store.contract import Store
 from ...store.contract.tasks import (
-    ChildrenPage,
-    ChildrenSummary,
-    ChildrenSummaryQuery,
-    ChildRow,
     ClaimedRow,
-    ErrorGroup,
     ErrorInfo,
     Finish,
     FinishOutcome,
     FinishStatus,
-    HookDone,
-    HookRow,
-    HooksClaim,
-    InsertOutcome,
     InsertStatus,
     LeaseRef,
     LeasesRenew,
-    NewTask,
-    Store,
     TaskCancel,
     TasksExpire,
     TasksFinish,
-    TasksInsert,
     TasksPromote,
-    TaskWaitChildren,
+)
+from ._parents import (
+    MEMO,
+    ORCH2,
+    ORCH3,
+    assert_finalizes,
+    claim_all,
+    hooks,
+    kids,
+    ready_events,
+    spawn,
+    start,
+    wait,
 )
 from ._util import (
     ERR,
-    KIND,
     T0,
     TTL,
-    all_events,
     all_states,
-    claim,
     claim_one,
     finish,
     get,
@@ -57,267 +51,9 @@ from ._util import (
     task,
 )
 
-ORCH = "orch"  # parents
-ORCH2 = "orch2"  # their children that are parents too
-ORCH3 = "orch3"
-MEMO = b'{"memo": 1}'
 
-
-async def start(
-    store: Store,
-    kind: str = ORCH,
-    *,
-    under: ClaimedRow | None = None,
-    now: int = T0,
-    **kw: object,
-) -> ClaimedRow:
-    """A parent claimed (running execute): a root, or a child spawned by `under`."""
-    t = task(kind, parent_id=under.id if under else None, **kw)  # type: ignore[arg-type]
-    if under is None:
-        await insert(store, t, now=now)
-    else:
-        await spawn(store, under, t, now=now)
-    row = await claim_one(store, kinds=(kind,), now=now)
-    assert row.id == t.id
-    return row
-
-
-async def spawn(
-    store: Store, by: ClaimedRow, *tasks: NewTask, now: int = T0
-) -> list[InsertOutcome]:
-    """Insert `tasks` fenced by the lease `by` holds (their parent_id is set by the caller)."""
-    return await store.tasks_insert(
-        TasksInsert(list(tasks), "skip", now, LeaseRef(by.id, by.lease_epoch))
-    )
-
-
-async def kids(
-    store: Store, parent: ClaimedRow, n: int, kind: str = KIND, **kw: object
-) -> list[str]:
-    """Spawn `n` children of `parent`, in one batch; their ids in spawn order."""
-    news = [task(kind, parent_id=parent.id, **kw) for _ in range(n)]  # type: ignore[arg-type]
-    outs = await spawn(store, parent, *news)
-    assert [o.status for o in outs] == [InsertStatus.INSERTED] * n
-    return [o.id for o in outs]
-
-
-async def wait(store: Store, row: ClaimedRow, *, memo: bytes = MEMO, now: int = T0) -> State:
-    return await store.task_wait_children(TaskWaitChildren(row.id, row.lease_epoch, memo, now))
-
-
-async def claim_all(store: Store, n: int, kind: str = KIND, now: int = T0) -> list[ClaimedRow]:
-    rows = await claim(store, limit=n, kinds=(kind,), now=now)
-    assert len(rows) == n, f"expected {n} claimable {kind} tasks, got {len(rows)}"
-    return rows
-
-
-async def ready_events(store: Store, task_id: str) -> int:
-    """How many times the task was made ready after its creation."""
-    states = [e.state for e in await all_events(store) if e.task_id == task_id]
-    return states[1:].count(State.READY)
-
-
-async def hooks(
-    store: Store, now: int = T0, kinds: tuple[str, ...] = (ORCH, ORCH2, ORCH3)
-) -> list[HookRow]:
-    return await store.hooks_claim(HooksClaim("hook-worker", list(kinds), 100, TTL, now))
-
-
-async def assert_finalizes(store: Store, parent: str, *, attempts_before: int = 1) -> None:
-    """The parent is ready in phase finalize with a fresh attempt budget; its claim carries
-    the memo and runs finalize."""
-    rec = await get(store, parent)
-    assert (rec.state, rec.phase, rec.attempts) == (State.READY, Phase.FINALIZE, 0)
-    assert (rec.lease_owner, rec.lease_expires_at_ms) == (None, None)
-    kind = rec.kind
-    row = await claim_one(store, kinds=(kind,))
-    assert (row.id, row.phase, row.memo, row.attempt) == (parent, Phase.FINALIZE, MEMO, 1)
-    assert row.lease_epoch == attempts_before + 1
-
-
-class SpawnConformance:
-    """tasks_insert with children: the fence, active parents, counters and child keys."""
-
-    async def test_a_spawn_is_fenced_by_a_live_lease(self, store: Store) -> None:
-        parent = await start(store)
-        for epoch in (parent.lease_epoch - 1, parent.lease_epoch + 1):
-            stale = dataclasses.replace(parent, lease_epoch=epoch)
-            with pytest.raises(LeaseLost):
-                await spawn(store, stale, task(parent_id=parent.id))
-            with pytest.raises(LeaseLost):  # even with nothing to insert
-                await spawn(store, stale)
-        assert set(await all_states(store)) == {parent.id}
-        (ok,) = await spawn(store, parent, task(parent_id=parent.id))
-        assert ok.status is InsertStatus.INSERTED
-        # A lease that expired and was reclaimed fences the old holder out.
-        await finish(
-            store,
-            parent.id,
-            parent.lease_epoch,
-            State.READY,
-            now=T0 + TTL + 1,
-            error=ERR,
-            expired_lease=True,
-        )
-        with pytest.raises(LeaseLost):
-            await spawn(store, parent, task(parent_id=parent.id))
-        again = await claim_one(store, kinds=(ORCH,), now=T0 + TTL + 2)
-        with pytest.raises(LeaseLost):
-            await spawn(store, parent, task(parent_id=parent.id))
-        await spawn(store, again, task(parent_id=parent.id))
-        assert len(await all_states(store)) == 3
-
-    async def test_a_spawn_by_a_task_that_ended_is_refused(self, store: Store) -> None:
-        parent = await start(store)
-        await finish(store, parent.id, parent.lease_epoch, State.COMPLETED)
-        with pytest.raises(LeaseLost):
-            await spawn(store, parent, task())
-        assert set(await all_states(store)) == {parent.id}
-
-    async def test_the_parent_must_be_active(self, store: Store) -> None:
-        alive = await start(store)
-        done = await insert(store, task(KIND))
-        row = await claim_one(store)
-        await finish(store, row.id, row.lease_epoch, State.COMPLETED)
-        before = await all_states(store)
-        with pytest.raises(InvalidParent) as err:
-            await insert(store, task(parent_id="no-such-task"))
-        assert (err.value.parent_id, err.value.state) == ("no-such-task", None)
-        with pytest.raises(InvalidParent) as err:
-            await insert(store, task(parent_id=done[0].id))
-        assert (err.value.parent_id, err.value.state) == (done[0].id, "completed")
-        # One bad parent refuses the whole batch, fenced or not.
-        mixed = [task(parent_id=alive.id), task(parent_id=done[0].id), task(parent_id=alive.id)]
-        with pytest.raises(InvalidParent):
-            await insert(store, *mixed)
-        with pytest.raises(InvalidParent):
-            await spawn(store, alive, *mixed)
-        assert await all_states(store) == before
-        # ... and nothing was counted: the parent finalizes at once.
-        assert await wait(store, alive) is State.READY
-
-    async def test_counters_grow_with_inserts_across_parents_in_one_batch(
-        self, store: Store
-    ) -> None:
-        p1 = await start(store, ORCH)
-        p2 = await start(store, ORCH2)
-        batch = [task(parent_id=p1.id), task(parent_id=p2.id), task(parent_id=p1.id)]
-        batch += [task(), task(parent_id=p2.id), task(parent_id=p2.id)]
-        outs = await insert(store, *batch)  # not fenced: a submit with parent=
-        assert [o.status for o in outs] == [InsertStatus.INSERTED] * 6
-        assert await wait(store, p1) is State.WAITING_CHILDREN
-        assert await wait(store, p2) is State.WAITING_CHILDREN
-        rows = {r.id: r for r in await claim_all(store, 6)}
-        order = [batch[i].id for i in (0, 1, 2, 4, 3, 5)]  # p2's last child ends last
-        for n, child_id in enumerate(order):
-            await finish(store, child_id, rows[child_id].lease_epoch, State.COMPLETED)
-            p1_done, p2_done = n >= 2, n >= 5
-            assert await state_of(store, p1.id) is (
-                State.READY if p1_done else State.WAITING_CHILDREN
-            )
-            assert await state_of(store, p2.id) is (
-                State.READY if p2_done else State.WAITING_CHILDREN
-            )
-        assert (await ready_events(store, p1.id), await ready_events(store, p2.id)) == (1, 1)
-
-    async def test_child_keys_are_unique_per_parent_for_its_whole_life(self, store: Store) -> None:
-        parent = await start(store)
-        other = await start(store, ORCH2)
-        first = task(parent_id=parent.id, child_key="a")
-        assert await spawn(store, parent, first) == [InsertOutcome(first.id, InsertStatus.INSERTED)]
-        # Across batches, and within one batch: the key's first holder stands for it.
-        b1, b2, b3 = (task(parent_id=parent.id, child_key=k) for k in ("a", "b", "b"))
-        assert await spawn(store, parent, b1, b2, b3) == [
-            InsertOutcome(first.id, InsertStatus.SKIPPED),
-            InsertOutcome(b2.id, InsertStatus.INSERTED),
-            InsertOutcome(b2.id, InsertStatus.SKIPPED),
-        ]
-        # Scoped per parent: another parent may use the same key.
-        o = task(parent_id=other.id, child_key="a")
-        assert await spawn(store, other, o) == [InsertOutcome(o.id, InsertStatus.INSERTED)]
-        # Still held after the child ended (an execute that runs again spawns nothing twice).
-        rows = {r.id: r for r in await claim_all(store, 3)}
-        await finish(store, first.id, rows[first.id].lease_epoch, State.COMPLETED)
-        late = task(parent_id=parent.id, child_key="a")
-        assert await spawn(store, parent, late) == [InsertOutcome(first.id, InsertStatus.SKIPPED)]
-        assert late.id not in await all_states(store)
-        # Skipped children were not counted: one child (b2) is outstanding, then none.
-        assert await wait(store, parent) is State.WAITING_CHILDREN
-        await finish(store, b2.id, rows[b2.id].lease_epoch, State.COMPLETED)
-        await assert_finalizes(store, parent.id)
-
-    async def test_spawns_with_dedup_keys_count_what_they_insert(self, store: Store) -> None:
-        parent = await start(store)
-        first = task(parent_id=parent.id, key="k", child_key="a")
-        dup = task(parent_id=parent.id, key="k", child_key="b")
-        again = task(parent_id=parent.id, child_key="a")
-        other = task(parent_id=parent.id, key="j")
-        assert await spawn(store, parent, first, dup, again, other) == [
-            InsertOutcome(first.id, InsertStatus.INSERTED),
-            InsertOutcome(first.id, InsertStatus.SKIPPED),
-            InsertOutcome(first.id, InsertStatus.SKIPPED),
-            InsertOutcome(other.id, InsertStatus.INSERTED),
-        ]
-        stale = dataclasses.replace(parent, lease_epoch=parent.lease_epoch + 1)
-        with pytest.raises(LeaseLost):
-            await spawn(store, stale, task(parent_id=parent.id, key="x"))
-        with pytest.raises(InvalidParent):
-            await insert(store, task(parent_id="no-such-task", key="y"))
-        assert await wait(store, parent) is State.WAITING_CHILDREN
-        rows = await claim_all(store, 2)
-        await finish(store, rows[0].id, rows[0].lease_epoch, State.COMPLETED)
-        assert await state_of(store, parent.id) is State.WAITING_CHILDREN
-        await finish(store, rows[1].id, rows[1].lease_epoch, State.COMPLETED)
-        await assert_finalizes(store, parent.id)
-
-    async def test_concurrent_spawns_are_each_checked_on_their_own(self, store: Store) -> None:
-        """Spawns on the store's own clock, as workers make them (a backend may merge them)."""
-        parent = await start(store)
-        await kids(store, parent, 6)
-        assert await wait(store, parent) is State.WAITING_CHILDREN
-        rows = await claim_all(store, 6)
-        done = await start(store, ORCH2)
-        await finish(store, done.id, done.lease_epoch, State.COMPLETED)
-
-        async def sibling(by: ClaimedRow, key: str | None = None) -> list[InsertOutcome]:
-            t = task(parent_id=parent.id, child_key=key)
-            return await store.tasks_insert(TasksInsert([t], fence=LeaseRef(by.id, by.lease_epoch)))
-
-        stale = dataclasses.replace(rows[0], lease_epoch=rows[0].lease_epoch + 1)
-        got = await asyncio.gather(
-            *(sibling(r) for r in rows[:4]),
-            sibling(rows[4], "same"),
-            sibling(rows[5], "same"),
-            sibling(stale),
-            store.tasks_insert(
-                TasksInsert(
-                    [task(parent_id=done.id)], fence=LeaseRef(rows[1].id, rows[1].lease_epoch)
-                )
-            ),
-            return_exceptions=True,
-        )
-        assert all(isinstance(g, list) and g[0].status is InsertStatus.INSERTED for g in got[:4])
-        keyed = got[4:6]
-        assert all(isinstance(g, list) for g in keyed)
-        statuses = sorted(g[0].status for g in keyed if isinstance(g, list))
-        assert statuses == [InsertStatus.INSERTED, InsertStatus.SKIPPED]
-        assert len({g[0].id for g in keyed if isinstance(g, list)}) == 1
-        assert isinstance(got[6], LeaseLost)
-        assert isinstance(got[7], InvalidParent) and got[7].state == "completed"
-        # 6 children and the 5 siblings stored: the parent waits for all 11.
-        for r in rows:
-            await finish(store, r.id, r.lease_epoch, State.COMPLETED)
-        assert await state_of(store, parent.id) is State.WAITING_CHILDREN
-        late = await claim_all(store, 5)
-        for r in late[:-1]:
-            await finish(store, r.id, r.lease_epoch, State.COMPLETED)
-        assert await state_of(store, parent.id) is State.WAITING_CHILDREN
-        await finish(store, late[-1].id, late[-1].lease_epoch, State.COMPLETED)
-        await assert_finalizes(store, parent.id)
-
-
-class JoinConformance:
-    """task_wait_children and the join: the last child's end readies the parent once."""
+class TaskWaitChildrenConformance:
+    """`task_wait_children`: the parent parks until its children end, and is readied once."""
 
     async def test_no_children_finalizes_at_once(self, store: Store) -> None:
         parent = await start(store)
@@ -465,8 +201,8 @@ class JoinConformance:
         await assert_finalizes(store, parent.id)
 
 
-class FailFastConformance:
-    """fail_fast: the first failed child fails the parent and cancels the rest."""
+class TasksFinishFailFastConformance:
+    """`tasks_finish` of a failed child under fail_fast: the parent fails, the rest is cancelled."""
 
     async def test_a_failed_child_fails_the_parent_and_cancels_the_rest(self, store: Store) -> None:
         parent = await start(store, has_on_cancel=True)
@@ -550,8 +286,8 @@ class FailFastConformance:
         assert (hook.task_id, hook.memo) == (parent.id, MEMO)
 
 
-class CascadeConformance:
-    """Cancelling a parent cancels what hangs below it, page by page, to any depth."""
+class TaskCancelCascadeConformance:
+    """`task_cancel` of a parent: the cancel cascades through its descendants."""
 
     async def test_cancel_of_a_parent_cascades_three_levels(self, store: Store) -> None:
         root = await start(store, has_on_cancel=True)
@@ -610,136 +346,8 @@ class CascadeConformance:
         assert await hooks(store) == []  # no on_cancel declared
 
 
-class HookConformance:
-    """on_cancel hooks: claimed under a short lease, retried up to max_attempts."""
-
-    async def test_hooks_are_leased_retried_and_fenced(self, store: Store) -> None:
-        parent = await start(store, has_on_cancel=True, payload=b'{"p": 1}')
-        await kids(store, parent, 1)
-        assert await wait(store, parent) is State.WAITING_CHILDREN
-        await store.task_cancel(TaskCancel(parent.id, now_ms=T0))
-        assert await hooks(store, kinds=(ORCH2,)) == []  # only the kinds asked for
-        (h1,) = await hooks(store)
-        assert h1 == HookRow(
-            parent.id, ORCH, "on_cancel", b'{"p": 1}', MEMO, State.CANCELLED, h1.epoch, 1
-        )
-        assert h1.epoch > parent.lease_epoch
-        assert await hooks(store, now=T0 + TTL - 1) == []  # leased
-        await store.hook_done(HookDone(parent.id, h1.epoch, ok=False, max_attempts=3))
-        (h2,) = await hooks(store)
-        assert (h2.attempt, h2.epoch > h1.epoch) == (2, True)
-        with pytest.raises(LeaseLost):
-            await store.hook_done(HookDone(parent.id, h1.epoch, ok=True))
-        # A hook whose lease expires (its worker died) is claimed again.
-        (h3,) = await hooks(store, now=T0 + TTL + 1)
-        assert h3.attempt == 3
-        with pytest.raises(LeaseLost):
-            await store.hook_done(HookDone(parent.id, h2.epoch, ok=True))
-        await store.hook_done(HookDone(parent.id, h3.epoch, ok=False, max_attempts=3))
-        assert await hooks(store, now=T0 + 3 * TTL) == []  # given up after 3 attempts
-        with pytest.raises(LeaseLost):
-            await store.hook_done(HookDone(parent.id, h3.epoch, ok=True))
-        assert await state_of(store, parent.id) is State.CANCELLED
-
-    async def test_a_hook_that_ran_is_done(self, store: Store) -> None:
-        parent = await start(store, has_on_cancel=True)
-        await finish(store, parent.id, parent.lease_epoch, State.CANCELLED, error=ERR)
-        (h,) = await hooks(store)
-        assert (h.memo, h.state) == (None, State.CANCELLED)
-        await store.hook_done(HookDone(parent.id, h.epoch, ok=True, now_ms=T0))
-        assert await hooks(store, now=T0 + 10 * TTL) == []
-
-
-class ChildrenReadConformance:
-    """children_page (keyset on seq, filtered) and children_summary."""
-
-    async def test_children_page_by_page_with_filters(self, store: Store) -> None:
-        parent = await start(store, fail_fast=False)
-        other = await start(store, ORCH2)
-        news = [task(k, parent_id=parent.id) for k in (KIND, "other", KIND, "other", KIND)]
-        ids = [o.id for o in await spawn(store, parent, *news)]
-        await kids(store, other, 2)
-        r0, r2, _ = await claim_all(store, 3, now=T0)
-        await finish(store, r0.id, r0.lease_epoch, State.COMPLETED, result=b"\x00r0")
-        await finish(store, r2.id, r2.lease_epoch, State.FAILED, error=ERR)
-        pages: list[list[ChildRow]] = []
-        after = 0
-        while page := await store.children_page(ChildrenPage(parent.id, after_seq=after, limit=2)):
-            pages.append(page)
-            after = page[-1].seq
-        assert [len(p) for p in pages] == [2, 2, 1]
-        rows = [r for p in pages for r in p]
-        assert [r.id for r in rows] == ids
-        assert [r.seq for r in rows] == sorted(r.seq for r in rows)
-        assert [r.kind for r in rows] == [KIND, "other", KIND, "other", KIND]
-        by_id = {r.id: r for r in rows}
-        assert (by_id[ids[0]].state, by_id[ids[0]].result, by_id[ids[0]].error) == (
-            State.COMPLETED,
-            b"\x00r0",
-            None,
-        )
-        assert (by_id[ids[2]].state, by_id[ids[2]].result, by_id[ids[2]].error) == (
-            State.FAILED,
-            None,
-            ERR,
-        )
-        assert (by_id[ids[4]].state, by_id[ids[4]].attempts) == (State.RUNNING, 1)
-        assert (by_id[ids[1]].state, by_id[ids[1]].attempts) == (State.READY, 0)
-        only_other = await store.children_page(ChildrenPage(parent.id, kinds=["other"]))
-        assert [r.id for r in only_other] == [ids[1], ids[3]]
-        ended = await store.children_page(
-            ChildrenPage(parent.id, states=[State.COMPLETED, State.FAILED])
-        )
-        assert [r.id for r in ended] == [ids[0], ids[2]]
-        both = await store.children_page(
-            ChildrenPage(parent.id, kinds=[KIND], states=[State.RUNNING, State.READY])
-        )
-        assert [r.id for r in both] == [ids[4]]
-        assert await store.children_page(ChildrenPage("no-such-parent")) == []
-
-    async def test_children_summary_counts_and_top_errors(self, store: Store) -> None:
-        parent = await start(store, fail_fast=False)
-        assert await store.children_summary(ChildrenSummaryQuery(parent.id)) == (
-            _summary(parent.id, {}, ())
-        )
-        ids = await kids(store, parent, 9)
-        rows = await claim_all(store, 8)
-        disk = ErrorInfo("OSError", "disk full", "retryable")
-        slow = ErrorInfo("TimeoutError", "too slow", "timeout")
-        ends: list[tuple[State, ErrorInfo | None]] = [
-            (State.FAILED, disk),
-            (State.FAILED, slow),
-            (State.FAILED, disk),
-            (State.DEAD_LETTERED, disk),
-            (State.COMPLETED, None),
-            (State.COMPLETED, None),
-            (State.CANCELLED, ErrorInfo("Cancelled", "disk full", "cancelled")),
-        ]
-        for row, (end, error) in zip(rows, ends, strict=False):
-            await finish(store, row.id, row.lease_epoch, end, error=error)
-        got = await store.children_summary(
-            ChildrenSummaryQuery(parent.id, top_errors=1, examples=2)
-        )
-        by_state = {
-            State.FAILED: 3,
-            State.DEAD_LETTERED: 1,
-            State.COMPLETED: 2,
-            State.CANCELLED: 1,
-            State.RUNNING: 1,
-            State.READY: 1,
-        }
-        assert got == _summary(parent.id, by_state, (ErrorGroup("disk full", 3, (ids[0], ids[2])),))
-        got = await store.children_summary(
-            ChildrenSummaryQuery(parent.id, top_errors=5, examples=5)
-        )
-        assert got.top_errors == (
-            ErrorGroup("disk full", 3, (ids[0], ids[2], ids[3])),
-            ErrorGroup("too slow", 1, (ids[1],)),
-        )
-
-
-class ReaperMarkConformance:
-    """A reaper's finish is recorded apart from a worker's identical one."""
+class TasksFinishReapedConformance:
+    """`tasks_finish` after the reaper finished an expired lease: the late finish is refused."""
 
     async def test_a_late_worker_finish_after_the_reaper_is_lease_lost(self, store: Store) -> None:
         await insert(store, task())
@@ -780,21 +388,3 @@ class ReaperMarkConformance:
             expired_lease=True,
         )
         assert reaper.status is FinishStatus.LEASE_LOST
-
-
-class ChildrenConformance(
-    SpawnConformance,
-    JoinConformance,
-    FailFastConformance,
-    CascadeConformance,
-    HookConformance,
-    ChildrenReadConformance,
-    ReaperMarkConformance,
-):
-    """Everything about parents and children that every backend must do alike."""
-
-
-def _summary(
-    parent_id: str, by_state: dict[State, int], top: tuple[ErrorGroup, ...]
-) -> ChildrenSummary:
-    return ChildrenSummary(parent_id, sum(by_state.values()), by_state, top)

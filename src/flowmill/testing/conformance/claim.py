@@ -8,12 +8,12 @@ import pytest
 
 from ..._states import Phase, State
 from ...errors import LeaseLost
+from ...store.contract import Store
 from ...store.contract.tasks import (
     LeaseRef,
     LeasesExpired,
     LeasesRenew,
     RenewOutcome,
-    Store,
     TaskCancel,
     TaskProgress,
     TasksList,
@@ -33,8 +33,8 @@ from ._util import (
 )
 
 
-class ClaimConformance:
-    """tasks_claim: which tasks, in which order, with which lease."""
+class TasksClaimConformance:
+    """`tasks_claim`: which tasks, in which order, with which lease."""
 
     async def test_claim_returns_the_task_and_takes_a_lease(self, store: Store) -> None:
         t = task(priority=2, max_attempts=4, timeout_ms=900, retry_policy=b'{"r": 1}')
@@ -140,8 +140,8 @@ class ClaimConformance:
         assert len(await claim(store, queues=("other",))) == 1
 
 
-class RenewConformance:
-    """leases_renew: extends a held lease, reports a lost one and a cancel request."""
+class LeasesRenewConformance:
+    """`leases_renew`: extends a held lease, reports a lost one and a cancel request."""
 
     async def test_renew_extends_a_held_lease(self, store: Store) -> None:
         task_id = await add(store)
@@ -209,8 +209,8 @@ class RenewConformance:
         assert [e.task_id for e in expired] == [task_id]
 
 
-class ProgressConformance:
-    """task_progress: fenced by the lease epoch."""
+class TaskProgressConformance:
+    """`task_progress`: fenced by the lease epoch."""
 
     async def test_progress_is_stored(self, store: Store) -> None:
         task_id = await add(store)

@@ -9,6 +9,7 @@ import pytest
 
 from ..._states import State
 from ...errors import TaskNotFound
+from ...store.contract import Store
 from ...store.contract.dag import (
     DepsReconcile,
     NewWorkflow,
@@ -20,7 +21,6 @@ from ...store.contract.tasks import (
     Finish,
     InsertStatus,
     NewTask,
-    Store,
     TaskCancel,
     TasksExpire,
     TasksFinish,
@@ -70,7 +70,9 @@ async def ready_events(store: Store, task_id: str) -> int:
     return sum(1 for e in await all_events(store) if e.task_id == task_id and e.state == "ready")
 
 
-class DagConformance:
+class TasksInsertDepsConformance:
+    """`tasks_insert` with `depends_on`, and the resolution each upstream's end makes."""
+
     async def test_dependent_is_blocked_until_its_upstream_completes(self, store: Store) -> None:
         a = await add(store)
         b = node(after=[a])
@@ -262,55 +264,6 @@ class DagConformance:
         assert await state_of(store, parent.id) is State.FAILED
         assert await state_of(store, after.id) is State.SKIPPED
 
-    async def test_workflow_run_is_stored_with_its_nodes(self, store: Store) -> None:
-        wf = NewWorkflow(new_id(), "nightly-etl")
-        a = node("extract")
-        b = node("transform", after=[a.id])
-        c = node("load", after=[b.id, a.id])
-        for t in (a, b, c):
-            t.workflow_id = wf.id
-        await store.tasks_insert(TasksInsert([a, b, c], now_ms=T0, workflow=wf))
-        rec = await store.workflow_get(WorkflowGet(wf.id, nodes=True))
-        assert rec is not None
-        assert (rec.id, rec.name, rec.total, rec.created_at_ms) == (wf.id, "nightly-etl", 3, T0)
-        assert rec.by_state == {State.READY: 1, State.BLOCKED: 2}
-        assert rec.active == 3
-        assert [(n.node, n.task_id, n.upstream) for n in rec.nodes] == [
-            ("extract", a.id, ()),
-            ("transform", b.id, ("extract",)),
-            ("load", c.id, ("transform", "extract")),
-        ]
-        await run_to(store, a.id, State.COMPLETED)
-        rec = await store.workflow_get(WorkflowGet(wf.id))
-        assert rec is not None and rec.nodes == ()
-        assert rec.by_state == {State.COMPLETED: 1, State.READY: 1, State.BLOCKED: 1}
-        listed = await store.workflows_list(WorkflowsList())
-        assert [w.id for w in listed] == [wf.id]
-        assert await store.workflow_get(WorkflowGet("nope")) is None
-
-    async def test_workflow_cancel_stops_every_active_node(self, store: Store) -> None:
-        wf = NewWorkflow(new_id(), "wf")
-        a, b = node("a"), node("b")
-        c = node("c", after=[a.id])
-        for t in (a, b, c):
-            t.workflow_id = wf.id
-        await store.tasks_insert(TasksInsert([a, b, c], now_ms=T0, workflow=wf))
-        running = await claim_one(store)
-        n = await store.workflow_cancel(WorkflowCancel(wf.id, now_ms=T0))
-        assert n == 3
-        assert (await get(store, running.id)).cancel_requested
-        other = b.id if running.id == a.id else a.id
-        assert await state_of(store, other) is State.CANCELLED
-        assert await state_of(store, c.id) in (State.CANCELLED, State.SKIPPED)
-
-    async def test_reconcile_finds_nothing_when_the_push_worked(self, store: Store) -> None:
-        a = node()
-        b = node(after=[a.id])
-        await insert(store, a, b)
-        await run_to(store, a.id, State.COMPLETED)
-        assert await store.deps_reconcile(DepsReconcile(now_ms=T0)) == 0
-        assert await state_of(store, b.id) is State.READY
-
     async def test_insert_outcomes_of_nodes(self, store: Store) -> None:
         a = node()
         b = node(after=[a.id])
@@ -344,3 +297,64 @@ class DagConformance:
         assert [u.task_id for u in await store.upstream_get(d.id)] == [first.id]
         await run_to(store, first.id, State.COMPLETED)
         assert await state_of(store, d.id) is State.READY
+
+
+class WorkflowGetConformance:
+    """`workflow_get`: a run stored with its nodes."""
+
+    async def test_workflow_run_is_stored_with_its_nodes(self, store: Store) -> None:
+        wf = NewWorkflow(new_id(), "nightly-etl")
+        a = node("extract")
+        b = node("transform", after=[a.id])
+        c = node("load", after=[b.id, a.id])
+        for t in (a, b, c):
+            t.workflow_id = wf.id
+        await store.tasks_insert(TasksInsert([a, b, c], now_ms=T0, workflow=wf))
+        rec = await store.workflow_get(WorkflowGet(wf.id, nodes=True))
+        assert rec is not None
+        assert (rec.id, rec.name, rec.total, rec.created_at_ms) == (wf.id, "nightly-etl", 3, T0)
+        assert rec.by_state == {State.READY: 1, State.BLOCKED: 2}
+        assert rec.active == 3
+        assert [(n.node, n.task_id, n.upstream) for n in rec.nodes] == [
+            ("extract", a.id, ()),
+            ("transform", b.id, ("extract",)),
+            ("load", c.id, ("transform", "extract")),
+        ]
+        await run_to(store, a.id, State.COMPLETED)
+        rec = await store.workflow_get(WorkflowGet(wf.id))
+        assert rec is not None and rec.nodes == ()
+        assert rec.by_state == {State.COMPLETED: 1, State.READY: 1, State.BLOCKED: 1}
+        listed = await store.workflows_list(WorkflowsList())
+        assert [w.id for w in listed] == [wf.id]
+        assert await store.workflow_get(WorkflowGet("nope")) is None
+
+
+class WorkflowCancelConformance:
+    """`workflow_cancel`."""
+
+    async def test_workflow_cancel_stops_every_active_node(self, store: Store) -> None:
+        wf = NewWorkflow(new_id(), "wf")
+        a, b = node("a"), node("b")
+        c = node("c", after=[a.id])
+        for t in (a, b, c):
+            t.workflow_id = wf.id
+        await store.tasks_insert(TasksInsert([a, b, c], now_ms=T0, workflow=wf))
+        running = await claim_one(store)
+        n = await store.workflow_cancel(WorkflowCancel(wf.id, now_ms=T0))
+        assert n == 3
+        assert (await get(store, running.id)).cancel_requested
+        other = b.id if running.id == a.id else a.id
+        assert await state_of(store, other) is State.CANCELLED
+        assert await state_of(store, c.id) in (State.CANCELLED, State.SKIPPED)
+
+
+class DepsReconcileConformance:
+    """`deps_reconcile`: the backstop finds nothing when the push worked."""
+
+    async def test_reconcile_finds_nothing_when_the_push_worked(self, store: Store) -> None:
+        a = node()
+        b = node(after=[a.id])
+        await insert(store, a, b)
+        await run_to(store, a.id, State.COMPLETED)
+        assert await store.deps_reconcile(DepsReconcile(now_ms=T0)) == 0
+        assert await state_of(store, b.id) is State.READY

@@ -6,6 +6,7 @@ import pytest
 
 from ..._states import TERMINAL, State
 from ...errors import FlowmillError
+from ...store.contract import Store
 from ...store.contract.tasks import (
     ErrorInfo,
     Finish,
@@ -15,7 +16,6 @@ from ...store.contract.tasks import (
     LeasesExpired,
     LeasesRenew,
     ResultRow,
-    Store,
     TaskCancel,
     TaskRetry,
     TasksExpire,
@@ -45,8 +45,8 @@ ERRORS = {
 }
 
 
-class FinishConformance:
-    """tasks_finish: applied once per attempt, then answered from the record."""
+class TasksFinishConformance:
+    """`tasks_finish`: applied once per attempt, then answered from the record."""
 
     async def test_complete_stores_the_result(self, store: Store) -> None:
         task_id = await add(store)

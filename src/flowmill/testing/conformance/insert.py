@@ -8,7 +8,13 @@ import pytest
 
 from ..._states import Phase, State
 from ...errors import DuplicateTask, FlowmillError
-from ...store.contract.tasks import InsertOutcome, InsertStatus, Store, TasksExpire, TasksInsert
+from ...store.contract import Store
+from ...store.contract.tasks import (
+    InsertOutcome,
+    InsertStatus,
+    TasksExpire,
+    TasksInsert,
+)
 from ._util import (
     ERR,
     KIND,
@@ -40,8 +46,8 @@ AWKWARD = [
 ]
 
 
-class InsertConformance:
-    """tasks_insert: the state a task starts in and everything it carries."""
+class TasksInsertConformance:
+    """`tasks_insert`: the state a task starts in and everything it carries."""
 
     async def test_insert_is_ready_without_delay(self, store: Store) -> None:
         t = task(priority=3, max_attempts=7, timeout_ms=1234, retry_policy=b'{"k": 1}')
@@ -188,8 +194,9 @@ class InsertConformance:
         assert events[ready].at_ms == T0
 
 
-class DedupConformance:
-    """Dedup keys: one active task per (kind, key), under every on_duplicate policy."""
+class TasksInsertDedupConformance:
+    """`tasks_insert` with dedup keys: one active task per (kind, key), under every
+    on_duplicate policy."""
 
     async def test_skip_returns_existing(self, store: Store) -> None:
         first = task(key="k", payload=b"1")

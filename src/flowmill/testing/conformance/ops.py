@@ -6,6 +6,7 @@ import pytest
 
 from ..._states import State
 from ...errors import DuplicateTask, IllegalTransition, TaskNotFound
+from ...store.contract import Store
 from ...store.contract.tasks import (
     CancelOutcome,
     CountRow,
@@ -16,7 +17,6 @@ from ...store.contract.tasks import (
     FinishStatus,
     LeasesExpired,
     ResultRow,
-    Store,
     TaskCancel,
     TaskRetry,
     TasksExpire,
@@ -42,8 +42,8 @@ from ._util import (
 )
 
 
-class MaintenanceConformance:
-    """tasks_promote, tasks_expire and leases_expired, all judged at an explicit now."""
+class TasksPromoteConformance:
+    """`tasks_promote`: scheduled tasks that are due become ready."""
 
     async def test_promote_moves_due_tasks_only(self, store: Store) -> None:
         due = [await add(store, delay_ms=d) for d in (100, 200, 300)]
@@ -68,6 +68,10 @@ class MaintenanceConformance:
         assert await store.tasks_promote(TasksPromote(limit=1, now_ms=T0 + 60)) == 1
         assert await state_of(store, early) is State.READY
         assert await state_of(store, late) is State.SCHEDULED
+
+
+class TasksExpireConformance:
+    """`tasks_expire`: unclaimed tasks past their ttl end as expired."""
 
     async def test_expire_ends_unclaimed_tasks_past_their_ttl(self, store: Store) -> None:
         soon = await add(store, ttl_ms=100)
@@ -107,6 +111,10 @@ class MaintenanceConformance:
         assert await state_of(store, task_id) is State.EXPIRED
         await assert_history_legal(store)
 
+
+class LeasesExpiredConformance:
+    """`leases_expired`: running tasks whose lease ran out, for the reaper."""
+
     async def test_leases_expired_lists_running_tasks_past_their_lease(self, store: Store) -> None:
         first = await add(store, max_attempts=5, retry_policy=b'{"p": 1}')
         second = await add(store)
@@ -137,8 +145,8 @@ class MaintenanceConformance:
         assert await store.leases_expired(LeasesExpired(now_ms=T0 + 201)) == []
 
 
-class OperatorConformance:
-    """task_cancel and task_retry."""
+class TaskCancelConformance:
+    """`task_cancel`: an operator cancel."""
 
     @pytest.mark.parametrize("state", [State.SCHEDULED, State.READY])
     async def test_cancel_a_waiting_task(self, store: Store, state: State) -> None:
@@ -177,6 +185,10 @@ class OperatorConformance:
         with pytest.raises(TaskNotFound) as info:
             await store.task_cancel(TaskCancel("no-such-task"))
         assert info.value.task_id == "no-such-task"
+
+
+class TaskRetryConformance:
+    """`task_retry`: an operator retry of an ended task."""
 
     @pytest.mark.parametrize("end", [State.FAILED, State.DEAD_LETTERED])
     async def test_retry_gives_a_fresh_start(self, store: Store, end: State) -> None:
@@ -225,11 +237,15 @@ class OperatorConformance:
         assert len(await store.results_get([old])) == 1
 
 
-class InspectConformance:
-    """task_get, tasks_list, tasks_count, results_get, events_read."""
+class TaskGetConformance:
+    """`task_get`."""
 
     async def test_get_unknown_task(self, store: Store) -> None:
         assert await store.task_get("no-such-task") is None
+
+
+class TasksListConformance:
+    """`tasks_list`: filters and paging."""
 
     async def test_list_filters(self, store: Store) -> None:
         a = await add(store, kind="a", queue="q1")
@@ -276,6 +292,10 @@ class InspectConformance:
         )
         assert [r.id for r in rest] == ids[4:]
 
+
+class TasksCountConformance:
+    """`tasks_count`."""
+
     async def test_count_by_queue_and_state(self, store: Store) -> None:
         assert await store.tasks_count() == []
         await add(store, queue="a")
@@ -286,6 +306,10 @@ class InspectConformance:
         counts = {(c.queue, c.state): c.count for c in await store.tasks_count()}
         assert counts == {("a", State.READY): 2, ("a", State.SCHEDULED): 1, ("b", State.RUNNING): 1}
         assert all(isinstance(c, CountRow) for c in await store.tasks_count())
+
+
+class ResultsGetConformance:
+    """`results_get`."""
 
     async def test_results_only_for_finished_tasks(self, store: Store) -> None:
         done = await make_state(store, State.COMPLETED, kind="c")
@@ -312,6 +336,10 @@ class InspectConformance:
         got = await store.results_get([t.id for t in tasks] + ["missing"])
         assert len(got) == 1_200
         assert all(r.result == r.task_id.encode() for r in got)
+
+
+class EventsReadConformance:
+    """`events_read`."""
 
     async def test_events_read_in_order_with_a_cursor(self, store: Store) -> None:
         task_id = await add(store)

@@ -3,6 +3,15 @@
 A backend's test module subclasses `StoreConformance` (as `TestMyStore`) and provides an
 async fixture `store` that yields an open, empty store, isolated from every other test,
 and closes it afterwards. Tests drive time through `now_ms=`; none sleeps for a timer.
+
+Each class tests one operation and carries its name (`tasks_claim`:
+`TasksClaimConformance`; a facet of it: `TasksClaimLimitsConformance`). A few test what
+no single operation owns: `TerminalConformance` (the state machine), `WakeConformance`
+(the wake-up hints) and `WalkConformance` (random interleavings of every operation).
+
+A test of something only some backends do starts with `require(store, "<capability>")`
+(from `._util`): on a store whose `Capabilities` lack it, the test is skipped with a reason
+naming the capability, never silently passed.
 """
 
 from __future__ import annotations
@@ -11,39 +20,111 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from ...store.contract.tasks import Store
+from ...store.contract import Store
 from ._util import assert_history_legal
-from .budgets import BudgetConformance, LimitConformance
-from .children import ChildrenConformance
-from .claim import ClaimConformance, ProgressConformance, RenewConformance
-from .dag import DagConformance
-from .finish import FinishConformance, TerminalConformance
-from .insert import DedupConformance, InsertConformance
-from .ops import InspectConformance, MaintenanceConformance, OperatorConformance
-from .signals import SignalsConformance
-from .wake import ClockConformance, WakeConformance
+from .budgets import (
+    BudgetDefineConformance,
+    BudgetReportUsageConformance,
+    BudgetResetConformance,
+    TasksClaimBudgetConformance,
+    TasksClaimLimitsConformance,
+)
+from .children import (
+    TaskCancelCascadeConformance,
+    TasksFinishFailFastConformance,
+    TasksFinishReapedConformance,
+    TaskWaitChildrenConformance,
+)
+from .children_reads import ChildrenPageConformance, ChildrenSummaryConformance
+from .claim import LeasesRenewConformance, TaskProgressConformance, TasksClaimConformance
+from .dag import (
+    DepsReconcileConformance,
+    TasksInsertDepsConformance,
+    WorkflowCancelConformance,
+    WorkflowGetConformance,
+)
+from .finish import TasksFinishConformance, TerminalConformance
+from .frames import FramesAppendConformance, FramesReadConformance, WaitForFramesConformance
+from .hooks import HookDoneConformance, HooksClaimConformance
+from .insert import TasksInsertConformance, TasksInsertDedupConformance
+from .meta import MetaGetOrSetConformance, TaskProgressEventConformance
+from .ops import (
+    EventsReadConformance,
+    LeasesExpiredConformance,
+    ResultsGetConformance,
+    TaskCancelConformance,
+    TaskGetConformance,
+    TaskRetryConformance,
+    TasksCountConformance,
+    TasksExpireConformance,
+    TasksListConformance,
+    TasksPromoteConformance,
+)
+from .schema import MigrateConformance, SchemaVersionConformance
+from .signals import SignalDeliverConformance, WaitpointCreateConformance
+from .spawn import TasksInsertSpawnConformance
+from .suspend import SuspensionsExpireConformance, TaskSuspendConformance
+from .wake import NowMsConformance, WakeConformance
 from .walk import WalkConformance
 
 
 class StoreConformance(
-    InsertConformance,
-    DedupConformance,
-    ClaimConformance,
-    RenewConformance,
-    ProgressConformance,
-    FinishConformance,
+    # tasks
+    TasksInsertConformance,
+    TasksInsertDedupConformance,
+    TasksInsertSpawnConformance,
+    TasksInsertDepsConformance,
+    TasksClaimConformance,
+    TasksClaimBudgetConformance,
+    TasksClaimLimitsConformance,
+    LeasesRenewConformance,
+    TaskProgressConformance,
+    TaskProgressEventConformance,
+    TasksFinishConformance,
+    TasksFinishFailFastConformance,
+    TasksFinishReapedConformance,
+    TasksPromoteConformance,
+    TasksExpireConformance,
+    LeasesExpiredConformance,
+    TaskCancelConformance,
+    TaskCancelCascadeConformance,
+    TaskRetryConformance,
+    TaskGetConformance,
+    TasksListConformance,
+    TasksCountConformance,
+    ResultsGetConformance,
+    EventsReadConformance,
+    # parents and children
+    TaskWaitChildrenConformance,
+    ChildrenPageConformance,
+    ChildrenSummaryConformance,
+    HooksClaimConformance,
+    HookDoneConformance,
+    # dependencies and workflows
+    WorkflowGetConformance,
+    WorkflowCancelConformance,
+    DepsReconcileConformance,
+    # waiting on the outside world
+    WaitpointCreateConformance,
+    SignalDeliverConformance,
+    TaskSuspendConformance,
+    SuspensionsExpireConformance,
+    FramesAppendConformance,
+    FramesReadConformance,
+    WaitForFramesConformance,
+    MetaGetOrSetConformance,
+    # budgets
+    BudgetDefineConformance,
+    BudgetReportUsageConformance,
+    BudgetResetConformance,
+    # lifecycle and clock
+    SchemaVersionConformance,
+    MigrateConformance,
+    NowMsConformance,
+    # what no single operation owns
     TerminalConformance,
-    MaintenanceConformance,
-    OperatorConformance,
-    InspectConformance,
     WakeConformance,
-    ClockConformance,
     WalkConformance,
-    ChildrenConformance,
-    SignalsConformance,
-    DagConformance,
-    BudgetConformance,
-    LimitConformance,
 ):
     """Every behaviour of the `Store` contract. Subclass it as `Test...` with a `store` fixture."""
 

@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from ..._states import State
+from ...store.contract import Store
 from ...store.contract.tasks import (
     LeasesExpired,
-    Store,
     TaskCancel,
     TaskRetry,
     TasksExpire,
@@ -21,7 +21,10 @@ from ._util import ERR, TTL, claim, claim_one, finish, get, insert, make_state, 
 
 # The waiter gets this long; far less than its own timeout, so only a wake-up can end it.
 WAKE_DEADLINE_S = 5.0
+
+
 WAIT_S = 60.0
+
 
 Action = Callable[[Store, int], Awaitable[object]]
 
@@ -110,6 +113,8 @@ WORK_ACTIONS: dict[str, Action] = {
     "promote": _promote,
     "operator-retry": _operator_retry,
 }
+
+
 FINISH_ACTIONS: dict[str, Action] = {
     "complete": _complete,
     "dead-letter": _dead_letter,
@@ -143,8 +148,8 @@ class WakeConformance:
         await wait_until_woken(store.wait_for_finish, lambda: _complete(store, now), waiters=5)
 
 
-class ClockConformance:
-    """The protocol's shape and `now_ms=None`: the store's own clock."""
+class NowMsConformance:
+    """`now_ms`: the store's own clock, which `now_ms=None` means; and the protocol's shape."""
 
     async def test_is_a_store(self, store: Store) -> None:
         assert isinstance(store, Store)

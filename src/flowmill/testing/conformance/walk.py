@@ -9,6 +9,7 @@ import pytest
 
 from ..._states import TERMINAL, State
 from ...errors import DuplicateTask, IllegalTransition, LeaseLost
+from ...store.contract import Store
 from ...store.contract.tasks import (
     ErrorInfo,
     Finish,
@@ -17,7 +18,6 @@ from ...store.contract.tasks import (
     LeasesExpired,
     LeasesRenew,
     OnDuplicate,
-    Store,
     TaskCancel,
     TaskProgress,
     TaskRetry,

@@ -1,0 +1,126 @@
+"""Migrations are frozen, numbered files, numbered alike on every backend.
+
+A released migration never changes: a schema change is a new file. When one is released,
+add its checksum below; a test here fails if any listed file changes or a file is not
+listed, so changing a released migration cannot go unnoticed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sqlite3
+from contextlib import closing
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+
+from flowmill.store._common.migrations import load
+from flowmill.store.contract import MigrateResult
+from flowmill.store.postgres import PostgresStore
+from flowmill.store.postgres import _schema as postgres_schema
+from flowmill.store.sqlite import SQLiteStore
+from flowmill.store.sqlite import _schema as sqlite_schema
+
+from ._pg_store_fixtures import pg_url, schema
+
+__all__ = ["pg_url", "schema"]  # fixtures, used by name
+
+# backend package -> {file name: sha256 of its bytes}. Append; never edit a line.
+CHECKSUMS: dict[str, dict[str, str]] = {
+    "flowmill.store.sqlite": {
+        "0001_initial.sql": "91b500d661bbdc3dcbe3288380842579e8709dfc23588d181baae812d014cc82",
+    },
+    "flowmill.store.postgres": {
+        "0001_initial.sql": "e4ee1a77c10fec53b1f205c371616de86699a2708d25f2462f7c2846ed2dcb26",
+    },
+}
+
+_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def _files(package: str) -> dict[str, bytes]:
+    folder = files(package).joinpath("migrations")
+    return {f.name: f.read_bytes() for f in folder.iterdir() if f.name.endswith(".sql")}
+
+
+@pytest.mark.parametrize("package", sorted(CHECKSUMS))
+def test_released_migrations_are_unchanged(package: str) -> None:
+    found = _files(package)
+    assert sorted(found) == sorted(CHECKSUMS[package]), "add a new migration's checksum here"
+    for name, data in found.items():
+        assert hashlib.sha256(data).hexdigest() == CHECKSUMS[package][name], (
+            f"{package} migration {name} changed: a released migration is frozen, "
+            "write a new one instead"
+        )
+
+
+@pytest.mark.parametrize("package", sorted(CHECKSUMS))
+def test_numbering_is_contiguous_from_one(package: str) -> None:
+    names = sorted(_files(package))
+    assert all(_NAME.match(n) for n in names), names
+    assert [int(n[:4]) for n in names] == list(range(1, len(names) + 1))
+    assert [m.version for m in load(package)] == list(range(1, len(names) + 1))
+
+
+def test_numbering_is_aligned_across_backends() -> None:
+    by_backend = {p: sorted(_files(p)) for p in CHECKSUMS}
+    first, *rest = by_backend.values()
+    for names in rest:
+        assert names == first, by_backend
+
+
+def test_the_schema_version_is_the_number_of_migrations() -> None:
+    assert len(_files("flowmill.store.sqlite")) == sqlite_schema.SCHEMA_VERSION
+    assert len(_files("flowmill.store.postgres")) == postgres_schema.SCHEMA_VERSION
+
+
+def test_a_gap_in_the_numbering_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "fake_backend"
+    (package / "migrations").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "migrations" / "0001_initial.sql").write_text("SELECT 1;")
+    (package / "migrations" / "0003_later.sql").write_text("SELECT 3;")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"not numbered 1\.\.n"):
+        load("fake_backend")
+
+
+async def test_an_older_sqlite_database_is_upgraded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "old.db")
+    current = sqlite_schema.SCHEMA_VERSION
+    assert await SQLiteStore(path).migrate() == MigrateResult(None, current)
+    # A release that adds migration current + 1: the file at `current` is brought up to it.
+    newer = (*sqlite_schema.MIGRATIONS, "CREATE TABLE fm_probe (x INTEGER);")
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", newer)
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", current + 1)
+    store = SQLiteStore(path)
+    assert await store.schema_version() == current
+    assert await store.migrate() == MigrateResult(current, current + 1)
+    assert await store.schema_version() == current + 1
+    with closing(sqlite3.connect(path)) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert "fm_probe" in tables
+
+
+@pytest.mark.postgres
+async def test_an_older_postgres_schema_is_upgraded(
+    pg_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    current = postgres_schema.SCHEMA_VERSION
+    assert await PostgresStore(pg_url, schema=schema).migrate() == MigrateResult(None, current)
+    newer = (*postgres_schema.MIGRATIONS, "CREATE TABLE {s}.probe (x integer);")
+    monkeypatch.setattr(postgres_schema, "MIGRATIONS", newer)
+    monkeypatch.setattr(postgres_schema, "SCHEMA_VERSION", current + 1)
+    store = PostgresStore(pg_url, schema=schema)
+    assert await store.schema_version() == current
+    assert await store.migrate() == MigrateResult(current, current + 1)
+    assert await store.schema_version() == current + 1
+    await store.open()
+    try:
+        assert await store.meta_get_or_set("probe", "x") == "x"
+    finally:
+        await store.close()

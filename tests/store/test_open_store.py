@@ -1,0 +1,54 @@
+"""`open_store`: the URL's scheme picks the backend's factory from one table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from flowmill.errors import ConfigurationError
+from flowmill.store import BACKENDS, open_store
+from flowmill.store.contract import Store
+from flowmill.store.postgres import PostgresStore
+from flowmill.store.sqlite import SQLiteStore
+
+
+def test_schemes_pick_their_backend() -> None:
+    assert isinstance(open_store("sqlite://:memory:"), SQLiteStore)
+    assert isinstance(open_store("SQLITE:///jobs.db"), SQLiteStore)
+    assert isinstance(open_store("postgresql://u@h/db"), PostgresStore)
+    assert isinstance(open_store("postgres://u@h/db"), PostgresStore)
+
+
+def test_sqlite_urls() -> None:
+    store = open_store("sqlite:///rel.db?synchronous=normal")
+    assert isinstance(store, SQLiteStore)
+    assert (store.path, store.synchronous) == ("rel.db", "NORMAL")
+    absolute = open_store("sqlite:////tmp/abs.db")
+    assert isinstance(absolute, SQLiteStore) and absolute.path == "/tmp/abs.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("nonsense", "bad store URL"),
+        ("mysql://x/y", "unknown store URL scheme 'mysql'"),
+        ("redis://localhost?durability=sometimes", "durability must be one of"),
+    ],
+)
+def test_bad_urls(url: str, needle: str) -> None:
+    with pytest.raises(ConfigurationError, match=needle):
+        open_store(url)
+
+
+def test_a_backend_joins_with_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[tuple[str, dict[str, Any]]] = []
+    memory = SQLiteStore(":memory:")
+
+    def factory(url: str, **options: Any) -> Store:
+        made.append((url, options))
+        return memory
+
+    monkeypatch.setitem(BACKENDS, "fake", factory)
+    assert open_store("fake://somewhere", timeout_s=2.0) is memory
+    assert made == [("fake://somewhere", {"timeout_s": 2.0})]
