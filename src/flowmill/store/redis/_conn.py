@@ -83,7 +83,7 @@ def translate(exc: BaseException, where: str) -> StoreError:
     if isinstance(exc, rx.ConnectionError | rx.TimeoutError | OSError):
         return StoreUnavailable(f"{where}: cannot reach Redis ({msg})")
     if isinstance(exc, rx.ResponseError):
-        if msg.startswith("WRONGTYPE"):
+        if "WRONGTYPE" in msg:
             return StoreError(
                 f"{where}: a key in flowmill's namespace holds the wrong type of value "
                 f"({msg}); use another key prefix or clear those keys"
