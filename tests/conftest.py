@@ -14,14 +14,19 @@ import flowmill as fm
 CI = os.environ.get("CI", "").lower() == "true"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "redis"])
 async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A fresh store per test: a SQLite file, or a schema of its own on PostgreSQL.
+    """A fresh store per test: a SQLite file, a schema of its own on PostgreSQL, or a key
+    prefix of its own on Redis.
 
-    PostgreSQL tests skip when the server is unreachable, except in CI, where they fail.
+    Server tests skip when the server is unreachable, except in CI, where they fail.
     """
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'flowmill.db'}"
+        return
+    if request.param == "redis":
+        async for url in _redis_url():
+            yield url
         return
     from flowmill.testing._pg import drop_pg_schema, pg_test_url, pg_unreachable
 
@@ -36,6 +41,29 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         yield f"{base}?schema={schema}"
     finally:
         await drop_pg_schema(base, schema)
+
+
+async def _redis_url() -> AsyncIterator[str]:
+    """A key prefix of its own on the local Redis; skipped when absent (failed in CI)."""
+    from redis.asyncio import Redis
+
+    base = os.environ.get("FLOWMILL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    client = Redis.from_url(base)
+    try:
+        await client.ping()
+    except Exception as exc:
+        await client.aclose()
+        if CI:
+            pytest.fail(f"Redis is required in CI but unreachable: {exc}")
+        pytest.skip(f"Redis unreachable: {exc}")
+    prefix = f"fmt{os.urandom(6).hex()}:"
+    try:
+        yield f"{base}?prefix={prefix}"
+    finally:
+        keys = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
+        for i in range(0, len(keys), 500):
+            await client.delete(*keys[i : i + 500])
+        await client.aclose()
 
 
 @pytest.fixture
