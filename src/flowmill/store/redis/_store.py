@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from importlib.resources import files
 from typing import Any, NoReturn, TypeVar
@@ -109,7 +110,10 @@ class RedisStore(
         # the block is the timeout, and keepalives notice a dead peer.
         self._blocking: Redis | None = None
         self._waitaof = False
-        self._last: dict[str, bytes] = {}
+        # wake-up Stream cursors per waiting asyncio task (see `_wait`)
+        self._cursors: weakref.WeakKeyDictionary[Any, dict[str, bytes]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.capabilities = Capabilities(durable=True, local_file=False)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -122,7 +126,7 @@ class RedisStore(
         try:
             await guarded(where, client.ping)
             self._waitaof = await guarded(
-                where, lambda: check_durability(client, self.durability, self.url)
+                where, lambda: check_durability(client, self.durability, self._driver_url)
             )
             await guarded(where, lambda: self._migrate(client))
         except BaseException:
@@ -251,14 +255,20 @@ class RedisStore(
 
     # -- wake-ups --------------------------------------------------------------------
 
-    async def _wait(self, which: str, timeout_s: float) -> None:
+    async def _wait(self, which: str, timeout_s: float, waiter: object) -> None:
+        """Block on the wake-up Stream `which` until an entry after `waiter`'s cursor.
+
+        Each waiting asyncio task keeps its own cursor (the last entry it saw), so one
+        loop consuming a wake-up never hides it from another; a task's first wait answers
+        at once, since it cannot know what it missed.
+        """
         client = self._c()
         key = self._k + which
-        last = self._last.get(which)
+        cursors = self._cursors.setdefault(waiter, {})
+        last = cursors.get(which)
         if last is None or timeout_s <= 0:
-            # The first wait answers at once (it cannot know what it missed); both catch up.
             newest = await self._run(which, lambda: client.xrevrange(key, count=1))
-            self._last[which] = newest[0][0] if newest else b"0-0"
+            cursors[which] = newest[0][0] if newest else b"0-0"
             return
         block_ms = max(1, int(timeout_s * 1000))
         if which == "ww":
@@ -269,31 +279,29 @@ class RedisStore(
             which, lambda: blocking.xread({key: last}, count=_WAKE_READ, block=block_ms)
         )
         if got:
-            entries = got[0][1]
-            newest_id = entries[-1][0]
-            if newest_id > self._last.get(which, b""):
-                self._last[which] = newest_id
+            cursors[which] = got[0][1][-1][0]
 
     async def _until_due(self, block_ms: int) -> int:
         """Delayed tasks wake a waiter at their due time: no longer than until the next one."""
-        client = self._c()
-        first = await self._run(
-            "due", lambda: client.zrange(self._k + "sch", 0, 0, withscores=True)
-        )
+        pipe = self._c().pipeline(transaction=False)
+        pipe.zrange(self._k + "sch", 0, 0, withscores=True)
+        pipe.time()
+        first, (secs, micros) = await self._run("due", pipe.execute)
         if not first:
             return block_ms
-        now = await self.now_ms()
+        now = int(secs) * 1000 + int(micros) // 1000
         due = int(first[0][1])
         return block_ms if due <= now else max(1, min(block_ms, due - now + 1))
 
     async def _wait_cancellable(self, which: str, timeout_s: float) -> None:
-        await _cancellable(self._wait(which, timeout_s))
+        waiter = asyncio.current_task()
+        await _cancellable(self._wait(which, timeout_s, waiter))
 
     async def wait_for_work(self, timeout_s: float) -> None:
-        await _cancellable(self._wait("ww", timeout_s))
+        await self._wait_cancellable("ww", timeout_s)
 
     async def wait_for_finish(self, timeout_s: float) -> None:
-        await _cancellable(self._wait("wf", timeout_s))
+        await self._wait_cancellable("wf", timeout_s)
 
     # -- submission and leases -------------------------------------------------------
 
