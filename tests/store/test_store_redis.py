@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from flowmill.errors import ConfigurationError, SchemaError, StoreError, StoreUnavailable
 from flowmill.store.contract.tasks import InsertStatus, TasksClaim
@@ -120,6 +121,61 @@ class TestValkeyStore(StoreConformance):
     @pytest.fixture
     async def store(self, valkey_url: str) -> AsyncIterator[RedisStore]:
         store = await open_test_store(valkey_url)
+        try:
+            yield store
+        finally:
+            await _delete_prefix(store)
+            await store.close()
+
+
+@contextlib.contextmanager
+def valkey_cluster(tmp_path: Path, masters: int = 3) -> Iterator[str]:
+    """A cluster of `masters` valkey-server nodes, the slots split between them."""
+    with contextlib.ExitStack() as stack:
+        urls = []
+        for i in range(masters):
+            node_dir = tmp_path / f"node{i}"
+            node_dir.mkdir()
+            urls.append(
+                stack.enter_context(
+                    valkey_server(node_dir, "--cluster-enabled", "yes", "--appendonly", "yes")
+                )
+            )
+        ports = [int(u.rsplit(":", 1)[1].split("/")[0]) for u in urls]
+        step = 16384 // masters
+        for i, port in enumerate(ports):
+            node = redis.Redis(port=port)
+            last = 16383 if i == masters - 1 else (i + 1) * step - 1
+            node.execute_command("CLUSTER", "ADDSLOTSRANGE", i * step, last)
+            for other in ports[:i]:
+                node.execute_command("CLUSTER", "MEET", "127.0.0.1", other)
+            node.close()
+        deadline = time.monotonic() + 20
+        while True:
+            infos = [redis.Redis(port=p).cluster("info") for p in ports]
+            if all(
+                i.get("cluster_state") == "ok" and int(i.get("cluster_known_nodes", 0)) == masters
+                for i in infos
+            ):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster did not form: {infos}")
+            time.sleep(0.05)  # gossip between the nodes, not a timer of ours
+        yield f"redis+cluster://127.0.0.1:{ports[0]}"
+
+
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with valkey_cluster(tmp_path_factory.mktemp("cluster")) as url:
+        yield url
+
+
+class TestClusterStore(StoreConformance):
+    """The whole conformance suite on a 3-master Valkey cluster."""
+
+    @pytest.fixture
+    async def store(self, cluster_url: str) -> AsyncIterator[RedisStore]:
+        store = await open_test_store(cluster_url)
         try:
             yield store
         finally:

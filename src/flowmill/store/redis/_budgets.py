@@ -80,7 +80,7 @@ class RedisBudgetsMixin:
 
     async def _budget_read(self, budget_id: str) -> tuple[Budget | None, int, int]:
         """(the budget or None, its version or -1, how many of its tasks are ready)."""
-        pipe = self._c().pipeline(transaction=True)
+        pipe = self._c().pipeline(transaction=False)  # the put checks the version
         pipe.hgetall(self._k + "b:" + budget_id)
         pipe.hget(self._k + "bready", budget_id)
         h, ready = await pipe.execute()

@@ -15,7 +15,17 @@ from ...errors import ConfigurationError, StoreError, StoreUnavailable
 
 log = logging.getLogger("flowmill.store.redis")
 
-SCHEMES = ("redis", "rediss", "unix", "valkey", "valkeys")
+SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "valkey",
+    "valkeys",
+    "redis+cluster",
+    "rediss+cluster",
+    "valkey+cluster",
+    "valkeys+cluster",
+)
 Durability = Literal["default", "aof", "fsync"]
 _DURABILITY = ("default", "aof", "fsync")
 T = TypeVar("T")
@@ -26,6 +36,7 @@ class Settings:
     """What a flowmill Redis URL says: the driver's URL, and flowmill's own parameters."""
 
     driver_url: str
+    cluster: bool
     prefix: str
     durability: Durability
 
@@ -47,7 +58,9 @@ def parse_url(url: str, prefix: str | None = None, durability: str | None = None
             durability = durability if durability is not None else value
         else:
             kept.append((name, value))
-    driver_scheme = {"valkey": "redis", "valkeys": "rediss"}.get(scheme, scheme)
+    cluster = scheme.endswith("+cluster")
+    base = scheme.removesuffix("+cluster")
+    driver_scheme = {"valkey": "redis", "valkeys": "rediss"}.get(base, base)
     driver = urlunsplit((driver_scheme, split.netloc, split.path, urlencode(kept), split.fragment))
     mode = durability or "default"
     if mode not in _DURABILITY:
@@ -56,7 +69,13 @@ def parse_url(url: str, prefix: str | None = None, durability: str | None = None
         )
     if prefix is not None and ("{" in prefix or "}" in prefix):
         raise ConfigurationError(f"a key prefix cannot hold braces: {prefix!r}")
-    return Settings(driver, "fm:" if prefix is None else prefix, mode)  # type: ignore[arg-type]
+    if cluster and mode == "fsync":
+        raise ConfigurationError(
+            "durability=fsync is not available with a cluster URL yet: use durability=aof "
+            "with appendfsync always on every node"
+        )
+    prefix = "fm:" if prefix is None else prefix
+    return Settings(driver, cluster, prefix, mode)  # type: ignore[arg-type]
 
 
 def redact(url: str) -> str:

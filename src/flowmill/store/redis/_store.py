@@ -8,6 +8,7 @@ unless a caller passes `now_ms`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,6 +18,7 @@ from typing import Any, NoReturn, TypeVar
 import msgspec
 from redis import exceptions as rx
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 
 from ..._states import State
 from ...errors import (
@@ -102,19 +104,25 @@ class RedisStore(
         self.prefix = settings.prefix
         self.durability: Durability = settings.durability
         self._driver_url = settings.driver_url
+        self.cluster = settings.cluster
         self._max_connections = max_connections
         # One partition for now: every key shares the hash tag {fm:0}.
         self._k = f"{self.prefix}{{fm:0}}:"
-        self._client: Redis | None = None
+        self._client: Any = None  # Redis, or RedisCluster for a cluster URL
         # Blocking reads (XREAD BLOCK) get a client without a socket timeout of their own:
         # the block is the timeout, and keepalives notice a dead peer.
-        self._blocking: Redis | None = None
+        self._blocking: Any = None
         self._waitaof = False
         # wake-up Stream cursors per waiting asyncio task (see `_wait`)
         self._cursors: weakref.WeakKeyDictionary[Any, dict[str, bytes]] = (
             weakref.WeakKeyDictionary()
         )
         self.capabilities = Capabilities(durable=True, local_file=False)
+        # A cluster client refuses a command when its node's pool is full, where a plain
+        # client's pool makes it wait: callers wait here instead.
+        self._gate: asyncio.Semaphore | contextlib.nullcontext[None] = (
+            asyncio.Semaphore(max_connections) if self.cluster else contextlib.nullcontext()
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -135,7 +143,7 @@ class RedisStore(
         self._client = client
         self._blocking = self._connect(socket_timeout=None, socket_keepalive=True)
 
-    def _new_client(self) -> Redis:
+    def _new_client(self) -> Any:
         try:
             return self._connect()
         except (ValueError, TypeError) as exc:
@@ -181,8 +189,19 @@ class RedisStore(
     async def migrate(self) -> MigrateResult:
         return await self._with_client(f"cannot migrate {redact(self.url)}", self._migrate)
 
-    def _connect(self, **options: Any) -> Redis:
-        """A client whose pool makes callers wait for a free connection (never refuses)."""
+    def _connect(self, **options: Any) -> Any:
+        """A client whose pool makes callers wait for a free connection (never refuses).
+
+        For a cluster, a `RedisCluster`: every key of a partition shares one hash slot, so
+        each FCALL runs on the one node that holds it.
+        """
+        if self.cluster:
+            return RedisCluster.from_url(
+                self._driver_url,
+                max_connections=max(self._max_connections, 1024),
+                health_check_interval=30,
+                **options,
+            )
         pool = BlockingConnectionPool.from_url(
             self._driver_url,
             max_connections=self._max_connections,
@@ -210,19 +229,24 @@ class RedisStore(
             if c is not None:
                 await c.aclose()
 
-    def _c(self) -> Redis:
+    def _c(self) -> Any:
         if self._client is None:
             raise StoreError("the store is not open")
         return self._client
 
     async def _run(self, where: str, call: Callable[[], Awaitable[Any]]) -> Any:
         """One plain command (a read); its reply as the driver gives it (bytes)."""
-        return await guarded(where, call)
+        async with self._gate:
+            return await guarded(where, call)
 
     async def _fcall(self, fn: str, params: dict[str, Any], blobs: Sequence[bytes] = ()) -> Any:
         """One function call; on a library that is missing or stale, load ours and retry."""
+        async with self._gate:
+            return await self._fcall_once(fn, _enc.encode(params), blobs)
+
+    async def _fcall_once(self, fn: str, encoded: bytes, blobs: Sequence[bytes]) -> Any:
         client = self._c()
-        args = (_enc.encode(params), *blobs)
+        args = (encoded, *blobs)
         try:
             return await client.fcall(fn, 1, self._k, *args)
         except rx.ResponseError as exc:
@@ -250,8 +274,9 @@ class RedisStore(
             await self._run("WAITAOF", lambda: client.execute_command("WAITAOF", 1, 0, 0))
 
     async def now_ms(self) -> int:
-        secs, micros = await self._run("TIME", lambda: self._c().time())
-        return int(secs) * 1000 + int(micros) // 1000
+        # TIME of the node holding the partition: the clock its functions judge by
+        _due, now = await self._fcall("fm_next_due", {})
+        return int(now)
 
     # -- wake-ups --------------------------------------------------------------------
 
@@ -283,14 +308,9 @@ class RedisStore(
 
     async def _until_due(self, block_ms: int) -> int:
         """Delayed tasks wake a waiter at their due time: no longer than until the next one."""
-        pipe = self._c().pipeline(transaction=False)
-        pipe.zrange(self._k + "sch", 0, 0, withscores=True)
-        pipe.time()
-        first, (secs, micros) = await self._run("due", pipe.execute)
-        if not first:
+        due, now = await self._fcall("fm_next_due", {})
+        if due is None:
             return block_ms
-        now = int(secs) * 1000 + int(micros) // 1000
-        due = int(first[0][1])
         return block_ms if due <= now else max(1, min(block_ms, due - now + 1))
 
     async def _wait_cancellable(self, which: str, timeout_s: float) -> None:

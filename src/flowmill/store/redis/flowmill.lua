@@ -1458,7 +1458,17 @@ end
 
 local function version() return VERSION end
 
+-- the partition's next due time (or nil) and the server's clock, for a waiter's block
+local function next_due(keys, args)
+  local first = redis.call('ZRANGE', keys[1] .. 'sch', 0, 0, 'WITHSCORES')
+  local now = clock(nil)
+  if #first == 0 then return { false, now } end
+  return { tonumber(first[2]), now }
+end
+
 redis.register_function('fm_version', version)
+redis.register_function{ function_name = 'fm_next_due', callback = next_due,
+  flags = { 'no-writes' } }
 redis.register_function('fm_insert', insert)
 redis.register_function('fm_claim', claim)
 redis.register_function('fm_renew', renew)
