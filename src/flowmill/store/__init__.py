@@ -69,6 +69,10 @@ BACKENDS: dict[str, StoreFactory] = {
     "valkey": _redis,
     "valkeys": _redis,
     "unix": _redis,
+    "redis+cluster": _redis,
+    "rediss+cluster": _redis,
+    "valkey+cluster": _redis,
+    "valkeys+cluster": _redis,
 }
 """URL scheme (lower case) -> the factory of its backend's store."""
 
