@@ -315,3 +315,16 @@ async def test_claims_use_the_server_clock(redis_store: RedisStore) -> None:
     rows = await redis_store.tasks_claim(TasksClaim("w", ["default"], ["job"], 1, 1_000, None))
     after = await redis_store.now_ms()
     assert before + 1_000 <= rows[0].lease_expires_at_ms <= after + 1_000
+
+
+async def test_a_unix_socket_url(tmp_path: Path) -> None:
+    sock = tmp_path / "valkey.sock"
+    with valkey_server(tmp_path, "--unixsocket", str(sock)):
+        store = RedisStore(f"unix://{sock}?db=1")
+        await store.open()
+        try:
+            (out,) = await insert(store, task())
+            assert (await store.tasks_count())[0].count == 1
+            assert out.status is InsertStatus.INSERTED
+        finally:
+            await store.close()

@@ -62,6 +62,8 @@ def parse_url(url: str, prefix: str | None = None, durability: str | None = None
     base = scheme.removesuffix("+cluster")
     driver_scheme = {"valkey": "redis", "valkeys": "rediss"}.get(base, base)
     driver = urlunsplit((driver_scheme, split.netloc, split.path, urlencode(kept), split.fragment))
+    if driver_scheme == "unix" and not driver.startswith("unix://"):
+        driver = "unix://" + driver.removeprefix("unix:")  # the driver wants the slashes
     mode = durability or "default"
     if mode not in _DURABILITY:
         raise ConfigurationError(
