@@ -725,9 +725,9 @@ local function insert(keys, args)
       upstream_policy = t.policy or false, condition = t.condition or false,
       workflow_id = t.workflow_id or false, node = t.node or false,
     }
-    set(K, id, r)
-    if t.workflow_id then redis.call('ZADD', K .. 'wfn:' .. t.workflow_id, seq, id) end
     for k, v in pairs(r) do if v == false then r[k] = nil end end
+    set(K, id, r) -- a fresh hash: nothing to delete
+    if t.workflow_id then redis.call('ZADD', K .. 'wfn:' .. t.workflow_id, seq, id) end
     redis.call('ZADD', K .. 'all', seq, id)
     index(K, id, r)
     if row.expires then redis.call('ZADD', K .. 'ttl', row.expires, id) end
