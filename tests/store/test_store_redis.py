@@ -133,12 +133,22 @@ def valkey_cluster(tmp_path: Path, masters: int = 3) -> Iterator[str]:
     """A cluster of `masters` valkey-server nodes, the slots split between them."""
     with contextlib.ExitStack() as stack:
         urls = []
+        buses = [_free_port() for _ in range(masters)]
         for i in range(masters):
             node_dir = tmp_path / f"node{i}"
             node_dir.mkdir()
             urls.append(
                 stack.enter_context(
-                    valkey_server(node_dir, "--cluster-enabled", "yes", "--appendonly", "yes")
+                    valkey_server(
+                        node_dir,
+                        "--cluster-enabled",
+                        "yes",
+                        # the bus port defaults to port + 10000, which may be taken or > 65535
+                        "--cluster-port",
+                        str(buses[i]),
+                        "--appendonly",
+                        "yes",
+                    )
                 )
             )
         ports = [int(u.rsplit(":", 1)[1].split("/")[0]) for u in urls]
@@ -147,8 +157,8 @@ def valkey_cluster(tmp_path: Path, masters: int = 3) -> Iterator[str]:
             node = redis.Redis(port=port)
             last = 16383 if i == masters - 1 else (i + 1) * step - 1
             node.execute_command("CLUSTER", "ADDSLOTSRANGE", i * step, last)
-            for other in ports[:i]:
-                node.execute_command("CLUSTER", "MEET", "127.0.0.1", other)
+            for other, bus in zip(ports[:i], buses[:i], strict=True):
+                node.execute_command("CLUSTER", "MEET", "127.0.0.1", other, bus)
             node.close()
         deadline = time.monotonic() + 20
         while True:
