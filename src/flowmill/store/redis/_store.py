@@ -19,6 +19,8 @@ import msgspec
 from redis import exceptions as rx
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from ..._states import State
 from ...errors import (
@@ -118,6 +120,7 @@ class RedisStore(
             weakref.WeakKeyDictionary()
         )
         self.capabilities = Capabilities(durable=True, local_file=False)
+        self._waits: set[asyncio.Future[None]] = set()
         # A cluster client refuses a command when its node's pool is full, where a plain
         # client's pool makes it wait: callers wait here instead.
         self._gate: asyncio.Semaphore | contextlib.nullcontext[None] = (
@@ -141,7 +144,11 @@ class RedisStore(
             await client.aclose()
             raise
         self._client = client
-        self._blocking = self._connect(socket_timeout=None, socket_keepalive=True)
+        # no retries: a dropped blocking read is a wake-up to wait again, never a reconnect
+        # that could outlive close()
+        self._blocking = self._connect(
+            socket_timeout=None, socket_keepalive=True, retry=Retry(NoBackoff(), 0)
+        )
 
     def _new_client(self) -> Any:
         try:
@@ -223,6 +230,12 @@ class RedisStore(
         await client.function_load(LIBRARY, replace=True)
 
     async def close(self) -> None:
+        # waits still reading (cancelled callers leave theirs behind) end before the pools
+        waits, self._waits = self._waits, set()
+        for w in waits:
+            w.cancel()
+        if waits:
+            await asyncio.wait(waits, timeout=5)
         client, self._client = self._client, None
         blocking, self._blocking = self._blocking, None
         for c in (blocking, client):
@@ -314,8 +327,23 @@ class RedisStore(
         return block_ms if due <= now else max(1, min(block_ms, due - now + 1))
 
     async def _wait_cancellable(self, which: str, timeout_s: float) -> None:
+        """Wait so that cancelling the caller always ends the wait at once.
+
+        The driver may turn a cancel that races its own read timeout into a timeout error,
+        and a waiter loop would then wait again instead of stopping; the read runs in a
+        task of its own here (closed with the store), and the caller's cancel is raised.
+        """
         waiter = asyncio.current_task()
-        await _cancellable(self._wait(which, timeout_s, waiter))
+        inner = asyncio.ensure_future(self._wait(which, timeout_s, waiter))
+        self._waits.add(inner)
+        inner.add_done_callback(self._waits.discard)
+        try:
+            await asyncio.wait({inner})
+        except asyncio.CancelledError:
+            inner.cancel()
+            inner.add_done_callback(_retrieve)
+            raise
+        inner.result()
 
     async def wait_for_work(self, timeout_s: float) -> None:
         await self._wait_cancellable("ww", timeout_s)
@@ -468,23 +496,6 @@ class RedisStore(
         if p.now_ms is not None:
             params["now"] = p.now_ms
         await self._call("fm_progress", params)
-
-
-async def _cancellable(call: Awaitable[T]) -> T:
-    """Await a blocking read so that cancelling the caller always ends the wait.
-
-    The driver may turn a cancel that races its own read timeout into a timeout error,
-    and a waiter loop would then wait again instead of stopping; the read runs in a task
-    of its own here, and the caller's cancel is raised at once.
-    """
-    inner = asyncio.ensure_future(call)
-    try:
-        await asyncio.wait({inner})
-    except asyncio.CancelledError:
-        inner.cancel()
-        inner.add_done_callback(_retrieve)
-        raise
-    return inner.result()
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
