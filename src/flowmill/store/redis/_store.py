@@ -120,7 +120,7 @@ class RedisStore(
             weakref.WeakKeyDictionary()
         )
         self.capabilities = Capabilities(durable=True, local_file=False)
-        self._waits: set[asyncio.Future[None]] = set()
+        self._waits: set[asyncio.Future[Any]] = set()
         # A cluster client refuses a command when its node's pool is full, where a plain
         # client's pool makes it wait: callers wait here instead.
         self._gate: asyncio.Semaphore | contextlib.nullcontext[None] = (
@@ -230,7 +230,7 @@ class RedisStore(
         await client.function_load(LIBRARY, replace=True)
 
     async def close(self) -> None:
-        # waits still reading (cancelled callers leave theirs behind) end before the pools
+        # calls still running (cancelled callers leave theirs behind) end before the pools
         waits, self._waits = self._waits, set()
         for w in waits:
             w.cancel()
@@ -247,15 +247,43 @@ class RedisStore(
             raise StoreError("the store is not open")
         return self._client
 
+    async def _detached(self, call: Awaitable[T]) -> T:
+        """Await a driver call so that cancelling the caller always raises at once.
+
+        The driver can turn a cancel that races its own socket timeout into a timeout
+        error; a loop that retries on store errors (a lease keeper, a waiter) would then
+        go on instead of stopping, and a worker would never finish shutting down. The
+        call runs in a task of its own (ended by close()), and the caller's cancel is
+        raised whatever the driver does with it.
+        """
+        inner = asyncio.ensure_future(call)
+        self._waits.add(inner)
+        inner.add_done_callback(self._waits.discard)
+        try:
+            await asyncio.wait({inner})
+        except asyncio.CancelledError:
+            inner.cancel()
+            inner.add_done_callback(_retrieve)
+            raise
+        return inner.result()
+
     async def _run(self, where: str, call: Callable[[], Awaitable[Any]]) -> Any:
         """One plain command (a read); its reply as the driver gives it (bytes)."""
-        async with self._gate:
-            return await guarded(where, call)
+
+        async def run() -> Any:
+            async with self._gate:
+                return await guarded(where, call)
+
+        return await self._detached(run())
 
     async def _fcall(self, fn: str, params: dict[str, Any], blobs: Sequence[bytes] = ()) -> Any:
         """One function call; on a library that is missing or stale, load ours and retry."""
-        async with self._gate:
-            return await self._fcall_once(fn, _enc.encode(params), blobs)
+
+        async def run() -> Any:
+            async with self._gate:
+                return await self._fcall_once(fn, _enc.encode(params), blobs)
+
+        return await self._detached(run())
 
     async def _fcall_once(self, fn: str, encoded: bytes, blobs: Sequence[bytes]) -> Any:
         client = self._c()
@@ -327,23 +355,9 @@ class RedisStore(
         return block_ms if due <= now else max(1, min(block_ms, due - now + 1))
 
     async def _wait_cancellable(self, which: str, timeout_s: float) -> None:
-        """Wait so that cancelling the caller always ends the wait at once.
-
-        The driver may turn a cancel that races its own read timeout into a timeout error,
-        and a waiter loop would then wait again instead of stopping; the read runs in a
-        task of its own here (closed with the store), and the caller's cancel is raised.
-        """
+        """A wake-up wait the caller's cancel always ends at once (see `_detached`)."""
         waiter = asyncio.current_task()
-        inner = asyncio.ensure_future(self._wait(which, timeout_s, waiter))
-        self._waits.add(inner)
-        inner.add_done_callback(self._waits.discard)
-        try:
-            await asyncio.wait({inner})
-        except asyncio.CancelledError:
-            inner.cancel()
-            inner.add_done_callback(_retrieve)
-            raise
-        inner.result()
+        await self._detached(self._wait(which, timeout_s, waiter))
 
     async def wait_for_work(self, timeout_s: float) -> None:
         await self._wait_cancellable("ww", timeout_s)
