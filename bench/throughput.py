@@ -37,6 +37,7 @@ from _bench_app import build_app
 
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bench_app.py")
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 PHASES = ("submit-one", "submit-concurrent", "submit-many", "drain", "round-trip")
 WARMUP_ROUND_TRIPS = 10
 READY_TIMEOUT_S = 60.0
@@ -216,7 +217,51 @@ class PostgresBackend:
             print(f"# warning: could not drop the benchmark schemas: {exc}", file=sys.stderr)
 
 
-Backend = SQLiteBackend | PostgresBackend
+class RedisBackend:
+    """Each figure under a key prefix of its own on one Redis/Valkey server."""
+
+    name = "redis"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.prefix = f"fmbench:{os.getpid()}:{os.urandom(3).hex()}:"
+        self.count = 0
+
+    def describe(self) -> str:
+        return f"redis ({self.url}, keys {self.prefix}*)"
+
+    async def check(self) -> None:
+        """Open the backend once; BenchError (exit 2) when it cannot be opened."""
+        target = self.fresh("check")
+        app, _ = build_app(target.url, target.schema)
+        try:
+            await asyncio.wait_for(app.open(), 30)
+            await app.status()
+        except Exception as exc:
+            raise BenchError(f"cannot open the Redis store at {self.url}: {exc}") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await app.close()
+
+    def fresh(self, label: str) -> Target:
+        self.count += 1
+        sep = "&" if "?" in self.url else "?"
+        return Target(f"{self.url}{sep}prefix={self.prefix}{label}:{self.count}:")
+
+    async def cleanup(self) -> None:
+        try:
+            from redis.asyncio import Redis
+
+            client = Redis.from_url(self.url)
+            keys = [k async for k in client.scan_iter(match=self.prefix + "*", count=1000)]
+            for i in range(0, len(keys), 1000):
+                await client.delete(*keys[i : i + 1000])
+            await client.aclose()
+        except Exception as exc:
+            print(f"# warning: could not delete the benchmark keys: {exc}", file=sys.stderr)
+
+
+Backend = SQLiteBackend | PostgresBackend | RedisBackend
 
 
 # -- worker processes ----------------------------------------------------------------------
@@ -523,7 +568,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, default=20_000, help="tasks per figure (default 20000)")
     p.add_argument("--rt", type=int, default=500, help="timed round trips (default 500)")
-    p.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
+    p.add_argument("--backend", choices=("sqlite", "postgres", "redis"), default="sqlite")
+    p.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help=f"default {DEFAULT_REDIS_URL}")
     p.add_argument("--pg-url", default=DEFAULT_PG_URL, help=f"default {DEFAULT_PG_URL}")
     p.add_argument("--concurrency", type=int, default=64, help="worker concurrency")
     p.add_argument(
@@ -566,11 +612,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> int:
-    backend: Backend = (
-        SQLiteBackend(args.synchronous, args.dir)
-        if args.backend == "sqlite"
-        else PostgresBackend(args.pg_url)
-    )
+    backend: Backend
+    if args.backend == "sqlite":
+        backend = SQLiteBackend(args.synchronous, args.dir)
+    elif args.backend == "redis":
+        backend = RedisBackend(args.redis_url)
+    else:
+        backend = PostgresBackend(args.pg_url)
     runs: dict[str, list[Figure]] = {}
     WorkerProcess.prefix = args.worker_prefix
     info = machine()  # the load average before the run says how busy the machine was

@@ -62,6 +62,44 @@ async def _postgres_url(tmp_path: Path) -> AsyncIterator[str]:
         await drop_pg_schema(base, schema)
 
 
+def _redis_base() -> str:
+    return os.environ.get("FLOWMILL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _redis_unavailable() -> str | None:
+    try:
+        import redis
+    except ImportError as exc:  # redis-py is an extra
+        return f"redis-py is not installed ({exc}): pip install 'flowmill[redis]'"
+    client = redis.Redis.from_url(_redis_base(), socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return f"{_redis_base()} does not answer: {exc}"
+    finally:
+        client.close()
+    return None
+
+
+@asynccontextmanager
+async def _redis_url(tmp_path: Path) -> AsyncIterator[str]:
+    """A key prefix of its own on the test Redis; its keys are deleted afterwards."""
+    from redis.asyncio import Redis
+
+    base = _redis_base()
+    prefix = f"fmt{os.urandom(6).hex()}:"
+    try:
+        yield f"{base}?prefix={prefix}"
+    finally:
+        client = Redis.from_url(base)
+        try:
+            keys = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
+            for i in range(0, len(keys), 500):
+                await client.delete(*keys[i : i + 500])
+        finally:
+            await client.aclose()
+
+
 BACKENDS: tuple[Backend, ...] = (
     Backend("sqlite", _sqlite_url),
     Backend(
@@ -70,6 +108,7 @@ BACKENDS: tuple[Backend, ...] = (
         unavailable=_postgres_unavailable,
         marks=(pytest.mark.postgres,),
     ),
+    Backend("redis", _redis_url, unavailable=_redis_unavailable, marks=(pytest.mark.redis,)),
 )
 
 _why_unavailable: dict[str, str | None] = {}
@@ -95,7 +134,7 @@ def backend_params() -> list[object]:
 @pytest.fixture(params=backend_params())
 async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A fresh store per test on each backend of `BACKENDS`: a SQLite file in the test's
-    temporary folder, a schema of its own on PostgreSQL.
+    temporary folder, a schema of its own on PostgreSQL, a key prefix of its own on Redis.
 
     A backend that is unavailable skips the test, except in CI, where it fails.
     """

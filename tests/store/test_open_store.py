@@ -33,7 +33,7 @@ def test_sqlite_urls() -> None:
     [
         ("nonsense", "bad store URL"),
         ("mysql://x/y", "unknown store URL scheme 'mysql'"),
-        ("redis://localhost", "not available"),
+        ("redis://localhost?durability=sometimes", "durability must be one of"),
     ],
 )
 def test_bad_urls(url: str, needle: str) -> None:

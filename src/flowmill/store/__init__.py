@@ -50,7 +50,14 @@ def _postgres(url: str, **options: Any) -> Store:
 
 
 def _redis(url: str, **options: Any) -> Store:
-    raise ConfigurationError("the Redis/Valkey backend is not available in this version")
+    try:
+        from .redis import RedisStore
+    except ImportError as exc:  # redis-py is an optional extra
+        raise ConfigurationError(
+            f"the Redis/Valkey backend needs redis-py: pip install 'flowmill[redis]' ({exc})"
+        ) from exc
+    options.pop("synchronous", None)
+    return RedisStore(url, **options)
 
 
 BACKENDS: dict[str, StoreFactory] = {
@@ -60,6 +67,12 @@ BACKENDS: dict[str, StoreFactory] = {
     "redis": _redis,
     "rediss": _redis,
     "valkey": _redis,
+    "valkeys": _redis,
+    "unix": _redis,
+    "redis+cluster": _redis,
+    "rediss+cluster": _redis,
+    "valkey+cluster": _redis,
+    "valkeys+cluster": _redis,
 }
 """URL scheme (lower case) -> the factory of its backend's store."""
 

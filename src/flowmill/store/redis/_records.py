@@ -1,0 +1,164 @@
+"""Turning stored task hashes and function replies into the contract's records."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..._states import Phase, State
+from .._common.serde import decode_error, decode_tags, encode_tags
+from ..contract.tasks import ClaimedRow, Event, ExpiredLease, NewTask, TaskRecord
+
+Hash = Mapping[bytes, bytes]
+
+
+def _s(h: Hash, name: bytes) -> str | None:
+    v = h.get(name)
+    return None if v is None else v.decode()
+
+
+def _i(h: Hash, name: bytes) -> int | None:
+    v = h.get(name)
+    return None if v is None else int(v)
+
+
+def as_hash(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    """An HGETALL reply given as a flat list (what a function returns) as a dict."""
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def task_record(h: Hash) -> TaskRecord:
+    pct = h.get(b"progress_pct")
+    return TaskRecord(
+        id=h[b"id"].decode(),
+        kind=h[b"kind"].decode(),
+        queue=h[b"queue"].decode(),
+        priority=int(h[b"priority"]),
+        state=State(h[b"state"].decode()),
+        phase=Phase(h[b"phase"].decode()),
+        attempts=int(h[b"attempts"]),
+        max_attempts=int(h[b"max_attempts"]),
+        payload=h[b"payload"],
+        result=h.get(b"result"),
+        error=decode_error(h.get(b"error")),
+        tags=decode_tags(h.get(b"tags")),
+        dedup_key=_s(h, b"dedup_key"),
+        parent_id=_s(h, b"parent_id"),
+        progress_pct=None if pct is None else float(pct),
+        progress_message=_s(h, b"progress_message"),
+        lease_epoch=int(h[b"lease_epoch"]),
+        lease_owner=_s(h, b"lease_owner"),
+        lease_expires_at_ms=_i(h, b"lease_expires_at"),
+        cancel_requested=h.get(b"cancel_requested") == b"1",
+        timeout_ms=_i(h, b"timeout_ms"),
+        created_at_ms=int(h[b"created_at"]),
+        updated_at_ms=int(h[b"updated_at"]),
+        run_at_ms=_i(h, b"run_at"),
+        expires_at_ms=_i(h, b"expires_at"),
+        started_at_ms=_i(h, b"started_at"),
+        finished_at_ms=_i(h, b"finished_at"),
+    )
+
+
+class Blobs:
+    """Binary arguments of one FCALL: passed as ARGV[2...], named in the map by index.
+
+    Lua's cmsgpack reads no `bin` type, so bytes never go inside the MessagePack map.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+
+    def add(self, data: bytes) -> int:
+        self.items.append(data)
+        return len(self.items) + 1  # ARGV[1] is the map
+
+
+def new_task(t: NewTask, blobs: Blobs) -> dict[str, Any]:
+    """A task to insert, as the map `fm_insert` reads (absent keys are None)."""
+    d: dict[str, Any] = {
+        "id": t.id,
+        "kind": t.kind,
+        "payload": blobs.add(t.payload),
+        "queue": t.queue,
+        "priority": t.priority,
+        "max_attempts": t.max_attempts,
+        "retry_policy": blobs.add(t.retry_policy),
+        "fail_fast": t.fail_fast,
+        "has_on_cancel": t.has_on_cancel,
+    }
+    optional = {
+        "delay": t.delay_ms,
+        "run_at": t.run_at_ms,
+        "ttl": t.ttl_ms,
+        "key": t.dedup_key,
+        "timeout": t.timeout_ms,
+        "parent": t.parent_id,
+        "child_key": t.child_key,
+        "budget": t.budget_id,
+        "condition": t.condition,
+        "workflow_id": t.workflow_id,
+        "node": t.node,
+    }
+    d.update((k, v) for k, v in optional.items() if v is not None)
+    if t.tags:
+        d["tags"] = encode_tags(t.tags)
+    if t.depends_on:
+        d["deps"] = list(t.depends_on)
+        d["policy"] = t.upstream_policy
+    elif t.workflow_id is not None:
+        d["policy"] = t.upstream_policy
+    return d
+
+
+def _text(v: Any) -> str | None:
+    if v is None:
+        return None
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def claimed_row(r: Sequence[Any]) -> ClaimedRow:
+    """A row of `fm_claim`'s reply (a positional array; absent values are nil)."""
+    return ClaimedRow(
+        id=r[0].decode(),
+        kind=r[1].decode(),
+        queue=r[2].decode(),
+        priority=int(r[3]),
+        payload=r[4],
+        phase=Phase(r[5].decode()),
+        memo=r[6],
+        attempt=int(r[7]),
+        max_attempts=int(r[8]),
+        retry_policy=r[9],
+        timeout_ms=None if r[10] is None else int(r[10]),
+        lease_epoch=int(r[11]),
+        lease_expires_at_ms=int(r[12]),
+        parent_id=_text(r[13]),
+        condition=_text(r[14]),
+        workflow_id=_text(r[15]),
+    )
+
+
+def expired_lease(r: Sequence[Any]) -> ExpiredLease:
+    return ExpiredLease(
+        task_id=r[0].decode(),
+        kind=r[1].decode(),
+        epoch=int(r[2]),
+        attempt=int(r[3]),
+        max_attempts=int(r[4]),
+        retry_policy=r[5],
+        lease_owner=_text(r[6]),
+        cancel_requested=bool(r[7]),
+    )
+
+
+def event(entry_id: bytes, fields: Mapping[bytes, bytes]) -> Event:
+    detail = fields.get(b"d")
+    return Event(
+        id=int(entry_id.split(b"-", 1)[0]),
+        task_id=fields[b"t"].decode(),
+        kind=fields[b"k"].decode(),
+        state=State(fields[b"s"].decode()),
+        at_ms=int(fields[b"a"]),
+        detail=None if detail is None else detail.decode(),
+    )

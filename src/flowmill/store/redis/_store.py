@@ -1,0 +1,558 @@
+"""The Redis/Valkey store: one Functions library, one FCALL per transition, Streams for events.
+
+Keys live under `<prefix>{fm:0}:` (the hash tag keeps a partition in one cluster slot);
+see `flowmill.lua` for the layout. Time is the server's (`TIME` inside the functions)
+unless a caller passes `now_ms`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from importlib.resources import files
+from typing import Any, NoReturn, TypeVar
+
+import msgspec
+from redis import exceptions as rx
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from ..._states import State
+from ...errors import (
+    ConfigurationError,
+    DuplicateTask,
+    IllegalTransition,
+    InvalidParent,
+    LeaseLost,
+    SchemaError,
+    StoreError,
+    TaskNotFound,
+    UnknownBudget,
+)
+from .._common.budget_rules import check_claim_limit
+from .._common.dag_rules import check, has_links
+from .._common.serde import encode_error
+from ..contract.budgets import ClaimedRows, ClaimLimit
+from ..contract.capabilities import Capabilities, MigrateResult
+from ..contract.tasks import (
+    ON_DUPLICATE_CHOICES,
+    CancelOutcome,
+    ClaimedRow,
+    ErrorInfo,
+    ExpiredLease,
+    FinishOutcome,
+    FinishStatus,
+    InsertOutcome,
+    InsertStatus,
+    LeasesExpired,
+    LeasesRenew,
+    RenewOutcome,
+    TaskCancel,
+    TaskProgress,
+    TaskRetry,
+    TasksClaim,
+    TasksExpire,
+    TasksFinish,
+    TasksInsert,
+    TasksPromote,
+)
+from . import _records as rec
+from ._budgets import RedisBudgetsMixin
+from ._conn import Durability, check_durability, guarded, parse_url, redact, translate
+from ._dag import RedisDagMixin
+from ._reads import RedisReadsMixin
+from ._signals import RedisSignalsMixin
+from ._tree import RedisTreeMixin
+
+_SOURCE = files(__package__ or __name__.rpartition(".")[0]).joinpath("flowmill.lua").read_text()
+LIBRARY_VERSION = hashlib.sha256(_SOURCE.encode()).hexdigest()[:12]
+LIBRARY = _SOURCE.replace("__VERSION__", LIBRARY_VERSION)
+
+T = TypeVar("T")
+# Redis has no DDL: version 1 is the key layout flowmill.lua reads and writes. A change
+# to that layout gets the next number, aligned with the other backends' migrations.
+SCHEMA_VERSION = 1
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder()
+_RESULT_CHUNK = 500
+_WAKE_READ = 128
+
+
+def progress_detail(pct: float, message: str | None) -> str:
+    """The detail of a progress event: `progress 40%: loading`."""
+    return f"progress {pct:g}%" + (f": {message}" if message else "")
+
+
+class RedisStore(
+    RedisTreeMixin, RedisSignalsMixin, RedisBudgetsMixin, RedisDagMixin, RedisReadsMixin
+):
+    """Tasks in Redis or Valkey, shared by every worker that reaches the server."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str | None = None,
+        durability: Durability | None = None,
+        max_connections: int = 64,
+    ) -> None:
+        settings = parse_url(url, prefix, durability)
+        self.url = url
+        self.prefix = settings.prefix
+        self.durability: Durability = settings.durability
+        self._driver_url = settings.driver_url
+        self.cluster = settings.cluster
+        self._max_connections = max_connections
+        # One partition for now: every key shares the hash tag {fm:0}.
+        self._k = f"{self.prefix}{{fm:0}}:"
+        self._client: Any = None  # Redis, or RedisCluster for a cluster URL
+        # Blocking reads (XREAD BLOCK) get a client without a socket timeout of their own:
+        # the block is the timeout, and keepalives notice a dead peer.
+        self._blocking: Any = None
+        self._waitaof = False
+        # wake-up Stream cursors per waiting asyncio task (see `_wait`)
+        self._cursors: weakref.WeakKeyDictionary[Any, dict[str, bytes]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.capabilities = Capabilities(durable=True, local_file=False)
+        self._waits: set[asyncio.Future[Any]] = set()
+        # A cluster client refuses a command when its node's pool is full, where a plain
+        # client's pool makes it wait: callers wait here instead.
+        self._gate: asyncio.Semaphore | contextlib.nullcontext[None] = (
+            asyncio.Semaphore(max_connections) if self.cluster else contextlib.nullcontext()
+        )
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        where = f"cannot open {redact(self.url)}"
+        client = self._new_client()
+        try:
+            await guarded(where, client.ping)
+            self._waitaof = await guarded(
+                where, lambda: check_durability(client, self.durability, self._driver_url)
+            )
+            await guarded(where, lambda: self._migrate(client))
+        except BaseException:
+            await client.aclose()
+            raise
+        self._client = client
+        # no retries: a dropped blocking read is a wake-up to wait again, never a reconnect
+        # that could outlive close()
+        self._blocking = self._connect(
+            socket_timeout=None, socket_keepalive=True, retry=Retry(NoBackoff(), 0)
+        )
+
+    def _new_client(self) -> Any:
+        try:
+            return self._connect()
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"bad Redis URL {redact(self.url)}: {exc}") from exc
+
+    # -- schema: the key layout of flowmill.lua, stamped in the partition's meta hash ------
+
+    async def _schema_of(self, client: Redis) -> int | None:
+        meta: dict[Any, Any] = await client.hgetall(self._k + "meta")
+        if not meta or b"schema_version" not in meta:
+            return None
+        if meta.get(b"app") != b"flowmill":
+            raise SchemaError(f"the keys under {self._k!r} are not flowmill's")
+        return int(meta[b"schema_version"])
+
+    async def _migrate(self, client: Redis) -> MigrateResult:
+        before = await self._schema_of(client)
+        if before is not None and before > SCHEMA_VERSION:
+            raise SchemaError(
+                f"the keys under {self._k!r} have schema version {before}, newer than this "
+                f"flowmill's {SCHEMA_VERSION}: upgrade flowmill"
+            )
+        await self._load_library(client)
+        await client.hset(
+            self._k + "meta", mapping={"app": "flowmill", "schema_version": SCHEMA_VERSION}
+        )
+        return MigrateResult(before, SCHEMA_VERSION)
+
+    async def _with_client(self, where: str, job: Callable[[Redis], Awaitable[T]]) -> T:
+        """Run `job` on the open client, or on a short-lived one before `open()`."""
+        if self._client is not None:
+            client = self._client
+            return await guarded(where, lambda: job(client))
+        temp = self._new_client()
+        try:
+            return await guarded(where, lambda: job(temp))
+        finally:
+            await temp.aclose()
+
+    async def schema_version(self) -> int | None:
+        return await self._with_client(f"cannot read {redact(self.url)}", self._schema_of)
+
+    async def migrate(self) -> MigrateResult:
+        return await self._with_client(f"cannot migrate {redact(self.url)}", self._migrate)
+
+    def _connect(self, **options: Any) -> Any:
+        """A client whose pool makes callers wait for a free connection (never refuses).
+
+        For a cluster, a `RedisCluster`: every key of a partition shares one hash slot, so
+        each FCALL runs on the one node that holds it.
+        """
+        if self.cluster:
+            return RedisCluster.from_url(
+                self._driver_url,
+                max_connections=max(self._max_connections, 1024),
+                health_check_interval=30,
+                **options,
+            )
+        pool = BlockingConnectionPool.from_url(
+            self._driver_url,
+            max_connections=self._max_connections,
+            timeout=None,
+            health_check_interval=30,
+            **options,
+        )
+        return Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
+
+    async def _load_library(self, client: Redis, *, force: bool = False) -> None:
+        """Load the Functions library unless this exact version is loaded already."""
+        if not force:
+            try:
+                loaded = await client.fcall("fm_version", 0)
+            except rx.ResponseError:
+                loaded = None
+            if loaded == LIBRARY_VERSION.encode():
+                return
+        await client.function_load(LIBRARY, replace=True)
+
+    async def close(self) -> None:
+        # calls still running (cancelled callers leave theirs behind) end before the pools
+        waits, self._waits = self._waits, set()
+        for w in waits:
+            w.cancel()
+        if waits:
+            await asyncio.wait(waits, timeout=5)
+        client, self._client = self._client, None
+        blocking, self._blocking = self._blocking, None
+        for c in (blocking, client):
+            if c is not None:
+                await c.aclose()
+
+    def _c(self) -> Any:
+        if self._client is None:
+            raise StoreError("the store is not open")
+        return self._client
+
+    async def _detached(self, call: Awaitable[T]) -> T:
+        """Await a driver call so that cancelling the caller always raises at once.
+
+        The driver can turn a cancel that races its own socket timeout into a timeout
+        error; a loop that retries on store errors (a lease keeper, a waiter) would then
+        go on instead of stopping, and a worker would never finish shutting down. The
+        call runs in a task of its own (ended by close()), and the caller's cancel is
+        raised whatever the driver does with it.
+        """
+        inner = asyncio.ensure_future(call)
+        self._waits.add(inner)
+        inner.add_done_callback(self._waits.discard)
+        try:
+            await asyncio.wait({inner})
+        except asyncio.CancelledError:
+            inner.cancel()
+            inner.add_done_callback(_retrieve)
+            raise
+        return inner.result()
+
+    async def _run(self, where: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """One plain command (a read); its reply as the driver gives it (bytes)."""
+
+        async def run() -> Any:
+            async with self._gate:
+                return await guarded(where, call)
+
+        return await self._detached(run())
+
+    async def _fcall(self, fn: str, params: dict[str, Any], blobs: Sequence[bytes] = ()) -> Any:
+        """One function call; on a library that is missing or stale, load ours and retry."""
+
+        async def run() -> Any:
+            async with self._gate:
+                return await self._fcall_once(fn, _enc.encode(params), blobs)
+
+        return await self._detached(run())
+
+    async def _fcall_once(self, fn: str, encoded: bytes, blobs: Sequence[bytes]) -> Any:
+        client = self._c()
+        args = (encoded, *blobs)
+        try:
+            return await client.fcall(fn, 1, self._k, *args)
+        except rx.ResponseError as exc:
+            if "function not found" not in str(exc).lower():
+                raise translate(exc, fn) from exc
+        except (rx.RedisError, OSError) as exc:
+            raise translate(exc, fn) from exc
+        try:
+            await self._load_library(client, force=True)
+            return await client.fcall(fn, 1, self._k, *args)
+        except (rx.RedisError, OSError) as exc:
+            raise translate(exc, fn) from exc
+
+    async def _call(self, fn: str, params: dict[str, Any], blobs: Sequence[bytes] = ()) -> Any:
+        """A function whose reply is one MessagePack map; its `err` raised as typed errors."""
+        out = _dec.decode(await self._fcall(fn, params, blobs))
+        if isinstance(out, dict) and "err" in out:
+            _raise(out)
+        return out
+
+    async def _fsync(self) -> None:
+        """With durability=fsync: wait until the write is in the AOF on disk."""
+        if self._waitaof:
+            client: Any = self._c()
+            await self._run("WAITAOF", lambda: client.execute_command("WAITAOF", 1, 0, 0))
+
+    async def now_ms(self) -> int:
+        # TIME of the node holding the partition: the clock its functions judge by
+        _due, now = await self._fcall("fm_next_due", {})
+        return int(now)
+
+    # -- wake-ups --------------------------------------------------------------------
+
+    async def _wait(self, which: str, timeout_s: float, waiter: object) -> None:
+        """Block on the wake-up Stream `which` until an entry after `waiter`'s cursor.
+
+        Each waiting asyncio task keeps its own cursor (the last entry it saw), so one
+        loop consuming a wake-up never hides it from another; a task's first wait answers
+        at once, since it cannot know what it missed.
+        """
+        client = self._c()
+        key = self._k + which
+        cursors = self._cursors.setdefault(waiter, {})
+        last = cursors.get(which)
+        if last is None or timeout_s <= 0:
+            newest = await self._run(which, lambda: client.xrevrange(key, count=1))
+            cursors[which] = newest[0][0] if newest else b"0-0"
+            return
+        block_ms = max(1, int(timeout_s * 1000))
+        if which == "ww":
+            block_ms = await self._until_due(block_ms)
+        blocking = self._blocking
+        assert blocking is not None
+        got = await self._run(
+            which, lambda: blocking.xread({key: last}, count=_WAKE_READ, block=block_ms)
+        )
+        if got:
+            cursors[which] = got[0][1][-1][0]
+
+    async def _until_due(self, block_ms: int) -> int:
+        """Delayed tasks wake a waiter at their due time: no longer than until the next one."""
+        due, now = await self._fcall("fm_next_due", {})
+        if due is None:
+            return block_ms
+        return block_ms if due <= now else max(1, min(block_ms, due - now + 1))
+
+    async def _wait_cancellable(self, which: str, timeout_s: float) -> None:
+        """A wake-up wait the caller's cancel always ends at once (see `_detached`)."""
+        waiter = asyncio.current_task()
+        await self._detached(self._wait(which, timeout_s, waiter))
+
+    async def wait_for_work(self, timeout_s: float) -> None:
+        await self._wait_cancellable("ww", timeout_s)
+
+    async def wait_for_finish(self, timeout_s: float) -> None:
+        await self._wait_cancellable("wf", timeout_s)
+
+    # -- submission and leases -------------------------------------------------------
+
+    async def tasks_insert(self, p: TasksInsert) -> list[InsertOutcome]:
+        if p.on_duplicate not in ON_DUPLICATE_CHOICES:
+            raise ConfigurationError(
+                f"on_duplicate must be one of {', '.join(ON_DUPLICATE_CHOICES)}, "
+                f"got {p.on_duplicate!r}"
+            )
+        if not p.tasks and p.fence is None:
+            return []
+        if p.workflow is not None or has_links(p.tasks):
+            for t in p.tasks:
+                check(t)
+                if t.depends_on and t.dedup_key is not None and p.on_duplicate == "replace":
+                    raise ConfigurationError("a task with dependencies cannot replace a duplicate")
+        blobs = rec.Blobs()
+        params: dict[str, Any] = {
+            "tasks": [rec.new_task(t, blobs) for t in p.tasks],
+            "mode": p.on_duplicate,
+        }
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        if p.fence is not None:
+            params["fence"] = {"id": p.fence.task_id, "epoch": p.fence.epoch}
+        if p.workflow is not None:
+            params["workflow"] = {"id": p.workflow.id, "name": p.workflow.name}
+        out = await self._call("fm_insert", params, blobs.items)
+        await self._fsync()
+        return [InsertOutcome(o[0], InsertStatus(o[1])) for o in out["out"]]
+
+    async def tasks_claim(self, p: TasksClaim) -> list[ClaimedRow]:
+        if p.limit <= 0 or not p.kinds or not p.queues:
+            return []
+        for limit in p.limits:
+            check_claim_limit(limit)
+        params: dict[str, Any] = {
+            "worker": p.worker_id,
+            "queues": list(p.queues),
+            "kinds": list(p.kinds),
+            "limit": p.limit,
+            "ttl": p.lease_ttl_ms,
+        }
+        if p.limits:
+            params["limits"] = [_limit(x) for x in p.limits]
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        rows, retry_in, held = await self._fcall("fm_claim", params)
+        claimed = [rec.claimed_row(r) for r in rows]
+        if not p.limits:
+            return claimed
+        out = ClaimedRows(claimed)
+        out.retry_in_ms = None if retry_in is None else int(retry_in)
+        out.held_by_running = bool(held)
+        return out
+
+    async def leases_renew(self, p: LeasesRenew) -> list[RenewOutcome]:
+        if not p.leases:
+            return []
+        params: dict[str, Any] = {
+            "leases": [[ref.task_id, ref.epoch] for ref in p.leases],
+            "ttl": p.lease_ttl_ms,
+        }
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        out = await self._call("fm_renew", params)
+        return [
+            RenewOutcome(ref.task_id, bool(held), bool(cr), exp if held else None)
+            for ref, (held, cr, exp) in zip(p.leases, out["out"], strict=True)
+        ]
+
+    async def tasks_finish(self, p: TasksFinish) -> list[FinishOutcome]:
+        if not p.items:
+            return []
+        blobs = rec.Blobs()
+        items: list[dict[str, Any]] = []
+        for f in p.items:
+            item: dict[str, Any] = {"id": f.task_id, "epoch": f.epoch, "target": f.target.value}
+            if f.result is not None:
+                item["result"] = blobs.add(f.result)
+            if f.error is not None:
+                item["error"] = encode_error(f.error)
+                item["category"] = f.error.category
+            if f.delay_ms is not None:
+                item["delay"] = f.delay_ms
+            if f.run_at_ms is not None:
+                item["run_at"] = f.run_at_ms
+            if f.release:
+                item["release"] = True
+            if f.expired_lease:
+                item["expired"] = True
+            items.append(item)
+        params: dict[str, Any] = {"items": items}
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        out = await self._call("fm_finish", params, blobs.items)
+        await self._fsync()
+        return [
+            FinishOutcome(
+                o[0], FinishStatus(o[1]), State(o[2]) if len(o) > 2 and o[2] is not None else None
+            )
+            for o in out["out"]
+        ]
+
+    async def tasks_promote(self, p: TasksPromote) -> int:
+        n: int = (await self._call("fm_promote", _limit_now(p.limit, p.now_ms)))["n"]
+        return n
+
+    async def tasks_expire(self, p: TasksExpire) -> int:
+        n: int = (await self._call("fm_expire", _limit_now(p.limit, p.now_ms)))["n"]
+        return n
+
+    async def leases_expired(self, p: LeasesExpired) -> list[ExpiredLease]:
+        rows = await self._fcall("fm_leases_expired", _limit_now(p.limit, p.now_ms))
+        return [rec.expired_lease(r) for r in rows]
+
+    async def task_cancel(self, p: TaskCancel) -> CancelOutcome:
+        params: dict[str, Any] = {
+            "id": p.task_id,
+            "reason": p.reason,
+            "error": encode_error(ErrorInfo("Cancelled", p.reason, "cancelled")),
+        }
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        out = await self._call("fm_cancel", params)
+        return CancelOutcome(p.task_id, State(out["state"]), bool(out["requested"]))
+
+    async def task_retry(self, p: TaskRetry) -> State:
+        params: dict[str, Any] = {"id": p.task_id}
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        out = await self._call("fm_retry", params)
+        return State(out["state"])
+
+    async def task_progress(self, p: TaskProgress) -> None:
+        params: dict[str, Any] = {
+            "id": p.task_id,
+            "epoch": p.epoch,
+            "pct": repr(float(p.pct)),
+            "detail": progress_detail(p.pct, p.message),
+        }
+        if p.message is not None:
+            params["message"] = p.message
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        await self._call("fm_progress", params)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _limit(x: ClaimLimit) -> dict[str, Any]:
+    d: dict[str, Any] = {"scope": x.scope, "name": x.name}
+    if x.per_second is not None:
+        d["per_second"] = float(x.per_second)
+    if x.burst is not None:
+        d["burst"] = x.burst
+    if x.max_running is not None:
+        d["max_running"] = x.max_running
+    return d
+
+
+def _limit_now(limit: int, now_ms: int | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": limit}
+    if now_ms is not None:
+        params["now"] = now_ms
+    return params
+
+
+def _raise(out: dict[str, Any]) -> NoReturn:
+    kind = out["err"]
+    if kind == "dup":
+        raise DuplicateTask(out["key"], out["id"])
+    if kind == "lease":
+        raise LeaseLost(out["id"], out["epoch"])
+    if kind == "parent":
+        raise InvalidParent(out["id"], out.get("state"))
+    if kind == "budget":
+        raise UnknownBudget(out["id"])
+    if kind == "notfound":
+        raise TaskNotFound(out["id"])
+    if kind == "illegal":
+        raise IllegalTransition(out["from"], out["to"])
+    if kind == "exists":
+        raise StoreError(f"a task with id {out['id']!r} already exists")
+    if kind == "target":
+        raise StoreError(f"a running task cannot be finished as {out['target']}")
+    if kind == "when":
+        raise StoreError("a finish to scheduled needs delay_ms or run_at_ms")
+    raise StoreError(f"the Redis store refused the call: {out}")

@@ -1,0 +1,109 @@
+"""Parents and children in the Redis store: the join, fail-fast, cascades, paging, hooks.
+
+A child's end, its parent's counters and the parent's move (ready for finalize, or failed
+by fail_fast) happen in the FCALL that ends the child (`children_ended` in flowmill.lua).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..._states import State
+from .._common.serde import decode_error
+from ..contract.tasks import (
+    ChildrenPage,
+    ChildrenSummary,
+    ChildrenSummaryQuery,
+    ChildRow,
+    ErrorGroup,
+    HookDone,
+    HookRow,
+    HooksClaim,
+    TaskWaitChildren,
+)
+
+
+class RedisTreeMixin:
+    """The parent/child operations of `RedisStore`."""
+
+    if TYPE_CHECKING:
+        _k: str
+
+        def _c(self) -> Any: ...
+
+        async def _run(self, where: str, call: Callable[[], Awaitable[Any]]) -> Any: ...
+
+        async def _call(
+            self, fn: str, params: dict[str, Any], blobs: Sequence[bytes] = ()
+        ) -> Any: ...
+
+        async def _fcall(
+            self, fn: str, params: dict[str, Any], blobs: Sequence[bytes] = ()
+        ) -> Any: ...
+
+    async def task_wait_children(self, p: TaskWaitChildren) -> State:
+        params: dict[str, Any] = {"id": p.task_id, "epoch": p.epoch, "memo": 2}
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        out = await self._call("fm_wait_children", params, [p.memo])
+        return State(out["state"])
+
+    async def children_page(self, p: ChildrenPage) -> list[ChildRow]:
+        if p.limit <= 0:
+            return []
+        params: dict[str, Any] = {"parent": p.parent_id, "after": p.after_seq, "limit": p.limit}
+        if p.kinds:
+            params["kinds"] = list(p.kinds)
+        if p.states:
+            params["states"] = [s.value for s in p.states]
+        rows = await self._fcall("fm_children_page", params)
+        return [
+            ChildRow(
+                int(seq),
+                cid.decode(),
+                kind.decode(),
+                State(st.decode()),
+                res,
+                decode_error(err),
+                int(att),
+            )
+            for seq, cid, kind, st, res, err, att in rows
+        ]
+
+    async def children_summary(self, p: ChildrenSummaryQuery) -> ChildrenSummary:
+        params = {"parent": p.parent_id, "top": p.top_errors, "examples": p.examples}
+        out = await self._call("fm_children_summary", params)
+        by_state = {State(k): int(v) for k, v in (out["by_state"] or {}).items()}
+        top = tuple(ErrorGroup(str(m), int(n), tuple(ids)) for m, n, ids in out["top"])
+        return ChildrenSummary(p.parent_id, int(out["total"]), by_state, top)
+
+    async def hooks_claim(self, p: HooksClaim) -> list[HookRow]:
+        if not p.kinds or p.limit <= 0:
+            return []
+        params: dict[str, Any] = {
+            "worker": p.worker_id,
+            "kinds": list(p.kinds),
+            "limit": p.limit,
+            "ttl": p.lease_ttl_ms,
+        }
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        rows = await self._fcall("fm_hooks_claim", params)
+        return [
+            HookRow(
+                i.decode(), k.decode(), h.decode(), pl, memo, State(st.decode()), int(e), int(a)
+            )
+            for i, k, h, pl, memo, st, e, a in rows
+        ]
+
+    async def hook_done(self, p: HookDone) -> None:
+        params: dict[str, Any] = {
+            "id": p.task_id,
+            "epoch": p.epoch,
+            "ok": p.ok,
+            "max_attempts": p.max_attempts,
+        }
+        if p.now_ms is not None:
+            params["now"] = p.now_ms
+        await self._call("fm_hook_done", params)
