@@ -19,6 +19,10 @@ tasks_cli = typer.Typer(help="List, show, cancel and retry tasks.", no_args_is_h
 cli.add_typer(tasks_cli, name="tasks")
 workflows_cli = typer.Typer(help="List and show workflow runs.", no_args_is_help=True)
 cli.add_typer(workflows_cli, name="workflows")
+schedules_cli = typer.Typer(
+    help="List, pause, resume and run schedules (periodic tasks).", no_args_is_help=True
+)
+cli.add_typer(schedules_cli, name="schedules")
 
 AppArg = Annotated[
     str, typer.Argument(metavar="MODULE:APP", help="Where the App is, e.g. jobs:app")
