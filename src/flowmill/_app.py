@@ -18,7 +18,7 @@ from ._inspect import task_info
 from ._limits import QueueLimits, RateLimit
 from ._retry import Retry
 from ._rows import Opts
-from ._schedules import Schedule
+from ._schedules import Schedule, Scheduler
 from ._signals import Frame, deliver_signal, tail_frames
 from ._states import State
 from ._submit import insert_tasks, upstream_ids
@@ -519,6 +519,15 @@ class App(Budgets):
         )
         self.schedules[name] = found
         return found
+
+    async def fire_schedules(self) -> int:
+        """What a worker does with this app's schedules, once, on the app's clock: store
+        them (upsert by name), then fire those due. Returns how many tasks it submitted.
+        For tests with a `ManualClock` (then `drain()`) and scripts without a worker."""
+        await self.open()
+        scheduler = Scheduler(self.store, self.clock, self.schedules, "fire_schedules")
+        await scheduler.declare()
+        return await scheduler.fire_due()
 
     # -- workflows -------------------------------------------------------------------
 
