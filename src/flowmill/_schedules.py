@@ -75,15 +75,23 @@ def next_tick(trigger: str, tz: str | None, after_ms: int) -> int:
     if kind == "every":
         interval = int(spec)
         return (after_ms // interval + 1) * interval
-    start = datetime.fromtimestamp(after_ms / 1000, tz=_zone(tz))
-    ticks = CronSim(spec, start)
-    for _ in range(1000):
+    return next(_cron_ticks(spec, tz, after_ms))
+
+
+def _cron_ticks(spec: str, tz: str | None, after_ms: int) -> Iterator[int]:
+    """The ticks of a cron expression after `after_ms`, strictly increasing."""
+    ticks = CronSim(spec, datetime.fromtimestamp(after_ms / 1000, tz=_zone(tz)))
+    last, stale = after_ms, 0
+    while stale < 1000:
         # cronsim works on wall times: after a fall-back hour it may name a time already
         # passed in absolute terms; those are skipped.
         ms = int(next(ticks).timestamp() * 1000)
-        if ms > after_ms:
-            return ms
-    raise ConfigurationError(f"cron: {spec!r} has no tick after {from_ms(after_ms)}")
+        if ms > last:
+            last, stale = ms, 0
+            yield ms
+        else:
+            stale += 1
+    raise ConfigurationError(f"cron: {spec!r} has no tick after {from_ms(last)}")
 
 
 def due_ticks(row: ScheduleRow, now_ms: int, keep: int) -> tuple[list[int], int]:
@@ -102,16 +110,14 @@ def due_ticks(row: ScheduleRow, now_ms: int, keep: int) -> tuple[list[int], int]
         lowest = max(start, start + (count - keep) * interval)
         return list(range(lowest, now_ms + 1, interval)), count
     window: collections.deque[int] = collections.deque(maxlen=keep)
-    t = (
-        first
-        if first >= now_ms - CRON_LOOKBACK_MS
-        else next_tick(row.trigger, row.tz, now_ms - CRON_LOOKBACK_MS)
-    )
+    # The first due tick itself, then every later one, from one cron iterator.
+    since = max(first - 1, now_ms - CRON_LOOKBACK_MS)
     count = 0
-    while t <= now_ms:
+    for t in _cron_ticks(spec, row.tz, since):
+        if t > now_ms:
+            break
         window.append(t)
         count += 1
-        t = next_tick(row.trigger, row.tz, t)
     return list(window), count
 
 

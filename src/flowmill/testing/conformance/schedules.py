@@ -132,8 +132,9 @@ class SchedulesUpsertConformance:
         assert resumed is not None and not resumed.paused
         rows = await upsert(store, decl(paused=True))  # the same declared value: operator wins
         assert not rows["nightly"].paused
-        rows = await upsert(store, decl(paused=False, first_fire_ms=T0 + 3 * MINUTE))
-        assert not rows["nightly"].paused and rows["nightly"].next_fire_ms == T0 + MINUTE
+        # The declared value changes to unpaused: it applies, from the first tick after now.
+        rows = await upsert(store, decl(paused=False, first_fire_ms=T0 + 2 * MINUTE))
+        assert not rows["nightly"].paused and rows["nightly"].next_fire_ms == T0 + 2 * MINUTE
         rows = await upsert(store, decl(paused=True))
         assert rows["nightly"].paused
         rows = await upsert(store, decl(paused=False, first_fire_ms=T0 + 3 * MINUTE))
