@@ -18,6 +18,7 @@ from ._inspect import task_info
 from ._limits import QueueLimits, RateLimit
 from ._retry import Retry
 from ._rows import Opts
+from ._schedules import Schedule, Scheduler
 from ._signals import Frame, deliver_signal, tail_frames
 from ._states import State
 from ._submit import insert_tasks, upstream_ids
@@ -88,6 +89,7 @@ class App(Budgets):
         self._sync = SyncBridge()  # blocking calls: the loop the store was opened on
         self.worker_start_hooks: list[WorkerHook] = []
         self.worker_stop_hooks: list[WorkerHook] = []
+        self.schedules: dict[str, Schedule] = {}  # declared by `schedule`, by name
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -498,6 +500,55 @@ class App(Budgets):
         after an error), last registered first; it takes no argument or `resources`."""
         self.worker_stop_hooks.append(fn)
         return fn
+
+    def schedule(
+        self,
+        name: str,
+        task: TaskDef | str,
+        payload: Any = None,
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        tz: str | None = None,
+        misfire: str = "run_once",
+        jitter: timedelta | None = None,
+        paused: bool = False,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> Schedule:
+        """Declare a periodic task: `cron=` (in `tz`, UTC by default) or `every=`.
+
+        Workers of this app store it at start (upsert by name) and fire each tick exactly
+        once across the fleet. `misfire` says what ticks missed while no worker ran become:
+        "run_once" (one task), "skip" (none) or "run_all" (one per tick, the latest 100).
+        `jitter` delays each tick's task by a fixed amount in [0, jitter). See
+        docs/howto/schedules.md. A bad `cron`, `tz` or option raises `ConfigurationError`."""
+        if name in self.schedules:
+            raise ConfigurationError(f"name: schedule {name!r} is declared twice")
+        found = Schedule.build(
+            name,
+            self.resolve_task(task),
+            payload,
+            cron=cron,
+            every=every,
+            tz=tz,
+            misfire=misfire,
+            jitter=jitter,
+            paused=paused,
+            queue=queue,
+            priority=priority,
+        )
+        self.schedules[name] = found
+        return found
+
+    async def fire_schedules(self) -> int:
+        """What a worker does with this app's schedules, once, on the app's clock: store
+        them (upsert by name), then fire those due. Returns how many tasks it submitted.
+        For tests with a `ManualClock` (then `drain()`) and scripts without a worker."""
+        await self.open()
+        scheduler = Scheduler(self.store, self.clock, self.schedules, "fire_schedules")
+        await scheduler.declare()
+        return await scheduler.fire_due()
 
     # -- workflows -------------------------------------------------------------------
 

@@ -318,6 +318,7 @@ task_id = handles[0].id  # failed
     "docs/howto/serve.md": Page(),
     "docs/howto/cli.md": Page(app=False),
     "docs/howto/testing.md": Page(app=False),
+    "docs/howto/schedules.md": Page(after='assert reports == ["all"]'),
     "docs/howto/deploy.md": Page(app=False),
     "docs/howto/submit-by-name.md": Page(app=False),
     "docs/howto/cli-json.md": Page(),

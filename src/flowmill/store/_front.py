@@ -37,6 +37,15 @@ from .contract.dag import (
     WorkflowsList,
 )
 from .contract.protocol import Store
+from .contract.schedules import (
+    MISFIRE_POLICIES,
+    FireOutcome,
+    ScheduleFire,
+    SchedulePause,
+    ScheduleRow,
+    SchedulesList,
+    SchedulesUpsert,
+)
 from .contract.signals import (
     MAX_FRAME_BYTES,
     DeliverOutcome,
@@ -101,6 +110,7 @@ OPERATIONS: tuple[str, ...] = (
     "wait_for_frames", "meta_get_or_set",
     "upstream_get", "workflow_get", "workflows_list", "workflow_cancel", "deps_reconcile",
     "budget_define", "budget_reset", "budget_report_usage", "budgets_get",
+    "schedules_upsert", "schedules_list", "schedules_fire", "schedules_set_paused",
 )  # fmt: skip
 
 # The targets a running attempt may be finished as (the state machine's edges out of running).
@@ -484,6 +494,32 @@ class StoreFront:
     ) -> list[BudgetRow]:
         with self._door("budgets_get"):
             return await self.backend.budgets_get(budget_ids, now_ms)
+
+    # -- schedules ---------------------------------------------------------------------
+
+    async def schedules_upsert(self, p: SchedulesUpsert) -> list[ScheduleRow]:
+        with self._door("schedules_upsert"):
+            names = [d.name for d in p.schedules]
+            if len(set(names)) != len(names):
+                raise ConfigurationError(f"schedule names must be unique, got {sorted(names)}")
+            for d in p.schedules:
+                if d.misfire not in MISFIRE_POLICIES:
+                    raise ConfigurationError(
+                        f"misfire must be one of {', '.join(MISFIRE_POLICIES)}, got {d.misfire!r}"
+                    )
+            return await self.backend.schedules_upsert(p)
+
+    async def schedules_list(self, p: SchedulesList) -> list[ScheduleRow]:
+        with self._door("schedules_list"):
+            return await self.backend.schedules_list(p)
+
+    async def schedules_fire(self, p: ScheduleFire) -> FireOutcome:
+        with self._door("schedules_fire"):
+            return await self.backend.schedules_fire(p)
+
+    async def schedules_set_paused(self, p: SchedulePause) -> ScheduleRow | None:
+        with self._door("schedules_set_paused"):
+            return await self.backend.schedules_set_paused(p)
 
 
 __all__ = ["OPERATIONS", "StoreEvent", "StoreFront", "Subscriber"]

@@ -1,4 +1,4 @@
-"""Worker maintenance as one object: promote due tasks, expire stale tasks and
+"""Worker maintenance as one object: fire due schedules, promote due tasks, expire stale tasks and
 suspensions, reconcile dependencies (the backstop that wakes blocked nodes), run on_cancel
 hooks and reap expired leases; now and then, warn of ready tasks this worker cannot serve."""
 
@@ -14,6 +14,7 @@ from typing import Any
 from .._clock import Clock
 from .._context import Context
 from .._runtime import Runtime
+from .._schedules import Scheduler
 from .._states import Phase, State
 from .._stops import CancelToken
 from ..errors import LeaseLost, PayloadError, StoreError
@@ -76,6 +77,7 @@ class Maintenance:
         queues: Sequence[str] = (),
         unserved_s: float = 60.0,
         resources: Mapping[str, Any] | None = None,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self.rt = rt
         self.clock = clock
@@ -88,6 +90,7 @@ class Maintenance:
         self.queues = list(queues)
         self.unserved_s = unserved_s
         self.resources = resources
+        self.scheduler = scheduler
         self._unserved_at: float | None = None
 
     async def loop(self) -> None:
@@ -117,6 +120,8 @@ class Maintenance:
         query a second.
         """
         store, now = self.rt.store, self.clock.store_now()
+        if self.scheduler is not None:  # fire due schedules first: their tasks start now
+            await self.scheduler.fire_due(refresh=full)
         self.stats.promoted += await store.tasks_promote(TasksPromote(now_ms=now))
         if not full:
             return

@@ -19,6 +19,7 @@ from typing import Any
 from .._clock import Clock
 from .._context import Context
 from .._runtime import Runtime
+from .._schedules import Scheduler
 from .._states import Phase, State
 from .._stops import STOP_SHUTDOWN, CancelToken, Suspended
 from .._task import TaskDef, check_queue
@@ -125,6 +126,8 @@ class Worker:
             clock=self.clock, grace_s=cancel_grace.total_seconds(), pool=self.pool
         )
         self.stats = WorkerStats()
+        declared = getattr(app, "schedules", {})  # what `app.schedule` declared
+        self.scheduler = Scheduler(app.store, self.clock, declared, self.worker_id)
         self.maintenance = Maintenance(
             app,
             clock=self.clock,
@@ -137,6 +140,7 @@ class Worker:
             queues=self.queues,
             unserved_s=unserved_check_interval.total_seconds(),
             resources=self._resources_view,
+            scheduler=self.scheduler,
         )
         self._attempts: dict[str, _Attempt] = {}
         self._queue: collections.deque[_Attempt] = collections.deque()
@@ -195,6 +199,7 @@ class Worker:
             await self.app.open()
             hooks_begun = True
             await run_start_hooks(self.on_start, self.resources)
+            await self.scheduler.declare()  # the fleet fires the last declared definition
             self._limits = self.app.claim_limits(self.queues)
             background = [
                 loop.create_task(self._listen_for_work(), name="flowmill-listen"),

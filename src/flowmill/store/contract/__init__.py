@@ -37,6 +37,7 @@ from .dag import (
 from .protocol import (
     BudgetsStore,
     DagStore,
+    SchedulesStore,
     SignalsStore,
     Store,
 )
@@ -44,6 +45,17 @@ from .records import (
     ClaimedRow,
     ErrorInfo,
     LeaseRef,
+)
+from .schedules import (
+    MISFIRE_POLICIES,
+    FireOutcome,
+    FireStatus,
+    ScheduleDecl,
+    ScheduleFire,
+    SchedulePause,
+    ScheduleRow,
+    SchedulesList,
+    SchedulesUpsert,
 )
 from .signals import (
     MAX_FRAME_BYTES,
@@ -105,6 +117,7 @@ from .tasks import (
 __all__ = [
     "LIMIT_SCOPES",
     "MAX_FRAME_BYTES",
+    "MISFIRE_POLICIES",
     "ON_DUPLICATE_CHOICES",
     "UPSTREAM_FAILURES",
     "BudgetDefine",
@@ -134,6 +147,8 @@ __all__ = [
     "Finish",
     "FinishOutcome",
     "FinishStatus",
+    "FireOutcome",
+    "FireStatus",
     "FrameAppend",
     "FrameRef",
     "FrameRow",
@@ -156,6 +171,13 @@ __all__ = [
     "OnTimeout",
     "RenewOutcome",
     "ResultRow",
+    "ScheduleDecl",
+    "ScheduleFire",
+    "SchedulePause",
+    "ScheduleRow",
+    "SchedulesList",
+    "SchedulesStore",
+    "SchedulesUpsert",
     "SignalDeliver",
     "SignalRow",
     "SignalsStore",

@@ -24,6 +24,14 @@ from .dag import (
     WorkflowRecord,
     WorkflowsList,
 )
+from .schedules import (
+    FireOutcome,
+    ScheduleFire,
+    SchedulePause,
+    ScheduleRow,
+    SchedulesList,
+    SchedulesUpsert,
+)
 from .signals import (
     DeliverOutcome,
     FrameAppend,
@@ -133,9 +141,25 @@ class SignalsStore(Protocol):
         """The stored value for `key`, storing `value` first if there is none (race-safe)."""
 
 
+class SchedulesStore(Protocol):
+    """Periodic tasks: one row per schedule; each firing is a compare-and-set that inserts
+    its tasks in the same transaction (see `contract.schedules`)."""
+
+    async def schedules_upsert(self, p: SchedulesUpsert) -> list[ScheduleRow]:
+        """Every stored schedule after the upsert, by name."""
+
+    async def schedules_list(self, p: SchedulesList) -> list[ScheduleRow]:
+        """The stored schedules (those named, when `p.names` is not empty), by name."""
+
+    async def schedules_fire(self, p: ScheduleFire) -> FireOutcome: ...
+
+    async def schedules_set_paused(self, p: SchedulePause) -> ScheduleRow | None: ...
+
+
 @runtime_checkable
-class Store(SignalsStore, DagStore, BudgetsStore, Protocol):
-    """What every backend provides, the `SignalsStore`, `DagStore` and `BudgetsStore` operations.
+class Store(SignalsStore, DagStore, BudgetsStore, SchedulesStore, Protocol):
+    """What every backend provides, the `SignalsStore`, `DagStore`, `BudgetsStore` and
+    `SchedulesStore` operations.
 
     `flowmill.testing.StoreConformance` checks it."""
 

@@ -49,6 +49,7 @@ from ._errors import (
 from ._links import PostgresLinksMixin
 from ._listen import Listener, channel_names, frames_channel_name
 from ._reads import PostgresReadsMixin
+from ._schedules import PostgresSchedulesMixin, ScheduleQueries
 from ._signals import PostgresSignalsMixin
 from ._signals_sql import SignalQueries
 from ._sql import Queries
@@ -80,6 +81,7 @@ class PostgresStore(
     PostgresReadsMixin,
     PostgresSignalsMixin,
     PostgresBudgetsMixin,
+    PostgresSchedulesMixin,
 ):
     """Tasks in one PostgreSQL schema, shared by any number of worker processes."""
 
@@ -112,6 +114,7 @@ class PostgresStore(
         self.frames_channel = frames_channel_name(schema)
         self._sq = SignalQueries(schema)
         self._bq = BudgetQueries(schema, self._q)
+        self._schq = ScheduleQueries(schema)
         self._tree = Tree(schema, self._q, self.work_channel, self.finish_channel)
         self._dag = Dag(schema, self._q, self._tree, self.work_channel, self.finish_channel)
         self._work = Pulse()

@@ -2,7 +2,7 @@
 
 `SQLiteStore` opens the file, migrates it and runs each operation as a job on the writer
 (or reader) thread; the jobs live in modules by operation group: `_insert`, `_tasks`,
-`_reads`, `_tree`, `_dag`, `_signals`, `_budgets`.
+`_reads`, `_tree`, `_dag`, `_signals`, `_budgets`, `_schedules`.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ from ._budgets import SQLiteBudgetsMixin
 from ._clock import now_or_wall, wall_ms
 from ._insert import tasks_insert
 from ._reads import events_read, results_get, task_get, tasks_count, tasks_list
+from ._schedules import SQLiteSchedulesMixin
 from ._schema import SCHEMA_VERSION, migrate, not_a_database, read_version
 from ._signals import SQLiteSignalsMixin
 from ._tasks import (
@@ -98,7 +99,7 @@ def _read_text(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
-class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin):
+class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin, SQLiteSchedulesMixin):
     """Tasks in one SQLite file (or in memory), shared safely by processes on one machine."""
 
     def __init__(

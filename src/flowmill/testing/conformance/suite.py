@@ -60,6 +60,12 @@ from .ops import (
     TasksListConformance,
     TasksPromoteConformance,
 )
+from .schedules import (
+    SchedulesFireConformance,
+    SchedulesListConformance,
+    SchedulesSetPausedConformance,
+    SchedulesUpsertConformance,
+)
 from .schema import MigrateConformance, SchemaVersionConformance
 from .signals import SignalDeliverConformance, WaitpointCreateConformance
 from .spawn import TasksInsertSpawnConformance
@@ -117,6 +123,11 @@ class StoreConformance(
     BudgetDefineConformance,
     BudgetReportUsageConformance,
     BudgetResetConformance,
+    # schedules
+    SchedulesUpsertConformance,
+    SchedulesListConformance,
+    SchedulesFireConformance,
+    SchedulesSetPausedConformance,
     # lifecycle and clock
     SchemaVersionConformance,
     MigrateConformance,
