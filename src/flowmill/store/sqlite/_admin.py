@@ -147,8 +147,10 @@ PURGE_GUARDS = (
 
 def tasks_purge(c: sqlite3.Connection, p: TasksPurge) -> int:
     states = [State(s).value for s in p.states]
+    # Walk the finish-time index from the oldest: the state index would visit every
+    # finished task of those states (a million completed rows) on each maintenance pass.
     picked = c.execute(
-        "SELECT t.id, t.workflow_id FROM fm_tasks t "
+        "SELECT t.id, t.workflow_id FROM fm_tasks t INDEXED BY fm_tasks_finished "
         f"WHERE t.finished_at IS NOT NULL AND t.finished_at < ? "
         f"AND t.state IN ({marks(len(states))}) AND {PURGE_GUARDS} "
         "ORDER BY t.finished_at LIMIT ?",
