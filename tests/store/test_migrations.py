@@ -31,9 +31,15 @@ __all__ = ["pg_url", "schema"]  # fixtures, used by name
 CHECKSUMS: dict[str, dict[str, str]] = {
     "flowmill.store.sqlite": {
         "0001_initial.sql": "91b500d661bbdc3dcbe3288380842579e8709dfc23588d181baae812d014cc82",
+        "0002_lease_start_clock.sql": (
+            "530780c5b4aad04be9426be01f63c3da3466b617d5e4aac7fbb54d06c283d2b8"
+        ),
     },
     "flowmill.store.postgres": {
         "0001_initial.sql": "e4ee1a77c10fec53b1f205c371616de86699a2708d25f2462f7c2846ed2dcb26",
+        "0002_lease_start_clock.sql": (
+            "2f7ccef46fe548a34f78ba5899482ae2b987810c96da16254dbbf2d55155d61f"
+        ),
     },
 }
 

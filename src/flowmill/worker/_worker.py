@@ -29,6 +29,8 @@ from ..store.contract.tasks import (
     FinishOutcome,
     FinishStatus,
     LeaseRef,
+    LeasesRenew,
+    RenewOutcome,
     TasksClaim,
     TasksFinish,
     TaskWaitChildren,
@@ -62,6 +64,9 @@ class _Attempt:
     tdef: TaskDef
     lease: HeldLease
     started: bool = False
+    # The store's lease record says the handler started (the claim said so, or a renewal
+    # with start=True did): a reclaim of this lease then counts the attempt.
+    marked: bool = True
 
     @property
     def token(self) -> CancelToken:
@@ -134,6 +139,7 @@ class Worker:
         self._stop_when_idle = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._finisher: Batcher[Finish, FinishOutcome] = Batcher(self._finish_batch)
+        self._starter: Batcher[LeaseRef, RenewOutcome] = Batcher(self._start_batch)
 
     # -- public ----------------------------------------------------------------------
 
@@ -220,26 +226,37 @@ class Worker:
             capped = False
             try:
                 for kinds, limit in requests:
-                    rows = await self.app.store.tasks_claim(
-                        TasksClaim(
-                            self.worker_id,
-                            self.queues,
-                            kinds,
-                            limit,
-                            self.lease_ttl_ms,
-                            self.clock.store_now(),
-                            self._limits.of(kinds),
+                    # Rows a free slot runs at once are claimed started (the attempt counts
+                    # now, in the claim itself); the prefetched rest unstarted, each marked
+                    # started just before its handler runs (see `_mark_started`).
+                    free_now = self.concurrency - self._running - len(self._queue)
+                    starting = min(limit, max(0, free_now))
+                    for n, start in ((starting, True), (limit - starting, False)):
+                        if n <= 0:
+                            continue
+                        rows = await self.app.store.tasks_claim(
+                            TasksClaim(
+                                self.worker_id,
+                                self.queues,
+                                kinds,
+                                n,
+                                self.lease_ttl_ms,
+                                self.clock.store_now(),
+                                self._limits.of(kinds),
+                                start=start,
+                            )
                         )
-                    )
-                    short = short or len(rows) < limit
-                    if isinstance(rows, ClaimedRows):
-                        if rows.retry_in_ms is not None:
-                            retry_in = min(retry_in or rows.retry_in_ms, rows.retry_in_ms)
-                        capped = capped or rows.held_by_running
-                    if rows:
-                        idle_rounds = 0
-                    for row in rows:
-                        self._accept(row)
+                        if isinstance(rows, ClaimedRows):
+                            if rows.retry_in_ms is not None:
+                                retry_in = min(retry_in or rows.retry_in_ms, rows.retry_in_ms)
+                            capped = capped or rows.held_by_running
+                        if rows:
+                            idle_rounds = 0
+                        for row in rows:
+                            self._accept(row, marked=start)
+                        if len(rows) < n:
+                            short = True
+                            break
                 backoff = 0.05
             except StoreError as exc:
                 log.warning("claim failed (%s); retrying in %.2fs", exc, backoff)
@@ -294,11 +311,11 @@ class Worker:
             c.count for c in counts if c.queue in self.queues and c.state in _BUSY_STATES
         )
 
-    def _accept(self, row: ClaimedRow) -> None:
+    def _accept(self, row: ClaimedRow, *, marked: bool = True) -> None:
         self.stats.claimed += 1
         tdef = self.app.registry.get(row.kind)
         attempt = (
-            _Attempt(row, tdef, HeldLease(LeaseRef(row.id, row.lease_epoch)))
+            _Attempt(row, tdef, HeldLease(LeaseRef(row.id, row.lease_epoch)), marked=marked)
             if tdef is not None
             else None
         )
@@ -345,6 +362,21 @@ class Worker:
         a.started = True
         if a.token.is_set:
             return self._before_start(a)
+        if not a.marked:
+            try:
+                out = await self._starter.submit(a.lease.ref)
+            except StoreError as exc:
+                # Not recorded as started: give the attempt back rather than run a handler
+                # whose death the reaper would not count.
+                log.warning("task %s: marking it started failed (%s)", row.id, exc)
+                return Finish(row.id, row.lease_epoch, State.READY, release=True)
+            if not out.held:
+                self.stats.lease_lost += 1
+                a.token.fire(STOP_LEASE_LOST)
+                return None
+            a.marked = True
+            if a.lease.token.is_set:  # stopped while it was being marked: ends uncounted
+                return self._before_start(a)
         if row.attempt > row.max_attempts:
             return beyond_cap(row)
         ctx = self._context(row, a.token)
@@ -450,6 +482,12 @@ class Worker:
 
     async def _finish_batch(self, items: list[Finish]) -> list[FinishOutcome]:
         return await self.app.store.tasks_finish(TasksFinish(items, self.clock.store_now()))
+
+    async def _start_batch(self, refs: list[LeaseRef]) -> list[RenewOutcome]:
+        """Mark prefetched leases started (their handlers are about to run), in one write."""
+        return await self.app.store.leases_renew(
+            LeasesRenew(refs, self.lease_ttl_ms, self.clock.store_now(), start=True)
+        )
 
     # -- leases ----------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from .._common.suspend_errors import (
     SUSPEND_EXPIRED_ERROR,
     SUSPEND_TIMEOUT_ERROR,
 )
+from .._common.waitpoints import RESUMED, TIMED_OUT, closed_reason, owned_waitpoints
 from ..contract.signals import (
     MAX_FRAME_BYTES,
     DeliverOutcome,
@@ -162,6 +163,8 @@ class PostgresSignalsMixin:
                     condition,
                     wps,
                     names,
+                    closed_at,
+                    why_closed,
                 ) = row
                 if task_id is None:
                     return DeliverOutcome(DeliverStatus.REJECTED, "unknown waitpoint")
@@ -174,6 +177,8 @@ class PostgresSignalsMixin:
                     return DeliverOutcome(DeliverStatus.REJECTED, "waitpoint expired")
                 if State(state) in TERMINAL:
                     return DeliverOutcome(DeliverStatus.REJECTED, f"task already ended ({state})")
+                if closed_at is not None:
+                    return DeliverOutcome(DeliverStatus.CLOSED, closed_reason(why_closed))
                 if seq is None:
                     return DeliverOutcome(DeliverStatus.DUPLICATE)
                 if sid is None:
@@ -181,7 +186,8 @@ class PostgresSignalsMixin:
                 # (This statement's snapshot does not show the signal it inserted: it is last.)
                 seen_keys = [(w, dec(n)) for w, n in zip(wps, names, strict=True)]
                 seen_keys.append((p.waitpoint_id, p.name))
-                if not satisfied(decode_condition(condition), seen_keys):
+                wanted = decode_condition(condition)
+                if not satisfied(wanted, seen_keys):
                     return DeliverOutcome(DeliverStatus.ACCEPTED)
                 await conn.execute(
                     self._sq.resume,
@@ -193,6 +199,7 @@ class PostgresSignalsMixin:
                         "work_channel": self.work_channel,
                     },
                 )
+                await self._close_waitpoints(conn, task_id, sid, wanted, now, RESUMED)
                 return DeliverOutcome(DeliverStatus.ACCEPTED, resumed=True)
 
         # Not run again after a lost connection: a signal without a key would count twice.
@@ -227,7 +234,11 @@ class PostgresSignalsMixin:
                 }
                 if satisfied(condition, [(w, dec(n)) for _, w, n in signals]):
                     params["last"] = signals[-1][0]
-                    await conn.execute(self._sq.task_suspend_satisfied, params)
+                    cur = await conn.execute(self._sq.task_suspend_satisfied, params)
+                    made = await cur.fetchone()
+                    assert made is not None
+                    sid = int(made[0])
+                    await self._close_waitpoints(conn, p.task_id, sid, condition, now, RESUMED)
                     return SuspendStatus.ALREADY_SATISFIED
                 params["detail"] = suspend_detail(p)
                 await conn.execute(self._sq.task_suspend, params)
@@ -260,11 +271,34 @@ class PostgresSignalsMixin:
 
         return await self._run(job, idempotent=True)
 
+    async def _close_waitpoints(
+        self,
+        conn: Conn,
+        task_id: str,
+        suspension_id: int,
+        condition: dict[str, Any],
+        now: int,
+        reason: str,
+    ) -> None:
+        owned = owned_waitpoints(condition)
+        params = {
+            "now": now,
+            "reason": reason,
+            "task": task_id,
+            "ids": None if owned is None else sorted(owned),
+            "sid": suspension_id,
+        }
+        await conn.execute(self._sq.close_waitpoints, params)
+
     async def _apply_timeouts(self, conn: Conn, rows: list[Any], now: int) -> int:
         moved: list[tuple[str, State, str | None, str]] = []  # (id, target, error, detail)
         cancelled: list[str] = []
         ended: list[tuple[str, str, State]] = []
-        for _, task_id, on_timeout, parent_id in rows:
+        for sid, task_id, _, _, condition in rows:
+            await self._close_waitpoints(
+                conn, task_id, sid, decode_condition(condition), now, TIMED_OUT
+            )
+        for _, task_id, on_timeout, parent_id, _ in rows:
             behaviour = OnTimeout(on_timeout)
             if behaviour is OnTimeout.CANCEL:
                 cancelled.append(task_id)
