@@ -25,7 +25,7 @@ from .._common.suspend_errors import (
     SUSPEND_EXPIRED_ERROR,
     SUSPEND_TIMEOUT_ERROR,
 )
-from .._common.waitpoints import RESUMED, TIMED_OUT, closed_reason, owned_waitpoints
+from .._common.waitpoints import closed_reason, owned_waitpoints
 from ..contract.signals import (
     MAX_FRAME_BYTES,
     DeliverOutcome,
@@ -63,6 +63,12 @@ def _pipeline(conn: Conn) -> contextlib.AbstractAsyncContextManager[Any]:
     """Send a transaction's statements without waiting for each reply where libpq can:
     the lock, the reads after it and the final write with COMMIT go as two round trips."""
     return conn.pipeline() if _PIPELINE else contextlib.nullcontext()
+
+
+def _owned(condition: dict[str, Any]) -> list[str] | None:
+    """The waitpoints a suspension with this condition owns (None: all of its task's)."""
+    owned = owned_waitpoints(condition)
+    return None if owned is None else sorted(owned)
 
 
 def _waitpoint(row: Any) -> WaitpointRow:
@@ -196,10 +202,10 @@ class PostgresSignalsMixin:
                         "task": task_id,
                         "last": seq,
                         "now": now,
+                        "ids": _owned(wanted),
                         "work_channel": self.work_channel,
                     },
                 )
-                await self._close_waitpoints(conn, task_id, sid, wanted, now, RESUMED)
                 return DeliverOutcome(DeliverStatus.ACCEPTED, resumed=True)
 
         # Not run again after a lost connection: a signal without a key would count twice.
@@ -234,11 +240,8 @@ class PostgresSignalsMixin:
                 }
                 if satisfied(condition, [(w, dec(n)) for _, w, n in signals]):
                     params["last"] = signals[-1][0]
-                    cur = await conn.execute(self._sq.task_suspend_satisfied, params)
-                    made = await cur.fetchone()
-                    assert made is not None
-                    sid = int(made[0])
-                    await self._close_waitpoints(conn, p.task_id, sid, condition, now, RESUMED)
+                    params["ids"] = _owned(condition)
+                    await conn.execute(self._sq.task_suspend_satisfied, params)
                     return SuspendStatus.ALREADY_SATISFIED
                 params["detail"] = suspend_detail(p)
                 await conn.execute(self._sq.task_suspend, params)
@@ -271,32 +274,19 @@ class PostgresSignalsMixin:
 
         return await self._run(job, idempotent=True)
 
-    async def _close_waitpoints(
-        self,
-        conn: Conn,
-        task_id: str,
-        suspension_id: int,
-        condition: dict[str, Any],
-        now: int,
-        reason: str,
-    ) -> None:
-        owned = owned_waitpoints(condition)
-        params = {
-            "now": now,
-            "reason": reason,
-            "task": task_id,
-            "ids": None if owned is None else sorted(owned),
-            "sid": suspension_id,
-        }
-        await conn.execute(self._sq.close_waitpoints, params)
-
     async def _apply_timeouts(self, conn: Conn, rows: list[Any], now: int) -> int:
         moved: list[tuple[str, State, str | None, str]] = []  # (id, target, error, detail)
         cancelled: list[str] = []
         ended: list[tuple[str, str, State]] = []
         for sid, task_id, _, _, condition in rows:
-            await self._close_waitpoints(
-                conn, task_id, sid, decode_condition(condition), now, TIMED_OUT
+            await conn.execute(
+                self._sq.close_waitpoints,
+                {
+                    "now": now,
+                    "task": task_id,
+                    "ids": _owned(decode_condition(condition)),
+                    "sid": sid,
+                },
             )
         for _, task_id, on_timeout, parent_id, _ in rows:
             behaviour = OnTimeout(on_timeout)

@@ -4,6 +4,7 @@ PostgreSQL store, for one schema."""
 from __future__ import annotations
 
 from ..._states import TERMINAL
+from .._common.waitpoints import RESUMED, TIMED_OUT
 from ._schema import quote_schema
 from ._sql import NOW
 
@@ -86,11 +87,11 @@ SELECT w.task_id, w.expires_at, w.state, c.now,
     w.closed_at, w.closed_reason
 FROM c LEFT JOIN w ON true
 """
-        # A suspension resolved: close the waitpoints it owns (`ids`; NULL: every open one
+        # A suspension timed out: close the waitpoints it owns (`ids`; NULL: every open one
         # of the task) and give their signals that nothing consumed to it.
         self.close_waitpoints = f"""
 WITH cl AS (
-    UPDATE {s}.waitpoints SET closed_at = %(now)s, closed_reason = %(reason)s
+    UPDATE {s}.waitpoints SET closed_at = %(now)s, closed_reason = '{TIMED_OUT}'
     WHERE task_id = %(task)s AND closed_at IS NULL
         AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
     RETURNING id
@@ -98,10 +99,17 @@ WITH cl AS (
 UPDATE {s}.signals SET suspension_id = %(sid)s
 WHERE task_id = %(task)s AND suspension_id IS NULL AND waitpoint_id IN (SELECT id FROM cl)
 """
+        # Every unconsumed signal is consumed (the one just stored is the last), and the
+        # waitpoints the suspension owns close (`ids`; NULL: every open one of the task).
         self.resume = f"""
 WITH cons AS (
     UPDATE {s}.signals SET suspension_id = %(sid)s
     WHERE task_id = %(task)s AND suspension_id IS NULL AND seq <= %(last)s
+),
+cl AS (
+    UPDATE {s}.waitpoints SET closed_at = %(now)s, closed_reason = '{RESUMED}'
+    WHERE task_id = %(task)s AND closed_at IS NULL
+        AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
 ),
 res AS (
     UPDATE {s}.suspensions SET resolved_at = %(now)s, resolution = '{SATISFIED}'
@@ -140,6 +148,11 @@ WITH ins AS (
 cons AS (
     UPDATE {s}.signals SET suspension_id = (SELECT id FROM ins)
     WHERE task_id = %(task)s AND suspension_id IS NULL AND seq <= %(last)s
+),
+cl AS (
+    UPDATE {s}.waitpoints SET closed_at = %(now)s, closed_reason = '{RESUMED}'
+    WHERE task_id = %(task)s AND closed_at IS NULL
+        AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
 )
 SELECT id FROM ins
 """
