@@ -195,14 +195,15 @@ class PostgresSignalsMixin:
                 wanted = decode_condition(condition)
                 if not satisfied(wanted, seen_keys):
                     return DeliverOutcome(DeliverStatus.ACCEPTED)
+                ids = _owned(wanted)
                 await conn.execute(
-                    self._sq.resume,
+                    self._sq.resume if ids is not None else self._sq.resume_any,
                     {
                         "sid": sid,
                         "task": task_id,
                         "last": seq,
                         "now": now,
-                        "ids": _owned(wanted),
+                        "ids": ids,
                         "work_channel": self.work_channel,
                     },
                 )
@@ -240,8 +241,13 @@ class PostgresSignalsMixin:
                 }
                 if satisfied(condition, [(w, dec(n)) for _, w, n in signals]):
                     params["last"] = signals[-1][0]
-                    params["ids"] = _owned(condition)
-                    await conn.execute(self._sq.task_suspend_satisfied, params)
+                    params["ids"] = ids = _owned(condition)
+                    await conn.execute(
+                        self._sq.task_suspend_satisfied
+                        if ids is not None
+                        else self._sq.task_suspend_satisfied_any,
+                        params,
+                    )
                     return SuspendStatus.ALREADY_SATISFIED
                 params["detail"] = suspend_detail(p)
                 await conn.execute(self._sq.task_suspend, params)

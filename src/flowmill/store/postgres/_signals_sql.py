@@ -108,8 +108,7 @@ WITH cons AS (
 ),
 cl AS (
     UPDATE {s}.waitpoints SET closed_at = %(now)s, closed_reason = '{RESUMED}'
-    WHERE task_id = %(task)s AND closed_at IS NULL
-        AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
+    WHERE {{owned}} AND task_id = %(task)s AND closed_at IS NULL
 ),
 res AS (
     UPDATE {s}.suspensions SET resolved_at = %(now)s, resolution = '{SATISFIED}'
@@ -151,8 +150,7 @@ cons AS (
 ),
 cl AS (
     UPDATE {s}.waitpoints SET closed_at = %(now)s, closed_reason = '{RESUMED}'
-    WHERE task_id = %(task)s AND closed_at IS NULL
-        AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
+    WHERE {{owned}} AND task_id = %(task)s AND closed_at IS NULL
 )
 SELECT id FROM ins
 """
@@ -170,6 +168,20 @@ upd AS (
 INSERT INTO {s}.events (task_id, kind, state, at, detail)
 SELECT id, kind, 'suspended', %(now)s, %(detail)s FROM upd
 """
+
+        # The statements that close waitpoints, for a condition that names its waitpoints
+        # (`ids`, by primary key) and for one with a `Signal` on any waitpoint (all open).
+        owned, every = "id = ANY(%(ids)s::text[])", "true"
+        template = self.resume
+        self.resume, self.resume_any = (
+            template.replace("{owned}", owned),
+            template.replace("{owned}", every),
+        )
+        template = self.task_suspend_satisfied
+        self.task_suspend_satisfied, self.task_suspend_satisfied_any = (
+            template.replace("{owned}", owned),
+            template.replace("{owned}", every),
+        )
 
         # -- suspensions_expire ------------------------------------------------------------
         self.suspensions_expire_due = f"""
