@@ -65,7 +65,10 @@ class FailOutcome:
 
 
 class ClaimedTask:
-    """One claimed attempt. The terminal calls are single-use; every write is fenced."""
+    """One claimed attempt. The terminal calls are single-use; every write is fenced.
+
+    It is started when claimed (the caller holds it): if the caller dies, the reaper ends
+    the attempt as a `lease_expired` failure that counts toward max_attempts."""
 
     def __init__(self, claimer: Claimer, row: ClaimedRow) -> None:
         self._claimer = claimer
