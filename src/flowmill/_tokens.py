@@ -67,7 +67,9 @@ class TokenKeys:
     def verify(self, token: str, waitpoint_id: str, task_id: str, expires_at_ms: int) -> str | None:
         """None when the token is valid for this waitpoint; otherwise why it is not."""
         parts = token.split(".") if isinstance(token, str) else []
-        if len(parts) != 3:
+        if len(parts) != 3 or not token.isascii():
+            # Tokens are ASCII (hex key id, digits, base64url): anything else is forged, and
+            # compare_digest refuses non-ASCII str, so it must never get that far.
             return "malformed token"
         kid, expiry, mac = parts
         if expiry != str(expires_at_ms):
@@ -75,7 +77,7 @@ class TokenKeys:
         candidates = [
             s
             for s in (self.current, self.previous)
-            if s is not None and hmac.compare_digest(key_id(s), kid)
+            if s is not None and hmac.compare_digest(key_id(s).encode(), kid.encode())
         ]
         if not candidates:
             return "token signed with an unknown key"

@@ -12,15 +12,15 @@ import os
 import sqlite3
 import sys
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import flowmill as fm
 
 
-def build(url: str, ledger: str) -> fm.App:
-    app = fm.App(url)
-
+def recorder(ledger: str) -> Callable[[str, int, int], None]:
+    """`record(task_id, n, attempt)`: log an execution and (once per task) its effect."""
     local = threading.local()
 
     def record(task_id: str, n: int, attempt: int) -> None:
@@ -36,6 +36,13 @@ def build(url: str, ledger: str) -> fm.App:
                 (task_id, n, os.getpid(), attempt),
             )
             conn.execute("INSERT OR IGNORE INTO effects (task_id, n) VALUES (?, ?)", (task_id, n))
+
+    return record
+
+
+def build(url: str, ledger: str) -> fm.App:
+    app = fm.App(url)
+    record = recorder(ledger)
 
     @app.task(name="effect", retry=fm.Retry(max_attempts=5, backoff=fm.Fixed(timedelta(0))))
     async def effect(n: int, ctx: fm.Context) -> int:

@@ -120,3 +120,38 @@ def test_bad_conditions() -> None:
 def test_count_matches_a_plain_count(names: list[str], n: int) -> None:
     spec = decode_condition(encode_condition(Count(n, Signal("a"))))
     assert satisfied(spec, [("w", x) for x in names]) == (names.count("a") >= n)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "é1234567.5.mac",  # a non-ASCII key id
+        "ключ.5.mac",
+        "00000000.5.\u00e9\u00e9\u00e9",  # a non-ASCII mac
+        "\x00.5.\x00",
+        "..",
+        "a.b.c.d",
+        "",
+    ],
+)
+def test_garbage_tokens_are_refused_not_raised(token: str) -> None:
+    keys = TokenKeys(A, previous=B)
+    assert keys.verify(token, "wp", "t", 5) in (
+        "malformed token",
+        "token does not match this waitpoint",
+        "token signed with an unknown key",
+    )
+
+
+def test_a_non_ascii_key_id_is_a_malformed_token() -> None:
+    keys = TokenKeys(A)
+    _, expiry, mac = keys.sign("wp", "t", 5).split(".")
+    assert keys.verify(f"é{key_id(A)[1:]}.{expiry}.{mac}", "wp", "t", 5) == "malformed token"
+
+
+@given(st.text(max_size=80))
+def test_any_text_token_is_refused_with_a_reason(token: str) -> None:
+    keys = TokenKeys(A)
+    why = keys.verify(token, "wp", "t", 5)
+    assert isinstance(why, str)
+    assert why
