@@ -138,8 +138,11 @@ class Worker:
         self._stopping = False
         self._stop_when_idle = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._finisher: Batcher[Finish, FinishOutcome] = Batcher(self._finish_batch)
-        self._starter: Batcher[LeaseRef, RenewOutcome] = Batcher(self._start_batch)
+        # Finishes and starts (prefetched leases marked started) go out together: on SQLite
+        # they share a group commit, so a prefetched start costs no commit of its own.
+        self._writes: Batcher[Finish | LeaseRef, FinishOutcome | RenewOutcome] = Batcher(
+            self._write_batch
+        )
 
     # -- public ----------------------------------------------------------------------
 
@@ -340,15 +343,19 @@ class Worker:
     async def _run_one(self, a: _Attempt) -> None:
         row = a.row
         try:
-            finish = await self._attempt(a)
+            try:
+                finish = await self._attempt(a)
+            finally:
+                # The handler is done: its slot starts the next attempt while this outcome
+                # is recorded (that start and this finish then go out together).
+                self._running -= 1
+                self._dispatch()
             if finish is not None:
                 await self._record(a, finish)
         except Exception:
             log.exception("worker error while running task %s", row.id)
         finally:
-            self._running -= 1
             self._release_slot(a)
-            self._dispatch()
 
     def _release_slot(self, a: _Attempt) -> None:
         self._attempts.pop(a.row.id, None)
@@ -364,7 +371,8 @@ class Worker:
             return self._before_start(a)
         if not a.marked:
             try:
-                out = await self._starter.submit(a.lease.ref)
+                out = await self._writes.submit(a.lease.ref)
+                assert isinstance(out, RenewOutcome)
             except StoreError as exc:
                 # Not recorded as started: give the attempt back rather than run a handler
                 # whose death the reaper would not count.
@@ -458,7 +466,8 @@ class Worker:
         delay = 0.05
         while True:
             try:
-                outcome = await self._finisher.submit(finish)
+                outcome = await self._writes.submit(finish)
+                assert isinstance(outcome, FinishOutcome)
                 break
             except StoreUnavailable as exc:
                 # Keep the outcome until the store takes it or the lease is gone: a result
@@ -480,14 +489,29 @@ class Worker:
         else:
             self.stats.outcomes[str(outcome.state)] += 1
 
-    async def _finish_batch(self, items: list[Finish]) -> list[FinishOutcome]:
-        return await self.app.store.tasks_finish(TasksFinish(items, self.clock.store_now()))
-
-    async def _start_batch(self, refs: list[LeaseRef]) -> list[RenewOutcome]:
-        """Mark prefetched leases started (their handlers are about to run), in one write."""
-        return await self.app.store.leases_renew(
-            LeasesRenew(refs, self.lease_ttl_ms, self.clock.store_now(), start=True)
-        )
+    async def _write_batch(
+        self, items: list[Finish | LeaseRef]
+    ) -> list[FinishOutcome | RenewOutcome]:
+        """Record finishes and mark prefetched leases started (their handlers are about to
+        run), the two calls sent at once."""
+        store, now = self.app.store, self.clock.store_now()
+        finishes = [i for i in items if isinstance(i, Finish)]
+        starts = [i for i in items if isinstance(i, LeaseRef)]
+        ended: list[FinishOutcome] = []
+        started: list[RenewOutcome] = []
+        if finishes and starts:
+            ended, started = await asyncio.gather(
+                store.tasks_finish(TasksFinish(finishes, now)),
+                store.leases_renew(LeasesRenew(starts, self.lease_ttl_ms, now, start=True)),
+            )
+        elif finishes:
+            ended = await store.tasks_finish(TasksFinish(finishes, now))
+        else:
+            started = await store.leases_renew(
+                LeasesRenew(starts, self.lease_ttl_ms, now, start=True)
+            )
+        e, s = iter(ended), iter(started)
+        return [next(e) if isinstance(i, Finish) else next(s) for i in items]
 
     # -- leases ----------------------------------------------------------------------
 

@@ -110,20 +110,35 @@ def _claim_rows(
 def leases_renew(c: sqlite3.Connection, p: LeasesRenew) -> list[RenewOutcome]:
     now = p.now_ms if p.now_ms is not None else wall_ms()
     tag, lease_ms = lease_now(p.now_ms)
-    out: list[RenewOutcome] = []
-    for lease in p.leases:
+    held: dict[tuple[str, int], bool] = {}
+    leases = list(p.leases)
+    for i in range(0, len(leases), IN_CHUNK // 2):
+        chunk = leases[i : i + IN_CHUNK // 2]
         # A lease is valid until it is reclaimed, expired or not: renewing one the reaper
         # has not taken yet keeps it (the epoch fences every write after a reclaim).
-        row = c.execute(
+        rows = c.execute(
             "UPDATE fm_tasks SET lease_expires_at = ?, lease_boot = ?, "
-            "lease_started = lease_started OR ? WHERE id = ? AND lease_epoch = ? "
-            "AND state = 'running' RETURNING cancel_requested",
-            (lease_ms + p.lease_ttl_ms, tag, p.start, lease.task_id, lease.epoch),
-        ).fetchone()
-        if row is None:
+            "lease_started = lease_started OR ? "
+            f"FROM (VALUES {', '.join(['(?, ?)'] * len(chunk))}) AS v "
+            "WHERE fm_tasks.id = v.column1 AND fm_tasks.lease_epoch = v.column2 "
+            "AND fm_tasks.state = 'running' RETURNING fm_tasks.id, fm_tasks.lease_epoch, "
+            "fm_tasks.cancel_requested",
+            (
+                lease_ms + p.lease_ttl_ms,
+                tag,
+                p.start,
+                *(x for lease in chunk for x in (lease.task_id, lease.epoch)),
+            ),
+        ).fetchall()
+        held.update(((i, e), bool(cr)) for i, e, cr in rows)
+    expires = now + p.lease_ttl_ms
+    out: list[RenewOutcome] = []
+    for lease in leases:
+        cancel = held.get((lease.task_id, lease.epoch))
+        if cancel is None:
             out.append(RenewOutcome(lease.task_id, False, False, None))
         else:
-            out.append(RenewOutcome(lease.task_id, True, bool(row[0]), now + p.lease_ttl_ms))
+            out.append(RenewOutcome(lease.task_id, True, cancel, expires))
     return out
 
 
