@@ -24,6 +24,7 @@ from hypothesis.stateful import (
 
 import flowmill as fm
 from flowmill.store import open_store
+from flowmill.store.contract import Store
 from flowmill.store.contract.tasks import (
     ErrorInfo,
     Finish,
@@ -32,7 +33,6 @@ from flowmill.store.contract.tasks import (
     LeasesExpired,
     LeasesRenew,
     NewTask,
-    Store,
     TaskCancel,
     TaskRetry,
     TasksClaim,
