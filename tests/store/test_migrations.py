@@ -31,9 +31,11 @@ __all__ = ["pg_url", "schema"]  # fixtures, used by name
 CHECKSUMS: dict[str, dict[str, str]] = {
     "flowmill.store.sqlite": {
         "0001_initial.sql": "91b500d661bbdc3dcbe3288380842579e8709dfc23588d181baae812d014cc82",
+        "0002_events_rowid.sql": "727896fdffa3028478c1b369419c7adf0b8e31ef022280b084ab99df68361da8",
     },
     "flowmill.store.postgres": {
         "0001_initial.sql": "e4ee1a77c10fec53b1f205c371616de86699a2708d25f2462f7c2846ed2dcb26",
+        "0002_events_rowid.sql": "dc8f89cd0c7b6eb91fd13e4694a6727dffb19dab085dc324f0875aeb6faea364",
     },
 }
 
