@@ -122,9 +122,9 @@ class ConnectionThread:
         if self._conn_lock.acquire(blocking=False):
             try:
                 conn = self._conn
-                if conn is not None and self._queue.empty():
+                if conn is not None and self._queue.empty() and _begin_at_once(conn):
                     try:
-                        self._run_group(conn, group)
+                        self._run_group(conn, group, begun=True)
                     except BaseException as exc:
                         _fail_all(group, translate(exc))
                         if not isinstance(exc, Exception):
@@ -230,7 +230,9 @@ class ConnectionThread:
             outcome = (False, translate(exc))
         _settle_all([(fut, outcome)])
 
-    def _run_group(self, conn: sqlite3.Connection, group: list[_Item]) -> None:
+    def _run_group(
+        self, conn: sqlite3.Connection, group: list[_Item], *, begun: bool = False
+    ) -> None:
         """Run jobs in one transaction, each in a savepoint; commit once; then answer all.
 
         A job that fails is rolled back to its savepoint and answered with its error. If the
@@ -238,7 +240,8 @@ class ConnectionThread:
         disk-full error), the jobs before it were undone too: they run again in a new group.
         """
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            if not begun:
+                conn.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
             _fail_all(group, translate(exc))
             return
@@ -284,6 +287,24 @@ class ConnectionThread:
             with contextlib.suppress(Exception):  # a wake-up is a hint; the commit stands
                 self._after_commit(tx.notify)
         _settle_all(outcomes)
+
+
+def _begin_at_once(conn: sqlite3.Connection) -> bool:
+    """BEGIN IMMEDIATE without waiting: False if another process holds the write lock.
+
+    An inline group runs on an event loop's thread, which must not sit in SQLite's busy
+    handler (up to busy_timeout) while another process writes: it goes to the writer thread,
+    which may wait.
+    """
+    (timeout,) = conn.execute("PRAGMA busy_timeout").fetchone()
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout)}")
+    return True
 
 
 def _rollback_to_savepoint(conn: sqlite3.Connection) -> bool:
