@@ -105,6 +105,9 @@ class ConnectionThread:
         with self._lock:
             if self._closed:
                 raise StoreError("the store is closed")
+            if self._batch_loop is not None and self._batch_loop.is_closed():
+                # A loop closed before its flush ran: nobody waits for those jobs any more.
+                self._batch, self._batch_loop = [], None
             if self._batch_loop is None:
                 self._batch_loop = loop
                 loop.call_soon(self._flush)
