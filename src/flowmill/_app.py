@@ -16,6 +16,7 @@ from ._handle import ResultWaiter, TaskHandle, decode_json
 from ._inspect import TaskInfo as TaskInfo
 from ._inspect import task_info
 from ._limits import QueueLimits, RateLimit
+from ._operate import Operations, retention_ms
 from ._retry import Retry
 from ._rows import Opts
 from ._signals import Frame, deliver_signal, tail_frames
@@ -50,7 +51,7 @@ from .workflows._when import Conditions
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class App(Budgets):
+class App(Budgets, Operations):
     """A flowmill application: `fm.App("sqlite:///jobs.db")` or `fm.App("postgresql://...")`."""
 
     def __init__(
@@ -60,14 +61,20 @@ class App(Budgets):
         max_payload_bytes: int = DEFAULT_MAX_BYTES,
         clock: Clock | None = None,
         store: Store | None = None,
+        retention: timedelta | None = None,
         **store_options: Any,
     ) -> None:
+        """`retention`: how long finished tasks are kept (dead letters are kept until
+        replayed or purged by name); the maintenance of this app's workers deletes older
+        ones. None (the default) keeps them for good."""
         if not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
             raise ConfigurationError(f"max_payload_bytes must be >= 1, got {max_payload_bytes!r}")
         self.url = url or os.environ.get("FLOWMILL_URL") or DEFAULT_URL
         backend = store if store is not None else open_store(self.url, **store_options)
         self.store: StoreFront = StoreFront(backend)  # every store call goes through this door
         self.max_payload_bytes = max_payload_bytes
+        retention_ms(retention)  # refuse a bad period here, not in a worker
+        self.retention = retention
         self.clock: Clock = clock or SystemClock()
         self.registry: dict[str, TaskDef] = {}
         self._queue_limits: dict[str, QueueLimits] = {}
@@ -389,7 +396,7 @@ class App(Budgets):
 
     def worker(self, **options: Any) -> Worker:
         """A worker for this app's tasks (see `Worker` for the options)."""
-        return Worker(self, **options)
+        return Worker(self, **{"retention": self.retention, **options})
 
     # -- workflows -------------------------------------------------------------------
 

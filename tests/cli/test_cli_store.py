@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from flowmill.store.sqlite._schema import SCHEMA_VERSION  # same on every backend
+
 from ..conftest import CI
 from .test_cli import one_line_error, run
 
@@ -43,10 +45,10 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 def test_migrate_says_created_then_up_to_date_on_every_backend(store_url: str) -> None:
     code, out, _ = run("migrate", "--url", store_url)
     assert code == 0
-    assert out.strip() == f"{store_url}: created schema version 1"
+    assert out.strip() == f"{store_url}: created schema version {SCHEMA_VERSION}"
     code, out, _ = run("migrate", "--url", store_url)
     assert code == 0
-    assert out.strip() == f"{store_url}: schema version 1 is up to date"
+    assert out.strip() == f"{store_url}: schema version {SCHEMA_VERSION} is up to date"
     code, out, _ = run("status", "--url", store_url)
     assert code == 0
     assert out.strip() == f"no tasks in {store_url}"

@@ -317,4 +317,10 @@ task_id = handles[0].id  # failed
     ),
     "docs/howto/serve.md": Page(),
     "docs/howto/cli.md": Page(app=False),
+    "docs/howto/operate.md": Page(
+        after="""
+assert gone == 0  # nothing in this store is that old
+assert app.retention == timedelta(days=7)
+""",
+    ),
 }

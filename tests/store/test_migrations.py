@@ -31,9 +31,11 @@ __all__ = ["pg_url", "schema"]  # fixtures, used by name
 CHECKSUMS: dict[str, dict[str, str]] = {
     "flowmill.store.sqlite": {
         "0001_initial.sql": "91b500d661bbdc3dcbe3288380842579e8709dfc23588d181baae812d014cc82",
+        "0002_operations.sql": "9aabf009107318c7baa79a702162f1eb3f8cfb1b9a96ce9bc2d8460b639203c0",
     },
     "flowmill.store.postgres": {
         "0001_initial.sql": "e4ee1a77c10fec53b1f205c371616de86699a2708d25f2462f7c2846ed2dcb26",
+        "0002_operations.sql": "9f86f584b13f11fb1005581d12a0c1d8a423a9afbc3ab736587c78b1fe30565a",
     },
 }
 

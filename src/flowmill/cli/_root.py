@@ -19,6 +19,8 @@ tasks_cli = typer.Typer(help="List, show, cancel and retry tasks.", no_args_is_h
 cli.add_typer(tasks_cli, name="tasks")
 workflows_cli = typer.Typer(help="List and show workflow runs.", no_args_is_help=True)
 cli.add_typer(workflows_cli, name="workflows")
+queues_cli = typer.Typer(help="List, pause and resume queues.", no_args_is_help=True)
+cli.add_typer(queues_cli, name="queues")
 
 AppArg = Annotated[
     str, typer.Argument(metavar="MODULE:APP", help="Where the App is, e.g. jobs:app")

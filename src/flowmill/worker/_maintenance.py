@@ -1,6 +1,6 @@
 """Worker maintenance as one object: promote due tasks, expire stale tasks and
 suspensions, reconcile dependencies (the backstop that wakes blocked nodes), run on_cancel
-hooks and reap expired leases."""
+hooks, reap expired leases, and apply retention (old finished tasks, gone workers)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import logging
 
 from .._clock import Clock
 from .._context import Context
+from .._operate import RETAINED_STATES, purge_all
 from .._runtime import Runtime
 from .._states import Phase
 from .._stops import CancelToken
 from ..errors import LeaseLost, PayloadError, StoreError
+from ..store.contract.admin import WorkersPrune
 from ..store.contract.dag import DepsReconcile
 from ..store.contract.signals import SuspensionsExpire
 from ..store.contract.tasks import (
@@ -34,6 +36,10 @@ log = logging.getLogger("flowmill.worker")
 HOOK_BATCH = 16
 HOOK_ATTEMPTS = 3
 HOOK_TIMEOUT_MS = 60_000  # on_cancel of a task without a timeout
+# Retention: batches per full pass (each its own short transaction), so that one pass
+# never holds the store for long; a backlog is worked off over several passes.
+RETENTION_BATCHES = 4
+WORKERS_PRUNE_AFTER_MS = 3_600_000  # registry rows of workers gone for an hour
 
 
 class Maintenance:
@@ -50,6 +56,7 @@ class Maintenance:
         lease_ttl_ms: int,
         promote_s: float,
         reap_s: float,
+        retention_ms: int | None = None,
     ) -> None:
         self.rt = rt
         self.clock = clock
@@ -59,6 +66,7 @@ class Maintenance:
         self.lease_ttl_ms = lease_ttl_ms
         self.promote_s = promote_s
         self.reap_s = reap_s
+        self.retention_ms = retention_ms
 
     async def loop(self) -> None:
         """Run passes forever: promote every `promote_s`, a full pass every `reap_s`."""
@@ -92,6 +100,24 @@ class Maintenance:
         if expired:
             outs = await store.tasks_finish(TasksFinish([reap(e) for e in expired], now))
             self.stats.reaped += sum(o.status is FinishStatus.APPLIED for o in outs)
+        await self.apply_retention()
+
+    async def apply_retention(self) -> int:
+        """Delete finished tasks older than the retention (never dead letters) and prune
+        registry rows of workers gone for an hour; returns how many tasks went."""
+        now = self.clock.store_now()
+        await self.rt.store.workers_prune(WorkersPrune(WORKERS_PRUNE_AFTER_MS, now))
+        if self.retention_ms is None:
+            return 0
+        if now is None:
+            now = await self.rt.store.now_ms()
+        return await purge_all(
+            self.rt.store,
+            before_ms=now - self.retention_ms,
+            states=RETAINED_STATES,
+            now_ms=now,
+            max_batches=RETENTION_BATCHES,
+        )
 
     async def run_hooks(self) -> int:
         """Run pending on_cancel hooks of ended orchestrators; returns how many ran."""

@@ -44,6 +44,7 @@ from ._outcome import (
     encode_failure,
     operator_cancel,
 )
+from ._registry import Heartbeat
 from ._runner import AttemptRunner, SyncPool
 from ._stats import WorkerStats
 
@@ -90,6 +91,8 @@ class Worker:
         poll_interval: timedelta = timedelta(seconds=5),
         promote_interval: timedelta = timedelta(seconds=2),
         reap_interval: timedelta = timedelta(seconds=10),
+        heartbeat_interval: timedelta = timedelta(seconds=5),
+        retention: timedelta | None = None,
         clock: Clock | None = None,
     ) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
@@ -120,6 +123,16 @@ class Worker:
             lease_ttl_ms=self.lease_ttl_ms,
             promote_s=promote_interval.total_seconds(),
             reap_s=reap_interval.total_seconds(),
+            retention_ms=None if retention is None else _ms(retention),
+        )
+        self.heartbeat = Heartbeat(
+            app,
+            clock=self.clock,
+            worker_id=self.worker_id,
+            queues=self.queues,
+            concurrency=concurrency,
+            interval_s=heartbeat_interval.total_seconds(),
+            in_flight=lambda: len(self._attempts),
         )
         self._attempts: dict[str, _Attempt] = {}
         self._queue: collections.deque[_Attempt] = collections.deque()
@@ -164,11 +177,13 @@ class Worker:
             len(kinds),
             self.concurrency,
         )
+        await self.heartbeat.beat()
         background = [
             loop.create_task(self._listen_for_work(), name="flowmill-listen"),
             loop.create_task(self._lease_keeper(), name="flowmill-leases"),
             loop.create_task(self._cancel_watcher(), name="flowmill-cancels"),
             loop.create_task(self.maintenance.loop(), name="flowmill-maintenance"),
+            loop.create_task(self.heartbeat.loop(), name="flowmill-heartbeat"),
         ]
         claim = loop.create_task(self._claim_loop(), name="flowmill-claim")
         try:
@@ -183,6 +198,7 @@ class Worker:
                 t.cancel()
             await asyncio.gather(claim, *background, return_exceptions=True)
             self.pool.close()
+            await self.heartbeat.beat(stopped=True)
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     with contextlib.suppress(Exception):

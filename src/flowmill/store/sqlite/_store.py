@@ -2,7 +2,7 @@
 
 `SQLiteStore` opens the file, migrates it and runs each operation as a job on the writer
 (or reader) thread; the jobs live in modules by operation group: `_insert`, `_tasks`,
-`_reads`, `_tree`, `_dag`, `_signals`, `_budgets`.
+`_reads`, `_tree`, `_dag`, `_signals`, `_budgets`, `_admin`.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ from ..contract.tasks import (
     TaskWaitChildren,
 )
 from . import _dag, _tree
+from ._admin import SQLiteAdminMixin
 from ._budgets import SQLiteBudgetsMixin
 from ._clock import now_or_wall, wall_ms
 from ._insert import tasks_insert
@@ -92,7 +93,7 @@ def _check_path(path: str) -> None:
         raise StoreError(f"cannot open {path}: it is a directory, not a database file")
 
 
-class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin):
+class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin, SQLiteAdminMixin):
     """Tasks in one SQLite file (or in memory), shared safely by processes on one machine."""
 
     def __init__(
