@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .errors import ConfigurationError, PayloadTooLarge
-from .store.contract.signals import DeliverStatus
+from ..errors import ConfigurationError, PayloadTooLarge
+from ..store.contract.signals import DeliverStatus
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
 
-    from ._app import App
+    from .._app import App
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_JSON_DEPTH = 64
