@@ -10,8 +10,9 @@ import os
 import signal
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from time import perf_counter
 from typing import Any
 
 from .._clock import Clock
@@ -37,6 +38,7 @@ from ..workflows._when import check_condition
 from ._batch import Batcher
 from ._leases import HeldLease, renew
 from ._maintenance import Maintenance
+from ._observe import AttemptObserver
 from ._outcome import (
     beyond_cap,
     decide_finish,
@@ -63,6 +65,7 @@ class _Attempt:
     tdef: TaskDef
     lease: HeldLease
     started: bool = False
+    claimed_at: float = field(default_factory=perf_counter)
 
     @property
     def token(self) -> CancelToken:
@@ -147,6 +150,8 @@ class Worker:
         self._stop_when_idle = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._finisher: Batcher[Finish, FinishOutcome] = Batcher(self._finish_batch)
+        # Told about every attempt (`flowmill._metrics`, `flowmill._tracing`); empty: no cost.
+        self.observers: list[AttemptObserver] = []
 
     # -- public ----------------------------------------------------------------------
 
@@ -338,6 +343,9 @@ class Worker:
 
     async def _run_one(self, a: _Attempt) -> None:
         row = a.row
+        if self.observers:
+            await self._observed(a)
+            return
         try:
             finish = await self._attempt(a)
             if finish is not None:
@@ -345,6 +353,26 @@ class Worker:
         except Exception:
             log.exception("worker error while running task %s", row.id)
         finally:
+            self._running -= 1
+            self._release_slot(a)
+            self._dispatch()
+
+    async def _observed(self, a: _Attempt) -> None:
+        """`_run_one` with the observers told of the attempt's start and end."""
+        row = a.row
+        began = perf_counter()
+        states = [await o.started(row, began - a.claimed_at) for o in self.observers]
+        finish: Finish | None = None
+        try:
+            finish = await self._attempt(a)
+            if finish is not None:
+                await self._record(a, finish)
+        except Exception:
+            log.exception("worker error while running task %s", row.id)
+        finally:
+            took = perf_counter() - began
+            for o, state in zip(reversed(self.observers), reversed(states), strict=True):
+                o.ended(row, state, finish, took)
             self._running -= 1
             self._release_slot(a)
             self._dispatch()
