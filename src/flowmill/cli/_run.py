@@ -41,6 +41,15 @@ def worker(
         typer.Option("--shutdown-grace", min=0, help="On SIGTERM, seconds to let attempts end"),
     ] = 30.0,
     log_level: LogLevelOpt = "info",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Serve this worker's Prometheus metrics on 127.0.0.1:PORT/metrics",
+        ),
+    ] = None,
 ) -> None:
     """Run a worker for MODULE:APP until SIGTERM or Ctrl-C (a second one cancels attempts)."""
     setup_logging(log_level)
@@ -52,6 +61,10 @@ def worker(
             lease_ttl=timedelta(seconds=lease_ttl),
             shutdown_grace=timedelta(seconds=shutdown_grace),
         )
+        if metrics_port is not None:
+            from .._metrics import instrument
+
+            instrument(w, port=metrics_port)
 
         async def run(app: App) -> None:
             await w.run(install_signal_handlers=True)
