@@ -212,7 +212,7 @@ class _StatsCollector:
         return []
 
     def collect(self) -> Iterator[Any]:
-        core = self.pc.core
+        from prometheus_client import core
         stats, runner = self.worker.stats, self.worker.runner.stats
         yield core.CounterMetricFamily(
             "flowmill_lease_expiries",
