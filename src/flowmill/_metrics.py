@@ -213,6 +213,7 @@ class _StatsCollector:
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client import core
+
         stats, runner = self.worker.stats, self.worker.runner.stats
         yield core.CounterMetricFamily(
             "flowmill_lease_expiries",
