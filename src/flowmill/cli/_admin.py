@@ -128,7 +128,7 @@ def serve(
         except ImportError:
             fail("flowmill serve needs uvicorn: pip install 'flowmill[dashboard]'")
         from ..web import dashboard_app
-        from ..web._dashboard import login_url, resolve_token
+        from ..web._dashboard import RedactToken, login_url, resolve_token
 
         chosen, generated = resolve_token(token)
         web = dashboard_app(app, token=chosen, metrics_open=metrics_open)
@@ -137,7 +137,9 @@ def serve(
         else:
             where = f"http://{host}:{port}/"
             print(f"flowmill dashboard: {where} (log in with your token)", flush=True)
-        uvicorn.run(web, host=host, port=port, log_level=log_level.lower())
+        config = uvicorn.Config(web, host=host, port=port, log_level=log_level.lower())
+        logging.getLogger("uvicorn.access").addFilter(RedactToken())  # after its log setup
+        uvicorn.Server(config).run()
 
 
 @cli.command()

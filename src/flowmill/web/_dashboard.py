@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,21 @@ or paste the token:</p>
 <form method="get" action="./"><input name="token" type="password" autocomplete="off"
 aria-label="token" autofocus> <button type="submit">Log in</button></form>
 {note}</main></body></html>"""
+
+
+class RedactToken(logging.Filter):
+    """Hides the login token in access log lines (`GET /?token=...`)."""
+
+    _TOKEN = re.compile(r"([?&]token=)[^&\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self._TOKEN.sub(r"\1…", a) if isinstance(a, str) else a for a in record.args
+            )
+        elif isinstance(record.msg, str):
+            record.msg = self._TOKEN.sub(r"\1…", record.msg)
+        return True
 
 
 def one_line(exc: BaseException) -> str:
