@@ -15,6 +15,7 @@ Two sources, kept apart:
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -110,47 +111,50 @@ def _prometheus() -> Any:
     return prometheus_client
 
 
+class _Histogram:
+    """Bucket counts and a sum, kept without a lock: only the worker's event loop writes,
+    and a scrape copies the list (one C call under the GIL)."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def family_samples(self) -> tuple[list[tuple[str, float]], float]:
+        counts = list(self.counts)
+        cumulative: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*self.bounds, float("inf")), counts, strict=True):
+            running += n
+            cumulative.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+        return cumulative, self.total
+
+
 class WorkerMetrics:
     """A worker's Prometheus metrics, in a registry of their own (no global state).
 
     `WorkerMetrics(worker)` hooks the worker (an attempt observer) and its app's StoreFront
     (a telemetry subscriber); `close()` unhooks both. `serve(port)` exposes the registry on
-    `http://host:port/metrics`; `text()` renders it."""
+    `http://host:port/metrics`; `text()` renders it.
+
+    The hot path counts in plain dicts (no lock, no prometheus-client call per attempt);
+    a collector turns them into metric families when scraped."""
 
     def __init__(self, worker: Worker) -> None:
         pc = _prometheus()
         self.worker = worker
-        self.registry = pc.CollectorRegistry(auto_describe=True)
-        reg = self.registry
-        self.runs = pc.Counter(
-            "flowmill_task_runs",
-            "Attempts run by this worker, by task kind and outcome.",
-            ["kind", "outcome"],
-            registry=reg,
-        )
-        self.duration = pc.Histogram(
-            "flowmill_attempt_duration_seconds",
-            "How long attempts ran, by task kind.",
-            ["kind"],
-            buckets=ATTEMPT_BUCKETS,
-            registry=reg,
-        )
-        self.claim_to_start = pc.Histogram(
-            "flowmill_claim_to_start_seconds",
-            "Time from a task's claim to the start of its attempt (local queueing).",
-            ["kind"],
-            buckets=STORE_BUCKETS,
-            registry=reg,
-        )
-        self.store_ops = pc.Histogram(
-            "flowmill_store_operation_seconds",
-            "Store operations through the StoreFront, by operation and outcome.",
-            ["operation", "outcome"],
-            buckets=STORE_BUCKETS,
-            registry=reg,
-        )
-        reg.register(_StatsCollector(worker, pc))
-        self._children: dict[tuple[str, ...], Any] = {}
+        self.registry = pc.CollectorRegistry(auto_describe=False)
+        self.runs: dict[tuple[str, str], int] = {}
+        self.duration: dict[str, _Histogram] = {}
+        self.claim_to_start: dict[str, _Histogram] = {}
+        self.store_ops: dict[tuple[str, str], _Histogram] = {}
+        self.registry.register(_Collector(self))
         self._server: Any = None
         worker.observers.append(self)
         self._unsubscribe = subscribe(worker, self.on_store_event)
@@ -167,27 +171,31 @@ class WorkerMetrics:
             thread.join(timeout=5)
             self._server = None
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric._name, *labels)  # cached: .labels() takes a lock and builds a tuple
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
-
     # -- the attempt observer ----------------------------------------------------------
 
     async def started(self, row: ClaimedRow, waited_s: float) -> object:
-        self._child(self.claim_to_start, row.kind).observe(waited_s)
+        hist = self.claim_to_start.get(row.kind)
+        if hist is None:
+            hist = self.claim_to_start[row.kind] = _Histogram(STORE_BUCKETS)
+        hist.observe(waited_s)
         return None
 
     def ended(self, row: ClaimedRow, state: object, finish: Finish | None, took_s: float) -> None:
-        self._child(self.runs, row.kind, outcome_label(finish)).inc()
-        self._child(self.duration, row.kind).observe(took_s)
+        key = (row.kind, outcome_label(finish))
+        self.runs[key] = self.runs.get(key, 0) + 1
+        hist = self.duration.get(row.kind)
+        if hist is None:
+            hist = self.duration[row.kind] = _Histogram(ATTEMPT_BUCKETS)
+        hist.observe(took_s)
 
     # -- the store subscriber ----------------------------------------------------------
 
     def on_store_event(self, event: StoreEvent) -> None:
-        self._child(self.store_ops, event.operation, event.outcome).observe(event.duration_s)
+        key = (event.operation, event.outcome)
+        hist = self.store_ops.get(key)
+        if hist is None:
+            hist = self.store_ops[key] = _Histogram(STORE_BUCKETS)
+        hist.observe(event.duration_s)
 
     # -- exposition --------------------------------------------------------------------
 
@@ -201,36 +209,75 @@ class WorkerMetrics:
         return int(server.server_port)
 
 
-class _StatsCollector:
-    """Counters the worker already keeps (`WorkerStats`, `RunnerStats`), read on scrape."""
+class _Collector:
+    """The worker's numbers as metric families, built at scrape time: the counts of
+    `WorkerMetrics` and those the worker keeps anyway (`WorkerStats`, `RunnerStats`)."""
 
-    def __init__(self, worker: Worker, pc: Any) -> None:
-        self.worker = worker
-        self.pc = pc
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
 
     def describe(self) -> list[Any]:
         return []
 
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client import core
+    def _histograms(
+        self, name: str, help_: str, labels: list[str], hists: dict[Any, _Histogram]
+    ) -> Any:
+        from prometheus_client.core import HistogramMetricFamily
 
-        stats, runner = self.worker.stats, self.worker.runner.stats
-        yield core.CounterMetricFamily(
+        family = HistogramMetricFamily(name, help_, labels=labels)
+        for key, hist in list(hists.items()):
+            buckets, total = hist.family_samples()
+            values = list(key) if isinstance(key, tuple) else [key]
+            family.add_metric(values, buckets, total)
+        return family
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        m = self.metrics
+        runs = CounterMetricFamily(
+            "flowmill_task_runs",
+            "Attempts run by this worker, by task kind and outcome.",
+            labels=["kind", "outcome"],
+        )
+        for (kind, outcome), n in list(m.runs.items()):
+            runs.add_metric([kind, outcome], n)
+        yield runs
+        yield self._histograms(
+            "flowmill_attempt_duration_seconds",
+            "How long attempts ran, by task kind.",
+            ["kind"],
+            m.duration,
+        )
+        yield self._histograms(
+            "flowmill_claim_to_start_seconds",
+            "Time from a task's claim to the start of its attempt (local queueing).",
+            ["kind"],
+            m.claim_to_start,
+        )
+        yield self._histograms(
+            "flowmill_store_operation_seconds",
+            "Store operations through the StoreFront, by operation and outcome.",
+            ["operation", "outcome"],
+            m.store_ops,
+        )
+        stats, runner = m.worker.stats, m.worker.runner.stats
+        yield CounterMetricFamily(
             "flowmill_lease_expiries",
             "Expired leases this worker's maintenance reclaimed.",
             value=stats.reaped,
         )
-        yield core.CounterMetricFamily(
+        yield CounterMetricFamily(
             "flowmill_lease_renewal_failures",
             "Lease renewals that failed (store unreachable) while the lease was still held.",
             value=stats.unhealthy,
         )
-        yield core.CounterMetricFamily(
+        yield CounterMetricFamily(
             "flowmill_leases_lost",
             "Attempts whose lease was lost (renewal refused or a stale fence on a write).",
             value=stats.lease_lost,
         )
-        timeouts = core.CounterMetricFamily(
+        timeouts = CounterMetricFamily(
             "flowmill_timeouts",
             "Attempts stopped by their timeout, by how the handler cooperated.",
             labels=["cooperation"],
@@ -238,10 +285,10 @@ class _StatsCollector:
         for cls, n in runner.timeouts.items():
             timeouts.add_metric([cls.value], n)
         yield timeouts
-        yield core.GaugeMetricFamily(
+        yield GaugeMetricFamily(
             "flowmill_worker_in_flight",
             "Attempts this worker holds now.",
-            value=self.worker.in_flight,
+            value=m.worker.in_flight,
         )
 
 
