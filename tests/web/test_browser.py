@@ -275,3 +275,17 @@ async def test_the_dashboard_in_chromium(db_url: str, tmp_path: Path) -> None:
         if running is not None:
             await running
         await app.close()
+
+
+async def test_the_page_says_when_the_store_is_down(tmp_path: Path) -> None:
+    _need_chromium()
+    down = f"sqlite:///{tmp_path}/no-such-folder/jobs.db"
+    with served(down) as base, chromium() as driver:
+        page = Page(driver, base, tmp_path)
+        await page.go(f"/?token={TOKEN}")
+        await page.until(
+            "the banner",
+            lambda d: "store unavailable" in d.find_element("css selector", "#banner").text,
+        )
+        assert "stale" in await page.text("#status") or "no data" in await page.text("#status")
+        assert not await page.call(lambda: driver.find_elements("css selector", "#count-ready"))
