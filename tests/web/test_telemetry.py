@@ -122,3 +122,37 @@ async def test_attempt_spans_are_children_of_the_submit_span(
     }
     outside = logging.getLogger("tests.job").makeRecord("x", logging.INFO, "f", 1, "m", (), None)
     assert not hasattr(outside, "task_id")  # the factory is uninstalled by close()
+
+
+async def test_a_failing_observer_costs_no_attempt(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken:
+        def __init__(self, where: str) -> None:
+            self.where = where
+            self.ended_calls = 0
+
+        async def started(self, row: object, waited_s: float) -> object:
+            if self.where == "start":
+                raise RuntimeError("observer broke at the start")
+            return None
+
+        def ended(self, row: object, state: object, finish: object, took_s: float) -> None:
+            self.ended_calls += 1
+            if self.where == "end":
+                raise RuntimeError("observer broke at the end")
+
+    app = fm.App(db_url)
+    register(app)
+    try:
+        handles = [await app.submit("job", n) for n in (1, 2)]
+        worker = app.worker(concurrency=1)
+        at_start, at_end = Broken("start"), Broken("end")
+        worker.observers.extend([at_start, at_end])
+        with caplog.at_level(logging.ERROR, logger="flowmill.worker"):
+            await worker.run(stop_when_idle=True)
+        assert [(await app.get(h.id)).state for h in handles] == [fm.State.COMPLETED] * 2
+        assert (at_start.ended_calls, at_end.ended_calls) == (0, 2)
+        assert sum("observer failed" in r.getMessage() for r in caplog.records) == 4
+    finally:
+        await app.close()

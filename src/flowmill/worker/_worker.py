@@ -53,6 +53,7 @@ from ._stats import WorkerStats
 log = logging.getLogger("flowmill.worker")
 
 CANCEL_CHECK_INTERVAL_S = 0.5  # at most two cancel-driven renewals a second
+_NOT_STARTED = object()  # an observer whose `started` failed: not told of the end
 IDLE_RECHECK_S = 0.1  # stop_when_idle: how soon to look again while others still work
 _BUSY_STATES = frozenset(
     {State.SCHEDULED, State.RUNNING, State.WAITING_CHILDREN, State.SUSPENDED, State.BLOCKED}
@@ -358,12 +359,20 @@ class Worker:
             self._dispatch()
 
     async def _observed(self, a: _Attempt) -> None:
-        """`_run_one` with the observers told of the attempt's start and end."""
+        """`_run_one` with the observers told of the attempt's start and end. An observer
+        that fails is logged and skipped: it never costs the attempt or its slot."""
         row = a.row
+        observers = tuple(self.observers)  # one may be removed while the attempt runs
         began = perf_counter()
-        states = [await o.started(row, began - a.claimed_at) for o in self.observers]
+        states: list[object] = []
         finish: Finish | None = None
         try:
+            for o in observers:
+                try:
+                    states.append(await o.started(row, began - a.claimed_at))
+                except Exception:
+                    log.exception("an attempt observer failed at the start of %s", row.id)
+                    states.append(_NOT_STARTED)
             finish = await self._attempt(a)
             if finish is not None:
                 await self._record(a, finish)
@@ -371,8 +380,13 @@ class Worker:
             log.exception("worker error while running task %s", row.id)
         finally:
             took = perf_counter() - began
-            for o, state in zip(reversed(self.observers), reversed(states), strict=True):
-                o.ended(row, state, finish, took)
+            for o, state in reversed(list(zip(observers, states, strict=False))):
+                if state is _NOT_STARTED:
+                    continue
+                try:
+                    o.ended(row, state, finish, took)
+                except Exception:
+                    log.exception("an attempt observer failed at the end of %s", row.id)
             self._running -= 1
             self._release_slot(a)
             self._dispatch()
