@@ -3,11 +3,12 @@ and a last one marking it stopped (`app.workers()`, `flowmill workers` read them
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import os
 import socket
 from collections.abc import Callable, Sequence
-from importlib.metadata import PackageNotFoundError, version
 
 from .._clock import Clock
 from .._runtime import Runtime
@@ -17,7 +18,11 @@ from ..store.contract.admin import WorkerHeartbeat
 log = logging.getLogger("flowmill.worker")
 
 
+@functools.cache
 def flowmill_version() -> str:
+    """The installed flowmill's version (reading package metadata takes tens of ms: once)."""
+    from importlib.metadata import PackageNotFoundError, version  # slow to import: lazily
+
     try:
         return version("flowmill")
     except PackageNotFoundError:  # running from a source tree
@@ -47,11 +52,13 @@ class Heartbeat:
         self.in_flight = in_flight
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.version = flowmill_version()
+        self.version = ""  # read off the event loop by the first beat
         self.started_at_ms = clock.wall_ms()
 
     async def beat(self, *, stopped: bool = False) -> bool:
         """Send one heartbeat; False (logged) when the store could not take it."""
+        if not self.version:
+            self.version = await asyncio.to_thread(flowmill_version)
         try:
             await self.rt.store.worker_heartbeat(
                 WorkerHeartbeat(
@@ -75,7 +82,8 @@ class Heartbeat:
         return True
 
     async def loop(self) -> None:
-        """A heartbeat every `interval_s` (the first one is `beat()` at start)."""
+        """A heartbeat now, then one every `interval_s`: beside the claims, never before
+        them (a worker starts claiming at once)."""
         while True:
-            await self.clock.sleep(self.interval_s)
             await self.beat()
+            await self.clock.sleep(self.interval_s)

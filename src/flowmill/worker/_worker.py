@@ -183,7 +183,6 @@ class Worker:
             len(kinds),
             self.concurrency,
         )
-        await self.heartbeat.beat()
         background = [
             loop.create_task(self._listen_for_work(), name="flowmill-listen"),
             loop.create_task(self._lease_keeper(), name="flowmill-leases"),
