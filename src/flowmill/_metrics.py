@@ -19,9 +19,9 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ._observe import outcome_label
 from ._states import State
 from .errors import ConfigurationError
-from .worker._observe import outcome_label
 
 if TYPE_CHECKING:
     from ._operate import MetricsSnapshot

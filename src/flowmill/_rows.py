@@ -15,7 +15,7 @@ from typing import Any
 
 from ._limits import check_budget_id
 from ._task import TaskDef, check_queue, positive_ms
-from ._tracing import inject_trace_context
+from ._trace_context import inject_trace_context
 from .errors import ConfigurationError
 from .store.contract.dag import UpstreamPolicy
 from .store.contract.tasks import ON_DUPLICATE_CHOICES, NewTask

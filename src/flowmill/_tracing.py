@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import sys
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._observe import outcome_label
+from ._trace_context import TRACE_TAG, inject_trace_context
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -28,23 +29,7 @@ if TYPE_CHECKING:
     from .store.contract.tasks import ClaimedRow, Finish
     from .worker import Worker
 
-TRACE_TAG = "traceparent"
-
 _FAILED = frozenset({"failed", "dead_lettered", "expired"})
-
-
-def inject_trace_context(tags: MutableMapping[str, str]) -> None:
-    """Store the current span's context in `tags` (`traceparent`), if there is one."""
-    if "opentelemetry.trace" not in sys.modules or TRACE_TAG in tags:
-        return  # OpenTelemetry never imported: there is no span to carry
-    from opentelemetry import propagate, trace
-
-    if not trace.get_current_span().get_span_context().is_valid:
-        return
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    if TRACE_TAG in carrier:
-        tags[TRACE_TAG] = carrier[TRACE_TAG]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +134,6 @@ class Tracing:
         return span, token
 
     def ended(self, row: ClaimedRow, state: object, finish: Finish | None, took_s: float) -> None:
-        from .worker._observe import outcome_label  # (this module is a leaf _rows imports)
-
         span: Any
         token: Any
         span, token = state  # type: ignore[misc]

@@ -18,6 +18,7 @@ from typing import Any
 from .._clock import Clock
 from .._codec import Codec
 from .._context import Context
+from .._observe import AttemptObserver
 from .._runtime import Runtime
 from .._states import Phase, State
 from .._stops import STOP_LEASE_LOST, STOP_OPERATOR, STOP_SHUTDOWN, CancelToken
@@ -38,7 +39,6 @@ from ..workflows._when import check_condition
 from ._batch import Batcher
 from ._leases import HeldLease, renew
 from ._maintenance import Maintenance
-from ._observe import AttemptObserver
 from ._outcome import (
     beyond_cap,
     decide_finish,

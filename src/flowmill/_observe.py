@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..store.contract.tasks import ClaimedRow, Finish
+from .store.contract.tasks import ClaimedRow, Finish
 
 
 class AttemptObserver(Protocol):
