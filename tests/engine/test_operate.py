@@ -87,17 +87,23 @@ async def test_a_running_worker_is_registered_alive_then_stopped(
     try:
         await app.submit(slow, 1)
         await asyncio.wait_for(started.wait(), 10)
-        await clock.advance(timedelta(seconds=5))  # the next heartbeat carries in_flight
 
-        async def beat_seen() -> bool:
-            rows = await app.workers()
-            return bool(rows) and rows[0].in_flight == 1
+        async def registered() -> bool:
+            return bool(await app.workers())
 
-        await eventually(beat_seen, what="a heartbeat with the task in flight")
+        await eventually(registered, what="the worker's first heartbeat")
+        assert await worker.heartbeat.beat()  # as the timer does every heartbeat_interval
         (info,) = await app.workers()
         assert (info.id, info.status, info.alive) == (worker.worker_id, "alive", True)
         assert (info.concurrency, info.queues, info.kinds) == (4, ("default",), (slow.name,))
-        assert info.version
+        assert info.version and info.in_flight == 1
+        first_seen = info.last_seen
+
+        async def beat_on_the_timer() -> bool:
+            await clock.advance(timedelta(seconds=5))  # past the loop's heartbeat_interval
+            return (await app.workers())[0].last_seen > first_seen
+
+        await eventually(beat_on_the_timer, what="a heartbeat from the timer")
     finally:
         release.set()
         worker.stop()
