@@ -69,6 +69,10 @@ async def _worker_main(url: str, schema: str | None, concurrency: int, mode: str
     app, _ = build_app(url, schema)
     await app.open()
     worker = app.worker(concurrency=concurrency)
+    if os.environ.get("FLOWMILL_BENCH_METRICS") == "1":  # throughput.py --metrics
+        from flowmill._metrics import instrument
+
+        instrument(worker)
     stdin = await stdin_reader()
     say("ready")
     if mode == "drain":

@@ -590,6 +590,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument(
+        "--metrics",
+        action="store_true",
+        help="workers collect Prometheus metrics (flowmill._metrics), to measure their cost",
+    )
+    p.add_argument(
         "--worker-prefix",
         default="",
         help="command to run each worker process under, e.g. "
@@ -621,6 +626,8 @@ async def run(args: argparse.Namespace) -> int:
         backend = PostgresBackend(args.pg_url)
     runs: dict[str, list[Figure]] = {}
     WorkerProcess.prefix = args.worker_prefix
+    if args.metrics:
+        os.environ["FLOWMILL_BENCH_METRICS"] = "1"  # read by each worker process
     info = machine()  # the load average before the run says how busy the machine was
 
     def report(fig: Figure, run_no: int) -> None:

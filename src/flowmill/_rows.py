@@ -15,6 +15,7 @@ from typing import Any
 
 from ._limits import check_budget_id
 from ._task import TaskDef, check_queue, positive_ms
+from ._trace_context import inject_trace_context
 from .errors import ConfigurationError
 from .store.contract.dag import UpstreamPolicy
 from .store.contract.tasks import ON_DUPLICATE_CHOICES, NewTask
@@ -123,6 +124,7 @@ class Common:
         tags = dict(o.tags or {})
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
             raise ConfigurationError("tags must map strings to strings")
+        inject_trace_context(tags)  # the submit's span, parent of the attempts' spans
         if o.parent is not None and (not isinstance(o.parent, str) or not o.parent):
             raise ConfigurationError(f"parent must be a task id, got {o.parent!r}")
         if o.depends_on:

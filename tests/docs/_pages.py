@@ -316,6 +316,19 @@ task_id = handles[0].id  # failed
         after="assert (await app.get(task_id)).state is fm.State.READY",
     ),
     "docs/howto/serve.md": Page(),
+    "docs/howto/dashboard.md": Page(
+        after="""
+assert paused.json() == {"queue": "default", "paused": True, "changed": True}
+assert overview["workers_alive"] == 0 and dead["tasks"] == []
+""",
+    ),
+    "docs/howto/metrics.md": Page(
+        after="""
+assert "flowmill_task_runs_total{kind=" in metrics.text()
+assert trace.get_current_span().get_span_context().is_valid is False
+assert (await app.get(handle.id)).tags["traceparent"].startswith("00-")
+""",
+    ),
     "docs/howto/cli.md": Page(app=False),
     "docs/howto/testing.md": Page(app=False),
     "docs/howto/schedules.md": Page(after='assert reports == ["all"]'),

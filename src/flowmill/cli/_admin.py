@@ -13,16 +13,17 @@ from typing import Annotated
 import typer
 
 from .._app import App
-from .._loader import load_app
 from ..store.contract.capabilities import MigrateResult
 from ._common import (
     fail,
+    make_app,
+    on_store,
     one_line_errors,
     run_on,
     setup_logging,
     stdout_console,
 )
-from ._root import AppArg, LogLevelOpt, UrlOpt, cli
+from ._root import AppOpt, LogLevelOpt, UrlOpt, cli
 
 log = logging.getLogger("flowmill.cli")
 
@@ -98,21 +99,63 @@ def demo(
 
 @cli.command()
 def serve(
-    app_path: AppArg,
+    app_path: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[MODULE:APP]",
+            help="Where the App is (optional: --url alone serves any store)",
+            show_default=False,
+        ),
+    ] = None,
+    url: UrlOpt = None,
     host: Annotated[
         str, typer.Option(metavar="ADDRESS", help="Address to bind (keep it local by default)")
     ] = ("127.0.0.1"),
     port: Annotated[int, typer.Option(metavar="PORT", min=1, max=65535, help="Port")] = 8765,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TOKEN",
+            help="Dashboard token [default: $FLOWMILL_TOKEN, else a new one, printed]",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_open: Annotated[
+        bool, typer.Option("--metrics-open", help="Serve /metrics without the token")
+    ] = False,
     log_level: LogLevelOpt = "info",
 ) -> None:
-    """Serve POST /signals/{waitpoint_id} for MODULE:APP (webhooks, e-mail approvals)."""
+    """Serve the dashboard (/), its JSON API (/api), /metrics, /healthz and
+    POST /signals/{waitpoint_id} (webhooks, e-mail approvals)."""
     setup_logging(log_level)
     with one_line_errors():
-        app = load_app(app_path)
+        app = make_app(url, app_path)
         try:
             import uvicorn
         except ImportError:
             fail("flowmill serve needs uvicorn: pip install 'flowmill[dashboard]'")
-        from ..web import signals_app
+        from ..web import dashboard_app
+        from ..web._dashboard import RedactToken, login_url, resolve_token
 
-        uvicorn.run(signals_app(app), host=host, port=port, log_level=log_level.lower())
+        chosen, generated = resolve_token(token)
+        web = dashboard_app(app, token=chosen, metrics_open=metrics_open)
+        if generated:  # nobody knows it yet: show it once, as Jupyter does
+            print(f"flowmill dashboard: {login_url(host, port, chosen)}", flush=True)
+        else:
+            where = f"http://{host}:{port}/"
+            print(f"flowmill dashboard: {where} (log in with your token)", flush=True)
+        config = uvicorn.Config(web, host=host, port=port, log_level=log_level.lower())
+        logging.getLogger("uvicorn.access").addFilter(RedactToken())  # after its log setup
+        uvicorn.Server(config).run()
+
+
+@cli.command()
+def metrics(url: UrlOpt = None, app_path: AppOpt = None) -> None:
+    """Print the store-derived gauges in Prometheus text format (what /metrics serves)."""
+    from .._metrics import render_gauges
+
+    async def read(app: App) -> str:
+        return render_gauges(await app.metrics_snapshot())
+
+    _, text = on_store(url, app_path, read)
+    sys.stdout.write(text)

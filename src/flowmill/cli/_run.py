@@ -115,6 +115,16 @@ def worker(
             "--log-format", help="text, or json: one JSON object per line", case_sensitive=False
         ),
     ] = "text",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            metavar="PORT",
+            min=1,
+            max=65535,
+            help="Serve this worker's Prometheus metrics on 127.0.0.1:PORT/metrics",
+        ),
+    ] = None,
 ) -> None:
     """Run a worker for MODULE:APP until SIGTERM or Ctrl-C.
 
@@ -147,6 +157,10 @@ def worker(
             repeat_signal_window=timedelta(seconds=repeat_signal_window),
             reap_interval=seconds("--reap-interval", reap_interval),
         )
+    if metrics_port is not None:
+        from .._metrics import instrument
+
+        instrument(w, port=metrics_port)
     health = (
         HealthServer(w.readiness, health_host, health_port) if health_port is not None else None
     )

@@ -10,12 +10,14 @@ import socket
 import time
 import types
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from time import perf_counter
 from typing import Any
 
 from .._clock import Clock
 from .._context import Context
+from .._observe import AttemptObserver
 from .._runtime import Runtime
 from .._schedules import Scheduler
 from .._states import Phase, State
@@ -54,6 +56,7 @@ class _Attempt:
     tdef: TaskDef
     lease: HeldLease
     started: bool = False
+    claimed_at: float = field(default_factory=perf_counter)
     ran: bool = False  # the handler was called (not handed back before it started)
     error: BaseException | None = None  # what the handler raised, for the log's traceback
     outcome: str | None = None  # when no Finish says it (waiting for children, lease lost)
@@ -168,6 +171,8 @@ class WorkerCore:
         # Finishes and starts (prefetched leases marked started) go out together: on SQLite
         # they share a group commit, so a prefetched start costs no commit of its own.
         self.recorder = Recorder(app, self.clock, self.stats, self.lease_ttl_ms)
+        # Told about every attempt (`flowmill._metrics`, `flowmill._tracing`); empty: no cost.
+        self.observers: list[AttemptObserver] = []
 
     def _extra(self) -> dict[str, Any]:
         return {"worker_id": self.worker_id}
@@ -201,6 +206,8 @@ class WorkerCore:
     async def _run_one(self, a: _Attempt) -> None:
         row = a.row
         began = time.monotonic()
+        observed = await self._observers_started(a) if self.observers else ()
+        finish: Finish | None = None
         try:
             try:
                 finish = await self._attempt(a)
@@ -222,7 +229,20 @@ class WorkerCore:
         except Exception:
             log.exception("worker error while running task %s", row.id)
         finally:
+            if observed:
+                _observers_ended(observed, row, finish, time.monotonic() - began)
             self._release_slot(a)
+
+    async def _observers_started(self, a: _Attempt) -> tuple[tuple[AttemptObserver, object], ...]:
+        """Tell the observers an attempt starts; an observer that fails is logged and not
+        told of the end: it never costs the attempt or its slot."""
+        told: list[tuple[AttemptObserver, object]] = []
+        for o in tuple(self.observers):  # one may be removed while the attempt runs
+            try:
+                told.append((o, await o.started(a.row, perf_counter() - a.claimed_at)))
+            except Exception:
+                log.exception("an attempt observer failed at the start of %s", a.row.id)
+        return tuple(told)
 
     def _log_end(
         self, a: _Attempt, finish: Finish | None, not_recorded: str | None, began: float
@@ -364,3 +384,16 @@ class WorkerCore:
         )
         self.stats.unhealthy += tally.unhealthy
         self.stats.lease_lost += tally.lost
+
+
+def _observers_ended(
+    told: tuple[tuple[AttemptObserver, object], ...],
+    row: ClaimedRow,
+    finish: Finish | None,
+    took_s: float,
+) -> None:
+    for o, state in reversed(told):
+        try:
+            o.ended(row, state, finish, took_s)
+        except Exception:
+            log.exception("an attempt observer failed at the end of %s", row.id)

@@ -7,6 +7,7 @@ into the store write. Each timed-out attempt is classified (see `TimeoutClass`).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -116,7 +117,9 @@ class AttemptRunner:
         if is_async:
             fut = asyncio.ensure_future(fn(*args))
         else:
-            fut = loop.run_in_executor(self.pool.executor, functools.partial(fn, *args))
+            fut = loop.run_in_executor(
+                self.pool.executor, functools.partial(contextvars.copy_context().run, fn, *args)
+            )
         timer = None
         if timeout_ms is not None:
             timer = self.clock.call_later(timeout_ms / 1000, lambda: token.fire(TIMEOUT_REASON))

@@ -15,20 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .errors import ConfigurationError, PayloadTooLarge
-from .store.contract.signals import DeliverStatus
+from ..errors import ConfigurationError, PayloadTooLarge
+from ..store.contract.signals import DeliverStatus
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
 
-    from ._app import App
+    from .._app import App
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_JSON_DEPTH = 64
@@ -146,17 +146,19 @@ def _token(body: _Body, request: Request) -> str:
     return token
 
 
-def signals_app(app: App) -> Starlette:
-    """An ASGI app with `POST /signals/{waitpoint_id}` and `GET /healthz`."""
+def need_starlette() -> None:
+    """Fail with the `pip install` to run when the web extra is missing."""
     try:
-        from starlette.applications import Starlette
-        from starlette.exceptions import HTTPException
-        from starlette.responses import JSONResponse
-        from starlette.routing import Route
+        import starlette  # noqa: F401
     except ImportError as exc:  # the web parts are an optional extra
         raise ConfigurationError(
-            f"the signals endpoint needs starlette: pip install 'flowmill[dashboard]' ({exc})"
+            f"the web endpoints need starlette: pip install 'flowmill[dashboard]' ({exc})"
         ) from exc
+
+
+def deliver_endpoint(app: App) -> Callable[[Request], Awaitable[JSONResponse]]:
+    """The `POST /signals/{waitpoint_id}` endpoint (shared by `signals_app` and the dashboard)."""
+    from starlette.responses import JSONResponse
 
     async def deliver(request: Request) -> JSONResponse:
         try:
@@ -186,13 +188,30 @@ def signals_app(app: App) -> Starlette:
         code = 202 if out.status is DeliverStatus.ACCEPTED else 200
         return JSONResponse({"status": out.status.value, "resumed": out.resumed}, status_code=code)
 
+    return deliver
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own answers (unknown path 404, wrong method 405) as JSON too."""
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse
+
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def signals_app(app: App) -> Starlette:
+    """An ASGI app with `POST /signals/{waitpoint_id}` and `GET /healthz`."""
+    need_starlette()
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    deliver = deliver_endpoint(app)
+
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
-
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
-        # Starlette's own answers (unknown path 404, wrong method 405) as JSON too.
-        assert isinstance(exc, HTTPException)
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
