@@ -9,17 +9,20 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
 
 from flowmill.errors import ConfigurationError, SchemaError, StoreError, StoreUnavailable
-from flowmill.store.contract.tasks import InsertStatus, TasksClaim
+from flowmill.store.contract.schedules import ScheduleFire, SchedulesList, SchedulesUpsert
+from flowmill.store.contract.tasks import InsertStatus, TasksClaim, TasksList
 from flowmill.store.redis import LIBRARY_VERSION, RedisStore
 from flowmill.store.redis._store import SCHEMA_VERSION
 from flowmill.testing import StoreConformance
-from flowmill.testing.conformance._util import insert, task
+from flowmill.testing.conformance._util import T0, insert, task
+from flowmill.testing.conformance.schedules import MINUTE, decl
 
 REDIS_URL = os.environ.get("FLOWMILL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -317,6 +320,38 @@ async def test_the_schema_is_stamped_and_a_newer_one_refused(redis_store: RedisS
     with pytest.raises(SchemaError, match="newer"):
         await redis_store.migrate()
     await redis_store._c().hset(redis_store._k + "meta", "schema_version", SCHEMA_VERSION)
+
+
+async def test_a_layout_of_version_1_is_brought_up_to_date(redis_store: RedisStore) -> None:
+    # version 2 only added the schedule keys: a partition stamped 1 is stamped again
+    await redis_store._c().hset(redis_store._k + "meta", "schema_version", 1)
+    done = await redis_store.migrate()
+    assert (done.before, done.after, done.upgraded) == (1, SCHEMA_VERSION, True)
+    assert await redis_store.schema_version() == SCHEMA_VERSION
+
+
+async def test_a_firing_whose_insert_is_refused_writes_nothing(redis_store: RedisStore) -> None:
+    # the tick's insert is planned before any write: a refused one leaves the schedule as
+    # it was, so the tick is neither lost nor half-fired
+    (row,) = await redis_store.schedules_upsert(SchedulesUpsert([decl()], T0))
+    taken = task()
+    await insert(redis_store, taken)
+    tick = T0 + MINUTE
+    fire = ScheduleFire(
+        name=row.name,
+        expected_version=row.version,
+        expected_next_ms=row.next_fire_ms,
+        next_fire_ms=tick + MINUTE,
+        tasks=[task(key="schedule:nightly:a"), replace(taken, dedup_key="schedule:nightly:b")],
+        last_tick_ms=tick,
+        now_ms=tick,
+    )
+    with pytest.raises(StoreError, match="already exists"):
+        await redis_store.schedules_fire(fire)
+    (after,) = await redis_store.schedules_list(SchedulesList())
+    assert after == row
+    rows = await redis_store.tasks_list(TasksList())
+    assert [r.id for r in rows] == [taken.id]
 
 
 async def test_claims_use_the_server_clock(redis_store: RedisStore) -> None:

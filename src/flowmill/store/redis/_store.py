@@ -66,6 +66,7 @@ from ._budgets import RedisBudgetsMixin
 from ._conn import Durability, check_durability, guarded, parse_url, redact, translate
 from ._dag import RedisDagMixin
 from ._reads import RedisReadsMixin
+from ._schedules import RedisSchedulesMixin
 from ._signals import RedisSignalsMixin
 from ._tree import RedisTreeMixin
 
@@ -76,7 +77,8 @@ LIBRARY = _SOURCE.replace("__VERSION__", LIBRARY_VERSION)
 T = TypeVar("T")
 # Redis has no DDL: version 1 is the key layout flowmill.lua reads and writes. A change
 # to that layout gets the next number, aligned with the other backends' migrations.
-SCHEMA_VERSION = 1
+# 2: schedules (`sc:<name>` hashes and the `scn` set; nothing to rewrite from 1).
+SCHEMA_VERSION = 2
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
 _RESULT_CHUNK = 500
@@ -89,7 +91,12 @@ def progress_detail(pct: float, message: str | None) -> str:
 
 
 class RedisStore(
-    RedisTreeMixin, RedisSignalsMixin, RedisBudgetsMixin, RedisDagMixin, RedisReadsMixin
+    RedisTreeMixin,
+    RedisSignalsMixin,
+    RedisBudgetsMixin,
+    RedisDagMixin,
+    RedisReadsMixin,
+    RedisSchedulesMixin,
 ):
     """Tasks in Redis or Valkey, shared by every worker that reaches the server."""
 
@@ -307,6 +314,10 @@ class RedisStore(
         if isinstance(out, dict) and "err" in out:
             _raise(out)
         return out
+
+    def _raise_reply(self, encoded: bytes) -> NoReturn:
+        """Raise the typed error of a function's MessagePack error map."""
+        _raise(_dec.decode(encoded))
 
     async def _fsync(self) -> None:
         """With durability=fsync: wait until the write is in the AOF on disk."""

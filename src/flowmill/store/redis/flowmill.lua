@@ -606,14 +606,12 @@ local function fence_ok(K, fence)
   return r[1] == 'running' and tonumber(r[2]) == fence.epoch
 end
 
-local function insert(keys, args)
-  reset_wakes()
-  local K = keys[1]
-  local p = params(args[1])
-  local now = clock(p.now)
+-- Insert p.tasks (blobs in args). Returns the outcomes, or nil and an error map; on an
+-- error nothing has been written (the whole batch is planned and checked first).
+local function insert_tasks(K, p, now, args)
   local mode = p.mode
   if not fence_ok(K, p.fence) then
-    return reply({ err = 'lease', id = p.fence.id, epoch = p.fence.epoch })
+    return nil, { err = 'lease', id = p.fence.id, epoch = p.fence.epoch }
   end
   local checked = {}
   for _, t in ipairs(p.tasks) do
@@ -621,7 +619,7 @@ local function insert(keys, args)
       checked[t.parent] = true
       local st = redis.call('HGET', tkey(K, t.parent), 'state')
       if not st or TERMINAL[st] then
-        return reply({ err = 'parent', id = t.parent, state = st or nil })
+        return nil, { err = 'parent', id = t.parent, state = st or nil }
       end
     end
   end
@@ -654,7 +652,7 @@ local function insert(keys, args)
       local at = batch_keys[f]
       if at then
         local first = rows[at].id
-        if mode == 'reject' then return reply({ err = 'dup', key = t.key, id = first }) end
+        if mode == 'reject' then return nil, { err = 'dup', key = t.key, id = first } end
         if mode == 'replace' then
           row.id = first
           row.ck = rows[at].ck
@@ -667,7 +665,7 @@ local function insert(keys, args)
       else
         local holder = redis.call('HGET', K .. 'dd', f)
         if holder then
-          if mode == 'reject' then return reply({ err = 'dup', key = t.key, id = holder }) end
+          if mode == 'reject' then return nil, { err = 'dup', key = t.key, id = holder } end
           local hstate = redis.call('HGET', tkey(K, holder), 'state')
           if mode == 'replace' and REPLACEABLE[hstate] then
             replaced[#replaced + 1] = { holder, row }
@@ -684,7 +682,7 @@ local function insert(keys, args)
     end
     if not done then
       if ids[t.id] or redis.call('EXISTS', tkey(K, t.id)) == 1 then
-        return reply({ err = 'exists', id = t.id })
+        return nil, { err = 'exists', id = t.id }
       end
       ids[t.id] = true
       rows[#rows + 1] = row
@@ -700,7 +698,7 @@ local function insert(keys, args)
     for _, up in ipairs(row.t.deps or {}) do
       up = remap[up] or up
       if not ids[up] and redis.call('EXISTS', tkey(K, up)) == 0 then
-        return reply({ err = 'notfound', id = up })
+        return nil, { err = 'notfound', id = up }
       end
     end
   end
@@ -778,6 +776,15 @@ local function insert(keys, args)
     any_ready = any_ready or state == 'ready'
   end
   if any_ready then wake(K, 'ww') end
+  return outcomes
+end
+
+local function insert(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local outcomes, err = insert_tasks(K, p, clock(p.now), args)
+  if not outcomes then return reply(err) end
   return reply({ out = outcomes })
 end
 
@@ -1456,6 +1463,131 @@ local function list(keys, args)
   return out
 end
 
+-- schedules ----------------------------------------------------------------------------------
+-- One hash per schedule (`sc:<name>`), every name in the set `scn`. A firing is one call:
+-- the compare-and-set on version and next_fire_ms, and the insert of the tick's tasks
+-- (on_duplicate "skip"); the insert is planned and checked before anything is written.
+
+local function sckey(K, name) return K .. 'sc:' .. name end
+local function flag(v) if v then return '1' end return '0' end
+
+local function hput(key, fields)
+  -- fields: name -> value, or false to delete the field
+  local put, del = {}, {}
+  for k, v in pairs(fields) do
+    if v == false then del[#del + 1] = k else put[#put + 1] = k; put[#put + 1] = v end
+  end
+  if #put > 0 then redis.call('HSET', key, unpack(put)) end
+  if #del > 0 then redis.call('HDEL', key, unpack(del)) end
+end
+
+local function schedule_rows(K, names)
+  local out = {}
+  for _, name in ipairs(names) do
+    local flat = redis.call('HGETALL', sckey(K, name))
+    if #flat > 0 then out[#out + 1] = flat end
+  end
+  return out
+end
+
+local function schedules_upsert(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local declared = {}
+  for _, d in ipairs(p.schedules) do
+    declared[d.name] = true
+    local key = sckey(K, d.name)
+    local paused = flag(d.paused)
+    local fields = {
+      kind = d.kind, trigger = d.trigger, tz = d.tz or false, misfire = d.misfire,
+      jitter_ms = d.jitter_ms, payload = args[d.payload], queue = d.queue,
+      priority = d.priority, max_attempts = d.max_attempts,
+      retry_policy = args[d.retry_policy], timeout_ms = d.timeout_ms or false,
+      definition = d.definition, declared_paused = paused, declared_at_ms = now,
+      undeclared_since_ms = false, updated_at = now,
+    }
+    local old = redis.call('HMGET', key, 'version', 'definition', 'trigger', 'tz',
+      'declared_paused')
+    if not old[1] then
+      fields.name = d.name
+      fields.version = 1
+      fields.paused = paused
+      fields.next_fire_ms = d.first_fire_ms
+      fields.fired = 0
+      fields.created_at = now
+      redis.call('SADD', K .. 'scn', d.name)
+    else
+      if old[2] ~= d.definition then fields.version = tonumber(old[1]) + 1 end
+      local reset = old[3] ~= d.trigger or (old[4] or nil) ~= d.tz
+      if old[5] ~= paused then
+        fields.paused = paused -- the declared value changed: it applies
+        if not d.paused then reset = true end -- unpaused from the first tick after now
+      end
+      if reset then fields.next_fire_ms = d.first_fire_ms end
+    end
+    hput(key, fields)
+  end
+  local names = redis.call('SMEMBERS', K .. 'scn')
+  for _, name in ipairs(names) do
+    local key = sckey(K, name)
+    if not declared[name] and redis.call('HEXISTS', key, 'undeclared_since_ms') == 0 then
+      redis.call('HSET', key, 'undeclared_since_ms', now, 'updated_at', now)
+    end
+  end
+  return schedule_rows(K, names)
+end
+
+local function schedules_get(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local names = p.names
+  if not names or #names == 0 then names = redis.call('SMEMBERS', K .. 'scn') end
+  return schedule_rows(K, names)
+end
+
+-- reply: { status, the schedule's hash after the call (nil when missing), outcomes }
+local function schedules_fire(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local key = sckey(K, p.name)
+  local cur = redis.call('HMGET', key, 'version', 'next_fire_ms', 'paused')
+  if not cur[1] then return { 'missing', false, {} } end
+  if cur[3] == '1' then return { 'paused', redis.call('HGETALL', key), {} } end
+  if tonumber(cur[1]) ~= p.expected_version or tonumber(cur[2]) ~= p.expected_next_ms then
+    return { 'stale', redis.call('HGETALL', key), {} }
+  end
+  local outcomes = {}
+  if #p.tasks > 0 then
+    local out, err = insert_tasks(K, { tasks = p.tasks, mode = 'skip' }, now, args)
+    if not out then return { 'err', reply(err), {} } end
+    outcomes = out
+    local inserted = 0
+    for _, o in ipairs(out) do if o[2] == 'inserted' then inserted = inserted + 1 end end
+    hput(key, { last_tick_ms = p.last_tick_ms or false, last_fired_at_ms = now })
+    redis.call('HINCRBY', key, 'fired', inserted)
+  end
+  redis.call('HSET', key, 'next_fire_ms', p.next_fire_ms, 'updated_at', now)
+  return { 'fired', redis.call('HGETALL', key), outcomes }
+end
+
+local function schedules_set_paused(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local key = sckey(K, p.name)
+  local paused = redis.call('HGET', key, 'paused')
+  if not paused then return false end
+  if p.paused and paused == '0' then
+    redis.call('HSET', key, 'paused', '1', 'updated_at', now)
+  elseif not p.paused and paused == '1' then
+    hput(key, { paused = '0', updated_at = now, next_fire_ms = p.next_fire_ms or nil })
+  end
+  return redis.call('HGETALL', key)
+end
+
 local function version() return VERSION end
 
 -- the partition's next due time (or nil) and the server's clock, for a waiter's block
@@ -1497,3 +1629,8 @@ redis.register_function('fm_upstream_get', upstream_get)
 redis.register_function('fm_workflow_get', workflow_get)
 redis.register_function('fm_workflows_list', workflows_list)
 redis.register_function('fm_workflow_cancel', workflow_cancel)
+redis.register_function('fm_schedules_upsert', schedules_upsert)
+redis.register_function{ function_name = 'fm_schedules_get', callback = schedules_get,
+  flags = { 'no-writes' } }
+redis.register_function('fm_schedules_fire', schedules_fire)
+redis.register_function('fm_schedules_set_paused', schedules_set_paused)
