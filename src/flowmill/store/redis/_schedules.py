@@ -1,6 +1,6 @@
 """Schedules in the Redis store (see `contract.schedules`).
 
-One hash per schedule (`sc:<name>`) and the set of names (`scn`), under the partition's
+One hash per schedule (`sd:<name>`) and the set of names (`sdn`), under the partition's
 hash tag. Every operation is one FCALL: an upsert writes every declared schedule and
 marks the undeclared ones together; a firing compares and sets `version` and
 `next_fire_ms` and inserts the tick's tasks (on_duplicate "skip") in the same call, so

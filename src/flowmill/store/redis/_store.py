@@ -77,7 +77,7 @@ LIBRARY = _SOURCE.replace("__VERSION__", LIBRARY_VERSION)
 T = TypeVar("T")
 # Redis has no DDL: version 1 is the key layout flowmill.lua reads and writes. A change
 # to that layout gets the next number, aligned with the other backends' migrations.
-# 2: schedules (`sc:<name>` hashes and the `scn` set; nothing to rewrite from 1).
+# 2: schedules (`sd:<name>` hashes and the `sdn` set; nothing to rewrite from 1).
 SCHEMA_VERSION = 2
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()

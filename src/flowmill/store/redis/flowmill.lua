@@ -1464,11 +1464,11 @@ local function list(keys, args)
 end
 
 -- schedules ----------------------------------------------------------------------------------
--- One hash per schedule (`sc:<name>`), every name in the set `scn`. A firing is one call:
+-- One hash per schedule (`sd:<name>`), every name in the set `sdn`. A firing is one call:
 -- the compare-and-set on version and next_fire_ms, and the insert of the tick's tasks
 -- (on_duplicate "skip"); the insert is planned and checked before anything is written.
 
-local function sckey(K, name) return K .. 'sc:' .. name end
+local function sckey(K, name) return K .. 'sd:' .. name end
 local function flag(v) if v then return '1' end return '0' end
 
 local function hput(key, fields)
@@ -1516,7 +1516,7 @@ local function schedules_upsert(keys, args)
       fields.next_fire_ms = d.first_fire_ms
       fields.fired = 0
       fields.created_at = now
-      redis.call('SADD', K .. 'scn', d.name)
+      redis.call('SADD', K .. 'sdn', d.name)
     else
       if old[2] ~= d.definition then fields.version = tonumber(old[1]) + 1 end
       local reset = old[3] ~= d.trigger or (old[4] or nil) ~= d.tz
@@ -1528,7 +1528,7 @@ local function schedules_upsert(keys, args)
     end
     hput(key, fields)
   end
-  local names = redis.call('SMEMBERS', K .. 'scn')
+  local names = redis.call('SMEMBERS', K .. 'sdn')
   for _, name in ipairs(names) do
     local key = sckey(K, name)
     if not declared[name] and redis.call('HEXISTS', key, 'undeclared_since_ms') == 0 then
@@ -1542,7 +1542,7 @@ local function schedules_get(keys, args)
   local K = keys[1]
   local p = params(args[1])
   local names = p.names
-  if not names or #names == 0 then names = redis.call('SMEMBERS', K .. 'scn') end
+  if not names or #names == 0 then names = redis.call('SMEMBERS', K .. 'sdn') end
   return schedule_rows(K, names)
 end
 
