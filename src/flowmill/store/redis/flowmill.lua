@@ -897,6 +897,8 @@ local function claim(keys, args)
       state = 'running', attempts = attempts, lease_epoch = epoch, lease_owner = p.worker,
       lease_expires_at = expires, cancel_requested = '0', last_finish = false,
       started_at = now, updated_at = now,
+      -- a prefetch (start=false) is marked started by a renewal before its handler runs
+      lease_started = p.start == false and '0' or '1',
     })
     index(K, id, r)
     redis.call('ZREM', K .. 'ttl', id)
@@ -933,7 +935,9 @@ local function renew(keys, args)
   for i, l in ipairs(p.leases) do
     local v = redis.call('HMGET', tkey(K, l[1]), 'state', 'lease_epoch', 'cancel_requested')
     if v[1] == 'running' and tonumber(v[2]) == l[2] then
+      -- valid until reclaimed: a lease past its time that the reaper has not taken is kept
       redis.call('HSET', tkey(K, l[1]), 'lease_expires_at', expires)
+      if p.start then redis.call('HSET', tkey(K, l[1]), 'lease_started', '1') end
       redis.call('ZADD', K .. 'ls', expires, l[1])
       out[i] = { 1, v[3] == '1' and 1 or 0, expires }
     else
@@ -1082,9 +1086,9 @@ local function leases_expired(keys, args)
   local out = {}
   for _, id in ipairs(ids) do
     local v = redis.call('HMGET', tkey(K, id), 'kind', 'lease_epoch', 'attempts',
-      'max_attempts', 'retry_policy', 'lease_owner', 'cancel_requested')
+      'max_attempts', 'retry_policy', 'lease_owner', 'cancel_requested', 'lease_started')
     out[#out + 1] = { id, v[1], tonumber(v[2]), tonumber(v[3]), tonumber(v[4]), v[5], v[6],
-      v[7] == '1' and 1 or 0 }
+      v[7] == '1' and 1 or 0, v[8] == '0' and 0 or 1 }
   end
   return out
 end
