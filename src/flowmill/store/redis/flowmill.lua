@@ -90,6 +90,7 @@ local function index(K, id, r)
   if s == 'ready' then
     local score = -tonumber(r.priority) * PRIO + tonumber(r.seq)
     redis.call('ZADD', rkey(K, r.queue, r.kind), score, id)
+    redis.call('SADD', K .. 'rqk:' .. r.queue, r.kind)
     if r.budget_id then redis.call('HINCRBY', K .. 'bready', r.budget_id, 1) end
   elseif s == 'scheduled' then
     redis.call('ZADD', K .. 'sch', r.run_at, id)
@@ -117,6 +118,7 @@ local function event(K, id, kind, state, at, detail)
   else
     redis.call('XADD', K .. 'ev', n .. '-1', 't', id, 'k', kind, 's', state, 'a', at)
   end
+  return n
 end
 
 local woke = {}
@@ -144,7 +146,9 @@ local function ended(K, id, r, state, result, err, now, quiet_parent)
     res_state = state,
     result = result or false,
     res_error = err or false,
+    evl = redis.call('GET', K .. 'evn'),
   })
+  redis.call('ZADD', K .. 'fin', now, id)
   if r.dedup_key then
     local f = dfield(r.kind, r.dedup_key)
     if redis.call('HGET', K .. 'dd', f) == id then redis.call('HDEL', K .. 'dd', f) end
@@ -522,6 +526,7 @@ local function link(K, rows, remap, now)
         else
           seen[up] = true
           redis.call('HSET', K .. 'dno:' .. up, row.id, '1')
+          redis.call('SADD', K .. 'dn:' .. up, row.id)
           redis.call('RPUSH', K .. 'up:' .. row.id, up)
           local st = redis.call('HGET', tkey(K, up), 'state')
           redis.call('HSET', tkey(K, up), 'has_dependents', '1')
@@ -735,7 +740,7 @@ local function insert_tasks(K, p, now, args)
       grown[t.parent] = (grown[t.parent] or 0) + 1
       redis.call('ZADD', K .. 'ch:' .. t.parent, seq, id)
     end
-    event(K, id, t.kind, row.state, now, nil)
+    redis.call('HSET', tkey(K, id), 'ev0', event(K, id, t.kind, row.state, now, nil))
     any_ready = any_ready or row.state == 'ready'
   end
   if p.workflow then
@@ -856,9 +861,13 @@ local function claim(keys, args)
   local limit = p.limit
   local slots = build_slots(K, p.limits, now)
   local cands, held_cache = {}, {}
+  local paused = {}
+  for _, q in ipairs(p.queues) do
+    if redis.call('HGET', K .. 'qp', q) == '1' then paused[q] = true end
+  end
   for _, q in ipairs(p.queues) do
     local qs = slots['queue|' .. q]
-    for _, k in ipairs(p.kinds) do
+    for _, k in ipairs(paused[q] and {} or p.kinds) do
       local ks = slots['kind|' .. k]
       local key = rkey(K, q, k)
       local offset, got = 0, 0
@@ -1193,6 +1202,7 @@ local function waitpoint_create(keys, args)
     redis.call('HSET', K .. 'wpk', f, id)
     redis.call('HSET', K .. 'wp:' .. id, 'task', p.task, 'key', p.key,
       'expires_at', now + p.expires_in, 'created_at', now)
+    redis.call('SADD', K .. 'wpt:' .. p.task, id)
   end
   local v = redis.call('HMGET', K .. 'wp:' .. id, 'task', 'key', 'expires_at', 'created_at')
   return reply({ id = id, task = v[1], key = v[2], expires_at = tonumber(v[3]),
@@ -1592,6 +1602,184 @@ local function schedules_set_paused(keys, args)
   return redis.call('HGETALL', key)
 end
 
+-- operators: worker registry, queue pause, gauges, retention --------------------------------
+
+local function worker_heartbeat(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local wk = K .. 'wk:' .. p.id
+  redis.call('HSET', wk, 'data', p.data, 'last_seen', now)
+  if p.stopped then
+    redis.call('HSET', wk, 'stopped_at', now)
+  else
+    redis.call('HDEL', wk, 'stopped_at')
+  end
+  redis.call('SADD', K .. 'wks', p.id)
+  return reply({})
+end
+
+-- { now, { { id, data, last_seen, stopped_at or nil }, ... } }
+local function workers_list(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local out = {}
+  for _, id in ipairs(redis.call('SMEMBERS', K .. 'wks')) do
+    local v = redis.call('HMGET', K .. 'wk:' .. id, 'data', 'last_seen', 'stopped_at')
+    if v[1] then out[#out + 1] = { id, v[1], v[2], v[3] } end
+  end
+  return { clock(p.now), out }
+end
+
+local function workers_prune(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local cutoff = clock(p.now) - p.older_than
+  local n = 0
+  for _, id in ipairs(redis.call('SMEMBERS', K .. 'wks')) do
+    local seen = redis.call('HGET', K .. 'wk:' .. id, 'last_seen')
+    if not seen or tonumber(seen) < cutoff then
+      redis.call('DEL', K .. 'wk:' .. id)
+      redis.call('SREM', K .. 'wks', id)
+      if seen then n = n + 1 end
+    end
+  end
+  return reply({ n = n })
+end
+
+local function queue_set_paused(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local before = redis.call('HGET', K .. 'qp', p.queue) == '1'
+  redis.call('HSET', K .. 'qp', p.queue, p.paused and '1' or '0')
+  if not p.paused then wake(K, 'ww') end -- its ready tasks are claimable again
+  return reply({ changed = before ~= p.paused })
+end
+
+-- { now, { { queue, state, n }, ... }, { { queue, paused }, ... }, { { queue, oldest }, ... } }
+local function queues_list(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local counts, ready = {}, {}
+  local flat = redis.call('HGETALL', K .. 'cnt')
+  for i = 1, #flat, 2 do
+    local n = tonumber(flat[i + 1])
+    if n > 0 then
+      local bar = string.find(flat[i], '|', 1, true)
+      local state, queue = string.sub(flat[i], 1, bar - 1), string.sub(flat[i], bar + 1)
+      counts[#counts + 1] = { queue, state, n }
+      if state == 'ready' then ready[#ready + 1] = queue end
+    end
+  end
+  local flags = {}
+  flat = redis.call('HGETALL', K .. 'qp')
+  for i = 1, #flat, 2 do flags[#flags + 1] = { flat[i], flat[i + 1] == '1' and 1 or 0 } end
+  -- the oldest ready task of a queue: the one written longest ago, over its kinds
+  local oldest = {}
+  for _, queue in ipairs(ready) do
+    local best = nil
+    for _, kind in ipairs(redis.call('SMEMBERS', K .. 'rqk:' .. queue)) do
+      for _, id in ipairs(redis.call('ZRANGE', rkey(K, queue, kind), 0, -1)) do
+        local at = tonumber(redis.call('HGET', tkey(K, id), 'updated_at'))
+        if at and (not best or at < best) then best = at end
+      end
+    end
+    if best then oldest[#oldest + 1] = { queue, best } end
+  end
+  return { clock(p.now), counts, flags, oldest }
+end
+
+local function active(K, id)
+  local st = redis.call('HGET', tkey(K, id), 'state')
+  return st and not TERMINAL[st]
+end
+
+-- a finished task no live tree needs: its parent, workflow run, children and dependents
+-- are all finished (or gone)
+local function purgeable(K, id, r)
+  if r.parent_id and active(K, r.parent_id) then return false end
+  if tonumber(r.children_active or 0) > 0 then return false end
+  for _, down in ipairs(redis.call('SMEMBERS', K .. 'dn:' .. id)) do
+    if active(K, down) then return false end
+  end
+  if r.workflow_id then
+    for _, node in ipairs(redis.call('ZRANGE', K .. 'wfn:' .. r.workflow_id, 0, -1)) do
+      if active(K, node) then return false end
+    end
+  end
+  return true
+end
+
+local function purge_one(K, id, r)
+  unindex(K, id, r)
+  r.was = nil
+  if r.ev0 then -- its events lie between its first and its last
+    local last = r.evl or redis.call('GET', K .. 'evn')
+    local gone = {}
+    for _, e in ipairs(redis.call('XRANGE', K .. 'ev', r.ev0 .. '-1', last .. '-1')) do
+      if e[2][2] == id then gone[#gone + 1] = e[1] end
+    end
+    for i = 1, #gone, 500 do
+      redis.call('XDEL', K .. 'ev', unpack(gone, i, math.min(i + 499, #gone)))
+    end
+  end
+  local top = math.max(tonumber(r.attempts or 0), tonumber(r.frame_attempt or 0)) + 1
+  for a = 0, top do redis.call('DEL', K .. 'fr:' .. id .. ':' .. a) end
+  for _, w in ipairs(redis.call('SMEMBERS', K .. 'wpt:' .. id)) do
+    local key = redis.call('HGET', K .. 'wp:' .. w, 'key')
+    if key then redis.call('HDEL', K .. 'wpk', #id .. ':' .. id .. key) end
+    redis.call('DEL', K .. 'wp:' .. w)
+  end
+  redis.call('DEL', K .. 'wpt:' .. id, K .. 'su:' .. id, K .. 'sc:' .. id, K .. 'sp:' .. id,
+    K .. 'ch:' .. id, K .. 'up:' .. id, K .. 'dno:' .. id, K .. 'dn:' .. id, tkey(K, id))
+  for _, z in ipairs({ 'spd', 'all', 'ttl', 'hk', 'fin', 'sch', 'ls' }) do
+    redis.call('ZREM', K .. z, id)
+  end
+  if r.dedup_key then
+    local f = dfield(r.kind, r.dedup_key)
+    if redis.call('HGET', K .. 'dd', f) == id then redis.call('HDEL', K .. 'dd', f) end
+  end
+  if r.parent_id then
+    redis.call('ZREM', K .. 'ch:' .. r.parent_id, id)
+    if r.child_key then
+      local ck = #r.parent_id .. ':' .. r.parent_id .. r.child_key
+      if redis.call('HGET', K .. 'ck', ck) == id then redis.call('HDEL', K .. 'ck', ck) end
+    end
+  end
+  if r.workflow_id then
+    local wfn = K .. 'wfn:' .. r.workflow_id
+    redis.call('ZREM', wfn, id)
+    if redis.call('ZCARD', wfn) == 0 then -- the run goes with its last node
+      redis.call('DEL', K .. 'wf:' .. r.workflow_id)
+      redis.call('ZREM', K .. 'wfs', r.workflow_id)
+    end
+  end
+end
+
+local function tasks_purge(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local states = {}
+  for _, st in ipairs(p.states) do if TERMINAL[st] then states[st] = true end end
+  local picked, offset, chunk = {}, 0, math.max(p.limit, 100)
+  while #picked < p.limit do
+    local page = redis.call('ZRANGEBYSCORE', K .. 'fin', '-inf', '(' .. p.before,
+      'LIMIT', offset, chunk)
+    if #page == 0 then break end
+    for _, id in ipairs(page) do
+      local r = load(K, id)
+      if r and states[r.state] and purgeable(K, id, r) then
+        picked[#picked + 1] = { id, r }
+        if #picked >= p.limit then break end
+      end
+    end
+    offset = offset + chunk
+  end
+  for _, t in ipairs(picked) do purge_one(K, t[1], t[2]) end
+  return reply({ n = #picked })
+end
+
 local function version() return VERSION end
 
 -- the partition's next due time (or nil) and the server's clock, for a waiter's block
@@ -1638,3 +1826,11 @@ redis.register_function{ function_name = 'fm_schedules_get', callback = schedule
   flags = { 'no-writes' } }
 redis.register_function('fm_schedules_fire', schedules_fire)
 redis.register_function('fm_schedules_set_paused', schedules_set_paused)
+redis.register_function('fm_worker_heartbeat', worker_heartbeat)
+redis.register_function{ function_name = 'fm_workers_list', callback = workers_list,
+  flags = { 'no-writes' } }
+redis.register_function('fm_workers_prune', workers_prune)
+redis.register_function('fm_queue_set_paused', queue_set_paused)
+redis.register_function{ function_name = 'fm_queues_list', callback = queues_list,
+  flags = { 'no-writes' } }
+redis.register_function('fm_tasks_purge', tasks_purge)
