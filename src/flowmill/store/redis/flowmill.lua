@@ -1780,6 +1780,25 @@ local function tasks_purge(keys, args)
   return reply({ n = #picked })
 end
 
+-- a migration from a layout before the indexes the operator's operations read: rebuild
+-- them for a page of tasks (by insertion order); returns how many tasks the page held
+local function reindex(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local ids = redis.call('ZRANGE', K .. 'all', p.offset, p.offset + p.count - 1)
+  for _, id in ipairs(ids) do
+    local v = redis.call('HMGET', tkey(K, id), 'state', 'queue', 'kind', 'finished_at')
+    if v[1] == 'ready' then redis.call('SADD', K .. 'rqk:' .. v[2], v[3]) end
+    if v[1] and TERMINAL[v[1]] and v[4] then
+      redis.call('ZADD', K .. 'fin', 'NX', v[4], id)
+    end
+    for _, up in ipairs(redis.call('LRANGE', K .. 'up:' .. id, 0, -1)) do
+      redis.call('SADD', K .. 'dn:' .. up, id)
+    end
+  end
+  return #ids
+end
+
 local function version() return VERSION end
 
 -- the partition's next due time (or nil) and the server's clock, for a waiter's block
@@ -1834,3 +1853,4 @@ redis.register_function('fm_queue_set_paused', queue_set_paused)
 redis.register_function{ function_name = 'fm_queues_list', callback = queues_list,
   flags = { 'no-writes' } }
 redis.register_function('fm_tasks_purge', tasks_purge)
+redis.register_function('fm_reindex', reindex)
