@@ -17,6 +17,7 @@ from ._executor import Executor
 from ._handle import TaskHandle
 from ._inspect import Undecodable
 from ._limits import RateLimit
+from ._operate import MetricsSnapshot, QueueInfo, WorkerInfo
 from ._retry import Exponential, Fixed, Linear, Retry, RetryAction, RetryDecision, decide_retry
 from ._signals import Frame, ResumeSignal, Waitpoint
 from ._states import TERMINAL, TRANSITIONS, Phase, State
@@ -104,12 +105,14 @@ __all__ = [
     "LeaseLost",
     "Linear",
     "ManualClock",
+    "MetricsSnapshot",
     "Node",
     "NodeStatus",
     "OnTimeout",
     "PayloadError",
     "Phase",
     "Priority",
+    "QueueInfo",
     "RateLimit",
     "ResumeSignal",
     "Retry",
@@ -138,6 +141,7 @@ __all__ = [
     "UsageStatus",
     "Waitpoint",
     "Worker",
+    "WorkerInfo",
     "WorkerStats",
     "Workflow",
     "WorkflowFailed",

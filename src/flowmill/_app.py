@@ -16,6 +16,7 @@ from ._handle import ResultWaiter, TaskHandle
 from ._inspect import TaskInfo as TaskInfo
 from ._inspect import task_info
 from ._limits import QueueLimits, RateLimit
+from ._operate import Operations, retention_ms
 from ._retry import Retry
 from ._rows import Opts
 from ._schedules import Schedule, Scheduler
@@ -57,7 +58,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 H = TypeVar("H", bound=WorkerHook)
 
 
-class App(Budgets):
+class App(Budgets, Operations):
     """A flowmill application: `fm.App("sqlite:///jobs.db")` or `fm.App("postgresql://...")`."""
 
     def __init__(
@@ -68,10 +69,14 @@ class App(Budgets):
         clock: Clock | None = None,
         store: Store | None = None,
         submit_unregistered: bool = True,
+        retention: timedelta | None = None,
         **store_options: Any,
     ) -> None:
         """`submit_unregistered`: `submit("name", ...)` of a name no task is registered for
-        here stores it as plain JSON for the worker that has it (False: `UnknownTask`)."""
+        here stores it as plain JSON for the worker that has it (False: `UnknownTask`).
+        `retention`: how long finished tasks are kept (dead letters are kept until
+        replayed or purged by name); the maintenance of this app's workers deletes older
+        ones. None (the default) keeps them for good."""
         if not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
             raise ConfigurationError(f"max_payload_bytes must be >= 1, got {max_payload_bytes!r}")
         self.url = url or os.environ.get("FLOWMILL_URL") or DEFAULT_URL
@@ -79,6 +84,8 @@ class App(Budgets):
         self.store: StoreFront = StoreFront(backend)  # every store call goes through this door
         self.max_payload_bytes = max_payload_bytes
         self.submit_unregistered = bool(submit_unregistered)
+        retention_ms(retention)  # refuse a bad period here, not in a worker
+        self.retention = retention
         self.clock: Clock = clock or SystemClock()
         self.registry: dict[str, TaskDef] = {}
         self._queue_limits: dict[str, QueueLimits] = {}
@@ -484,6 +491,7 @@ class App(Budgets):
         """A worker for this app's tasks (see `Worker` for the options), with its hooks."""
         options.setdefault("on_start", self.worker_start_hooks)
         options.setdefault("on_stop", self.worker_stop_hooks)
+        options.setdefault("retention", self.retention)
         return Worker(self, **options)
 
     def on_worker_start(self, fn: H, /) -> H:

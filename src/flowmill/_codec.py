@@ -338,7 +338,8 @@ def decode_json(data: object, *, task: str, what: str) -> Any:
     try:
         return _ANY_DECODER.decode(raw)
     except msgspec.DecodeError as exc:
-        message = f"task {task!r}: {what} does not decode as JSON: {_with_utf8(str(exc), raw)}"
+        detail = json_syntax_error(raw) or str(exc)
+        message = f"task {task!r}: {what} does not decode as JSON: {_with_utf8(detail, raw)}"
         raise _with_task(PayloadError(message), task, what) from exc
 
 

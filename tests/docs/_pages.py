@@ -324,4 +324,10 @@ task_id = handles[0].id  # failed
     "docs/howto/cli-json.md": Page(),
     "docs/explanation/reaper.md": Page(app=False),
     "docs/howto/integrations.md": Page(app=False),
+    "docs/howto/operate.md": Page(
+        after="""
+assert gone == 0  # nothing in this store is that old
+assert app.retention == timedelta(days=7)
+""",
+    ),
 }

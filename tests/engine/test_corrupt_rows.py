@@ -21,11 +21,22 @@ import pytest
 
 import flowmill as fm
 
-from ..conftest import eventually
+from ..conftest import BACKENDS, eventually, require_backend
 from ._raw_rows import AsText, backend, write
 from .test_worker import running
 
 WAIT = timedelta(seconds=20)
+
+
+# Rows are corrupted with raw SQL, as another tool would: the SQL backends of the registry.
+SQL_BACKENDS = [b for b in BACKENDS if b.name in ("sqlite", "postgres")]
+
+
+@pytest.fixture(params=[pytest.param(b, id=b.name, marks=b.marks) for b in SQL_BACKENDS])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    await asyncio.to_thread(require_backend, request.param)
+    async with request.param.fresh_url(tmp_path) as url:
+        yield url
 
 
 @dataclass
@@ -52,7 +63,7 @@ BAD_JSON: dict[str, Corrupt] = {
         AsText(b'{"a": 1, "b": "\xff"}'), ("UTF-8", "byte 15"), sqlite_only=True
     ),
     "blob-invalid-utf8": Corrupt(b"\xff\xfe\x00", ("UTF-8", "byte 0")),
-    "invalid-json": Corrupt(b'{"a": 1 "b": 2}', ("malformed", "byte 8")),
+    "invalid-json": Corrupt(b'{"a": 1 "b": 2}', ("malformed", "line 1, column 9")),
     "wrong-shape": Corrupt(b'{"a": 1, "b": "two"}', ("int", "$.b")),
 }
 
@@ -243,7 +254,7 @@ async def test_inspection_marks_a_corrupt_payload(app: fm.App, db_url: str, name
 
 # The result type is `int`: a decoder that expects an int stops at the first non-int value.
 RESULTS = {
-    "invalid-json": Corrupt(b"12 }", ("malformed", "trailing characters")),
+    "invalid-json": Corrupt(b"12 }", ("malformed", "line 1, column 4")),
     "wrong-shape": Corrupt(b'"three"', ("Expected `int`, got `str`",)),
 }
 

@@ -7,7 +7,7 @@ from ._root import cli, main
 
 # Importing a command module registers its commands on `cli`, in the order `--help` lists.
 # isort: off
-from . import _run, _submit, _inspect, _admin, _workflows, _schedules  # noqa: F401
+from . import _run, _submit, _inspect, _admin, _workflows, _schedules, _ops  # noqa: F401
 # isort: on
 
 __all__ = ["cli", "main", "to_json"]

@@ -64,6 +64,9 @@ tasks_cli = _group(help="List, show, cancel and retry tasks.")
 cli.add_typer(tasks_cli, name="tasks")
 workflows_cli = _group(help="List and show workflow runs.")
 cli.add_typer(workflows_cli, name="workflows")
+queues_cli = typer.Typer(help="List, pause and resume queues.", no_args_is_help=True)
+cli.add_typer(queues_cli, name="queues")
+
 schedules_cli = typer.Typer(
     help="List, pause, resume and run schedules (periodic tasks).", no_args_is_help=True
 )

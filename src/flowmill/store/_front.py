@@ -22,10 +22,20 @@ from time import perf_counter
 from types import TracebackType
 from typing import Literal
 
-from .._states import TRANSITIONS, State
+from .._states import TERMINAL, TRANSITIONS, State
 from ..errors import ConfigurationError, FlowmillError, FrameTooLarge, StoreError
 from ._common.budget_rules import check_claim_limit, check_dimensions, check_limits
 from ._common.dag_rules import check, has_links
+from .contract.admin import (
+    QueueRow,
+    QueueSetPaused,
+    QueuesList,
+    TasksPurge,
+    WorkerHeartbeat,
+    WorkersList,
+    WorkersPage,
+    WorkersPrune,
+)
 from .contract.budgets import BudgetDefine, BudgetReset, BudgetRow, BudgetUsage, UsageReport
 from .contract.capabilities import Capabilities, MigrateResult
 from .contract.dag import (
@@ -111,6 +121,8 @@ OPERATIONS: tuple[str, ...] = (
     "upstream_get", "workflow_get", "workflows_list", "workflow_cancel", "deps_reconcile",
     "budget_define", "budget_reset", "budget_report_usage", "budgets_get",
     "schedules_upsert", "schedules_list", "schedules_fire", "schedules_set_paused",
+    "worker_heartbeat", "workers_list", "workers_prune", "queue_set_paused", "queues_list",
+    "tasks_purge",
 )  # fmt: skip
 
 # The targets a running attempt may be finished as (the state machine's edges out of running).
@@ -520,6 +532,45 @@ class StoreFront:
     async def schedules_set_paused(self, p: SchedulePause) -> ScheduleRow | None:
         with self._door("schedules_set_paused"):
             return await self.backend.schedules_set_paused(p)
+
+    # -- operators: workers, queues, retention, gauges ------------------------------------
+
+    async def worker_heartbeat(self, p: WorkerHeartbeat) -> None:
+        with self._door("worker_heartbeat"):
+            if p.heartbeat_ms <= 0:
+                raise ConfigurationError(f"heartbeat_ms must be > 0, got {p.heartbeat_ms}")
+            await self.backend.worker_heartbeat(p)
+
+    async def workers_list(self, p: WorkersList) -> WorkersPage:
+        with self._door("workers_list"):
+            return await self.backend.workers_list(p)
+
+    async def workers_prune(self, p: WorkersPrune) -> int:
+        with self._door("workers_prune"):
+            if p.older_than_ms < 0:
+                raise ConfigurationError(f"older_than_ms must be >= 0, got {p.older_than_ms}")
+            return await self.backend.workers_prune(p)
+
+    async def queue_set_paused(self, p: QueueSetPaused) -> bool:
+        with self._door("queue_set_paused"):
+            if not p.queue:
+                raise ConfigurationError("a queue name must not be empty")
+            return await self.backend.queue_set_paused(p)
+
+    async def queues_list(self, p: QueuesList) -> list[QueueRow]:
+        with self._door("queues_list"):
+            return await self.backend.queues_list(p)
+
+    async def tasks_purge(self, p: TasksPurge) -> int:
+        with self._door("tasks_purge"):
+            active = [State(s).value for s in p.states if State(s) not in TERMINAL]
+            if active:
+                raise ConfigurationError(
+                    "only finished tasks can be purged; not terminal: " + ", ".join(active)
+                )
+            if p.limit <= 0 or not p.states:
+                return 0
+            return await self.backend.tasks_purge(p)
 
 
 __all__ = ["OPERATIONS", "StoreEvent", "StoreFront", "Subscriber"]

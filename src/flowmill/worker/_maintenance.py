@@ -1,6 +1,7 @@
 """Worker maintenance as one object: fire due schedules, promote due tasks, expire stale tasks and
 suspensions, reconcile dependencies (the backstop that wakes blocked nodes), run on_cancel
-hooks and reap expired leases; now and then, warn of ready tasks this worker cannot serve."""
+hooks, reap expired leases and apply retention (old finished tasks, gone workers); now
+and then, warn of ready tasks this worker cannot serve."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from typing import Any
 
 from .._clock import Clock
 from .._context import Context
+from .._operate import RETAINED_STATES, purge_all
 from .._runtime import Runtime
 from .._schedules import Scheduler
 from .._states import Phase, State
 from .._stops import CancelToken
 from ..errors import LeaseLost, PayloadError, StoreError
+from ..store.contract.admin import WorkersPrune
 from ..store.contract.dag import DepsReconcile
 from ..store.contract.signals import SuspensionsExpire
 from ..store.contract.tasks import (
@@ -60,6 +63,12 @@ def default_reap_interval(lease_ttl: timedelta) -> timedelta:
     return min(max(lease_ttl / 3, MIN_DEFAULT_REAP), MAX_DEFAULT_REAP)
 
 
+# Retention: batches per full pass (each its own short transaction), so that one pass
+# never holds the store for long; a backlog is worked off over several passes.
+RETENTION_BATCHES = 4
+WORKERS_PRUNE_AFTER_MS = 3_600_000  # registry rows of workers gone for an hour
+
+
 class Maintenance:
     """The background passes every worker runs beside its claims (one loop, `loop()`)."""
 
@@ -78,6 +87,7 @@ class Maintenance:
         unserved_s: float = 60.0,
         resources: Mapping[str, Any] | None = None,
         scheduler: Scheduler | None = None,
+        retention_ms: int | None = None,
     ) -> None:
         self.rt = rt
         self.clock = clock
@@ -92,6 +102,7 @@ class Maintenance:
         self.resources = resources
         self.scheduler = scheduler
         self._unserved_at: float | None = None
+        self.retention_ms = retention_ms
 
     async def loop(self) -> None:
         """Run passes forever: promote every `promote_s`, a full pass every `reap_s`."""
@@ -137,6 +148,8 @@ class Maintenance:
             self.stats.reaped += sum(o.status is FinishStatus.APPLIED for o in outs)
             reclaimed(self.worker_id, expired, finishes, outs)
 
+        await self.apply_retention()
+
     async def warn_unserved(self, *, force: bool = False) -> int:
         """Warn of ready tasks that wait in vain here: of a kind this worker does not know
         in a queue it serves, or of a kind it knows in a queue it does not serve. At most
@@ -175,6 +188,23 @@ class Maintenance:
                 extra={"worker_id": self.worker_id, "kind": kind, "queue": queue, "count": n},
             )
         return len(found)
+
+    async def apply_retention(self) -> int:
+        """Delete finished tasks older than the retention (never dead letters) and prune
+        registry rows of workers gone for an hour; returns how many tasks went."""
+        now = self.clock.store_now()
+        await self.rt.store.workers_prune(WorkersPrune(WORKERS_PRUNE_AFTER_MS, now))
+        if self.retention_ms is None:
+            return 0
+        if now is None:
+            now = await self.rt.store.now_ms()
+        return await purge_all(
+            self.rt.store,
+            before_ms=now - self.retention_ms,
+            states=RETAINED_STATES,
+            now_ms=now,
+            max_batches=RETENTION_BATCHES,
+        )
 
     async def run_hooks(self) -> int:
         """Run pending on_cancel hooks of ended orchestrators; returns how many ran."""

@@ -43,6 +43,7 @@ from ._outcome import (
     decode_failure,
 )
 from ._recorder import Recorder
+from ._registry import Heartbeat
 from ._runner import AttemptRunner, Ended, SyncPool
 from ._stats import WorkerStats
 
@@ -96,6 +97,8 @@ class Worker:
         unserved_check_interval: timedelta = timedelta(seconds=60),
         on_start: Sequence[WorkerHook] = (),
         on_stop: Sequence[WorkerHook] = (),
+        heartbeat_interval: timedelta = timedelta(seconds=5),
+        retention: timedelta | None = None,
         clock: Clock | None = None,
     ) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
@@ -141,6 +144,16 @@ class Worker:
             unserved_s=unserved_check_interval.total_seconds(),
             resources=self._resources_view,
             scheduler=self.scheduler,
+            retention_ms=None if retention is None else _ms(retention),
+        )
+        self.heartbeat = Heartbeat(
+            app,
+            clock=self.clock,
+            worker_id=self.worker_id,
+            queues=self.queues,
+            concurrency=concurrency,
+            interval_s=heartbeat_interval.total_seconds(),
+            in_flight=lambda: len(self._attempts),
         )
         self._attempts: dict[str, _Attempt] = {}
         self._queue: collections.deque[_Attempt] = collections.deque()
@@ -206,6 +219,7 @@ class Worker:
                 loop.create_task(self._lease_keeper(), name="flowmill-leases"),
                 loop.create_task(self._cancel_watcher(), name="flowmill-cancels"),
                 loop.create_task(self.maintenance.loop(), name="flowmill-maintenance"),
+                loop.create_task(self.heartbeat.loop(), name="flowmill-heartbeat"),
             ]
             claim = loop.create_task(self._claim_loop(), name="flowmill-claim")
             self._claiming = True
@@ -227,7 +241,8 @@ class Worker:
                     a.token.fire(STOP_SHUTDOWN)
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
             self.pool.close()
-            if hooks_begun:
+            if hooks_begun:  # the store was opened: say this worker stopped
+                await self.heartbeat.beat(stopped=True)
                 await run_stop_hooks(self.on_stop, self.resources)
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):

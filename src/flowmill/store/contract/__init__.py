@@ -2,10 +2,24 @@
 the records operations return, `Capabilities` and `MigrateResult`.
 
 Every name is importable from here; the modules split it by group of operations (`tasks`,
-`budgets`, `dag`, `signals`), with `records` and `capabilities` as leaves and `protocol`
+`budgets`, `dag`, `signals`, `admin`), with `records` and `capabilities` as leaves and `protocol`
 on top. No module here imports one above it.
 """
 
+from .admin import (
+    DEAD_AFTER_HEARTBEATS,
+    PURGE_BATCH,
+    QueueRow,
+    QueueSetPaused,
+    QueuesList,
+    TasksPurge,
+    WorkerHeartbeat,
+    WorkerRow,
+    WorkersList,
+    WorkersPage,
+    WorkersPrune,
+    WorkerStatus,
+)
 from .budgets import (
     LIMIT_SCOPES,
     BudgetDefine,
@@ -35,6 +49,7 @@ from .dag import (
     WorkflowsList,
 )
 from .protocol import (
+    AdminStore,
     BudgetsStore,
     DagStore,
     SchedulesStore,
@@ -115,11 +130,14 @@ from .tasks import (
 )
 
 __all__ = [
+    "DEAD_AFTER_HEARTBEATS",
     "LIMIT_SCOPES",
     "MAX_FRAME_BYTES",
     "MISFIRE_POLICIES",
     "ON_DUPLICATE_CHOICES",
+    "PURGE_BATCH",
     "UPSTREAM_FAILURES",
+    "AdminStore",
     "BudgetDefine",
     "BudgetReset",
     "BudgetRow",
@@ -169,6 +187,9 @@ __all__ = [
     "NodeRow",
     "OnDuplicate",
     "OnTimeout",
+    "QueueRow",
+    "QueueSetPaused",
+    "QueuesList",
     "RenewOutcome",
     "ResultRow",
     "ScheduleDecl",
@@ -196,12 +217,19 @@ __all__ = [
     "TasksInsert",
     "TasksList",
     "TasksPromote",
+    "TasksPurge",
     "UpstreamPolicy",
     "UpstreamRow",
     "UsageReport",
     "UsageStatus",
     "WaitpointCreate",
     "WaitpointRow",
+    "WorkerHeartbeat",
+    "WorkerRow",
+    "WorkerStatus",
+    "WorkersList",
+    "WorkersPage",
+    "WorkersPrune",
     "WorkflowCancel",
     "WorkflowGet",
     "WorkflowRecord",

@@ -14,6 +14,16 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from ..._states import State
+from .admin import (
+    QueueRow,
+    QueueSetPaused,
+    QueuesList,
+    TasksPurge,
+    WorkerHeartbeat,
+    WorkersList,
+    WorkersPage,
+    WorkersPrune,
+)
 from .budgets import BudgetDefine, BudgetReset, BudgetRow, BudgetUsage, UsageReport
 from .capabilities import Capabilities, MigrateResult
 from .dag import (
@@ -156,10 +166,33 @@ class SchedulesStore(Protocol):
     async def schedules_set_paused(self, p: SchedulePause) -> ScheduleRow | None: ...
 
 
+class AdminStore(Protocol):
+    """The operator's operations: worker registry, queue pause, retention and gauges.
+    Semantics are in each params class's docstring (`contract.admin`)."""
+
+    async def worker_heartbeat(self, p: WorkerHeartbeat) -> None:
+        """Upsert the worker's registry row; `last_seen` = now (see `WorkerHeartbeat`)."""
+
+    async def workers_list(self, p: WorkersList) -> WorkersPage:
+        """Every registry row by worker id, with the store clock's now to judge them by."""
+
+    async def workers_prune(self, p: WorkersPrune) -> int:
+        """Delete rows not seen for `older_than_ms`; returns how many."""
+
+    async def queue_set_paused(self, p: QueueSetPaused) -> bool:
+        """Store the pause flag that `tasks_claim` obeys; returns whether it changed."""
+
+    async def queues_list(self, p: QueuesList) -> list[QueueRow]:
+        """Every queue with tasks or a pause flag: counts by state, oldest ready age."""
+
+    async def tasks_purge(self, p: TasksPurge) -> int:
+        """Delete one batch of old finished tasks with everything they own; returns how many."""
+
+
 @runtime_checkable
-class Store(SignalsStore, DagStore, BudgetsStore, SchedulesStore, Protocol):
-    """What every backend provides, the `SignalsStore`, `DagStore`, `BudgetsStore` and
-    `SchedulesStore` operations.
+class Store(SignalsStore, DagStore, BudgetsStore, SchedulesStore, AdminStore, Protocol):
+    """What every backend provides, the `SignalsStore`, `DagStore`, `BudgetsStore`,
+    `SchedulesStore` and `AdminStore` operations.
 
     `flowmill.testing.StoreConformance` checks it."""
 

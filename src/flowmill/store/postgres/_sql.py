@@ -197,6 +197,8 @@ picked AS MATERIALIZED (
             f"AND (t.budget_id IS NULL OR t.budget_id NOT IN (SELECT b.id FROM {s}.budgets b "
             "WHERE b.breached IS NOT NULL AND (b.reset_every IS NULL "
             "OR (SELECT now FROM c) < b.window_start + b.reset_every)))"
+            # A paused queue's tasks stay ready (`queue_set_paused`; runs once, too).
+            f" AND t.queue NOT IN (SELECT qp.name FROM {s}.queues qp WHERE qp.paused)"
         )
         self.ready_filter = ready_filter
         claim_tail = f"""

@@ -34,6 +34,7 @@ from ..contract.tasks import (
     TasksInsert,
 )
 from . import _schema as _pg_schema
+from ._admin import AdminQueries, PostgresAdminMixin
 from ._batch import Combiner
 from ._budgets import BudgetQueries, PostgresBudgetsMixin
 from ._dag import Dag
@@ -82,6 +83,7 @@ class PostgresStore(
     PostgresSignalsMixin,
     PostgresBudgetsMixin,
     PostgresSchedulesMixin,
+    PostgresAdminMixin,
 ):
     """Tasks in one PostgreSQL schema, shared by any number of worker processes."""
 
@@ -115,6 +117,7 @@ class PostgresStore(
         self._sq = SignalQueries(schema)
         self._bq = BudgetQueries(schema, self._q)
         self._schq = ScheduleQueries(schema)
+        self._aq = AdminQueries(schema)
         self._tree = Tree(schema, self._q, self.work_channel, self.finish_channel)
         self._dag = Dag(schema, self._q, self._tree, self.work_channel, self.finish_channel)
         self._work = Pulse()

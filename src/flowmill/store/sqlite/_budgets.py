@@ -37,6 +37,7 @@ from ..contract.budgets import (
     UsageStatus,
 )
 from ..contract.tasks import ClaimedRow, TasksClaim
+from ._admin import NOT_PAUSED_SQL
 from ._sql import marks
 from ._threads import Job, Tx
 
@@ -247,7 +248,8 @@ def claim_limited(
             "SELECT seq, kind, queue FROM fm_tasks WHERE state = 'ready' "
             f"AND queue IN ({marks(len(queues))}) AND kind IN ({marks(len(kinds))}) "
             "AND (expires_at IS NULL OR expires_at > ? OR started_at IS NOT NULL) "
-            f"AND {NOT_HELD_SQL} AND seq NOT IN ({marks(len(walk.chosen))}) "
+            f"AND {NOT_HELD_SQL} AND {NOT_PAUSED_SQL} "
+            f"AND seq NOT IN ({marks(len(walk.chosen))}) "
             "ORDER BY priority DESC, seq LIMIT ?",
             (*queues, *kinds, now, now, *walk.chosen, need),
         ).fetchall()

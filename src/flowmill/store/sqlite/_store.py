@@ -2,7 +2,7 @@
 
 `SQLiteStore` opens the file, migrates it and runs each operation as a job on the writer
 (or reader) thread; the jobs live in modules by operation group: `_insert`, `_tasks`,
-`_reads`, `_tree`, `_dag`, `_signals`, `_budgets`, `_schedules`.
+`_reads`, `_tree`, `_dag`, `_signals`, `_budgets`, `_schedules`, `_admin`.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ from ..contract.tasks import (
     TaskWaitChildren,
 )
 from . import _dag, _tree
+from ._admin import SQLiteAdminMixin
 from ._budgets import SQLiteBudgetsMixin
 from ._clock import now_or_wall, wall_ms
 from ._insert import tasks_insert
@@ -99,7 +100,7 @@ def _read_text(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
-class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin, SQLiteSchedulesMixin):
+class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin, SQLiteSchedulesMixin, SQLiteAdminMixin):
     """Tasks in one SQLite file (or in memory), shared safely by processes on one machine."""
 
     def __init__(

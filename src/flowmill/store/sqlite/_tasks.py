@@ -41,6 +41,7 @@ from ..contract.tasks import (
     TasksPromote,
 )
 from . import _dag, _tree
+from ._admin import NOT_PAUSED_SQL
 from ._budgets import NOT_HELD_SQL, claim_limited
 from ._clock import wall_ms
 from ._insert import EVENT_SQL, key_holder
@@ -61,7 +62,7 @@ def tasks_claim(c: sqlite3.Connection, tx: Tx, p: TasksClaim) -> list[ClaimedRow
         "(SELECT seq FROM fm_tasks WHERE state = 'ready' "
         f"AND queue IN ({marks(len(queues))}) AND kind IN ({marks(len(kinds))}) "
         f"AND (expires_at IS NULL OR expires_at > ? OR started_at IS NOT NULL) AND {NOT_HELD_SQL} "
-        "ORDER BY priority DESC, seq LIMIT ?)"
+        f"AND {NOT_PAUSED_SQL} ORDER BY priority DESC, seq LIMIT ?)"
     )
     return _claim_rows(c, p, now, picked, (*queues, *kinds, now, now, p.limit))
 

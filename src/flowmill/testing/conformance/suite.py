@@ -22,6 +22,14 @@ import pytest
 
 from ...store.contract import Store
 from ._util import assert_history_legal
+from .admin import (
+    QueueSetPausedConformance,
+    QueuesListConformance,
+    TasksPurgeConformance,
+    WorkerHeartbeatConformance,
+    WorkersListConformance,
+    WorkersPruneConformance,
+)
 from .budgets import (
     BudgetDefineConformance,
     BudgetReportUsageConformance,
@@ -128,6 +136,13 @@ class StoreConformance(
     SchedulesListConformance,
     SchedulesFireConformance,
     SchedulesSetPausedConformance,
+    # operators: workers, queues, retention, gauges
+    WorkerHeartbeatConformance,
+    WorkersListConformance,
+    WorkersPruneConformance,
+    QueueSetPausedConformance,
+    QueuesListConformance,
+    TasksPurgeConformance,
     # lifecycle and clock
     SchemaVersionConformance,
     MigrateConformance,
