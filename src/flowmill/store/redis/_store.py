@@ -62,6 +62,7 @@ from ..contract.tasks import (
     TasksPromote,
 )
 from . import _records as rec
+from ._admin import RedisAdminMixin
 from ._budgets import RedisBudgetsMixin
 from ._conn import Durability, check_durability, guarded, parse_url, redact, translate
 from ._dag import RedisDagMixin
@@ -102,6 +103,7 @@ class RedisStore(
     RedisDagMixin,
     RedisReadsMixin,
     RedisSchedulesMixin,
+    RedisAdminMixin,
 ):
     """Tasks in Redis or Valkey, shared by every worker that reaches the server."""
 
