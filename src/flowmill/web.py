@@ -181,6 +181,8 @@ def signals_app(app: App) -> Starlette:
         if out.status is DeliverStatus.REJECTED:
             code = _REJECTED_STATUS.get(out.reason or "", 409)
             return JSONResponse({"status": "rejected", "reason": out.reason}, status_code=code)
+        if out.status is DeliverStatus.CLOSED:  # a one-shot waitpoint whose wait is over
+            return JSONResponse({"status": "closed", "reason": out.reason}, status_code=409)
         code = 202 if out.status is DeliverStatus.ACCEPTED else 200
         return JSONResponse({"status": out.status.value, "resumed": out.resumed}, status_code=code)
 

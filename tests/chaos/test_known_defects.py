@@ -40,14 +40,10 @@ def _xfail_on(db_url: str, request: pytest.FixtureRequest, backend: str, reason:
         request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
 
 
-ITEM1 = "issue 13 item 1: SQLite judges leases by each worker's wall clock"
-
-
 @pytest.mark.parametrize("tasks", [60, pytest.param(400, marks=pytest.mark.long)])
 async def test_wall_clock_steps_cause_no_premature_reclaims(
     request: pytest.FixtureRequest, tmp_path: Path, db_url: str, seed: int, tasks: int
 ) -> None:
-    _xfail_on(db_url, request, "sqlite", ITEM1)
     book = _ledger.start("wall_clock_steps", db_url, seed)
     effects = tmp_path / "ledger.db"
     _crash_app.init_ledger(str(effects))
@@ -77,14 +73,10 @@ async def test_wall_clock_steps_cause_no_premature_reclaims(
     assert (book.duplicate_runs, book.premature_reclaims, failed) == (0, 0, 0)
 
 
-ITEM2 = "issue 13 item 2: a poison task's deaths charge the good tasks its worker prefetched"
-
-
 @pytest.mark.parametrize("good", [40, pytest.param(400, marks=pytest.mark.long)])
 async def test_a_poison_task_hurts_no_good_task(
     request: pytest.FixtureRequest, tmp_path: Path, db_url: str, seed: int, good: int
 ) -> None:
-    request.applymarker(pytest.mark.xfail(strict=True, reason=ITEM2))
     book = _ledger.start("poison_task", db_url, seed)
     effects = tmp_path / "ledger.db"
     _crash_app.init_ledger(str(effects))
@@ -242,14 +234,11 @@ async def test_inspection_survives_a_corrupt_row(
 
 # -- one-shot waitpoints -------------------------------------------------------------------
 
-ITEM7 = "issue 13 item 7: a waitpoint stays open after its suspension resumed"
-
 
 @pytest.mark.parametrize("late", [5, pytest.param(60, marks=pytest.mark.long)])
 async def test_a_waitpoint_closes_when_its_suspension_resumes(
     request: pytest.FixtureRequest, db_url: str, seed: int, late: int
 ) -> None:
-    request.applymarker(pytest.mark.xfail(strict=True, reason=ITEM7))
     book = _ledger.start("one_shot_waitpoints", db_url, seed)
     app = fm.App(db_url)
     made: dict[str, Any] = {}

@@ -33,11 +33,17 @@ CHECKSUMS: dict[str, dict[str, str]] = {
         "0001_initial.sql": "91b500d661bbdc3dcbe3288380842579e8709dfc23588d181baae812d014cc82",
         "0002_schedules.sql": "404e2925dec1e9c35ac57718c98c312deb5884004d20d02ddcf7f095ed0b9d46",
         "0003_operations.sql": "9aabf009107318c7baa79a702162f1eb3f8cfb1b9a96ce9bc2d8460b639203c0",
+        "0004_lease_start_clock.sql": (
+            "530780c5b4aad04be9426be01f63c3da3466b617d5e4aac7fbb54d06c283d2b8"
+        ),
     },
     "flowmill.store.postgres": {
         "0001_initial.sql": "e4ee1a77c10fec53b1f205c371616de86699a2708d25f2462f7c2846ed2dcb26",
         "0002_schedules.sql": "608370f6d5168a2810eb481a65adff3c8fe3d405b24b91df16042996a96933fe",
         "0003_operations.sql": "9f86f584b13f11fb1005581d12a0c1d8a423a9afbc3ab736587c78b1fe30565a",
+        "0004_lease_start_clock.sql": (
+            "2f7ccef46fe548a34f78ba5899482ae2b987810c96da16254dbbf2d55155d61f"
+        ),
     },
 }
 

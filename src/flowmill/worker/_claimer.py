@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
 import msgspec
 
 from .._budgets import report_usage
+from .._clock import from_ms
 from .._codec import decode_json
 from .._conditions import Condition
 from .._context import check_progress
@@ -64,7 +65,10 @@ class FailOutcome:
 
 
 class ClaimedTask:
-    """One claimed attempt. The terminal calls are single-use; every write is fenced."""
+    """One claimed attempt. The terminal calls are single-use; every write is fenced.
+
+    It is started when claimed (the caller holds it): if the caller dies, the reaper ends
+    the attempt as a `lease_expired` failure that counts toward max_attempts."""
 
     def __init__(self, claimer: Claimer, row: ClaimedRow) -> None:
         self._claimer = claimer
@@ -242,7 +246,8 @@ class ClaimedTask:
         state = await self._finish(finish)
         retry_at = None
         if state is State.SCHEDULED and finish.delay_ms is not None:
-            retry_at = datetime.now(UTC) + timedelta(milliseconds=finish.delay_ms)
+            # The injected clock, not this host's wall clock (tests drive time).
+            retry_at = from_ms(self._claimer.app.clock.wall_ms() + finish.delay_ms)
         return FailOutcome(state, retry_at)
 
     async def cancel(self, reason: str = "cancelled by the worker") -> None:

@@ -212,7 +212,9 @@ def beyond_cap(row: ClaimedRow) -> Finish:
 
 
 def reap(lease: ExpiredLease) -> Finish:
-    """An expired lease ends its attempt as a retryable `lease_expired` failure."""
+    """An expired lease whose handler started ends its attempt as a retryable
+    `lease_expired` failure (it counts toward max_attempts); one whose handler never started
+    (a prefetched task of a worker that died) goes back to ready uncharged."""
     if lease.cancel_requested:
         return Finish(
             lease.task_id,
@@ -221,6 +223,8 @@ def reap(lease: ExpiredLease) -> Finish:
             expired_lease=True,
             error=ErrorInfo("Cancelled", STOP_OPERATOR, Category.CANCELLED, None),
         )
+    if not lease.started:
+        return Finish(lease.task_id, lease.epoch, State.READY, release=True, expired_lease=True)
     owner = f" held by {lease.lease_owner}" if lease.lease_owner else ""
     error = ErrorInfo(
         "LeaseExpired",

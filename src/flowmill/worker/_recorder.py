@@ -3,6 +3,7 @@ passing outage, and an orchestrator's memo stored while it waits for its childre
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -16,6 +17,9 @@ from ..store.contract.tasks import (
     Finish,
     FinishOutcome,
     FinishStatus,
+    LeaseRef,
+    LeasesRenew,
+    RenewOutcome,
     TasksFinish,
     TaskWaitChildren,
 )
@@ -30,18 +34,31 @@ log = logging.getLogger("flowmill.worker")
 class Recorder:
     """Records what the engine decided about each attempt, and counts it in `stats`."""
 
-    def __init__(self, rt: Runtime, clock: Clock, stats: WorkerStats) -> None:
+    def __init__(self, rt: Runtime, clock: Clock, stats: WorkerStats, lease_ttl_ms: int) -> None:
         self.rt = rt
         self.clock = clock
         self.stats = stats
-        self._finisher: Batcher[Finish, FinishOutcome] = Batcher(self._finish_batch)
+        self.lease_ttl_ms = lease_ttl_ms
+        # Finishes and starts (prefetched leases marked started) go out together: on SQLite
+        # they share a group commit, so a prefetched start costs no commit of its own.
+        self._writes: Batcher[Finish | LeaseRef, FinishOutcome | RenewOutcome] = Batcher(
+            self._write_batch
+        )
+
+    async def mark_started(self, lease: LeaseRef) -> bool:
+        """Record that a prefetched lease's handler is about to start (from then on a
+        reclaim counts the attempt); False when the lease is no longer held."""
+        out = await self._writes.submit(lease)
+        assert isinstance(out, RenewOutcome)
+        return out.held
 
     async def record(self, row: ClaimedRow, token: CancelToken, finish: Finish) -> str | None:
         """Record `finish`; None once the store applied it, else the outcome to log."""
         delay = 0.05
         while True:
             try:
-                outcome = await self._finisher.submit(finish)
+                outcome = await self._writes.submit(finish)
+                assert isinstance(outcome, FinishOutcome)
                 break
             except StoreUnavailable as exc:
                 # Keep the outcome until the store takes it or the lease is gone: a result
@@ -80,5 +97,26 @@ class Recorder:
         self.stats.outcomes[str(state)] += 1
         return str(state)
 
-    async def _finish_batch(self, items: list[Finish]) -> list[FinishOutcome]:
-        return await self.rt.store.tasks_finish(TasksFinish(items, self.clock.store_now()))
+    async def _write_batch(
+        self, items: list[Finish | LeaseRef]
+    ) -> list[FinishOutcome | RenewOutcome]:
+        """Record finishes and mark prefetched leases started (their handlers are about to
+        run), the two calls sent at once."""
+        store, now = self.rt.store, self.clock.store_now()
+        finishes = [i for i in items if isinstance(i, Finish)]
+        starts = [i for i in items if isinstance(i, LeaseRef)]
+        ended: list[FinishOutcome] = []
+        started: list[RenewOutcome] = []
+        if finishes and starts:
+            ended, started = await asyncio.gather(
+                store.tasks_finish(TasksFinish(finishes, now)),
+                store.leases_renew(LeasesRenew(starts, self.lease_ttl_ms, now, start=True)),
+            )
+        elif finishes:
+            ended = await store.tasks_finish(TasksFinish(finishes, now))
+        else:
+            started = await store.leases_renew(
+                LeasesRenew(starts, self.lease_ttl_ms, now, start=True)
+            )
+        e, s = iter(ended), iter(started)
+        return [next(e) if isinstance(i, Finish) else next(s) for i in items]

@@ -21,7 +21,7 @@ from .._context import Context
 from .._runtime import Runtime
 from .._schedules import Scheduler
 from .._states import Phase, State
-from .._stops import STOP_SHUTDOWN, CancelToken, Suspended
+from .._stops import STOP_LEASE_LOST, STOP_SHUTDOWN, CancelToken, Suspended
 from .._task import TaskDef, check_queue
 from ..errors import ConfigurationError, PayloadError, StoreError
 from ..store.contract.budgets import ClaimedRows
@@ -65,6 +65,9 @@ class _Attempt:
     ran: bool = False  # the handler was called (not handed back before it started)
     error: BaseException | None = None  # what the handler raised, for the log's traceback
     outcome: str | None = None  # when no Finish says it (waiting for children, lease lost)
+    # The store's lease record says the handler started (the claim said so, or a renewal
+    # with start=True did): a reclaim of this lease then counts the attempt.
+    marked: bool = True
 
     @property
     def token(self) -> CancelToken:
@@ -169,7 +172,9 @@ class Worker:
         self._claiming = False  # store open, hooks run, claim loop on: ready for work
         self._store_ok = True  # the last claim reached the store
         self._tasks: set[asyncio.Task[None]] = set()
-        self.recorder = Recorder(app, self.clock, self.stats)
+        # Finishes and starts (prefetched leases marked started) go out together: on SQLite
+        # they share a group commit, so a prefetched start costs no commit of its own.
+        self.recorder = Recorder(app, self.clock, self.stats, self.lease_ttl_ms)
 
     # -- public ----------------------------------------------------------------------
 
@@ -290,26 +295,37 @@ class Worker:
             capped = False
             try:
                 for kinds, limit in requests:
-                    rows = await self.app.store.tasks_claim(
-                        TasksClaim(
-                            self.worker_id,
-                            self.queues,
-                            kinds,
-                            limit,
-                            self.lease_ttl_ms,
-                            self.clock.store_now(),
-                            self._limits.of(kinds),
+                    # Rows a free slot runs at once are claimed started (the attempt counts
+                    # now, in the claim itself); the prefetched rest unstarted, each marked
+                    # started just before its handler runs (see `_mark_started`).
+                    free_now = self.concurrency - self._running - len(self._queue)
+                    starting = min(limit, max(0, free_now))
+                    for n, start in ((starting, True), (limit - starting, False)):
+                        if n <= 0:
+                            continue
+                        rows = await self.app.store.tasks_claim(
+                            TasksClaim(
+                                self.worker_id,
+                                self.queues,
+                                kinds,
+                                n,
+                                self.lease_ttl_ms,
+                                self.clock.store_now(),
+                                self._limits.of(kinds),
+                                start=start,
+                            )
                         )
-                    )
-                    short = short or len(rows) < limit
-                    if isinstance(rows, ClaimedRows):
-                        if rows.retry_in_ms is not None:
-                            retry_in = min(retry_in or rows.retry_in_ms, rows.retry_in_ms)
-                        capped = capped or rows.held_by_running
-                    if rows:
-                        idle_rounds = 0
-                    for row in rows:
-                        self._accept(row)
+                        if isinstance(rows, ClaimedRows):
+                            if rows.retry_in_ms is not None:
+                                retry_in = min(retry_in or rows.retry_in_ms, rows.retry_in_ms)
+                            capped = capped or rows.held_by_running
+                        if rows:
+                            idle_rounds = 0
+                        for row in rows:
+                            self._accept(row, marked=start)
+                        if len(rows) < n:
+                            short = True
+                            break
                 backoff = 0.05
                 self._store_ok = True
             except StoreError as exc:
@@ -366,11 +382,11 @@ class Worker:
             c.count for c in counts if c.queue in self.queues and c.state in _BUSY_STATES
         )
 
-    def _accept(self, row: ClaimedRow) -> None:
+    def _accept(self, row: ClaimedRow, *, marked: bool = True) -> None:
         self.stats.claimed += 1
         tdef = self.app.registry.get(row.kind)
         attempt = (
-            _Attempt(row, tdef, HeldLease(LeaseRef(row.id, row.lease_epoch)))
+            _Attempt(row, tdef, HeldLease(LeaseRef(row.id, row.lease_epoch)), marked=marked)
             if tdef is not None
             else None
         )
@@ -403,6 +419,11 @@ class Worker:
                 # for `when=`) does not decode: no retry can fix it, so fail it now
                 # rather than let the lease run out.
                 finish = decode_failure(row, err)
+            finally:
+                # The handler is done: its slot starts the next attempt while this outcome
+                # is recorded (that start and this finish then go out together).
+                self._running -= 1
+                self._dispatch()
             a.lease.ending = True
             not_recorded = (
                 await self.recorder.record(a.row, a.token, finish) if finish is not None else None
@@ -411,9 +432,7 @@ class Worker:
         except Exception:
             log.exception("worker error while running task %s", row.id)
         finally:
-            self._running -= 1
             self._release_slot(a)
-            self._dispatch()
 
     def _log_end(
         self, a: _Attempt, finish: Finish | None, not_recorded: str | None, began: float
@@ -442,6 +461,21 @@ class Worker:
         a.started = True
         if a.token.is_set:
             return before_start(a.row, a.token.reason)
+        if not a.marked:
+            try:
+                held = await self.recorder.mark_started(a.lease.ref)
+            except StoreError as exc:
+                # Not recorded as started: give the attempt back rather than run a handler
+                # whose death the reaper would not count.
+                log.warning("task %s: marking it started failed (%s)", row.id, exc)
+                return Finish(row.id, row.lease_epoch, State.READY, release=True)
+            if not held:
+                self.stats.lease_lost += 1
+                a.token.fire(STOP_LEASE_LOST)
+                return None
+            a.marked = True
+            if a.lease.token.is_set:  # stopped while it was being marked: ends uncounted
+                return before_start(a.row, a.token.reason)
         if row.attempt > row.max_attempts:
             return beyond_cap(row)
         ctx = self._context(row, a.token)

@@ -44,8 +44,20 @@ class WaitpointRow:
 @dataclass(frozen=True, slots=True)
 class SignalDeliver:
     """Record a signal (the token was checked by the engine). Idempotent per waitpoint by
-    `idempotency_key`. If the task is suspended and its unconsumed signals now satisfy its
-    condition, it is resumed (-> ready) in the same transaction."""
+    `idempotency_key` (a repeat is DUPLICATE, even once the waitpoint closed). If the task
+    is suspended and its unconsumed signals now satisfy its condition, it is resumed
+    (-> ready) in the same transaction.
+
+    A waitpoint is one-shot: it belongs to the suspension whose condition names it (a
+    condition with a `Signal` on any waitpoint owns every open waitpoint of the task), and
+    it closes when that suspension resolves: satisfied (resumed, or already satisfied at
+    `task_suspend`) or timed out (`suspensions_expire`). A delivery to a closed waitpoint
+    records nothing and is CLOSED, reason `waitpoint closed: its suspension resumed` (or
+    `timed out`). Once the task has ended (cancelled included) every delivery is REJECTED,
+    `task already ended (<state>)`, checked before CLOSED. A resume consumes every signal
+    received up to it (its `resume_signals`); when a suspension resolves, the signals of
+    its waitpoints that nothing consumed are given to it too (never resumed with), so
+    none leaks into a later suspension."""
 
     waitpoint_id: str
     name: str
@@ -58,6 +70,9 @@ class DeliverStatus(StrEnum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
     REJECTED = "rejected"
+    # The waitpoint is one-shot and has closed: its suspension resumed, timed out or was
+    # cancelled. Nothing was recorded (the HTTP endpoint answers 409).
+    CLOSED = "closed"
 
 
 @dataclass(frozen=True, slots=True)

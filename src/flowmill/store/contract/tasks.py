@@ -95,7 +95,16 @@ class TasksClaim:
     """Claim up to `limit` ready tasks of these queues and kinds, best first. Tasks of a
     hard-breached budget are left ready. With `limits`, the claim also keeps every
     concurrency cap and rate limit among them, atomically with the other claims that pass
-    them, and returns `ClaimedRows` (saying what held tasks back)."""
+    them, and returns `ClaimedRows` (saying what held tasks back).
+
+    Each claimed row: state running, `attempts + 1` (its `ClaimedRow.attempt`), a new lease
+    (`lease_epoch + 1`, expiring `lease_ttl_ms` from now on the store's lease clock), and
+    the lease's *started* flag set to `start`. `start=True` (the default, and what a
+    claimer's claim uses: the caller holds the task) says the handler starts now: the
+    attempt counts. `start=False` is a prefetch: the row waits in the worker, and its lease
+    is marked started by `leases_renew(start=True)` before its handler runs. The reaper
+    gives an expired unstarted lease back uncharged (see `ExpiredLease.started`).
+    """
 
     worker_id: str
     queues: Sequence[str]
@@ -104,13 +113,21 @@ class TasksClaim:
     lease_ttl_ms: int
     now_ms: int | None = None
     limits: Sequence[ClaimLimit] = ()
+    start: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class LeasesRenew:
+    """Extend each lease held at its epoch (state running) to `lease_ttl_ms` from now on
+    the lease clock. A lease is valid until the reaper reclaims it: renewing one whose time
+    has passed but that was not reclaimed yet succeeds. With `start=True`, each held lease
+    is also marked started (its handler starts now: the attempt counts), in the same
+    atomic write; an outcome with `held=False` means that handler must not run."""
+
     leases: Sequence[LeaseRef]
     lease_ttl_ms: int
     now_ms: int | None = None
+    start: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,12 +191,23 @@ class TasksExpire:
 
 @dataclass(frozen=True, slots=True)
 class LeasesExpired:
+    """Running tasks whose lease has expired, oldest first: judged on the store's lease
+    clock, never a worker's wall clock (PostgreSQL: the server's clock; SQLite: the host's
+    boot-time clock with its boot id, so a lease written before a reboot is expired; an
+    injected `now_ms` is compared as given). Read only: the reaper then finishes each with
+    `Finish(expired_lease=True)`, which applies only if the lease is still expired."""
+
     limit: int = 1000
     now_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ExpiredLease:
+    """An expired lease. `started`: its handler had started (the claim said `start=True`,
+    or a renewal with `start=True` came later). The engine ends a started attempt as a
+    retryable `lease_expired` failure that counts toward `max_attempts`, and gives an
+    unstarted one back uncharged (`Finish(target=ready, release=True)`)."""
+
     task_id: str
     kind: str
     epoch: int
@@ -188,6 +216,7 @@ class ExpiredLease:
     retry_policy: bytes
     lease_owner: str | None
     cancel_requested: bool
+    started: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -326,6 +326,7 @@ class PostgresBudgetsMixin:
                             "seqs": walk.chosen,
                             "worker": p.worker_id,
                             "ttl": p.lease_ttl_ms,
+                            "start": p.start,
                         },
                     )
                     out.extend(claimed_row(r) for r in await cur.fetchall())

@@ -25,6 +25,7 @@ from .._common.suspend_errors import (
     SUSPEND_EXPIRED_ERROR,
     SUSPEND_TIMEOUT_ERROR,
 )
+from .._common.waitpoints import closed_reason, owned_waitpoints
 from ..contract.signals import (
     MAX_FRAME_BYTES,
     DeliverOutcome,
@@ -62,6 +63,12 @@ def _pipeline(conn: Conn) -> contextlib.AbstractAsyncContextManager[Any]:
     """Send a transaction's statements without waiting for each reply where libpq can:
     the lock, the reads after it and the final write with COMMIT go as two round trips."""
     return conn.pipeline() if _PIPELINE else contextlib.nullcontext()
+
+
+def _owned(condition: dict[str, Any]) -> list[str] | None:
+    """The waitpoints a suspension with this condition owns (None: all of its task's)."""
+    owned = owned_waitpoints(condition)
+    return None if owned is None else sorted(owned)
 
 
 def _waitpoint(row: Any) -> WaitpointRow:
@@ -162,6 +169,8 @@ class PostgresSignalsMixin:
                     condition,
                     wps,
                     names,
+                    closed_at,
+                    why_closed,
                 ) = row
                 if task_id is None:
                     return DeliverOutcome(DeliverStatus.REJECTED, "unknown waitpoint")
@@ -174,6 +183,8 @@ class PostgresSignalsMixin:
                     return DeliverOutcome(DeliverStatus.REJECTED, "waitpoint expired")
                 if State(state) in TERMINAL:
                     return DeliverOutcome(DeliverStatus.REJECTED, f"task already ended ({state})")
+                if closed_at is not None:
+                    return DeliverOutcome(DeliverStatus.CLOSED, closed_reason(why_closed))
                 if seq is None:
                     return DeliverOutcome(DeliverStatus.DUPLICATE)
                 if sid is None:
@@ -181,15 +192,18 @@ class PostgresSignalsMixin:
                 # (This statement's snapshot does not show the signal it inserted: it is last.)
                 seen_keys = [(w, dec(n)) for w, n in zip(wps, names, strict=True)]
                 seen_keys.append((p.waitpoint_id, p.name))
-                if not satisfied(decode_condition(condition), seen_keys):
+                wanted = decode_condition(condition)
+                if not satisfied(wanted, seen_keys):
                     return DeliverOutcome(DeliverStatus.ACCEPTED)
+                ids = _owned(wanted)
                 await conn.execute(
-                    self._sq.resume,
+                    self._sq.resume if ids is not None else self._sq.resume_any,
                     {
                         "sid": sid,
                         "task": task_id,
                         "last": seq,
                         "now": now,
+                        "ids": ids,
                         "work_channel": self.work_channel,
                     },
                 )
@@ -227,7 +241,13 @@ class PostgresSignalsMixin:
                 }
                 if satisfied(condition, [(w, dec(n)) for _, w, n in signals]):
                     params["last"] = signals[-1][0]
-                    await conn.execute(self._sq.task_suspend_satisfied, params)
+                    params["ids"] = ids = _owned(condition)
+                    await conn.execute(
+                        self._sq.task_suspend_satisfied
+                        if ids is not None
+                        else self._sq.task_suspend_satisfied_any,
+                        params,
+                    )
                     return SuspendStatus.ALREADY_SATISFIED
                 params["detail"] = suspend_detail(p)
                 await conn.execute(self._sq.task_suspend, params)
@@ -264,7 +284,17 @@ class PostgresSignalsMixin:
         moved: list[tuple[str, State, str | None, str]] = []  # (id, target, error, detail)
         cancelled: list[str] = []
         ended: list[tuple[str, str, State]] = []
-        for _, task_id, on_timeout, parent_id in rows:
+        for sid, task_id, _, _, condition in rows:
+            await conn.execute(
+                self._sq.close_waitpoints,
+                {
+                    "now": now,
+                    "task": task_id,
+                    "ids": _owned(decode_condition(condition)),
+                    "sid": sid,
+                },
+            )
+        for _, task_id, on_timeout, parent_id, _ in rows:
             behaviour = OnTimeout(on_timeout)
             if behaviour is OnTimeout.CANCEL:
                 cancelled.append(task_id)

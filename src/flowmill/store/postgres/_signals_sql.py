@@ -4,6 +4,7 @@ PostgreSQL store, for one schema."""
 from __future__ import annotations
 
 from ..._states import TERMINAL
+from .._common.waitpoints import RESUMED, TIMED_OUT
 from ._schema import quote_schema
 from ._sql import NOW
 
@@ -56,12 +57,12 @@ FOR UPDATE
         self.signal_deliver = f"""
 WITH {NOW},
 w AS (
-    SELECT w.task_id, w.expires_at, t.state FROM {s}.waitpoints w
-    JOIN {s}.tasks t ON t.id = w.task_id WHERE w.id = %(wp)s
+    SELECT w.task_id, w.expires_at, t.state, w.closed_at, w.closed_reason
+    FROM {s}.waitpoints w JOIN {s}.tasks t ON t.id = w.task_id WHERE w.id = %(wp)s
 ),
 ok AS (
     SELECT w.task_id FROM w, c
-    WHERE w.expires_at > c.now AND w.state NOT IN ({_TERMINAL_SQL})
+    WHERE w.expires_at > c.now AND w.state NOT IN ({_TERMINAL_SQL}) AND w.closed_at IS NULL
 ),
 ins AS (
     INSERT INTO {s}.signals (task_id, waitpoint_id, name, payload, idempotency_key, at)
@@ -82,13 +83,32 @@ SELECT w.task_id, w.expires_at, w.state, c.now,
     EXISTS (SELECT 1 FROM {s}.signals WHERE waitpoint_id = %(wp)s
         AND idempotency_key = %(key)s),
     (SELECT seq FROM ins), (SELECT id FROM sus), (SELECT condition FROM sus),
-    ARRAY(SELECT waitpoint_id FROM old ORDER BY seq), ARRAY(SELECT name FROM old ORDER BY seq)
+    ARRAY(SELECT waitpoint_id FROM old ORDER BY seq), ARRAY(SELECT name FROM old ORDER BY seq),
+    w.closed_at, w.closed_reason
 FROM c LEFT JOIN w ON true
 """
+        # A suspension timed out: close the waitpoints it owns (`ids`; NULL: every open one
+        # of the task) and give their signals that nothing consumed to it.
+        self.close_waitpoints = f"""
+WITH cl AS (
+    UPDATE {s}.waitpoints SET closed_at = %(now)s, closed_reason = '{TIMED_OUT}'
+    WHERE task_id = %(task)s AND closed_at IS NULL
+        AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
+    RETURNING id
+)
+UPDATE {s}.signals SET suspension_id = %(sid)s
+WHERE task_id = %(task)s AND suspension_id IS NULL AND waitpoint_id IN (SELECT id FROM cl)
+"""
+        # Every unconsumed signal is consumed (the one just stored is the last), and the
+        # waitpoints the suspension owns close (`ids`; NULL: every open one of the task).
         self.resume = f"""
 WITH cons AS (
     UPDATE {s}.signals SET suspension_id = %(sid)s
     WHERE task_id = %(task)s AND suspension_id IS NULL AND seq <= %(last)s
+),
+cl AS (
+    UPDATE {s}.waitpoints SET closed_at = %(now)s, closed_reason = '{RESUMED}'
+    WHERE {{owned}} AND task_id = %(task)s AND closed_at IS NULL
 ),
 res AS (
     UPDATE {s}.suspensions SET resolved_at = %(now)s, resolution = '{SATISFIED}'
@@ -127,6 +147,10 @@ WITH ins AS (
 cons AS (
     UPDATE {s}.signals SET suspension_id = (SELECT id FROM ins)
     WHERE task_id = %(task)s AND suspension_id IS NULL AND seq <= %(last)s
+),
+cl AS (
+    UPDATE {s}.waitpoints SET closed_at = %(now)s, closed_reason = '{RESUMED}'
+    WHERE {{owned}} AND task_id = %(task)s AND closed_at IS NULL
 )
 SELECT id FROM ins
 """
@@ -145,6 +169,20 @@ INSERT INTO {s}.events (task_id, kind, state, at, detail)
 SELECT id, kind, 'suspended', %(now)s, %(detail)s FROM upd
 """
 
+        # The statements that close waitpoints, for a condition that names its waitpoints
+        # (`ids`, by primary key) and for one with a `Signal` on any waitpoint (all open).
+        owned, every = "id = ANY(%(ids)s::text[])", "true"
+        template = self.resume
+        self.resume, self.resume_any = (
+            template.replace("{owned}", owned),
+            template.replace("{owned}", every),
+        )
+        template = self.task_suspend_satisfied
+        self.task_suspend_satisfied, self.task_suspend_satisfied_any = (
+            template.replace("{owned}", owned),
+            template.replace("{owned}", every),
+        )
+
         # -- suspensions_expire ------------------------------------------------------------
         self.suspensions_expire_due = f"""
 WITH {NOW}
@@ -160,7 +198,7 @@ WHERE p.id IN (SELECT parent_id FROM {s}.tasks WHERE id = ANY(%(ids)s::text[])
 ORDER BY p.id FOR NO KEY UPDATE OF p
 """
         self.suspensions_expire_lock = f"""
-SELECT s.id, s.task_id, s.on_timeout, t.parent_id
+SELECT s.id, s.task_id, s.on_timeout, t.parent_id, s.condition
 FROM {s}.suspensions s JOIN {s}.tasks t ON t.id = s.task_id
 WHERE s.task_id = ANY(%(ids)s::text[]) AND s.resolved_at IS NULL
     AND s.timeout_at <= %(now)s AND t.state = 'suspended'

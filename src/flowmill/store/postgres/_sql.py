@@ -206,8 +206,8 @@ picked AS MATERIALIZED (
 upd AS (
     UPDATE {s}.tasks t SET state = 'running', attempts = t.attempts + 1,
         lease_epoch = t.lease_epoch + 1, lease_owner = %(worker)s,
-        lease_expires_at = c.now + %(ttl)s, cancel_requested = false, last_finish = NULL,
-        started_at = c.now, updated_at = c.now
+        lease_expires_at = c.now + %(ttl)s, lease_started = %(start)s,
+        cancel_requested = false, last_finish = NULL, started_at = c.now, updated_at = c.now
     FROM picked, c WHERE t.seq = picked.seq
     RETURNING t.seq, t.id, t.kind, t.queue, t.priority, t.payload, t.phase, t.memo,
         t.attempts, t.max_attempts, t.retry_policy, t.timeout_ms, t.lease_epoch,
@@ -259,7 +259,8 @@ lk AS MATERIALIZED (
     WHERE t.state = 'running'
     ORDER BY t.id FOR NO KEY UPDATE OF t
 )
-UPDATE {s}.tasks t SET lease_expires_at = c.now + %(ttl)s
+UPDATE {s}.tasks t SET lease_expires_at = c.now + %(ttl)s,
+    lease_started = t.lease_started OR %(start)s
 FROM c, lk WHERE t.seq = lk.seq
 RETURNING t.id, t.lease_epoch, t.cancel_requested, t.lease_expires_at
 """
@@ -422,7 +423,7 @@ FROM kids
         self.leases_expired = f"""
 WITH {_NOW}
 SELECT id, kind, lease_epoch, attempts, max_attempts, retry_policy, lease_owner,
-    cancel_requested
+    cancel_requested, lease_started
 FROM {s}.tasks
 WHERE state = 'running' AND lease_expires_at < (SELECT now FROM c)
 ORDER BY lease_expires_at LIMIT %(limit)s

@@ -204,6 +204,7 @@ class PostgresTasksMixin:
             "limit": p.limit,
             "worker": p.worker_id,
             "ttl": p.lease_ttl_ms,
+            "start": p.start,
         }
         if len(queues) == 1:
             query, params["queue"] = self._q.tasks_claim_one, enc(queues[0])
@@ -225,6 +226,7 @@ class PostgresTasksMixin:
         params = {
             "now": p.now_ms,
             "ttl": p.lease_ttl_ms,
+            "start": p.start,
             "ids": [lease.task_id for lease in leases],
             "epochs": [lease.epoch for lease in leases],
         }
@@ -441,8 +443,8 @@ class PostgresTasksMixin:
         async def job(conn: Conn) -> list[ExpiredLease]:
             cur = await conn.execute(self._q.leases_expired, {"now": p.now_ms, "limit": p.limit})
             return [
-                ExpiredLease(i, dec(k), e, a, m, r, o, bool(cr))
-                for i, k, e, a, m, r, o, cr in await cur.fetchall()
+                ExpiredLease(i, dec(k), e, a, m, r, o, bool(cr), bool(st))
+                for i, k, e, a, m, r, o, cr, st in await cur.fetchall()
             ]
 
         return await self._run(job, idempotent=True)

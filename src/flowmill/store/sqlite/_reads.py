@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from ..._states import State
@@ -16,14 +17,22 @@ from ..contract.tasks import (
     TaskRecord,
     TasksList,
 )
+from ._clock import lease_to_wall
 from ._sql import IN_CHUNK, marks
 
 _TASK_COLUMNS = (
     "id, kind, queue, priority, state, phase, attempts, max_attempts, payload, error, tags, "
     "dedup_key, parent_id, progress_pct, progress_message, lease_epoch, lease_owner, "
     "lease_expires_at, cancel_requested, timeout_ms, created_at, updated_at, run_at, "
-    "expires_at, started_at, finished_at"
+    "expires_at, started_at, finished_at, lease_boot"
 )
+
+
+def _shown(row: Sequence[Any]) -> list[Any]:
+    """A task row for `task_record`: its lease expiry on the lease clock as wall-clock ms."""
+    out = list(row[:26])
+    out[17] = lease_to_wall(row[17], row[26])
+    return out
 
 
 def _result_of(c: sqlite3.Connection, task_id: str) -> bytes | None:
@@ -33,7 +42,7 @@ def _result_of(c: sqlite3.Connection, task_id: str) -> bytes | None:
 
 def task_get(c: sqlite3.Connection, task_id: str) -> TaskRecord | None:
     row = c.execute(f"SELECT {_TASK_COLUMNS} FROM fm_tasks WHERE id = ?", (task_id,)).fetchone()
-    return None if row is None else task_record(row, _result_of(c, task_id))
+    return None if row is None else task_record(_shown(row), _result_of(c, task_id))
 
 
 def tasks_list(c: sqlite3.Connection, p: TasksList) -> list[TaskRecord]:
@@ -55,7 +64,7 @@ def tasks_list(c: sqlite3.Connection, p: TasksList) -> list[TaskRecord]:
         f"SELECT {_TASK_COLUMNS} FROM fm_tasks WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
         (*args, p.limit),
     ).fetchall()
-    return [task_record(r, _result_of(c, r[0])) for r in rows]
+    return [task_record(_shown(r), _result_of(c, r[0])) for r in rows]
 
 
 def tasks_count(c: sqlite3.Connection) -> list[CountRow]:

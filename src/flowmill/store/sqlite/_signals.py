@@ -24,6 +24,7 @@ from .._common.suspend_errors import (
     SUSPEND_EXPIRED_ERROR,
     SUSPEND_TIMEOUT_ERROR,
 )
+from .._common.waitpoints import RESUMED, TIMED_OUT, closed_reason, owned_waitpoints
 from ..contract.signals import (
     MAX_FRAME_BYTES,
     DeliverOutcome,
@@ -187,16 +188,47 @@ def _consume_if_satisfied(
     return True
 
 
+def close_waitpoints(
+    c: sqlite3.Connection,
+    task_id: str,
+    suspension_id: int,
+    condition: dict[str, Any],
+    now: int,
+    reason: str,
+) -> None:
+    """A suspension resolved: close the waitpoints it owns, and give their signals that no
+    suspension consumed to it, so none leaks into a later suspension's resume signals."""
+    owned = owned_waitpoints(condition)
+    if owned is None:
+        where, args = "task_id = ?", [task_id]
+    else:
+        where, args = f"id IN ({','.join('?' * len(owned))})", sorted(owned)
+    ids = [
+        r[0]
+        for r in c.execute(
+            f"UPDATE fm_waitpoints SET closed_at = ?, closed_reason = ? WHERE {where} "
+            "AND task_id = ? AND closed_at IS NULL RETURNING id",
+            (now, reason, *args, task_id),
+        ).fetchall()
+    ]
+    if ids:
+        c.execute(
+            "UPDATE fm_signals SET suspension_id = ? WHERE task_id = ? AND suspension_id IS NULL "
+            f"AND waitpoint_id IN ({','.join('?' * len(ids))})",
+            (suspension_id, task_id, *ids),
+        )
+
+
 def signal_deliver(c: sqlite3.Connection, tx: Tx, p: SignalDeliver) -> DeliverOutcome:
     now = _now(p.now_ms)
     row = c.execute(
-        "SELECT w.task_id, w.expires_at, t.state, t.kind FROM fm_waitpoints w "
-        "JOIN fm_tasks t ON t.id = w.task_id WHERE w.id = ?",
+        "SELECT w.task_id, w.expires_at, t.state, t.kind, w.closed_at, w.closed_reason "
+        "FROM fm_waitpoints w JOIN fm_tasks t ON t.id = w.task_id WHERE w.id = ?",
         (p.waitpoint_id,),
     ).fetchone()
     if row is None:
         return DeliverOutcome(DeliverStatus.REJECTED, "unknown waitpoint")
-    task_id, expires_at, state_value, kind = row
+    task_id, expires_at, state_value, kind, closed_at, why_closed = row
     state = State(state_value)
     # A repeat of a signal already recorded is answered as such even once the waitpoint
     # has expired or the task has ended: the sender may only have lost the first reply.
@@ -213,6 +245,8 @@ def signal_deliver(c: sqlite3.Connection, tx: Tx, p: SignalDeliver) -> DeliverOu
         return DeliverOutcome(DeliverStatus.REJECTED, "waitpoint expired")
     if state in TERMINAL:
         return DeliverOutcome(DeliverStatus.REJECTED, f"task already ended ({state.value})")
+    if closed_at is not None:
+        return DeliverOutcome(DeliverStatus.CLOSED, closed_reason(why_closed))
     c.execute(
         "INSERT INTO fm_signals (task_id, waitpoint_id, name, payload, idempotency_key, at) "
         "VALUES (?, ?, ?, ?, ?, ?)",
@@ -224,12 +258,16 @@ def signal_deliver(c: sqlite3.Connection, tx: Tx, p: SignalDeliver) -> DeliverOu
         "SELECT id, condition FROM fm_suspensions WHERE task_id = ? AND resolved_at IS NULL",
         (task_id,),
     ).fetchone()
-    if open_ is None or not _consume_if_satisfied(c, task_id, open_[0], decode_condition(open_[1])):
+    if open_ is None:
+        return DeliverOutcome(DeliverStatus.ACCEPTED)
+    condition = decode_condition(open_[1])
+    if not _consume_if_satisfied(c, task_id, open_[0], condition):
         return DeliverOutcome(DeliverStatus.ACCEPTED)
     c.execute(
         "UPDATE fm_suspensions SET resolved_at = ?, resolution = ? WHERE id = ?",
         (now, SATISFIED, open_[0]),
     )
+    close_waitpoints(c, task_id, open_[0], condition, now, RESUMED)
     c.execute(
         "UPDATE fm_tasks SET state = 'ready', updated_at = ? WHERE id = ? AND state = 'suspended'",
         (now, task_id),
@@ -256,6 +294,7 @@ def task_suspend(c: sqlite3.Connection, p: TaskSuspend, condition: dict[str, Any
             "UPDATE fm_suspensions SET resolved_at = ?, resolution = ? WHERE id = ?",
             (now, SATISFIED, suspension_id),
         )
+        close_waitpoints(c, p.task_id, suspension_id, condition, now, RESUMED)
         return SuspendStatus.ALREADY_SATISFIED
     # The attempt is given back, as by a release: the claim that resumes it counts it again.
     c.execute(
@@ -278,7 +317,8 @@ def suspend_detail(p: TaskSuspend) -> str:
 def suspensions_expire(c: sqlite3.Connection, tx: Tx, p: SuspensionsExpire) -> int:
     now = _now(p.now_ms)
     rows = c.execute(
-        "SELECT s.id, s.task_id, s.on_timeout, t.kind, t.parent_id FROM fm_suspensions s "
+        "SELECT s.id, s.task_id, s.on_timeout, t.kind, t.parent_id, s.condition "
+        "FROM fm_suspensions s "
         "JOIN fm_tasks t ON t.id = s.task_id WHERE s.resolved_at IS NULL "
         "AND s.timeout_at <= ? AND t.state = 'suspended' ORDER BY s.timeout_at, s.id LIMIT ?",
         (now, p.limit),
@@ -293,7 +333,8 @@ def suspensions_expire(c: sqlite3.Connection, tx: Tx, p: SuspensionsExpire) -> i
     results: list[tuple[Any, ...]] = []
     ended: list[_tree.Ended] = []
     cancelled: list[str] = []
-    for _, task_id, on_timeout, kind, parent_id in rows:
+    for suspension_id, task_id, on_timeout, kind, parent_id, condition in rows:
+        close_waitpoints(c, task_id, suspension_id, decode_condition(condition), now, TIMED_OUT)
         behaviour = OnTimeout(on_timeout)
         if behaviour is OnTimeout.RESUME:
             c.execute(

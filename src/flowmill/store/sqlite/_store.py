@@ -171,7 +171,12 @@ class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin, SQLiteSchedulesMixin, 
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             if not self.memory:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                # Switch only a file not yet in WAL mode: the switch needs a lock that a busy
+                # writer's checkpoint can refuse at once (no busy wait), and every open by a
+                # CLI command next to a running worker would risk "database is locked".
+                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     raise StoreError(f"cannot switch {self.path} to WAL mode (got {mode})")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")

@@ -43,7 +43,7 @@ from ..contract.tasks import (
 from . import _dag, _tree
 from ._admin import NOT_PAUSED_SQL
 from ._budgets import NOT_HELD_SQL, claim_limited
-from ._clock import wall_ms
+from ._clock import lease_now, wall_ms
 from ._insert import EVENT_SQL, key_holder
 from ._sql import IN_CHUNK, marks
 from ._threads import Tx
@@ -71,15 +71,17 @@ def _claim_rows(
     c: sqlite3.Connection, p: TasksClaim, now: int, picked: str, args: Sequence[Any]
 ) -> list[ClaimedRow]:
     """Claim the ready tasks whose seq is `IN picked` (a subquery or a list, with `args`)."""
-    expires = now + p.lease_ttl_ms
+    tag, lease_ms = lease_now(p.now_ms)
+    expires = lease_ms + p.lease_ttl_ms
     rows = c.execute(
         "UPDATE fm_tasks SET state = 'running', attempts = attempts + 1, "
         "lease_epoch = lease_epoch + 1, lease_owner = ?, lease_expires_at = ?, "
+        "lease_boot = ?, lease_started = ?, "
         "cancel_requested = 0, last_finish = NULL, started_at = ?, updated_at = ? "
         f"WHERE seq IN {picked} "
         "RETURNING seq, id, kind, queue, priority, payload, phase, memo, attempts, "
         "max_attempts, retry_policy, timeout_ms, lease_epoch, parent_id, condition, workflow_id",
-        (p.worker_id, expires, now, now, *args),
+        (p.worker_id, expires, tag, int(p.start), now, now, *args),
     ).fetchall()
     rows.sort(key=lambda r: (-r[4], r[0]))
     c.executemany(EVENT_SQL, [(r[1], r[2], "running", now, p.worker_id) for r in rows])
@@ -97,7 +99,7 @@ def _claim_rows(
             retry_policy=r[10],
             timeout_ms=r[11],
             lease_epoch=r[12],
-            lease_expires_at_ms=expires,
+            lease_expires_at_ms=now + p.lease_ttl_ms,
             parent_id=r[13],
             condition=r[14],
             workflow_id=r[15],
@@ -108,18 +110,36 @@ def _claim_rows(
 
 def leases_renew(c: sqlite3.Connection, p: LeasesRenew) -> list[RenewOutcome]:
     now = p.now_ms if p.now_ms is not None else wall_ms()
+    tag, lease_ms = lease_now(p.now_ms)
+    held: dict[tuple[str, int], bool] = {}
+    leases = list(p.leases)
+    for i in range(0, len(leases), IN_CHUNK // 2):
+        chunk = leases[i : i + IN_CHUNK // 2]
+        # A lease is valid until it is reclaimed, expired or not: renewing one the reaper
+        # has not taken yet keeps it (the epoch fences every write after a reclaim).
+        rows = c.execute(
+            "UPDATE fm_tasks SET lease_expires_at = ?, lease_boot = ?, "
+            "lease_started = lease_started OR ? "
+            f"FROM (VALUES {', '.join(['(?, ?)'] * len(chunk))}) AS v "
+            "WHERE fm_tasks.id = v.column1 AND fm_tasks.lease_epoch = v.column2 "
+            "AND fm_tasks.state = 'running' RETURNING fm_tasks.id, fm_tasks.lease_epoch, "
+            "fm_tasks.cancel_requested",
+            (
+                lease_ms + p.lease_ttl_ms,
+                tag,
+                p.start,
+                *(x for lease in chunk for x in (lease.task_id, lease.epoch)),
+            ),
+        ).fetchall()
+        held.update(((i, e), bool(cr)) for i, e, cr in rows)
     expires = now + p.lease_ttl_ms
     out: list[RenewOutcome] = []
-    for lease in p.leases:
-        row = c.execute(
-            "UPDATE fm_tasks SET lease_expires_at = ? WHERE id = ? AND lease_epoch = ? "
-            "AND state = 'running' RETURNING cancel_requested",
-            (expires, lease.task_id, lease.epoch),
-        ).fetchone()
-        if row is None:
+    for lease in leases:
+        cancel = held.get((lease.task_id, lease.epoch))
+        if cancel is None:
             out.append(RenewOutcome(lease.task_id, False, False, None))
         else:
-            out.append(RenewOutcome(lease.task_id, True, bool(row[0]), expires))
+            out.append(RenewOutcome(lease.task_id, True, cancel, expires))
     return out
 
 
@@ -140,6 +160,7 @@ def _finish_mark(f: Finish) -> str:
 
 def tasks_finish(c: sqlite3.Connection, tx: Tx, p: TasksFinish) -> list[FinishOutcome]:
     now = p.now_ms if p.now_ms is not None else wall_ms()
+    tag, lease_ms = lease_now(p.now_ms)
     ended: list[_tree.Ended] = []
     cancelled: list[str] = []
     out: list[FinishOutcome] = []
@@ -163,7 +184,7 @@ def tasks_finish(c: sqlite3.Connection, tx: Tx, p: TasksFinish) -> list[FinishOu
             "lease_expires_at = NULL, error = CASE WHEN ? THEN NULL ELSE coalesce(?, error) END, "
             "run_at = ?, updated_at = ?, finished_at = ?, attempts = attempts - ? "
             "WHERE id = ? AND lease_epoch = ? AND state = 'running' "
-            + ("AND lease_expires_at < ? " if f.expired_lease else "AND ? IS NULL ")
+            + (f"AND {LEASE_EXPIRED_SQL} " if f.expired_lease else "AND ? IS NULL AND ? IS NULL ")
             + "RETURNING kind, cancel_requested, parent_id",
             (
                 target.value,
@@ -176,7 +197,7 @@ def tasks_finish(c: sqlite3.Connection, tx: Tx, p: TasksFinish) -> list[FinishOu
                 1 if f.release else 0,
                 f.task_id,
                 f.epoch,
-                now if f.expired_lease else None,
+                *((lease_ms, tag) if f.expired_lease else (None, None)),
             ),
         ).fetchone()
         if row is None:
@@ -280,15 +301,23 @@ def tasks_expire(c: sqlite3.Connection, tx: Tx, p: TasksExpire) -> int:
     return len(rows)
 
 
+# Expired on the lease clock (params: now, tag): past its time, or written on another
+# clock (before a reboot of the host, or with an injected time when the store's is used).
+LEASE_EXPIRED_SQL = "(lease_expires_at < ? OR lease_boot IS NOT ?)"
+
+
 def leases_expired(c: sqlite3.Connection, p: LeasesExpired) -> list[ExpiredLease]:
-    now = p.now_ms if p.now_ms is not None else wall_ms()
+    tag, lease_ms = lease_now(p.now_ms)
     rows = c.execute(
         "SELECT id, kind, lease_epoch, attempts, max_attempts, retry_policy, lease_owner, "
-        "cancel_requested FROM fm_tasks WHERE state = 'running' AND lease_expires_at < ? "
-        "ORDER BY lease_expires_at LIMIT ?",
-        (now, p.limit),
+        "cancel_requested, lease_started FROM fm_tasks WHERE state = 'running' "
+        f"AND {LEASE_EXPIRED_SQL} ORDER BY lease_expires_at LIMIT ?",
+        (lease_ms, tag, p.limit),
     )
-    return [ExpiredLease(i, k, e, a, m, r, o, bool(cr)) for i, k, e, a, m, r, o, cr in rows]
+    return [
+        ExpiredLease(i, k, e, a, m, r, o, bool(cr), bool(st))
+        for i, k, e, a, m, r, o, cr, st in rows
+    ]
 
 
 def task_cancel(c: sqlite3.Connection, tx: Tx, p: TaskCancel) -> CancelOutcome:

@@ -28,6 +28,7 @@ from ..contract.tasks import (
     HooksClaim,
     TaskWaitChildren,
 )
+from ._clock import lease_now
 from ._sql import marks
 from ._threads import Tx
 
@@ -291,14 +292,16 @@ def hooks_claim(c: sqlite3.Connection, p: HooksClaim, now: int) -> list[HookRow]
     if not p.kinds or p.limit <= 0:
         return []
     kinds = list(p.kinds)
+    tag, lease_ms = lease_now(p.now_ms)  # hook leases are judged on the lease clock too
     rows = c.execute(
         "UPDATE fm_tasks SET lease_epoch = lease_epoch + 1, lease_owner = ?, "
-        "lease_expires_at = ?, hook_attempts = hook_attempts + 1 WHERE seq IN ("
-        "SELECT seq FROM fm_tasks WHERE hook IS NOT NULL "
+        "lease_expires_at = ?, lease_boot = ?, hook_attempts = hook_attempts + 1 "
+        "WHERE seq IN (SELECT seq FROM fm_tasks WHERE hook IS NOT NULL "
         f"AND kind IN ({marks(len(kinds))}) "
-        "AND (lease_expires_at IS NULL OR lease_expires_at < ?) ORDER BY seq LIMIT ?) "
+        "AND (lease_expires_at IS NULL OR lease_expires_at < ? OR lease_boot IS NOT ?) "
+        "ORDER BY seq LIMIT ?) "
         "RETURNING id, kind, hook, payload, memo, state, lease_epoch, hook_attempts",
-        (p.worker_id, now + p.lease_ttl_ms, *kinds, now, p.limit),
+        (p.worker_id, lease_ms + p.lease_ttl_ms, tag, *kinds, lease_ms, tag, p.limit),
     ).fetchall()
     return [HookRow(i, k, h, pl, m, State(s), e, a) for i, k, h, pl, m, s, e, a in rows]
 

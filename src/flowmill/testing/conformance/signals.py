@@ -175,12 +175,14 @@ class SignalDeliverConformance:
         )
         assert rec.attempts == 1
         assert await store.resume_signals(row.id) == [SignalRow(wp.id, "go", b'"early"', T0 + 1)]
-        # Consumed now: the same condition waits for a new signal.
-        assert await suspend(store, row, Signal("go", wp), now=T0 + 3) is SuspendStatus.SUSPENDED
+        # Consumed now, and the waitpoint closed: the next wait needs a new waitpoint.
+        wp2 = await waitpoint(store, row, "second")
+        assert await suspend(store, row, Signal("go", wp2), now=T0 + 3) is SuspendStatus.SUSPENDED
         assert await store.resume_signals(row.id) == []
-        out = await deliver(store, wp, "go", b'"late"', now=T0 + 4)
+        assert (await deliver(store, wp, "go", now=T0 + 4)).status is DeliverStatus.CLOSED
+        out = await deliver(store, wp2, "go", b'"late"', now=T0 + 4)
         assert out.resumed
-        assert await store.resume_signals(row.id) == [SignalRow(wp.id, "go", b'"late"', T0 + 4)]
+        assert await store.resume_signals(row.id) == [SignalRow(wp2.id, "go", b'"late"', T0 + 4)]
         assert [s for s, _ in await detailed(store, row.id)] == [
             State.READY,
             State.RUNNING,
@@ -188,16 +190,20 @@ class SignalDeliverConformance:
             State.READY,
         ]
 
-    async def test_signals_after_a_resume_wait_for_the_next_suspension(self, store: Store) -> None:
+    async def test_signals_after_a_resume_are_closed_out(self, store: Store) -> None:
         row = await running(store)
         wp = await waitpoint(store, row)
         await suspend(store, row, Signal("go", wp))
         assert (await deliver(store, wp, "go")).resumed
-        out = await deliver(store, wp, "more")  # the task is ready: buffered
-        assert (out.status, out.resumed) == (DeliverStatus.ACCEPTED, False)
+        out = await deliver(store, wp, "more")  # one-shot: its suspension has resumed
+        assert out == DeliverOutcome(
+            DeliverStatus.CLOSED, "waitpoint closed: its suspension resumed", False
+        )
         assert await names(store, row.id) == ["go"]
         again = await claim_one(store)
         assert await names(store, row.id) == ["go"]
-        status = await suspend(store, again, Signal("more", wp))
-        assert status is SuspendStatus.ALREADY_SATISFIED
+        # Nothing was kept for a later suspension: it waits for signals of its own.
+        wp2 = await waitpoint(store, again, "next")
+        assert await suspend(store, again, Signal("more", wp2)) is SuspendStatus.SUSPENDED
+        assert (await deliver(store, wp2, "more")).resumed
         assert await names(store, row.id) == ["more"]

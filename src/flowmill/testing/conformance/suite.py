@@ -55,6 +55,14 @@ from .finish import TasksFinishConformance, TerminalConformance
 from .frames import FramesAppendConformance, FramesReadConformance, WaitForFramesConformance
 from .hooks import HookDoneConformance, HooksClaimConformance
 from .insert import TasksInsertConformance, TasksInsertDedupConformance
+from .leases import (
+    LeasesExpiredClockConformance,
+    LeasesRenewStartConformance,
+    ResumeSignalsConformance,
+    SignalDeliverClosedConformance,
+    TasksClaimStartConformance,
+    TasksFinishReapedUnstartedConformance,
+)
 from .meta import MetaGetOrSetConformance, TaskProgressEventConformance
 from .ops import (
     EventsReadConformance,
@@ -91,15 +99,19 @@ class StoreConformance(
     TasksClaimConformance,
     TasksClaimBudgetConformance,
     TasksClaimLimitsConformance,
+    TasksClaimStartConformance,
     LeasesRenewConformance,
+    LeasesRenewStartConformance,
     TaskProgressConformance,
     TaskProgressEventConformance,
     TasksFinishConformance,
     TasksFinishFailFastConformance,
     TasksFinishReapedConformance,
+    TasksFinishReapedUnstartedConformance,
     TasksPromoteConformance,
     TasksExpireConformance,
     LeasesExpiredConformance,
+    LeasesExpiredClockConformance,
     TaskCancelConformance,
     TaskCancelCascadeConformance,
     TaskRetryConformance,
@@ -121,6 +133,8 @@ class StoreConformance(
     # waiting on the outside world
     WaitpointCreateConformance,
     SignalDeliverConformance,
+    SignalDeliverClosedConformance,
+    ResumeSignalsConformance,
     TaskSuspendConformance,
     SuspensionsExpireConformance,
     FramesAppendConformance,

@@ -75,7 +75,10 @@ class TaskSuspendConformance:
         rec = await get(store, row.id)
         assert (rec.state, rec.phase) == (State.READY, Phase.EXECUTE)
         second = await deliver(store, wp, "go", b"2", now=T0 + 30)
-        assert (second.status, second.resumed) == (DeliverStatus.ACCEPTED, False)
+        # One-shot: the waitpoint closed when its suspension resumed; nothing is recorded.
+        assert second == DeliverOutcome(
+            DeliverStatus.CLOSED, "waitpoint closed: its suspension resumed", False
+        )
         history = await detailed(store, row.id)
         assert [s for s, _ in history] == [
             State.READY,
@@ -181,8 +184,8 @@ class TaskSuspendConformance:
 
     async def test_suspend_and_resume_many_times(self, store: Store) -> None:
         row = await running(store, max_attempts=1)
-        wp = await waitpoint(store, row)
         for i in range(3):
+            wp = await waitpoint(store, row, f"step-{i}")  # one-shot: a waitpoint per wait
             assert await suspend(store, row, Signal(f"s{i}", wp)) is SuspendStatus.SUSPENDED
             assert (await deliver(store, wp, f"s{i}")).resumed
             row = await claim_one(store)
@@ -213,7 +216,14 @@ class TaskSuspendConformance:
         outs = await asyncio.gather(
             *(deliver(store, w, "go", key=f"k{i}", now=T0 + i) for w, i in sends)
         )
-        assert {o.status for o in outs} == {DeliverStatus.ACCEPTED}
+        # One-shot: the first signal of each waitpoint resumes its task, the rest are closed.
+        assert {o.status for o in outs} == {DeliverStatus.ACCEPTED, DeliverStatus.CLOSED}
+        accepted = Counter(
+            w.task_id
+            for (w, _), o in zip(sends, outs, strict=True)
+            if o.status is DeliverStatus.ACCEPTED
+        )
+        assert len(accepted) == n and set(accepted.values()) == {1}
         resumed = Counter(w.task_id for (w, _), o in zip(sends, outs, strict=True) if o.resumed)
         assert len(resumed) == n and set(resumed.values()) == {1}
         events = Counter(e.task_id for e in await all_events(store) if e.detail == "resumed")
@@ -262,13 +272,15 @@ class SuspensionsExpireConformance:
         again = await claim_one(store, now=T0 + 60)
         assert again.attempt == 1
         assert await store.resume_signals(row.id) == []
-        # The signal received before is still there for the next suspension.
-        assert await suspend(store, again, Signal("other", wp)) is SuspendStatus.ALREADY_SATISFIED
-        assert await names(store, row.id) == ["other"]
+        # The timeout closed the waitpoint: the signal received before it went with the
+        # timed-out suspension and does not leak into the next one.
+        assert await suspend(store, again, Signal("other")) is SuspendStatus.SUSPENDED
         # A signal now goes nowhere: the timed-out suspension does not resume again.
         out = await deliver(store, wp, "go", now=T0 + 70)
-        assert (out.status, out.resumed) == (DeliverStatus.ACCEPTED, False)
-        assert await state_of(store, row.id) is State.RUNNING
+        assert out == DeliverOutcome(
+            DeliverStatus.CLOSED, "waitpoint closed: its suspension timed out", False
+        )
+        assert await state_of(store, row.id) is State.SUSPENDED
 
     async def test_cancel_is_an_operator_cancel(self, store: Store) -> None:
         parent = await running(store, kind="orch", has_on_cancel=True)
