@@ -82,7 +82,9 @@ T = TypeVar("T")
 # 3: the indexes of the operator's operations (finish times `fin`, kinds per queue
 #    `rqk:<queue>`, dependents `dn:<task>`, waitpoints per task `wpt:<task>`), rebuilt
 #    from the tasks when an older layout is migrated.
-SCHEMA_VERSION = 3
+# 4: leases say whether their handler started (`lease_started`), one-shot waitpoints
+#    (`closed`); a task or waitpoint without them reads as started and open.
+SCHEMA_VERSION = 4
 _INDEXED_SINCE = 3
 _REINDEX_PAGE = 1000
 _enc = msgspec.msgpack.Encoder()
@@ -442,6 +444,7 @@ class RedisStore(
             "kinds": list(p.kinds),
             "limit": p.limit,
             "ttl": p.lease_ttl_ms,
+            "start": p.start,
         }
         if p.limits:
             params["limits"] = [_limit(x) for x in p.limits]
@@ -462,6 +465,7 @@ class RedisStore(
         params: dict[str, Any] = {
             "leases": [[ref.task_id, ref.epoch] for ref in p.leases],
             "ttl": p.lease_ttl_ms,
+            "start": p.start,
         }
         if p.now_ms is not None:
             params["now"] = p.now_ms

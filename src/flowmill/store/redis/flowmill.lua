@@ -1249,6 +1249,53 @@ local function consume_if_satisfied(K, id, condition)
   return true
 end
 
+-- one-shot waitpoints: a suspension owns the waitpoints its condition names (every open
+-- waitpoint of its task when a Signal in it names none) and closes them when it resolves
+local function owned(c, found)
+  if c.signal then
+    local w = c.waitpoint
+    if w == nil or w == cjson.null then return false end
+    found[w] = true
+    return true
+  elseif c.count then
+    return owned(c.of, found)
+  end
+  for _, part in ipairs(c.any or c.all or {}) do
+    if not owned(part, found) then return false end
+  end
+  return true
+end
+
+-- close the waitpoints a resolved suspension owns (reason: 'resumed' or 'timed out'); their
+-- signals that nothing consumed go with it, so none leaks into a later suspension
+local function close_waitpoints(K, id, condition, reason)
+  local found, ids = {}, {}
+  if owned(cjson.decode(condition), found) then
+    for w in pairs(found) do ids[#ids + 1] = w end
+  else
+    ids = redis.call('SMEMBERS', K .. 'wpt:' .. id)
+  end
+  local closed, any = {}, false
+  for _, w in ipairs(ids) do
+    local wk = K .. 'wp:' .. w
+    local v = redis.call('HMGET', wk, 'task', 'closed')
+    if v[1] == id and not v[2] then
+      redis.call('HSET', wk, 'closed', reason)
+      closed[w], any = true, true
+    end
+  end
+  if not any then return end
+  local su = K .. 'su:' .. id
+  local keep, dropped = {}, false
+  for _, e in ipairs(redis.call('LRANGE', su, 0, -1)) do
+    if closed[cmsgpack.unpack(e)[1]] then dropped = true else keep[#keep + 1] = e end
+  end
+  if dropped then
+    redis.call('DEL', su)
+    if #keep > 0 then redis.call('RPUSH', su, unpack(keep)) end
+  end
+end
+
 local function signal_deliver(keys, args)
   reset_wakes()
   local K = keys[1]
@@ -1271,6 +1318,10 @@ local function signal_deliver(keys, args)
   if TERMINAL[r.state] then
     return reply({ status = 'rejected', reason = 'task already ended (' .. r.state .. ')' })
   end
+  local closed = redis.call('HGET', K .. 'wp:' .. p.wp, 'closed')
+  if closed then
+    return reply({ status = 'closed', reason = 'waitpoint closed: its suspension ' .. closed })
+  end
   redis.call('RPUSH', K .. 'su:' .. id, cmsgpack.pack({ p.wp, p.name, args[p.payload], now }))
   if ik then redis.call('HSET', K .. 'sik', ik, '1') end
   if r.state ~= 'suspended' then return reply({ status = 'accepted' }) end
@@ -1278,6 +1329,7 @@ local function signal_deliver(keys, args)
   if sp[1] ~= '1' or not consume_if_satisfied(K, id, sp[2]) then
     return reply({ status = 'accepted' })
   end
+  close_waitpoints(K, id, sp[2], 'resumed')
   unindex(K, id, r)
   r.state = 'ready'
   set(K, id, { state = 'ready', updated_at = now })
@@ -1299,6 +1351,7 @@ local function task_suspend(keys, args)
   redis.call('HSET', sp, 'open', '1', 'condition', p.condition, 'on_timeout', p.on_timeout,
     'attempt', v[4], 'created_at', now)
   if consume_if_satisfied(K, p.id, p.condition) then
+    close_waitpoints(K, p.id, p.condition, 'resumed')
     return reply({ status = 'already_satisfied' })
   end
   local r = load(K, p.id)
@@ -1333,6 +1386,7 @@ local function suspensions_expire(keys, args)
     if r and r.state == 'suspended' and redis.call('HGET', sp, 'open') == '1' then
       n = n + 1
       redis.call('HSET', sp, 'open', '0', 'resolution', 'timeout')
+      close_waitpoints(K, id, redis.call('HGET', sp, 'condition'), 'timed out')
       if how == 'resume' then
         unindex(K, id, r)
         r.state = 'ready'
