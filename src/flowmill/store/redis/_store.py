@@ -66,6 +66,7 @@ from ._admin import RedisAdminMixin
 from ._budgets import RedisBudgetsMixin
 from ._conn import Durability, check_durability, guarded, parse_url, redact, translate
 from ._dag import RedisDagMixin
+from ._layout import INDEXED_SINCE, SCHEMA_VERSION, reindex
 from ._reads import RedisReadsMixin
 from ._schedules import RedisSchedulesMixin
 from ._signals import RedisSignalsMixin
@@ -76,17 +77,6 @@ LIBRARY_VERSION = hashlib.sha256(_SOURCE.encode()).hexdigest()[:12]
 LIBRARY = _SOURCE.replace("__VERSION__", LIBRARY_VERSION)
 
 T = TypeVar("T")
-# Redis has no DDL: version 1 is the key layout flowmill.lua reads and writes. A change
-# to that layout gets the next number, aligned with the other backends' migrations.
-# 2: schedules (`sd:<name>` hashes and the `sdn` set; nothing to rewrite from 1).
-# 3: the indexes of the operator's operations (finish times `fin`, kinds per queue
-#    `rqk:<queue>`, dependents `dn:<task>`, waitpoints per task `wpt:<task>`), rebuilt
-#    from the tasks when an older layout is migrated.
-# 4: leases say whether their handler started (`lease_started`), one-shot waitpoints
-#    (`closed`); a task or waitpoint without them reads as started and open.
-SCHEMA_VERSION = 4
-_INDEXED_SINCE = 3
-_REINDEX_PAGE = 1000
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
 _RESULT_CHUNK = 500
@@ -190,28 +180,12 @@ class RedisStore(
                 f"flowmill's {SCHEMA_VERSION}: upgrade flowmill"
             )
         await self._load_library(client)
-        if before is not None and before < _INDEXED_SINCE:
-            await self._reindex(client)
+        if before is not None and before < INDEXED_SINCE:
+            await reindex(client, self._k)
         await client.hset(
             self._k + "meta", mapping={"app": "flowmill", "schema_version": SCHEMA_VERSION}
         )
         return MigrateResult(before, SCHEMA_VERSION)
-
-    async def _reindex(self, client: Redis) -> None:
-        """Build the indexes a layout before `_INDEXED_SINCE` lacks, page by page (each
-        page one FCALL; running it twice changes nothing)."""
-        offset = 0
-        while True:
-            params = _enc.encode({"offset": offset, "count": _REINDEX_PAGE})
-            n = int(await client.fcall("fm_reindex", 1, self._k, params))
-            if n < _REINDEX_PAGE:
-                break
-            offset += n
-        async for key in client.scan_iter(match=_glob(self._k) + "wp:*", count=1000):
-            task: Any = await client.hget(key, "task")
-            if task is not None:
-                waitpoint = key[len(self._k.encode()) + 3 :]
-                await client.sadd(self._k + "wpt:" + task.decode(), waitpoint)
 
     async def _with_client(self, where: str, job: Callable[[Redis], Awaitable[T]]) -> T:
         """Run `job` on the open client, or on a short-lived one before `open()`."""
@@ -550,11 +524,6 @@ class RedisStore(
         if p.now_ms is not None:
             params["now"] = p.now_ms
         await self._call("fm_progress", params)
-
-
-def _glob(prefix: str) -> str:
-    """`prefix` with the characters a SCAN pattern gives a meaning escaped."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
