@@ -20,7 +20,8 @@ help:
 	@echo "make typecheck  mypy --strict (configured in pyproject.toml)"
 	@echo "make chaos      the long chaos tier, tests/chaos (<= 15 min; FLOWMILL_CHAOS_SEED=N replays)"
 	@echo "make chaos-short  the short chaos tier CI runs (<= 5 min)"
-	@echo "make bench      bench/throughput.py (BENCH_ARGS=...)"
+	@echo "make bench      the standard benchmarks, < 5 min (BENCH_ARGS=... for throughput.py;"
+	@echo "                BENCH_PEERS=1 also runs the peer harness first, ~15 min more)"
 	@echo "make clean      remove caches, build output and the demo database"
 	@echo "make distclean  clean, and remove .venv too"
 
@@ -56,8 +57,14 @@ chaos: $(STAMP)
 chaos-short: $(STAMP)
 	$(BIN)/pytest -p no:cacheprovider -m "chaos and not long" $(CHAOS_ARGS) tests/chaos
 
+# The standard set: this disk's commit ceiling, throughput (SQLite, N=5,000), the fan-out
+# at 23,800 children, then flowmill's ratios to the peers from the last peer-harness run
+# (bench/peers.py; BENCH_PEERS=1 runs the harness first, N=10,000, one run per system).
 bench: $(STAMP)
-	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
+	$(BIN)/python bench/sqlite_commit_ceiling.py --n 1000
+	$(BIN)/python bench/throughput.py --n 5000 $(BENCH_ARGS)
+	$(BIN)/python bench/fanout.py --children 23800
+	$(BIN)/python bench/peers.py $(if $(BENCH_PEERS),,--report-only)
 
 clean:
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis src/*.egg-info

@@ -16,8 +16,8 @@ import sqlite3
 import tempfile
 import time
 
-from flowmill.store import sqlite as store_sqlite
 from flowmill.store.contract.tasks import TasksInsert
+from flowmill.store.sqlite._insert import tasks_insert
 from flowmill.store.sqlite._schema import migrate
 from flowmill.store.sqlite._threads import Tx
 from flowmill.testing.conformance._util import task
@@ -30,7 +30,7 @@ def rate(conn: sqlite3.Connection, n: int, one: object) -> float:
         if one is None:
             conn.execute("INSERT INTO bare (x) VALUES (?)", (i,))
         else:
-            store_sqlite._insert(conn, Tx(), TasksInsert([task()]))
+            tasks_insert(conn, Tx(), TasksInsert([task()]))
         conn.execute("COMMIT")
     return n / (time.perf_counter() - t0)
 

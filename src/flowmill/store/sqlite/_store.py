@@ -85,6 +85,10 @@ from ._threads import ConnectionThread, Tx, translate
 
 Synchronous = Literal["FULL", "NORMAL"]
 
+# Inserts of up to this many tasks may run on the caller's thread (`run_inline`): a short
+# commit there is cheaper than two thread hops, a long one would stall the event loop.
+_INLINE_MAX = 16
+
 
 def _check_path(path: str) -> None:
     parent = os.path.dirname(os.path.abspath(path))
@@ -263,7 +267,14 @@ class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin, SQLiteSchedulesMixin, 
     # -- submission ------------------------------------------------------------------
 
     async def tasks_insert(self, p: TasksInsert) -> list[InsertOutcome]:
-        result: list[InsertOutcome] = await self._write(lambda c, tx: tasks_insert(c, tx, p))
+        if self._writer is None:
+            raise StoreError("the store is not open")
+        job = self._ended.wrap(lambda c, tx: tasks_insert(c, tx, p))
+        # A small insert commits on this loop's thread when the writer is idle (no hop).
+        if len(p.tasks) <= _INLINE_MAX:
+            result: list[InsertOutcome] = await self._writer.run_inline(job)
+        else:
+            result = await self._writer.run(job)
         return result
 
     async def tasks_claim(self, p: TasksClaim) -> list[ClaimedRow]:

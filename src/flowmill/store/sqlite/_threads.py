@@ -65,6 +65,14 @@ class ConnectionThread:
         # `_closed` and every put are under this lock, so nothing is queued after the drain.
         self._lock = threading.Lock()
         self._closed = False
+        # Held by whichever thread runs a group on the connection: the writer thread, or an
+        # event loop committing its own small jobs inline while the writer is idle.
+        self._conn_lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        # Small jobs of one loop gathered in one loop iteration, committed together by
+        # `_flush` (group commit for concurrent submitters on one loop, no thread hop).
+        self._batch: list[_Item] = []
+        self._batch_loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
@@ -80,6 +88,59 @@ class ConnectionThread:
                 raise StoreError("the store is closed")
             self._queue.put((job, fut))
         return await fut
+
+    async def run_inline(self, job: Job) -> Any:
+        """`run` for a small write: committed on the calling loop's thread if the writer is idle.
+
+        The jobs that this loop hands in during one iteration are gathered and run as one
+        group at the end of it, under the connection's lock; if the writer thread holds the
+        connection or has work queued, the group goes to its queue instead. A sequential
+        submitter thus waits for its own commit without two thread hops, and concurrent
+        submitters on one loop still share one commit.
+        """
+        if not self._writer:
+            return await self.run(job)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            if self._batch_loop is not None and self._batch_loop.is_closed():
+                # A loop closed before its flush ran: nobody waits for those jobs any more.
+                self._batch, self._batch_loop = [], None
+            if self._batch_loop is None:
+                self._batch_loop = loop
+                loop.call_soon(self._flush)
+            if self._batch_loop is loop:
+                self._batch.append((job, fut))
+            else:
+                self._queue.put((job, fut))
+        return await fut
+
+    def _flush(self) -> None:
+        with self._lock:
+            group, self._batch, self._batch_loop = self._batch, [], None
+        if not group:
+            return
+        if self._conn_lock.acquire(blocking=False):
+            try:
+                conn = self._conn
+                if conn is not None and self._queue.empty() and _begin_at_once(conn):
+                    try:
+                        self._run_group(conn, group, begun=True)
+                    except BaseException as exc:
+                        _fail_all(group, translate(exc))
+                        if not isinstance(exc, Exception):
+                            raise
+                    return
+            finally:
+                self._conn_lock.release()
+        with self._lock:
+            if self._closed:
+                _fail_all(group, StoreError("the store is closed"))
+                return
+            for item in group:
+                self._queue.put(item)
 
     def stop(self) -> None:
         with self._lock:
@@ -105,14 +166,18 @@ class ConnectionThread:
                 self._closed = True
                 self._ready.set()
                 return
+        self._conn = conn
         self._ready.set()
         try:
             self._serve(conn)
         finally:
             with self._lock:
                 self._closed = True
-            _fail_all(self._drain(), StoreError("the store is closed"))
-            conn.close()
+                batch, self._batch = self._batch, []
+            _fail_all(self._drain() + batch, StoreError("the store is closed"))
+            with self._conn_lock:
+                self._conn = None
+                conn.close()
 
     def _serve(self, conn: sqlite3.Connection) -> None:
         while True:
@@ -133,7 +198,8 @@ class ConnectionThread:
                     group.append(item)
             try:
                 if self._writer:
-                    self._run_group(conn, group)
+                    with self._conn_lock:
+                        self._run_group(conn, group)
                 else:
                     self._run_single(conn, first)
             except BaseException as exc:  # a bug here must not leave callers waiting forever
@@ -167,7 +233,9 @@ class ConnectionThread:
             outcome = (False, translate(exc))
         _settle_all([(fut, outcome)])
 
-    def _run_group(self, conn: sqlite3.Connection, group: list[_Item]) -> None:
+    def _run_group(
+        self, conn: sqlite3.Connection, group: list[_Item], *, begun: bool = False
+    ) -> None:
         """Run jobs in one transaction, each in a savepoint; commit once; then answer all.
 
         A job that fails is rolled back to its savepoint and answered with its error. If the
@@ -175,19 +243,30 @@ class ConnectionThread:
         disk-full error), the jobs before it were undone too: they run again in a new group.
         """
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            if not begun:
+                conn.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
             _fail_all(group, translate(exc))
             return
         tx = Tx()
         outcomes: list[tuple[asyncio.Future[Any], tuple[bool, Any]]] = []
+        # A job alone in its group needs no savepoint: its failure rolls back the transaction.
+        alone = len(group) == 1
         for index, (job, fut) in enumerate(group):
             job_tx = Tx()
             try:
-                conn.execute("SAVEPOINT job")
+                if not alone:
+                    conn.execute("SAVEPOINT job")
                 value = job(conn, job_tx)
-                conn.execute("RELEASE job")
+                if not alone:
+                    conn.execute("RELEASE job")
             except BaseException as exc:
+                if alone:
+                    if conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    _settle_all([(fut, (False, translate(exc)))])
+                    return
                 if not _rollback_to_savepoint(conn):
                     _settle_all([(fut, (False, translate(exc)))])
                     rest = group[:index] + group[index + 1 :]
@@ -211,6 +290,24 @@ class ConnectionThread:
             with contextlib.suppress(Exception):  # a wake-up is a hint; the commit stands
                 self._after_commit(tx.notify)
         _settle_all(outcomes)
+
+
+def _begin_at_once(conn: sqlite3.Connection) -> bool:
+    """BEGIN IMMEDIATE without waiting: False if another process holds the write lock.
+
+    An inline group runs on an event loop's thread, which must not sit in SQLite's busy
+    handler (up to busy_timeout) while another process writes: it goes to the writer thread,
+    which may wait.
+    """
+    (timeout,) = conn.execute("PRAGMA busy_timeout").fetchone()
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout)}")
+    return True
 
 
 def _rollback_to_savepoint(conn: sqlite3.Connection) -> bool:
@@ -237,7 +334,14 @@ def _settle_all(outcomes: list[tuple[asyncio.Future[Any], tuple[bool, Any]]]) ->
     by_loop = {}
     for fut, outcome in outcomes:
         by_loop.setdefault(fut.get_loop(), []).append((fut, outcome))
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:  # the writer thread
+        running = None
     for loop, items in by_loop.items():
+        if loop is running:  # a group run inline on its own loop's thread
+            _settle(items)
+            continue
         if loop.is_closed():
             continue
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
