@@ -9,17 +9,22 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
 
+from flowmill._states import State
 from flowmill.errors import ConfigurationError, SchemaError, StoreError, StoreUnavailable
-from flowmill.store.contract.tasks import InsertStatus, TasksClaim
+from flowmill.store.contract.schedules import ScheduleFire, SchedulesList, SchedulesUpsert
+from flowmill.store.contract.signals import WaitpointCreate
+from flowmill.store.contract.tasks import InsertStatus, TasksClaim, TasksList
 from flowmill.store.redis import LIBRARY_VERSION, RedisStore
 from flowmill.store.redis._store import SCHEMA_VERSION
 from flowmill.testing import StoreConformance
-from flowmill.testing.conformance._util import insert, task
+from flowmill.testing.conformance._util import T0, add, finish, insert, task
+from flowmill.testing.conformance.schedules import MINUTE, decl
 
 REDIS_URL = os.environ.get("FLOWMILL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -317,6 +322,56 @@ async def test_the_schema_is_stamped_and_a_newer_one_refused(redis_store: RedisS
     with pytest.raises(SchemaError, match="newer"):
         await redis_store.migrate()
     await redis_store._c().hset(redis_store._k + "meta", "schema_version", SCHEMA_VERSION)
+
+
+async def test_a_layout_of_version_1_is_brought_up_to_date(redis_store: RedisStore) -> None:
+    # version 3 added indexes: migrating an older layout builds them from the tasks
+    k, client = redis_store._k, redis_store._c()
+    up, down = task(), task()
+    down.depends_on = [up.id]
+    await insert(redis_store, up, down)
+    (row,) = await redis_store.tasks_claim(TasksClaim("w", ["default"], ["job"], 1, 1_000, T0))
+    wp = await redis_store.waitpoint_create(WaitpointCreate(row.id, 1, "wp-1", "k", 60_000, T0))
+    await finish(redis_store, row.id, 1, State.COMPLETED, now=T0 + 5, result=b"1")
+    ready = await add(redis_store, queue="mail", kind="other")
+    indexes = [k + "fin", k + "rqk:default", k + "rqk:mail", k + "dn:" + up.id, k + "wpt:" + up.id]
+    before = [await client.dump(key) for key in indexes]
+    assert all(before)
+    await client.delete(*indexes)
+    await client.hset(k + "meta", "schema_version", 1)
+    done = await redis_store.migrate()
+    assert (done.before, done.after, done.upgraded) == (1, SCHEMA_VERSION, True)
+    assert await redis_store.schema_version() == SCHEMA_VERSION
+    assert await client.zrange(k + "fin", 0, -1, withscores=True) == [(up.id.encode(), T0 + 5)]
+    assert await client.smembers(k + "rqk:mail") == {b"other"}
+    assert await client.smembers(k + "rqk:default") == {b"job"}  # down is ready now
+    assert await client.smembers(k + "dn:" + up.id) == {down.id.encode()}
+    assert await client.smembers(k + "wpt:" + up.id) == {wp.id.encode()}
+    assert await redis_store.task_get(ready) is not None
+
+
+async def test_a_firing_whose_insert_is_refused_writes_nothing(redis_store: RedisStore) -> None:
+    # the tick's insert is planned before any write: a refused one leaves the schedule as
+    # it was, so the tick is neither lost nor half-fired
+    (row,) = await redis_store.schedules_upsert(SchedulesUpsert([decl()], T0))
+    taken = task()
+    await insert(redis_store, taken)
+    tick = T0 + MINUTE
+    fire = ScheduleFire(
+        name=row.name,
+        expected_version=row.version,
+        expected_next_ms=row.next_fire_ms,
+        next_fire_ms=tick + MINUTE,
+        tasks=[task(key="schedule:nightly:a"), replace(taken, dedup_key="schedule:nightly:b")],
+        last_tick_ms=tick,
+        now_ms=tick,
+    )
+    with pytest.raises(StoreError, match="already exists"):
+        await redis_store.schedules_fire(fire)
+    (after,) = await redis_store.schedules_list(SchedulesList())
+    assert after == row
+    rows = await redis_store.tasks_list(TasksList())
+    assert [r.id for r in rows] == [taken.id]
 
 
 async def test_claims_use_the_server_clock(redis_store: RedisStore) -> None:

@@ -149,6 +149,7 @@ def expired_lease(r: Sequence[Any]) -> ExpiredLease:
         retry_policy=r[5],
         lease_owner=_text(r[6]),
         cancel_requested=bool(r[7]),
+        started=bool(r[8]),
     )
 
 

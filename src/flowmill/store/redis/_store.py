@@ -62,10 +62,13 @@ from ..contract.tasks import (
     TasksPromote,
 )
 from . import _records as rec
+from ._admin import RedisAdminMixin
 from ._budgets import RedisBudgetsMixin
 from ._conn import Durability, check_durability, guarded, parse_url, redact, translate
 from ._dag import RedisDagMixin
+from ._layout import INDEXED_SINCE, SCHEMA_VERSION, reindex
 from ._reads import RedisReadsMixin
+from ._schedules import RedisSchedulesMixin
 from ._signals import RedisSignalsMixin
 from ._tree import RedisTreeMixin
 
@@ -74,9 +77,6 @@ LIBRARY_VERSION = hashlib.sha256(_SOURCE.encode()).hexdigest()[:12]
 LIBRARY = _SOURCE.replace("__VERSION__", LIBRARY_VERSION)
 
 T = TypeVar("T")
-# Redis has no DDL: version 1 is the key layout flowmill.lua reads and writes. A change
-# to that layout gets the next number, aligned with the other backends' migrations.
-SCHEMA_VERSION = 1
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
 _RESULT_CHUNK = 500
@@ -89,7 +89,13 @@ def progress_detail(pct: float, message: str | None) -> str:
 
 
 class RedisStore(
-    RedisTreeMixin, RedisSignalsMixin, RedisBudgetsMixin, RedisDagMixin, RedisReadsMixin
+    RedisTreeMixin,
+    RedisSignalsMixin,
+    RedisBudgetsMixin,
+    RedisDagMixin,
+    RedisReadsMixin,
+    RedisSchedulesMixin,
+    RedisAdminMixin,
 ):
     """Tasks in Redis or Valkey, shared by every worker that reaches the server."""
 
@@ -174,6 +180,8 @@ class RedisStore(
                 f"flowmill's {SCHEMA_VERSION}: upgrade flowmill"
             )
         await self._load_library(client)
+        if before is not None and before < INDEXED_SINCE:
+            await reindex(client, self._k)
         await client.hset(
             self._k + "meta", mapping={"app": "flowmill", "schema_version": SCHEMA_VERSION}
         )
@@ -308,6 +316,10 @@ class RedisStore(
             _raise(out)
         return out
 
+    def _raise_reply(self, encoded: bytes) -> NoReturn:
+        """Raise the typed error of a function's MessagePack error map."""
+        _raise(_dec.decode(encoded))
+
     async def _fsync(self) -> None:
         """With durability=fsync: wait until the write is in the AOF on disk."""
         if self._waitaof:
@@ -406,6 +418,7 @@ class RedisStore(
             "kinds": list(p.kinds),
             "limit": p.limit,
             "ttl": p.lease_ttl_ms,
+            "start": p.start,
         }
         if p.limits:
             params["limits"] = [_limit(x) for x in p.limits]
@@ -426,6 +439,7 @@ class RedisStore(
         params: dict[str, Any] = {
             "leases": [[ref.task_id, ref.epoch] for ref in p.leases],
             "ttl": p.lease_ttl_ms,
+            "start": p.start,
         }
         if p.now_ms is not None:
             params["now"] = p.now_ms

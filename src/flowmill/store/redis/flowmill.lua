@@ -90,6 +90,7 @@ local function index(K, id, r)
   if s == 'ready' then
     local score = -tonumber(r.priority) * PRIO + tonumber(r.seq)
     redis.call('ZADD', rkey(K, r.queue, r.kind), score, id)
+    redis.call('SADD', K .. 'rqk:' .. r.queue, r.kind)
     if r.budget_id then redis.call('HINCRBY', K .. 'bready', r.budget_id, 1) end
   elseif s == 'scheduled' then
     redis.call('ZADD', K .. 'sch', r.run_at, id)
@@ -117,6 +118,7 @@ local function event(K, id, kind, state, at, detail)
   else
     redis.call('XADD', K .. 'ev', n .. '-1', 't', id, 'k', kind, 's', state, 'a', at)
   end
+  return n
 end
 
 local woke = {}
@@ -144,7 +146,9 @@ local function ended(K, id, r, state, result, err, now, quiet_parent)
     res_state = state,
     result = result or false,
     res_error = err or false,
+    evl = redis.call('GET', K .. 'evn'),
   })
+  redis.call('ZADD', K .. 'fin', now, id)
   if r.dedup_key then
     local f = dfield(r.kind, r.dedup_key)
     if redis.call('HGET', K .. 'dd', f) == id then redis.call('HDEL', K .. 'dd', f) end
@@ -522,6 +526,7 @@ local function link(K, rows, remap, now)
         else
           seen[up] = true
           redis.call('HSET', K .. 'dno:' .. up, row.id, '1')
+          redis.call('SADD', K .. 'dn:' .. up, row.id)
           redis.call('RPUSH', K .. 'up:' .. row.id, up)
           local st = redis.call('HGET', tkey(K, up), 'state')
           redis.call('HSET', tkey(K, up), 'has_dependents', '1')
@@ -606,14 +611,12 @@ local function fence_ok(K, fence)
   return r[1] == 'running' and tonumber(r[2]) == fence.epoch
 end
 
-local function insert(keys, args)
-  reset_wakes()
-  local K = keys[1]
-  local p = params(args[1])
-  local now = clock(p.now)
+-- Insert p.tasks (blobs in args). Returns the outcomes, or nil and an error map; on an
+-- error nothing has been written (the whole batch is planned and checked first).
+local function insert_tasks(K, p, now, args)
   local mode = p.mode
   if not fence_ok(K, p.fence) then
-    return reply({ err = 'lease', id = p.fence.id, epoch = p.fence.epoch })
+    return nil, { err = 'lease', id = p.fence.id, epoch = p.fence.epoch }
   end
   local checked = {}
   for _, t in ipairs(p.tasks) do
@@ -621,7 +624,7 @@ local function insert(keys, args)
       checked[t.parent] = true
       local st = redis.call('HGET', tkey(K, t.parent), 'state')
       if not st or TERMINAL[st] then
-        return reply({ err = 'parent', id = t.parent, state = st or nil })
+        return nil, { err = 'parent', id = t.parent, state = st or nil }
       end
     end
   end
@@ -654,7 +657,7 @@ local function insert(keys, args)
       local at = batch_keys[f]
       if at then
         local first = rows[at].id
-        if mode == 'reject' then return reply({ err = 'dup', key = t.key, id = first }) end
+        if mode == 'reject' then return nil, { err = 'dup', key = t.key, id = first } end
         if mode == 'replace' then
           row.id = first
           row.ck = rows[at].ck
@@ -667,7 +670,7 @@ local function insert(keys, args)
       else
         local holder = redis.call('HGET', K .. 'dd', f)
         if holder then
-          if mode == 'reject' then return reply({ err = 'dup', key = t.key, id = holder }) end
+          if mode == 'reject' then return nil, { err = 'dup', key = t.key, id = holder } end
           local hstate = redis.call('HGET', tkey(K, holder), 'state')
           if mode == 'replace' and REPLACEABLE[hstate] then
             replaced[#replaced + 1] = { holder, row }
@@ -684,7 +687,7 @@ local function insert(keys, args)
     end
     if not done then
       if ids[t.id] or redis.call('EXISTS', tkey(K, t.id)) == 1 then
-        return reply({ err = 'exists', id = t.id })
+        return nil, { err = 'exists', id = t.id }
       end
       ids[t.id] = true
       rows[#rows + 1] = row
@@ -700,7 +703,7 @@ local function insert(keys, args)
     for _, up in ipairs(row.t.deps or {}) do
       up = remap[up] or up
       if not ids[up] and redis.call('EXISTS', tkey(K, up)) == 0 then
-        return reply({ err = 'notfound', id = up })
+        return nil, { err = 'notfound', id = up }
       end
     end
   end
@@ -737,7 +740,7 @@ local function insert(keys, args)
       grown[t.parent] = (grown[t.parent] or 0) + 1
       redis.call('ZADD', K .. 'ch:' .. t.parent, seq, id)
     end
-    event(K, id, t.kind, row.state, now, nil)
+    redis.call('HSET', tkey(K, id), 'ev0', event(K, id, t.kind, row.state, now, nil))
     any_ready = any_ready or row.state == 'ready'
   end
   if p.workflow then
@@ -778,6 +781,15 @@ local function insert(keys, args)
     any_ready = any_ready or state == 'ready'
   end
   if any_ready then wake(K, 'ww') end
+  return outcomes
+end
+
+local function insert(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local outcomes, err = insert_tasks(K, p, clock(p.now), args)
+  if not outcomes then return reply(err) end
   return reply({ out = outcomes })
 end
 
@@ -849,9 +861,13 @@ local function claim(keys, args)
   local limit = p.limit
   local slots = build_slots(K, p.limits, now)
   local cands, held_cache = {}, {}
+  local paused = {}
+  for _, q in ipairs(p.queues) do
+    if redis.call('HGET', K .. 'qp', q) == '1' then paused[q] = true end
+  end
   for _, q in ipairs(p.queues) do
     local qs = slots['queue|' .. q]
-    for _, k in ipairs(p.kinds) do
+    for _, k in ipairs(paused[q] and {} or p.kinds) do
       local ks = slots['kind|' .. k]
       local key = rkey(K, q, k)
       local offset, got = 0, 0
@@ -890,6 +906,8 @@ local function claim(keys, args)
       state = 'running', attempts = attempts, lease_epoch = epoch, lease_owner = p.worker,
       lease_expires_at = expires, cancel_requested = '0', last_finish = false,
       started_at = now, updated_at = now,
+      -- a prefetch (start=false) is marked started by a renewal before its handler runs
+      lease_started = p.start == false and '0' or '1',
     })
     index(K, id, r)
     redis.call('ZREM', K .. 'ttl', id)
@@ -926,7 +944,9 @@ local function renew(keys, args)
   for i, l in ipairs(p.leases) do
     local v = redis.call('HMGET', tkey(K, l[1]), 'state', 'lease_epoch', 'cancel_requested')
     if v[1] == 'running' and tonumber(v[2]) == l[2] then
+      -- valid until reclaimed: a lease past its time that the reaper has not taken is kept
       redis.call('HSET', tkey(K, l[1]), 'lease_expires_at', expires)
+      if p.start then redis.call('HSET', tkey(K, l[1]), 'lease_started', '1') end
       redis.call('ZADD', K .. 'ls', expires, l[1])
       out[i] = { 1, v[3] == '1' and 1 or 0, expires }
     else
@@ -1075,9 +1095,9 @@ local function leases_expired(keys, args)
   local out = {}
   for _, id in ipairs(ids) do
     local v = redis.call('HMGET', tkey(K, id), 'kind', 'lease_epoch', 'attempts',
-      'max_attempts', 'retry_policy', 'lease_owner', 'cancel_requested')
+      'max_attempts', 'retry_policy', 'lease_owner', 'cancel_requested', 'lease_started')
     out[#out + 1] = { id, v[1], tonumber(v[2]), tonumber(v[3]), tonumber(v[4]), v[5], v[6],
-      v[7] == '1' and 1 or 0 }
+      v[7] == '1' and 1 or 0, v[8] == '0' and 0 or 1 }
   end
   return out
 end
@@ -1182,6 +1202,7 @@ local function waitpoint_create(keys, args)
     redis.call('HSET', K .. 'wpk', f, id)
     redis.call('HSET', K .. 'wp:' .. id, 'task', p.task, 'key', p.key,
       'expires_at', now + p.expires_in, 'created_at', now)
+    redis.call('SADD', K .. 'wpt:' .. p.task, id)
   end
   local v = redis.call('HMGET', K .. 'wp:' .. id, 'task', 'key', 'expires_at', 'created_at')
   return reply({ id = id, task = v[1], key = v[2], expires_at = tonumber(v[3]),
@@ -1228,6 +1249,53 @@ local function consume_if_satisfied(K, id, condition)
   return true
 end
 
+-- one-shot waitpoints: a suspension owns the waitpoints its condition names (every open
+-- waitpoint of its task when a Signal in it names none) and closes them when it resolves
+local function owned(c, found)
+  if c.signal then
+    local w = c.waitpoint
+    if w == nil or w == cjson.null then return false end
+    found[w] = true
+    return true
+  elseif c.count then
+    return owned(c.of, found)
+  end
+  for _, part in ipairs(c.any or c.all or {}) do
+    if not owned(part, found) then return false end
+  end
+  return true
+end
+
+-- close the waitpoints a resolved suspension owns (reason: 'resumed' or 'timed out'); their
+-- signals that nothing consumed go with it, so none leaks into a later suspension
+local function close_waitpoints(K, id, condition, reason)
+  local found, ids = {}, {}
+  if owned(cjson.decode(condition), found) then
+    for w in pairs(found) do ids[#ids + 1] = w end
+  else
+    ids = redis.call('SMEMBERS', K .. 'wpt:' .. id)
+  end
+  local closed, any = {}, false
+  for _, w in ipairs(ids) do
+    local wk = K .. 'wp:' .. w
+    local v = redis.call('HMGET', wk, 'task', 'closed')
+    if v[1] == id and not v[2] then
+      redis.call('HSET', wk, 'closed', reason)
+      closed[w], any = true, true
+    end
+  end
+  if not any then return end
+  local su = K .. 'su:' .. id
+  local keep, dropped = {}, false
+  for _, e in ipairs(redis.call('LRANGE', su, 0, -1)) do
+    if closed[cmsgpack.unpack(e)[1]] then dropped = true else keep[#keep + 1] = e end
+  end
+  if dropped then
+    redis.call('DEL', su)
+    if #keep > 0 then redis.call('RPUSH', su, unpack(keep)) end
+  end
+end
+
 local function signal_deliver(keys, args)
   reset_wakes()
   local K = keys[1]
@@ -1250,6 +1318,10 @@ local function signal_deliver(keys, args)
   if TERMINAL[r.state] then
     return reply({ status = 'rejected', reason = 'task already ended (' .. r.state .. ')' })
   end
+  local closed = redis.call('HGET', K .. 'wp:' .. p.wp, 'closed')
+  if closed then
+    return reply({ status = 'closed', reason = 'waitpoint closed: its suspension ' .. closed })
+  end
   redis.call('RPUSH', K .. 'su:' .. id, cmsgpack.pack({ p.wp, p.name, args[p.payload], now }))
   if ik then redis.call('HSET', K .. 'sik', ik, '1') end
   if r.state ~= 'suspended' then return reply({ status = 'accepted' }) end
@@ -1257,6 +1329,7 @@ local function signal_deliver(keys, args)
   if sp[1] ~= '1' or not consume_if_satisfied(K, id, sp[2]) then
     return reply({ status = 'accepted' })
   end
+  close_waitpoints(K, id, sp[2], 'resumed')
   unindex(K, id, r)
   r.state = 'ready'
   set(K, id, { state = 'ready', updated_at = now })
@@ -1278,6 +1351,7 @@ local function task_suspend(keys, args)
   redis.call('HSET', sp, 'open', '1', 'condition', p.condition, 'on_timeout', p.on_timeout,
     'attempt', v[4], 'created_at', now)
   if consume_if_satisfied(K, p.id, p.condition) then
+    close_waitpoints(K, p.id, p.condition, 'resumed')
     return reply({ status = 'already_satisfied' })
   end
   local r = load(K, p.id)
@@ -1312,6 +1386,7 @@ local function suspensions_expire(keys, args)
     if r and r.state == 'suspended' and redis.call('HGET', sp, 'open') == '1' then
       n = n + 1
       redis.call('HSET', sp, 'open', '0', 'resolution', 'timeout')
+      close_waitpoints(K, id, redis.call('HGET', sp, 'condition'), 'timed out')
       if how == 'resume' then
         unindex(K, id, r)
         r.state = 'ready'
@@ -1456,6 +1531,328 @@ local function list(keys, args)
   return out
 end
 
+-- schedules ----------------------------------------------------------------------------------
+-- One hash per schedule (`sd:<name>`), every name in the set `sdn`. A firing is one call:
+-- the compare-and-set on version and next_fire_ms, and the insert of the tick's tasks
+-- (on_duplicate "skip"); the insert is planned and checked before anything is written.
+
+local function sckey(K, name) return K .. 'sd:' .. name end
+local function flag(v) if v then return '1' end return '0' end
+
+local function hput(key, fields)
+  -- fields: name -> value, or false to delete the field
+  local put, del = {}, {}
+  for k, v in pairs(fields) do
+    if v == false then del[#del + 1] = k else put[#put + 1] = k; put[#put + 1] = v end
+  end
+  if #put > 0 then redis.call('HSET', key, unpack(put)) end
+  if #del > 0 then redis.call('HDEL', key, unpack(del)) end
+end
+
+local function schedule_rows(K, names)
+  local out = {}
+  for _, name in ipairs(names) do
+    local flat = redis.call('HGETALL', sckey(K, name))
+    if #flat > 0 then out[#out + 1] = flat end
+  end
+  return out
+end
+
+local function schedules_upsert(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local declared = {}
+  for _, d in ipairs(p.schedules) do
+    declared[d.name] = true
+    local key = sckey(K, d.name)
+    local paused = flag(d.paused)
+    local fields = {
+      kind = d.kind, trigger = d.trigger, tz = d.tz or false, misfire = d.misfire,
+      jitter_ms = d.jitter_ms, payload = args[d.payload], queue = d.queue,
+      priority = d.priority, max_attempts = d.max_attempts,
+      retry_policy = args[d.retry_policy], timeout_ms = d.timeout_ms or false,
+      definition = d.definition, declared_paused = paused, declared_at_ms = now,
+      undeclared_since_ms = false, updated_at = now,
+    }
+    local old = redis.call('HMGET', key, 'version', 'definition', 'trigger', 'tz',
+      'declared_paused')
+    if not old[1] then
+      fields.name = d.name
+      fields.version = 1
+      fields.paused = paused
+      fields.next_fire_ms = d.first_fire_ms
+      fields.fired = 0
+      fields.created_at = now
+      redis.call('SADD', K .. 'sdn', d.name)
+    else
+      if old[2] ~= d.definition then fields.version = tonumber(old[1]) + 1 end
+      local reset = old[3] ~= d.trigger or (old[4] or nil) ~= d.tz
+      if old[5] ~= paused then
+        fields.paused = paused -- the declared value changed: it applies
+        if not d.paused then reset = true end -- unpaused from the first tick after now
+      end
+      if reset then fields.next_fire_ms = d.first_fire_ms end
+    end
+    hput(key, fields)
+  end
+  local names = redis.call('SMEMBERS', K .. 'sdn')
+  for _, name in ipairs(names) do
+    local key = sckey(K, name)
+    if not declared[name] and redis.call('HEXISTS', key, 'undeclared_since_ms') == 0 then
+      redis.call('HSET', key, 'undeclared_since_ms', now, 'updated_at', now)
+    end
+  end
+  return schedule_rows(K, names)
+end
+
+local function schedules_get(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local names = p.names
+  if not names or #names == 0 then names = redis.call('SMEMBERS', K .. 'sdn') end
+  return schedule_rows(K, names)
+end
+
+-- reply: { status, the schedule's hash after the call (nil when missing), outcomes }
+local function schedules_fire(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local key = sckey(K, p.name)
+  local cur = redis.call('HMGET', key, 'version', 'next_fire_ms', 'paused')
+  if not cur[1] then return { 'missing', false, {} } end
+  if cur[3] == '1' then return { 'paused', redis.call('HGETALL', key), {} } end
+  if tonumber(cur[1]) ~= p.expected_version or tonumber(cur[2]) ~= p.expected_next_ms then
+    return { 'stale', redis.call('HGETALL', key), {} }
+  end
+  local outcomes = {}
+  if #p.tasks > 0 then
+    local out, err = insert_tasks(K, { tasks = p.tasks, mode = 'skip' }, now, args)
+    if not out then return { 'err', reply(err), {} } end
+    outcomes = out
+    local inserted = 0
+    for _, o in ipairs(out) do if o[2] == 'inserted' then inserted = inserted + 1 end end
+    hput(key, { last_tick_ms = p.last_tick_ms or false, last_fired_at_ms = now })
+    redis.call('HINCRBY', key, 'fired', inserted)
+  end
+  redis.call('HSET', key, 'next_fire_ms', p.next_fire_ms, 'updated_at', now)
+  return { 'fired', redis.call('HGETALL', key), outcomes }
+end
+
+local function schedules_set_paused(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local key = sckey(K, p.name)
+  local paused = redis.call('HGET', key, 'paused')
+  if not paused then return false end
+  if p.paused and paused == '0' then
+    redis.call('HSET', key, 'paused', '1', 'updated_at', now)
+  elseif not p.paused and paused == '1' then
+    hput(key, { paused = '0', updated_at = now, next_fire_ms = p.next_fire_ms or nil })
+  end
+  return redis.call('HGETALL', key)
+end
+
+-- operators: worker registry, queue pause, gauges, retention --------------------------------
+
+local function worker_heartbeat(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local now = clock(p.now)
+  local wk = K .. 'wk:' .. p.id
+  redis.call('HSET', wk, 'data', p.data, 'last_seen', now)
+  if p.stopped then
+    redis.call('HSET', wk, 'stopped_at', now)
+  else
+    redis.call('HDEL', wk, 'stopped_at')
+  end
+  redis.call('SADD', K .. 'wks', p.id)
+  return reply({})
+end
+
+-- { now, { { id, data, last_seen, stopped_at or nil }, ... } }
+local function workers_list(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local out = {}
+  for _, id in ipairs(redis.call('SMEMBERS', K .. 'wks')) do
+    local v = redis.call('HMGET', K .. 'wk:' .. id, 'data', 'last_seen', 'stopped_at')
+    if v[1] then out[#out + 1] = { id, v[1], v[2], v[3] } end
+  end
+  return { clock(p.now), out }
+end
+
+local function workers_prune(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local cutoff = clock(p.now) - p.older_than
+  local n = 0
+  for _, id in ipairs(redis.call('SMEMBERS', K .. 'wks')) do
+    local seen = redis.call('HGET', K .. 'wk:' .. id, 'last_seen')
+    if not seen or tonumber(seen) < cutoff then
+      redis.call('DEL', K .. 'wk:' .. id)
+      redis.call('SREM', K .. 'wks', id)
+      if seen then n = n + 1 end
+    end
+  end
+  return reply({ n = n })
+end
+
+local function queue_set_paused(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local before = redis.call('HGET', K .. 'qp', p.queue) == '1'
+  redis.call('HSET', K .. 'qp', p.queue, p.paused and '1' or '0')
+  if not p.paused then wake(K, 'ww') end -- its ready tasks are claimable again
+  return reply({ changed = before ~= p.paused })
+end
+
+-- { now, { { queue, state, n }, ... }, { { queue, paused }, ... }, { { queue, oldest }, ... } }
+local function queues_list(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local counts, ready = {}, {}
+  local flat = redis.call('HGETALL', K .. 'cnt')
+  for i = 1, #flat, 2 do
+    local n = tonumber(flat[i + 1])
+    if n > 0 then
+      local bar = string.find(flat[i], '|', 1, true)
+      local state, queue = string.sub(flat[i], 1, bar - 1), string.sub(flat[i], bar + 1)
+      counts[#counts + 1] = { queue, state, n }
+      if state == 'ready' then ready[#ready + 1] = queue end
+    end
+  end
+  local flags = {}
+  flat = redis.call('HGETALL', K .. 'qp')
+  for i = 1, #flat, 2 do flags[#flags + 1] = { flat[i], flat[i + 1] == '1' and 1 or 0 } end
+  -- the oldest ready task of a queue: the one written longest ago, over its kinds
+  local oldest = {}
+  for _, queue in ipairs(ready) do
+    local best = nil
+    for _, kind in ipairs(redis.call('SMEMBERS', K .. 'rqk:' .. queue)) do
+      for _, id in ipairs(redis.call('ZRANGE', rkey(K, queue, kind), 0, -1)) do
+        local at = tonumber(redis.call('HGET', tkey(K, id), 'updated_at'))
+        if at and (not best or at < best) then best = at end
+      end
+    end
+    if best then oldest[#oldest + 1] = { queue, best } end
+  end
+  return { clock(p.now), counts, flags, oldest }
+end
+
+local function active(K, id)
+  local st = redis.call('HGET', tkey(K, id), 'state')
+  return st and not TERMINAL[st]
+end
+
+-- a finished task no live tree needs: its parent, workflow run, children and dependents
+-- are all finished (or gone)
+local function purgeable(K, id, r)
+  if r.parent_id and active(K, r.parent_id) then return false end
+  if tonumber(r.children_active or 0) > 0 then return false end
+  for _, down in ipairs(redis.call('SMEMBERS', K .. 'dn:' .. id)) do
+    if active(K, down) then return false end
+  end
+  if r.workflow_id then
+    for _, node in ipairs(redis.call('ZRANGE', K .. 'wfn:' .. r.workflow_id, 0, -1)) do
+      if active(K, node) then return false end
+    end
+  end
+  return true
+end
+
+local function purge_one(K, id, r)
+  unindex(K, id, r)
+  r.was = nil
+  if r.ev0 then -- its events lie between its first and its last
+    local last = r.evl or redis.call('GET', K .. 'evn')
+    local gone = {}
+    for _, e in ipairs(redis.call('XRANGE', K .. 'ev', r.ev0 .. '-1', last .. '-1')) do
+      if e[2][2] == id then gone[#gone + 1] = e[1] end
+    end
+    for i = 1, #gone, 500 do
+      redis.call('XDEL', K .. 'ev', unpack(gone, i, math.min(i + 499, #gone)))
+    end
+  end
+  local top = math.max(tonumber(r.attempts or 0), tonumber(r.frame_attempt or 0)) + 1
+  for a = 0, top do redis.call('DEL', K .. 'fr:' .. id .. ':' .. a) end
+  for _, w in ipairs(redis.call('SMEMBERS', K .. 'wpt:' .. id)) do
+    local key = redis.call('HGET', K .. 'wp:' .. w, 'key')
+    if key then redis.call('HDEL', K .. 'wpk', #id .. ':' .. id .. key) end
+    redis.call('DEL', K .. 'wp:' .. w)
+  end
+  redis.call('DEL', K .. 'wpt:' .. id, K .. 'su:' .. id, K .. 'sc:' .. id, K .. 'sp:' .. id,
+    K .. 'ch:' .. id, K .. 'up:' .. id, K .. 'dno:' .. id, K .. 'dn:' .. id, tkey(K, id))
+  for _, z in ipairs({ 'spd', 'all', 'ttl', 'hk', 'fin', 'sch', 'ls' }) do
+    redis.call('ZREM', K .. z, id)
+  end
+  if r.dedup_key then
+    local f = dfield(r.kind, r.dedup_key)
+    if redis.call('HGET', K .. 'dd', f) == id then redis.call('HDEL', K .. 'dd', f) end
+  end
+  if r.parent_id then
+    redis.call('ZREM', K .. 'ch:' .. r.parent_id, id)
+    if r.child_key then
+      local ck = #r.parent_id .. ':' .. r.parent_id .. r.child_key
+      if redis.call('HGET', K .. 'ck', ck) == id then redis.call('HDEL', K .. 'ck', ck) end
+    end
+  end
+  if r.workflow_id then
+    local wfn = K .. 'wfn:' .. r.workflow_id
+    redis.call('ZREM', wfn, id)
+    if redis.call('ZCARD', wfn) == 0 then -- the run goes with its last node
+      redis.call('DEL', K .. 'wf:' .. r.workflow_id)
+      redis.call('ZREM', K .. 'wfs', r.workflow_id)
+    end
+  end
+end
+
+local function tasks_purge(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local states = {}
+  for _, st in ipairs(p.states) do if TERMINAL[st] then states[st] = true end end
+  local picked, offset, chunk = {}, 0, math.max(p.limit, 100)
+  while #picked < p.limit do
+    local page = redis.call('ZRANGEBYSCORE', K .. 'fin', '-inf', '(' .. p.before,
+      'LIMIT', offset, chunk)
+    if #page == 0 then break end
+    for _, id in ipairs(page) do
+      local r = load(K, id)
+      if r and states[r.state] and purgeable(K, id, r) then
+        picked[#picked + 1] = { id, r }
+        if #picked >= p.limit then break end
+      end
+    end
+    offset = offset + chunk
+  end
+  for _, t in ipairs(picked) do purge_one(K, t[1], t[2]) end
+  return reply({ n = #picked })
+end
+
+-- a migration from a layout before the indexes the operator's operations read: rebuild
+-- them for a page of tasks (by insertion order); returns how many tasks the page held
+local function reindex(keys, args)
+  local K = keys[1]
+  local p = params(args[1])
+  local ids = redis.call('ZRANGE', K .. 'all', p.offset, p.offset + p.count - 1)
+  for _, id in ipairs(ids) do
+    local v = redis.call('HMGET', tkey(K, id), 'state', 'queue', 'kind', 'finished_at')
+    if v[1] == 'ready' then redis.call('SADD', K .. 'rqk:' .. v[2], v[3]) end
+    if v[1] and TERMINAL[v[1]] and v[4] then
+      redis.call('ZADD', K .. 'fin', 'NX', v[4], id)
+    end
+    for _, up in ipairs(redis.call('LRANGE', K .. 'up:' .. id, 0, -1)) do
+      redis.call('SADD', K .. 'dn:' .. up, id)
+    end
+  end
+  return #ids
+end
+
 local function version() return VERSION end
 
 -- the partition's next due time (or nil) and the server's clock, for a waiter's block
@@ -1497,3 +1894,17 @@ redis.register_function('fm_upstream_get', upstream_get)
 redis.register_function('fm_workflow_get', workflow_get)
 redis.register_function('fm_workflows_list', workflows_list)
 redis.register_function('fm_workflow_cancel', workflow_cancel)
+redis.register_function('fm_schedules_upsert', schedules_upsert)
+redis.register_function{ function_name = 'fm_schedules_get', callback = schedules_get,
+  flags = { 'no-writes' } }
+redis.register_function('fm_schedules_fire', schedules_fire)
+redis.register_function('fm_schedules_set_paused', schedules_set_paused)
+redis.register_function('fm_worker_heartbeat', worker_heartbeat)
+redis.register_function{ function_name = 'fm_workers_list', callback = workers_list,
+  flags = { 'no-writes' } }
+redis.register_function('fm_workers_prune', workers_prune)
+redis.register_function('fm_queue_set_paused', queue_set_paused)
+redis.register_function{ function_name = 'fm_queues_list', callback = queues_list,
+  flags = { 'no-writes' } }
+redis.register_function('fm_tasks_purge', tasks_purge)
+redis.register_function('fm_reindex', reindex)

@@ -1,0 +1,44 @@
+"""The key layout's version, and what migrating an older layout rebuilds.
+
+Redis has no DDL: version 1 is the key layout flowmill.lua reads and writes. A change to
+that layout gets the next number, aligned with the other backends' migrations.
+2: schedules (`sd:<name>` hashes and the `sdn` set; nothing to rewrite from 1).
+3: the indexes of the operator's operations (finish times `fin`, kinds per queue
+   `rqk:<queue>`, dependents `dn:<task>`, waitpoints per task `wpt:<task>`), rebuilt from
+   the tasks when an older layout is migrated.
+4: leases say whether their handler started (`lease_started`), one-shot waitpoints
+   (`closed`); a task or waitpoint without them reads as started and open.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+SCHEMA_VERSION = 4
+INDEXED_SINCE = 3
+_REINDEX_PAGE = 1000
+_enc = msgspec.msgpack.Encoder()
+
+
+def _glob(prefix: str) -> str:
+    """`prefix` with the characters a SCAN pattern gives a meaning escaped."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
+
+
+async def reindex(client: Any, k: str) -> None:
+    """Build the indexes a layout before `INDEXED_SINCE` lacks, under the partition prefix
+    `k`, page by page (each page one FCALL; running it twice changes nothing)."""
+    offset = 0
+    while True:
+        params = _enc.encode({"offset": offset, "count": _REINDEX_PAGE})
+        n = int(await client.fcall("fm_reindex", 1, k, params))
+        if n < _REINDEX_PAGE:
+            break
+        offset += n
+    async for key in client.scan_iter(match=_glob(k) + "wp:*", count=1000):
+        task: Any = await client.hget(key, "task")
+        if task is not None:
+            waitpoint = key[len(k.encode()) + 3 :]
+            await client.sadd(k + "wpt:" + task.decode(), waitpoint)
