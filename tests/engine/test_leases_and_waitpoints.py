@@ -10,9 +10,10 @@ from typing import Any
 import msgspec
 
 import flowmill as fm
-from flowmill._conditions import Signal
 from flowmill.store.contract.tasks import LeasesExpired, TasksClaim
 from flowmill.worker._outcome import reap
+
+from .test_signals import asgi_post, suspended_web_waitpoint
 
 
 async def test_retry_at_comes_from_the_apps_clock(app: fm.App, clock: fm.ManualClock) -> None:
@@ -59,43 +60,11 @@ async def test_a_dead_workers_prefetched_tasks_go_back_uncharged(
 async def test_a_closed_waitpoint_answers_409(app: fm.App) -> None:
     from flowmill.web import signals_app
 
-    @app.task(name="web")
-    async def web(n: int) -> None:
-        return None
-
-    await app.submit(web, 1)
-    async with app.claimer(worker_id="w", kinds=["web"]) as c:
-        task = await c.claim()
-        assert task is not None
-        wp = await task.create_waitpoint("k", timedelta(hours=1))
-        await task.suspend(Signal("approved", wp))
+    wp = await suspended_web_waitpoint(app)
     asgi = signals_app(app)
 
     async def post(body: bytes) -> tuple[int, Any]:
-        sent: list[dict[str, Any]] = []
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-        async def receive() -> dict[str, Any]:
-            return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": f"/signals/{wp.id}",
-            "headers": [],
-            "query_string": b"",
-            "http_version": "1.1",
-            "scheme": "http",
-            "server": ("127.0.0.1", 80),
-            "root_path": "",
-        }
-        await asgi(scope, receive, send)
-        status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-        out = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-        return status, msgspec.json.decode(out)
+        return await asgi_post(asgi, f"/signals/{wp.id}", body)
 
     body = msgspec.json.encode({"name": "approved", "token": wp.token})
     assert await post(body) == (202, {"status": "accepted", "resumed": True})

@@ -271,8 +271,8 @@ async def test_frames_are_ordered_and_tailable_live(app: fm.App) -> None:
     assert {f.payload for f in frames} == {f"t{i}".encode() for i in range(50)}
 
 
-async def test_http_endpoint(app: fm.App) -> None:
-    from flowmill.web import signals_app
+async def suspended_web_waitpoint(app: fm.App) -> Waitpoint:
+    """A task suspended on a fresh waitpoint's "approved" signal; returns the waitpoint."""
 
     @app.task(name="web")
     async def web(n: int) -> None:
@@ -284,33 +284,45 @@ async def test_http_endpoint(app: fm.App) -> None:
         assert task is not None
         wp = await task.create_waitpoint("k", timedelta(hours=1))
         await task.suspend(Signal("approved", wp))
+    return wp
+
+
+async def asgi_post(asgi: Any, path: str, body: bytes) -> tuple[int, Any]:
+    """POST `body` to `path` of an ASGI app in-process; the status and the decoded JSON."""
+    sent: list[dict[str, Any]] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [],
+        "query_string": b"",
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("127.0.0.1", 80),
+        "root_path": "",
+    }
+    await asgi(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body_out = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, msgspec.json.decode(body_out)
+
+
+async def test_http_endpoint(app: fm.App) -> None:
+    from flowmill.web import signals_app
+
+    wp = await suspended_web_waitpoint(app)
     asgi = signals_app(app)
 
     async def post(path: str, body: bytes) -> tuple[int, Any]:
-        sent: list[dict[str, Any]] = []
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-        async def receive() -> dict[str, Any]:
-            return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": path,
-            "headers": [],
-            "query_string": b"",
-            "http_version": "1.1",
-            "scheme": "http",
-            "server": ("127.0.0.1", 80),
-            "root_path": "",
-        }
-        await asgi(scope, receive, send)
-        status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-        body_out = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-        return status, msgspec.json.decode(body_out)
+        return await asgi_post(asgi, path, body)
 
     bad = await post(
         f"/signals/{wp.id}", msgspec.json.encode({"name": "approved", "token": "x.y.z"})
