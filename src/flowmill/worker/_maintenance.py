@@ -115,7 +115,8 @@ class Maintenance:
                     await self.warn_unserved()
             except StoreError as exc:
                 log.warning("maintenance failed: %s", exc)
-            since_reap = 0.0 if since_reap >= self.reap_s else since_reap
+            if full:
+                since_reap = 0.0
             # Never sleep past the next full pass: a lease is reclaimed within reap_s of
             # its expiry even when reap_s is no multiple of promote_s.
             pause = min(self.promote_s, self.reap_s - since_reap)
