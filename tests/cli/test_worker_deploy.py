@@ -61,15 +61,6 @@ def greet(name: str, ctx: fm.Context) -> str:
 """
 
 
-def close_all(e: Env) -> None:
-    for p in e.procs:
-        if p.popen.poll() is None:
-            p.popen.kill()
-            p.popen.wait(timeout=30)
-        if p.popen.stderr is not None:
-            p.popen.stderr.close()
-
-
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
     e = make_env(tmp_path)
@@ -77,7 +68,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     try:
         yield e
     finally:
-        close_all(e)
+        e.close()
 
 
 def running_hold(env: Env, *args: str, name: str = "h") -> Proc:
@@ -296,3 +287,24 @@ def test_processes_exit_with_the_worst_child_code(env: Env) -> None:
     out = env.flowmill_with(failing, "worker", "deploy_hooks:app", "--processes", "2")
     assert out.returncode == 4, out.stderr
     assert out.stderr.count("the pool cannot connect") >= 2
+
+
+def test_children_stop_when_the_parent_is_killed(env: Env) -> None:
+    # SIGKILL (the OOM killer, kill -9) gives the parent no chance to pass anything on: each
+    # child notices it was orphaned and stops gracefully instead of claiming on forever.
+    w = env.worker("--processes", "2", fmt="json")
+    started = w.wait_for(message("started 2 worker processes"), "the parent starts two")
+    children = [int(p) for p in re.findall(r"\d+", started["message"].split(":", 1)[1])]
+    for pid in children:
+        w.wait_for(lambda r, pid=pid: r["pid"] == pid and "claiming" in r["message"], "claims")
+    w.popen.kill()
+    for pid in children:
+        w.wait_for(
+            lambda r, pid=pid: r["pid"] == pid and "parent process" in r["message"],
+            f"child {pid} sees its parent gone",
+        )
+    assert w.reader is not None
+    w.reader.join(timeout=60)  # stderr ends once both children have exited
+    assert not w.reader.is_alive(), w.log()
+    for pid in children:
+        assert w.find(lambda r, pid=pid: r["pid"] == pid and "stopped" in r["message"]), w.log()

@@ -8,6 +8,7 @@ The tests wait for log lines and files the handlers write, never for a timer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ WAIT_S = 60.0
 
 JOBS = """
 import asyncio
+import contextlib
 import os
 import pathlib
 import time
@@ -210,11 +212,27 @@ class Env:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # close() kills its whole group, --processes children too
         )  # fmt: skip
         proc = Proc(popen, fmt)
         proc.start_reading()
         self.procs.append(proc)
         return proc
+
+    def close(self) -> None:
+        """Kill every worker started here, with any children, and stop their readers.
+
+        The stderr pipe is not closed under a reader blocked on it: that close would wait
+        on the reader's buffer lock, which no signal (not even the test timeout) breaks.
+        """
+        for p in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.popen.pid, signal.SIGKILL)
+            p.popen.wait(timeout=30)
+            if p.reader is not None:
+                p.reader.join(timeout=30)
+            if p.popen.stderr is not None and not p._reading():
+                p.popen.stderr.close()
 
     def wait_file(self, name: str, proc: Proc | None = None) -> None:
         deadline = time.monotonic() + WAIT_S
@@ -243,12 +261,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     try:
         yield e
     finally:
-        for p in e.procs:
-            if p.popen.poll() is None:
-                p.popen.kill()
-                p.popen.wait(timeout=30)
-            if p.popen.stderr is not None:
-                p.popen.stderr.close()
+        e.close()
 
 
 def task(kind: str, outcome: str | None = None, **more: Any) -> Callable[[dict[str, Any]], bool]:

@@ -16,7 +16,7 @@ from .._logging import LogFormat, mask_url
 from ..errors import StoreError
 from ..worker._health import HealthServer
 from ..worker._lifecycle import ExitCode, StartHookFailed
-from ..worker._processes import supervise
+from ..worker._processes import supervise, watch_parent
 from ..worker._worker import Worker
 from ._common import (
     fail,
@@ -146,6 +146,7 @@ def worker(
             )
         child = _child_args(sys.argv[1:])
         raise typer.Exit(supervise(processes, [sys.executable, "-m", "flowmill", *child]))
+    watch_parent()
     with one_line_errors():
         app = load_app(app_path)
         w = app.worker(
