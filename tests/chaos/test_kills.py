@@ -39,30 +39,34 @@ async def _outcome(app: fm.App, ids: list[str], ledger: _ledger.Ledger) -> None:
     ledger.lost = len(ids) - ledger.completed
 
 
-def _stop_outside_a_write(proc: subprocess.Popen[str], db_url: str) -> None:
-    """SIGSTOP `proc`, at a moment it holds no SQLite write lock.
+def _stop_outside_a_write(proc: subprocess.Popen[str], *files: str) -> None:
+    """SIGSTOP `proc` at a moment it holds no write lock on any of the SQLite `files`.
 
-    A stopped process inside a write transaction blocks every other writer of the file
+    A process stopped inside a write transaction blocks every other writer of that file
     until it resumes: SQLite's own locking, which no lease can fence (the limit is in
     docs/explanation/leases-and-fencing.md). The scenario here is a zombie with tasks in
-    flight, so on SQLite the stop is retried until the file takes a write.
+    flight, so the stop is retried until each file takes a write: flowmill's database
+    and the test's own ledger, which the handlers write to.
     """
-    path = db_url.removeprefix("sqlite:///").split("?", 1)[0]
     for _ in range(200):
         proc.send_signal(signal.SIGSTOP)
-        if not db_url.startswith("sqlite:"):
+        if all(_writable(path) for path in files):
             return
-        probe = sqlite3.connect(path, timeout=0.5, isolation_level=None)
-        try:
-            probe.execute("BEGIN IMMEDIATE")
-            probe.execute("ROLLBACK")
-            return
-        except sqlite3.OperationalError:  # stopped mid-write: let it finish, try again
-            proc.send_signal(signal.SIGCONT)
-            time.sleep(0.01)
-        finally:
-            probe.close()
+        proc.send_signal(signal.SIGCONT)  # stopped mid-write: let it finish, try again
+        time.sleep(0.01)
     raise AssertionError("the zombie was inside a write at every one of 200 stops")
+
+
+def _writable(path: str) -> bool:
+    probe = sqlite3.connect(path, timeout=0.5, isolation_level=None)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        probe.close()
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -184,7 +188,8 @@ async def test_sigstop_zombie_is_fenced(tmp_path: Path, db_url: str, seed: int, 
             lambda: ledger_count(effects, "SELECT count(*) FROM executions") >= 1,
             what="the first worker to start tasks",
         )
-        _stop_outside_a_write(zombie, db_url)
+        sqlite_files = [db_url.removeprefix("sqlite:///")] if db_url.startswith("sqlite:") else []
+        _stop_outside_a_write(zombie, str(effects), *sqlite_files)
         book.kills += 1
         try:
             with spawn("tests.chaos._chaos_app", db_url, str(effects), "forever", env=env) as other:
