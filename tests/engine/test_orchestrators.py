@@ -140,7 +140,13 @@ async def test_fail_fast_cancels_the_rest_and_fails_the_parent(app: fm.App) -> N
     async def leaf(n: int, ctx: fm.Context) -> int:
         if n == 0:
             raise ValueError("bad leaf")
-        await gate.wait()
+        # Cooperative: a running leaf ends when told to stop. (The app's ManualClock never
+        # ends the cancel grace of a leaf that ignored the request, and on_cancel waits for
+        # every child to end.)
+        waits = [asyncio.ensure_future(gate.wait()), asyncio.ensure_future(ctx.wait_cancelled())]
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for w in pending:
+            w.cancel()
         return n
 
     @app.executor(name="parent")
@@ -163,7 +169,8 @@ async def test_fail_fast_cancels_the_rest_and_fails_the_parent(app: fm.App) -> N
         await worker.maintain()
         # The worker's own maintenance pass may be the one running the hook: wait for it
         # before the worker stops (a stop would hand the hook back unrun).
-        await eventually(lambda: _true(bool(cancelled_with)), what="on_cancel to run")
+        # The worker learns of the cancel requests within its poll interval (5 s).
+        await eventually(lambda: _true(bool(cancelled_with)), what="on_cancel to run", timeout=30)
         gate.set()
     assert err.value.state == "failed"
     assert err.value.category == "child_failed"
