@@ -8,6 +8,9 @@ that layout gets the next number, aligned with the other backends' migrations.
    the tasks when an older layout is migrated.
 4: leases say whether their handler started (`lease_started`), one-shot waitpoints
    (`closed`); a task or waitpoint without them reads as started and open.
+5: a claim stamps the task with a random lease id (`lease_id`) that every worker write
+   names beside the epoch and attempt (see `_leases`); a task claimed without one (by an
+   older client) is judged on its epoch.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 INDEXED_SINCE = 3
 _REINDEX_PAGE = 1000
 _enc = msgspec.msgpack.Encoder()

@@ -37,6 +37,7 @@ from ..contract.signals import (
     WaitpointCreate,
     WaitpointRow,
 )
+from ._leases import HeldLeases
 
 _TIMEOUT_ERRORS = {
     "timeout_error": encode_error(SUSPEND_TIMEOUT_ERROR),
@@ -74,6 +75,8 @@ class RedisSignalsMixin:
 
         async def _wait_cancellable(self, which: str, timeout_s: float) -> None: ...
 
+        _leases: HeldLeases
+
     async def waitpoint_create(self, p: WaitpointCreate) -> WaitpointRow:
         params = {
             "task": p.task_id,
@@ -82,6 +85,7 @@ class RedisSignalsMixin:
             "key": p.key,
             "expires_in": p.expires_in_ms,
         }
+        self._leases.name(params, p.task_id, p.epoch)
         out = await self._call("fm_waitpoint_create", _with_now(params, p.now_ms))
         return WaitpointRow(
             out["id"], out["task"], out["key"], int(out["expires_at"]), int(out["created_at"])
@@ -116,8 +120,12 @@ class RedisSignalsMixin:
         }
         if p.timeout_ms is not None:
             params["timeout"] = p.timeout_ms
+        self._leases.name(params, p.task_id, p.epoch)
         out = await self._call("fm_task_suspend", _with_now(params, p.now_ms))
-        return SuspendStatus(out["status"])
+        status = SuspendStatus(out["status"])
+        if status is SuspendStatus.SUSPENDED:  # the lease was released
+            self._leases.drop(p.task_id, p.epoch)
+        return status
 
     async def suspensions_expire(self, p: SuspensionsExpire) -> int:
         if p.limit <= 0:
@@ -139,6 +147,7 @@ class RedisSignalsMixin:
         if p.metadata is not None:
             blobs.append(p.metadata)
             params["metadata"] = 3
+        self._leases.name(params, p.task_id, p.epoch)
         out = await self._call("fm_frames_append", _with_now(params, p.now_ms), blobs)
         return FrameRef(int(out["attempt"]), int(out["seq"]))
 

@@ -23,17 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..._states import State
-from ...errors import (
-    ConfigurationError,
-    DuplicateTask,
-    IllegalTransition,
-    InvalidParent,
-    LeaseLost,
-    SchemaError,
-    StoreError,
-    TaskNotFound,
-    UnknownBudget,
-)
+from ...errors import ConfigurationError, SchemaError, StoreError
 from .._common.budget_rules import check_claim_limit
 from .._common.dag_rules import check, has_links
 from .._common.serde import encode_error
@@ -64,9 +54,18 @@ from ..contract.tasks import (
 from . import _records as rec
 from ._admin import RedisAdminMixin
 from ._budgets import RedisBudgetsMixin
-from ._conn import Durability, check_durability, guarded, parse_url, redact, translate
+from ._conn import (
+    Durability,
+    check_durability,
+    guarded,
+    parse_url,
+    raise_reply,
+    redact,
+    translate,
+)
 from ._dag import RedisDagMixin
 from ._layout import INDEXED_SINCE, SCHEMA_VERSION, reindex
+from ._leases import HeldLeases
 from ._reads import RedisReadsMixin
 from ._schedules import RedisSchedulesMixin
 from ._signals import RedisSignalsMixin
@@ -121,6 +120,8 @@ class RedisStore(
         # the block is the timeout, and keepalives notice a dead peer.
         self._blocking: Any = None
         self._waitaof = False
+        # the lease id of each lease this store's claims hold (see `_leases`)
+        self._leases = HeldLeases()
         # wake-up Stream cursors per waiting asyncio task (see `_wait`)
         self._cursors: weakref.WeakKeyDictionary[Any, dict[str, bytes]] = (
             weakref.WeakKeyDictionary()
@@ -313,12 +314,12 @@ class RedisStore(
         """A function whose reply is one MessagePack map; its `err` raised as typed errors."""
         out = _dec.decode(await self._fcall(fn, params, blobs))
         if isinstance(out, dict) and "err" in out:
-            _raise(out)
+            raise_reply(out)
         return out
 
     def _raise_reply(self, encoded: bytes) -> NoReturn:
         """Raise the typed error of a function's MessagePack error map."""
-        _raise(_dec.decode(encoded))
+        raise_reply(_dec.decode(encoded))
 
     async def _fsync(self) -> None:
         """With durability=fsync: wait until the write is in the AOF on disk."""
@@ -400,7 +401,8 @@ class RedisStore(
         if p.now_ms is not None:
             params["now"] = p.now_ms
         if p.fence is not None:
-            params["fence"] = {"id": p.fence.task_id, "epoch": p.fence.epoch}
+            fence = {"id": p.fence.task_id, "epoch": p.fence.epoch}
+            params["fence"] = self._leases.name(fence, p.fence.task_id, p.fence.epoch)
         if p.workflow is not None:
             params["workflow"] = {"id": p.workflow.id, "name": p.workflow.name}
         out = await self._call("fm_insert", params, blobs.items)
@@ -419,6 +421,7 @@ class RedisStore(
             "limit": p.limit,
             "ttl": p.lease_ttl_ms,
             "start": p.start,
+            "lid": HeldLeases.seed(),
         }
         if p.limits:
             params["limits"] = [_limit(x) for x in p.limits]
@@ -426,6 +429,9 @@ class RedisStore(
             params["now"] = p.now_ms
         rows, retry_in, held = await self._fcall("fm_claim", params)
         claimed = [rec.claimed_row(r) for r in rows]
+        for r, row in zip(rows, claimed, strict=True):
+            if len(r) > 16 and r[16]:  # a library before lease ids replies without one
+                self._leases.took(row.id, row.lease_epoch, row.attempt, r[16])
         if not p.limits:
             return claimed
         out = ClaimedRows(claimed)
@@ -437,13 +443,19 @@ class RedisStore(
         if not p.leases:
             return []
         params: dict[str, Any] = {
-            "leases": [[ref.task_id, ref.epoch] for ref in p.leases],
+            "leases": [
+                [ref.task_id, ref.epoch, self._leases.lease(ref.task_id, ref.epoch) or False]
+                for ref in p.leases
+            ],
             "ttl": p.lease_ttl_ms,
             "start": p.start,
         }
         if p.now_ms is not None:
             params["now"] = p.now_ms
         out = await self._call("fm_renew", params)
+        for ref, (held, _cr, _exp) in zip(p.leases, out["out"], strict=True):
+            if not held:
+                self._leases.drop(ref.task_id, ref.epoch)
         return [
             RenewOutcome(ref.task_id, bool(held), bool(cr), exp if held else None)
             for ref, (held, cr, exp) in zip(p.leases, out["out"], strict=True)
@@ -468,12 +480,17 @@ class RedisStore(
             if f.release:
                 item["release"] = True
             if f.expired_lease:
-                item["expired"] = True
+                item["expired"] = True  # the reaper's: it holds no lease
+            else:
+                self._leases.name(item, f.task_id, f.epoch)
             items.append(item)
         params: dict[str, Any] = {"items": items}
         if p.now_ms is not None:
             params["now"] = p.now_ms
         out = await self._call("fm_finish", params, blobs.items)
+        for f in p.items:
+            if not f.expired_lease:  # whatever the outcome, this lease has ended
+                self._leases.drop(f.task_id, f.epoch)
         await self._fsync()
         return [
             FinishOutcome(
@@ -523,7 +540,7 @@ class RedisStore(
             params["message"] = p.message
         if p.now_ms is not None:
             params["now"] = p.now_ms
-        await self._call("fm_progress", params)
+        await self._call("fm_progress", self._leases.name(params, p.task_id, p.epoch))
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -547,26 +564,3 @@ def _limit_now(limit: int, now_ms: int | None) -> dict[str, Any]:
     if now_ms is not None:
         params["now"] = now_ms
     return params
-
-
-def _raise(out: dict[str, Any]) -> NoReturn:
-    kind = out["err"]
-    if kind == "dup":
-        raise DuplicateTask(out["key"], out["id"])
-    if kind == "lease":
-        raise LeaseLost(out["id"], out["epoch"])
-    if kind == "parent":
-        raise InvalidParent(out["id"], out.get("state"))
-    if kind == "budget":
-        raise UnknownBudget(out["id"])
-    if kind == "notfound":
-        raise TaskNotFound(out["id"])
-    if kind == "illegal":
-        raise IllegalTransition(out["from"], out["to"])
-    if kind == "exists":
-        raise StoreError(f"a task with id {out['id']!r} already exists")
-    if kind == "target":
-        raise StoreError(f"a running task cannot be finished as {out['target']}")
-    if kind == "when":
-        raise StoreError("a finish to scheduled needs delay_ms or run_at_ms")
-    raise StoreError(f"the Redis store refused the call: {out}")
