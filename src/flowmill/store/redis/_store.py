@@ -64,7 +64,13 @@ from ._conn import (
     translate,
 )
 from ._dag import RedisDagMixin
-from ._layout import INDEXED_SINCE, SCHEMA_VERSION, reindex
+from ._layout import (
+    INDEXED_SINCE,
+    SCHEMA_VERSION,
+    SIGNAL_KEYS_SPLIT_SINCE,
+    reindex,
+    split_signal_keys,
+)
 from ._leases import HeldLeases
 from ._reads import RedisReadsMixin
 from ._schedules import RedisSchedulesMixin
@@ -183,6 +189,8 @@ class RedisStore(
         await self._load_library(client)
         if before is not None and before < INDEXED_SINCE:
             await reindex(client, self._k)
+        if before is not None and before < SIGNAL_KEYS_SPLIT_SINCE:
+            await split_signal_keys(client, self._k)
         await client.hset(
             self._k + "meta", mapping={"app": "flowmill", "schema_version": SCHEMA_VERSION}
         )

@@ -1332,11 +1332,15 @@ local function signal_deliver(keys, args)
   local wp = redis.call('HMGET', K .. 'wp:' .. p.wp, 'task', 'expires_at')
   if not wp[1] then return reply({ status = 'rejected', reason = 'unknown waitpoint' }) end
   local id = wp[1]
-  local ik = nil
+  -- the idempotency keys of a waitpoint's signals (`sik:<waitpoint>`, deleted with its
+  -- task): a repeat is answered as such even after the waitpoint expired or the task ended
+  local sik = K .. 'sik:' .. p.wp
   if p.idem then
-    -- a repeat is answered as such even after the waitpoint expired or the task ended
-    ik = #p.wp .. ':' .. p.wp .. p.idem
-    if redis.call('HEXISTS', K .. 'sik', ik) == 1 then return reply({ status = 'duplicate' }) end
+    if redis.call('HEXISTS', sik, p.idem) == 1
+      -- layout 4 kept them all in one hash, moved by the migration to layout 5
+      or redis.call('HEXISTS', K .. 'sik', #p.wp .. ':' .. p.wp .. p.idem) == 1 then
+      return reply({ status = 'duplicate' })
+    end
   end
   if tonumber(wp[2]) <= now then
     return reply({ status = 'rejected', reason = 'waitpoint expired' })
@@ -1351,7 +1355,7 @@ local function signal_deliver(keys, args)
     return reply({ status = 'closed', reason = 'waitpoint closed: its suspension ' .. closed })
   end
   redis.call('RPUSH', K .. 'su:' .. id, cmsgpack.pack({ p.wp, p.name, args[p.payload], now }))
-  if ik then redis.call('HSET', K .. 'sik', ik, '1') end
+  if p.idem then redis.call('HSET', sik, p.idem, '1') end
   if r.state ~= 'suspended' then return reply({ status = 'accepted' }) end
   local sp = redis.call('HMGET', K .. 'sp:' .. id, 'open', 'condition')
   if sp[1] ~= '1' or not consume_if_satisfied(K, id, sp[2]) then
@@ -1811,7 +1815,7 @@ local function purge_one(K, id, r)
   for _, w in ipairs(redis.call('SMEMBERS', K .. 'wpt:' .. id)) do
     local key = redis.call('HGET', K .. 'wp:' .. w, 'key')
     if key then redis.call('HDEL', K .. 'wpk', #id .. ':' .. id .. key) end
-    redis.call('DEL', K .. 'wp:' .. w)
+    redis.call('DEL', K .. 'wp:' .. w, K .. 'sik:' .. w)
   end
   redis.call('DEL', K .. 'wpt:' .. id, K .. 'su:' .. id, K .. 'sc:' .. id, K .. 'sp:' .. id,
     K .. 'ch:' .. id, K .. 'up:' .. id, K .. 'dno:' .. id, K .. 'dn:' .. id, tkey(K, id))
