@@ -72,6 +72,7 @@ from ._layout import (
     split_signal_keys,
 )
 from ._leases import HeldLeases
+from ._outage import Outage
 from ._reads import RedisReadsMixin
 from ._schedules import RedisSchedulesMixin
 from ._signals import RedisSignalsMixin
@@ -128,6 +129,8 @@ class RedisStore(
         self._waitaof = False
         # the lease id of each lease this store's claims hold (see `_leases`)
         self._leases = HeldLeases()
+        # a server down or restarting is waited for, in one log line (see `_outage`)
+        self._outage = Outage(f"Redis at {redact(url)}")
         # wake-up Stream cursors per waiting asyncio task (see `_wait`)
         self._cursors: weakref.WeakKeyDictionary[Any, dict[str, bytes]] = (
             weakref.WeakKeyDictionary()
@@ -289,16 +292,18 @@ class RedisStore(
 
         async def run() -> Any:
             async with self._gate:
-                return await guarded(where, call)
+                return await self._outage.ride(lambda: guarded(where, call))
 
         return await self._detached(run())
 
     async def _fcall(self, fn: str, params: dict[str, Any], blobs: Sequence[bytes] = ()) -> Any:
         """One function call; on a library that is missing or stale, load ours and retry."""
 
+        encoded = _enc.encode(params)
+
         async def run() -> Any:
             async with self._gate:
-                return await self._fcall_once(fn, _enc.encode(params), blobs)
+                return await self._outage.ride(lambda: self._fcall_once(fn, encoded, blobs))
 
         return await self._detached(run())
 
