@@ -44,10 +44,19 @@ def not_sent(exc: BaseException | None) -> bool:
 class Outage:
     """One store's view of its server's reachability (shared by its concurrent calls)."""
 
-    def __init__(self, where: str, patience_s: float = PATIENCE_S) -> None:
+    def __init__(
+        self,
+        where: str,
+        patience_s: float = PATIENCE_S,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.where = where
         self.patience_s = patience_s
         self.down_since: float | None = None
+        self._clock = clock  # tests inject a clock and a sleep that drives it
+        self._sleep = sleep
 
     async def ride(self, call: Callable[[], Awaitable[T]]) -> T:
         """`call()`, sent again with backoff while the server cannot take it (see above)."""
@@ -59,7 +68,7 @@ class Outage:
             except StoreUnavailable as exc:
                 if not not_sent(exc.__cause__):
                     raise
-                now = time.monotonic()
+                now = self._clock()
                 if self.down_since is None:
                     self.down_since = now
                     log.warning(
@@ -74,11 +83,11 @@ class Outage:
                 if now >= deadline:
                     raise
                 # a server coming back, not a timer: the wait grows while it stays down
-                await asyncio.sleep(delay * (0.5 + random.random()))
+                await self._sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, _MAX_DELAY_S)
                 continue
             if self.down_since is not None:
-                down_for = time.monotonic() - self.down_since
+                down_for = self._clock() - self.down_since
                 self.down_since = None
                 log.warning("%s is reachable again after %.1f s", self.where, down_for)
             return result
