@@ -37,13 +37,14 @@ class PrivateRedis:
     config: tuple[str, ...]
     port: int = field(default_factory=_free_port)
     proc: subprocess.Popen[bytes] | None = None
+    exe: str | None = None  # the server binary; `binary()` when None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        exe = binary()
+        exe = self.exe or binary()
         assert exe is not None
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         args += ["--dir", str(self.directory), *self.config]

@@ -27,7 +27,7 @@ class HeldLeases:
     finish) still names it and is judged by it, instead of by the epoch alone.
     """
 
-    ENDED = 65_536
+    ENDED = 4096
 
     def __init__(self) -> None:
         self._held: dict[str, tuple[int, int, str]] = {}

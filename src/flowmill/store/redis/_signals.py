@@ -66,7 +66,12 @@ class RedisSignalsMixin:
     if TYPE_CHECKING:
 
         async def _call(
-            self, fn: str, params: dict[str, Any], blobs: Sequence[bytes] = ()
+            self,
+            fn: str,
+            params: dict[str, Any],
+            blobs: Sequence[bytes] = (),
+            *,
+            durable: bool = False,
         ) -> Any: ...
 
         async def _fcall(
@@ -103,8 +108,9 @@ class RedisSignalsMixin:
         params: dict[str, Any] = {"wp": p.waitpoint_id, "name": p.name, "payload": 2}
         if p.idempotency_key is not None:
             params["idem"] = p.idempotency_key
-        out = await self._call("fm_signal_deliver", _with_now(params, p.now_ms), [p.payload])
-        await self._fsync()  # type: ignore[attr-defined]
+        out = await self._call(
+            "fm_signal_deliver", _with_now(params, p.now_ms), [p.payload], durable=True
+        )
         return DeliverOutcome(
             DeliverStatus(out["status"]), out.get("reason"), bool(out.get("resumed"))
         )

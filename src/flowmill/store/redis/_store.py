@@ -27,7 +27,7 @@ from ...errors import ConfigurationError, SchemaError, StoreError
 from .._common.budget_rules import check_claim_limit
 from .._common.dag_rules import check, has_links
 from .._common.serde import encode_error
-from ..contract.budgets import ClaimedRows, ClaimLimit
+from ..contract.budgets import ClaimedRows
 from ..contract.capabilities import Capabilities, MigrateResult
 from ..contract.tasks import (
     ON_DUPLICATE_CHOICES,
@@ -296,22 +296,36 @@ class RedisStore(
 
         return await self._detached(run())
 
-    async def _fcall(self, fn: str, params: dict[str, Any], blobs: Sequence[bytes] = ()) -> Any:
-        """One function call; on a library that is missing or stale, load ours and retry."""
+    async def _fcall(
+        self,
+        fn: str,
+        params: dict[str, Any],
+        blobs: Sequence[bytes] = (),
+        *,
+        durable: bool = False,
+    ) -> Any:
+        """One function call; on a library that is missing or stale, load ours and retry.
+
+        `durable`: a write the caller acknowledges (submit, complete, signal, schedules);
+        with durability=fsync it returns once the server's AOF holds it on disk.
+        """
 
         encoded = _enc.encode(params)
+        fsync = durable and self._waitaof
 
         async def run() -> Any:
             async with self._gate:
-                return await self._outage.ride(lambda: self._fcall_once(fn, encoded, blobs))
+                return await self._outage.ride(lambda: self._fcall_once(fn, encoded, blobs, fsync))
 
         return await self._detached(run())
 
-    async def _fcall_once(self, fn: str, encoded: bytes, blobs: Sequence[bytes]) -> Any:
+    async def _fcall_once(
+        self, fn: str, encoded: bytes, blobs: Sequence[bytes], fsync: bool
+    ) -> Any:
         client = self._c()
         args = (encoded, *blobs)
         try:
-            return await client.fcall(fn, 1, self._k, *args)
+            return await self._send(client, fn, args, fsync)
         except rx.ResponseError as exc:
             if "function not found" not in str(exc).lower():
                 raise translate(exc, fn) from exc
@@ -319,13 +333,31 @@ class RedisStore(
             raise translate(exc, fn) from exc
         try:
             await self._load_library(client, force=True)
-            return await client.fcall(fn, 1, self._k, *args)
+            return await self._send(client, fn, args, fsync)
         except (rx.RedisError, OSError) as exc:
             raise translate(exc, fn) from exc
 
-    async def _call(self, fn: str, params: dict[str, Any], blobs: Sequence[bytes] = ()) -> Any:
+    async def _send(self, client: Any, fn: str, args: Sequence[Any], fsync: bool) -> Any:
+        """FCALL, and with `fsync` a WAITAOF on the same connection: WAITAOF waits for the
+        writes of the connection it is sent on, so both go in one pipeline."""
+        if not fsync:
+            return await client.fcall(fn, 1, self._k, *args)
+        pipe = client.pipeline(transaction=False)
+        pipe.fcall(fn, 1, self._k, *args)
+        pipe.execute_command("WAITAOF", 1, 0, 0)
+        reply, _fsynced = await pipe.execute()
+        return reply
+
+    async def _call(
+        self,
+        fn: str,
+        params: dict[str, Any],
+        blobs: Sequence[bytes] = (),
+        *,
+        durable: bool = False,
+    ) -> Any:
         """A function whose reply is one MessagePack map; its `err` raised as typed errors."""
-        out = _dec.decode(await self._fcall(fn, params, blobs))
+        out = _dec.decode(await self._fcall(fn, params, blobs, durable=durable))
         if isinstance(out, dict) and "err" in out:
             raise_reply(out)
         return out
@@ -333,12 +365,6 @@ class RedisStore(
     def _raise_reply(self, encoded: bytes) -> NoReturn:
         """Raise the typed error of a function's MessagePack error map."""
         raise_reply(_dec.decode(encoded))
-
-    async def _fsync(self) -> None:
-        """With durability=fsync: wait until the write is in the AOF on disk."""
-        if self._waitaof:
-            client: Any = self._c()
-            await self._run("WAITAOF", lambda: client.execute_command("WAITAOF", 1, 0, 0))
 
     async def now_ms(self) -> int:
         # TIME of the node holding the partition: the clock its functions judge by
@@ -418,8 +444,7 @@ class RedisStore(
             params["fence"] = self._leases.name(fence, p.fence.task_id, p.fence.epoch)
         if p.workflow is not None:
             params["workflow"] = {"id": p.workflow.id, "name": p.workflow.name}
-        out = await self._call("fm_insert", params, blobs.items)
-        await self._fsync()
+        out = await self._call("fm_insert", params, blobs.items, durable=True)
         return [InsertOutcome(o[0], InsertStatus(o[1])) for o in out["out"]]
 
     async def tasks_claim(self, p: TasksClaim) -> list[ClaimedRow]:
@@ -437,7 +462,7 @@ class RedisStore(
             "lid": HeldLeases.seed(),
         }
         if p.limits:
-            params["limits"] = [_limit(x) for x in p.limits]
+            params["limits"] = [rec.claim_limit(x) for x in p.limits]
         if p.now_ms is not None:
             params["now"] = p.now_ms
         rows, retry_in, held = await self._fcall("fm_claim", params)
@@ -500,11 +525,10 @@ class RedisStore(
         params: dict[str, Any] = {"items": items}
         if p.now_ms is not None:
             params["now"] = p.now_ms
-        out = await self._call("fm_finish", params, blobs.items)
+        out = await self._call("fm_finish", params, blobs.items, durable=True)
         for f in p.items:
             if not f.expired_lease:  # whatever the outcome, this lease has ended
                 self._leases.drop(f.task_id, f.epoch)
-        await self._fsync()
         return [
             FinishOutcome(
                 o[0], FinishStatus(o[1]), State(o[2]) if len(o) > 2 and o[2] is not None else None
@@ -513,15 +537,15 @@ class RedisStore(
         ]
 
     async def tasks_promote(self, p: TasksPromote) -> int:
-        n: int = (await self._call("fm_promote", _limit_now(p.limit, p.now_ms)))["n"]
+        n: int = (await self._call("fm_promote", rec.limit_now(p.limit, p.now_ms)))["n"]
         return n
 
     async def tasks_expire(self, p: TasksExpire) -> int:
-        n: int = (await self._call("fm_expire", _limit_now(p.limit, p.now_ms)))["n"]
+        n: int = (await self._call("fm_expire", rec.limit_now(p.limit, p.now_ms)))["n"]
         return n
 
     async def leases_expired(self, p: LeasesExpired) -> list[ExpiredLease]:
-        rows = await self._fcall("fm_leases_expired", _limit_now(p.limit, p.now_ms))
+        rows = await self._fcall("fm_leases_expired", rec.limit_now(p.limit, p.now_ms))
         return [rec.expired_lease(r) for r in rows]
 
     async def task_cancel(self, p: TaskCancel) -> CancelOutcome:
@@ -559,21 +583,3 @@ class RedisStore(
 def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
-
-
-def _limit(x: ClaimLimit) -> dict[str, Any]:
-    d: dict[str, Any] = {"scope": x.scope, "name": x.name}
-    if x.per_second is not None:
-        d["per_second"] = float(x.per_second)
-    if x.burst is not None:
-        d["burst"] = x.burst
-    if x.max_running is not None:
-        d["max_running"] = x.max_running
-    return d
-
-
-def _limit_now(limit: int, now_ms: int | None) -> dict[str, Any]:
-    params: dict[str, Any] = {"limit": limit}
-    if now_ms is not None:
-        params["now"] = now_ms
-    return params
