@@ -177,3 +177,28 @@ async def test_a_reference_this_store_never_claimed_is_judged_on_the_epoch(
     assert renewed.held
     (stale,) = await other.leases_renew(LeasesRenew([LeaseRef(row.id, row.lease_epoch + 1)], TTL))
     assert not stale.held
+
+
+async def test_an_older_client_still_reads_and_writes_its_claims(
+    stores: tuple[RedisStore, RedisStore],
+) -> None:
+    # the library is shared by every client of a server (a rolling upgrade runs both):
+    # replies keep the shape a client of layout 4 reads, and its calls, which name no
+    # lease id, still claim and finish
+    store, _ = stores
+    await insert(store, task(), task(has_on_cancel=True))
+    old_claim = {"worker": "old", "queues": ["default"], "kinds": ["job"], "limit": 1,
+                 "ttl": TTL, "start": True, "now": T0}  # fmt: skip
+    rows, _retry, _held = await store._fcall("fm_claim", old_claim)
+    assert len(rows) == 1 and len(rows[0]) == 16
+    row = rows[0]
+    task_id, epoch = row[0].decode(), int(row[11])
+    assert await store._c().hget(store._k + "t:" + task_id, "lease_id") is None
+    out = await finish(store, task_id, epoch, State.COMPLETED)
+    assert out.status is FinishStatus.APPLIED
+    new = await claim_one(store)  # a new client's claim of the other task
+    await store.task_cancel(TaskCancel(new.id, "stop", T0))
+    await finish(store, new.id, new.lease_epoch, State.CANCELLED)
+    old_hooks = {"worker": "old", "kinds": ["job"], "limit": 10, "ttl": TTL, "now": T0}
+    (hook,) = await store._fcall("fm_hooks_claim", old_hooks)
+    assert len(hook) == 8

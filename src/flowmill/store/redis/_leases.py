@@ -42,12 +42,11 @@ class HeldLeases:
         """A fresh random prefix for the lease ids of one claim call."""
         return os.urandom(12).hex()
 
-    def took(self, task_id: str, epoch: int, attempt: int, lease_id: bytes | str) -> None:
-        lid = lease_id.decode() if isinstance(lease_id, bytes) else lease_id
+    def took(self, task_id: str, epoch: int, attempt: int, lease_id: str) -> None:
         earlier = self._held.get(task_id)
         if earlier is not None:
             self._end(task_id, earlier)
-        self._held[task_id] = (epoch, attempt, lid)
+        self._held[task_id] = (epoch, attempt, lease_id)
 
     def lease(self, task_id: str, epoch: int) -> list[Any] | None:
         """`[attempt, lease id]` of this store's lease on `task_id` at `epoch`, or None."""

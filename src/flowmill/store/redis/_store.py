@@ -452,6 +452,7 @@ class RedisStore(
             return []
         for limit in p.limits:
             check_claim_limit(limit)
+        seed = HeldLeases.seed()
         params: dict[str, Any] = {
             "worker": p.worker_id,
             "queues": list(p.queues),
@@ -459,7 +460,7 @@ class RedisStore(
             "limit": p.limit,
             "ttl": p.lease_ttl_ms,
             "start": p.start,
-            "lid": HeldLeases.seed(),
+            "lid": seed,
         }
         if p.limits:
             params["limits"] = [rec.claim_limit(x) for x in p.limits]
@@ -467,9 +468,8 @@ class RedisStore(
             params["now"] = p.now_ms
         rows, retry_in, held = await self._fcall("fm_claim", params)
         claimed = [rec.claimed_row(r) for r in rows]
-        for r, row in zip(rows, claimed, strict=True):
-            if len(r) > 16 and r[16]:  # a library before lease ids replies without one
-                self._leases.took(row.id, row.lease_epoch, row.attempt, r[16])
+        for i, row in enumerate(claimed, 1):  # the function's lease ids: `<seed>:<position>`
+            self._leases.took(row.id, row.lease_epoch, row.attempt, f"{seed}:{i}")
         if not p.limits:
             return claimed
         out = ClaimedRows(claimed)

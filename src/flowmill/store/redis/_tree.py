@@ -90,23 +90,23 @@ class RedisTreeMixin:
     async def hooks_claim(self, p: HooksClaim) -> list[HookRow]:
         if not p.kinds or p.limit <= 0:
             return []
+        seed = HeldLeases.seed()
         params: dict[str, Any] = {
             "worker": p.worker_id,
             "kinds": list(p.kinds),
             "limit": p.limit,
             "ttl": p.lease_ttl_ms,
-            "lid": HeldLeases.seed(),
+            "lid": seed,
         }
         if p.now_ms is not None:
             params["now"] = p.now_ms
         rows = await self._fcall("fm_hooks_claim", params)
         out: list[HookRow] = []
-        for i, k, h, pl, memo, st, e, a, *lid in rows:
+        for n, (i, k, h, pl, memo, st, e, a) in enumerate(rows, 1):
             row = HookRow(
                 i.decode(), k.decode(), h.decode(), pl, memo, State(st.decode()), int(e), int(a)
             )
-            if lid and lid[0]:  # a library before lease ids replies without one
-                self._leases.took(row.task_id, row.epoch, row.attempt, lid[0])
+            self._leases.took(row.task_id, row.epoch, row.attempt, f"{seed}:{n}")
             out.append(row)
         return out
 

@@ -67,7 +67,9 @@ local function set(K, id, fields)
 end
 
 -- leases: a claim stamps the task with (attempt, epoch, lease id); the lease id is random,
--- minted by the client (Lua has no good randomness). A worker's write names its lease as
+-- minted by the client (Lua has no good randomness): its `lid` and the row's position in
+-- the reply (`<lid>:1`, `<lid>:2`...), which the client computes too, so the replies keep
+-- the shape older clients read. A worker's write names its lease as
 -- { attempt, lease id } beside the epoch and is refused unless all three match: an epoch
 -- alone can repeat when a failover loses the write of a claim and the task is claimed
 -- again. A write that names no lease (a reference made by hand, not by a claim of this
@@ -421,8 +423,7 @@ local function hooks_claim(keys, args)
         lease_epoch = epoch, lease_owner = p.worker, lease_expires_at = now + p.ttl,
         hook_attempts = attempts, lease_id = lid,
       })
-      out[#out + 1] = { id, r.kind, r.hook, r.payload, r.memo or false, r.state, epoch, attempts,
-        lid }
+      out[#out + 1] = { id, r.kind, r.hook, r.payload, r.memo or false, r.state, epoch, attempts }
     end
   end
   return out
@@ -936,7 +937,7 @@ local function claim(keys, args)
       id, r.kind, r.queue, tonumber(r.priority), r.payload, r.phase, r.memo or false,
       attempts, tonumber(r.max_attempts), r.retry_policy,
       r.timeout_ms and tonumber(r.timeout_ms) or false, epoch, expires,
-      r.parent_id or false, r.condition or false, r.workflow_id or false, lid,
+      r.parent_id or false, r.condition or false, r.workflow_id or false,
     }
   end
   local retry_in, held = false, 0
