@@ -3,7 +3,6 @@ passing outage, and an orchestrator's memo stored while it waits for its childre
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -39,17 +38,18 @@ class Recorder:
         self.clock = clock
         self.stats = stats
         self.lease_ttl_ms = lease_ttl_ms
-        # Finishes and starts (prefetched leases marked started) go out together: on SQLite
-        # they share a group commit, so a prefetched start costs no commit of its own.
-        self._writes: Batcher[Finish | LeaseRef, FinishOutcome | RenewOutcome] = Batcher(
-            self._write_batch
-        )
+        # Finishes and starts (prefetched leases marked started) are batched apart: a start
+        # is on the path of the handler that waits for it, and must not queue behind a
+        # batch of finishes in flight. Both are sent as soon as the batch before them has
+        # come back, so a finish and the start of the attempt that takes its slot leave in
+        # the same loop iteration (on SQLite they then share a group commit).
+        self._finishes: Batcher[Finish, FinishOutcome] = Batcher(self._finish_batch)
+        self._starts: Batcher[LeaseRef, RenewOutcome] = Batcher(self._start_batch)
 
     async def mark_started(self, lease: LeaseRef) -> bool:
         """Record that a prefetched lease's handler is about to start (from then on a
         reclaim counts the attempt); False when the lease is no longer held."""
-        out = await self._writes.submit(lease)
-        assert isinstance(out, RenewOutcome)
+        out = await self._starts.submit(lease)
         return out.held
 
     async def record(self, row: ClaimedRow, token: CancelToken, finish: Finish) -> str | None:
@@ -57,8 +57,7 @@ class Recorder:
         delay = 0.05
         while True:
             try:
-                outcome = await self._writes.submit(finish)
-                assert isinstance(outcome, FinishOutcome)
+                outcome = await self._finishes.submit(finish)
                 break
             except StoreUnavailable as exc:
                 # Keep the outcome until the store takes it or the lease is gone: a result
@@ -97,26 +96,11 @@ class Recorder:
         self.stats.outcomes[str(state)] += 1
         return str(state)
 
-    async def _write_batch(
-        self, items: list[Finish | LeaseRef]
-    ) -> list[FinishOutcome | RenewOutcome]:
-        """Record finishes and mark prefetched leases started (their handlers are about to
-        run), the two calls sent at once."""
-        store, now = self.rt.store, self.clock.store_now()
-        finishes = [i for i in items if isinstance(i, Finish)]
-        starts = [i for i in items if isinstance(i, LeaseRef)]
-        ended: list[FinishOutcome] = []
-        started: list[RenewOutcome] = []
-        if finishes and starts:
-            ended, started = await asyncio.gather(
-                store.tasks_finish(TasksFinish(finishes, now)),
-                store.leases_renew(LeasesRenew(starts, self.lease_ttl_ms, now, start=True)),
-            )
-        elif finishes:
-            ended = await store.tasks_finish(TasksFinish(finishes, now))
-        else:
-            started = await store.leases_renew(
-                LeasesRenew(starts, self.lease_ttl_ms, now, start=True)
-            )
-        e, s = iter(ended), iter(started)
-        return [next(e) if isinstance(i, Finish) else next(s) for i in items]
+    async def _finish_batch(self, items: list[Finish]) -> list[FinishOutcome]:
+        return await self.rt.store.tasks_finish(TasksFinish(items, self.clock.store_now()))
+
+    async def _start_batch(self, items: list[LeaseRef]) -> list[RenewOutcome]:
+        """Mark prefetched leases started: their handlers run once this returns."""
+        return await self.rt.store.leases_renew(
+            LeasesRenew(items, self.lease_ttl_ms, self.clock.store_now(), start=True)
+        )

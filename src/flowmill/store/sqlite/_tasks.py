@@ -158,37 +158,102 @@ def _finish_mark(f: Finish) -> str:
     return f"{f.target.value}:reaped" if f.expired_lease else f.target.value
 
 
-def tasks_finish(c: sqlite3.Connection, tx: Tx, p: TasksFinish) -> list[FinishOutcome]:
-    now = p.now_ms if p.now_ms is not None else wall_ms()
-    tag, lease_ms = lease_now(p.now_ms)
-    ended: list[_tree.Ended] = []
-    cancelled: list[str] = []
-    out: list[FinishOutcome] = []
-    events: list[tuple[Any, ...]] = []
-    results: list[tuple[Any, ...]] = []
-    for f in p.items:
-        if f.target not in _FINISH_TARGETS:
-            raise StoreError(f"a running task cannot be finished as {f.target}")
-        target = f.target
-        run_at = None
-        if target is State.SCHEDULED:
-            run_at = now + f.delay_ms if f.delay_ms is not None else f.run_at_ms
-            if run_at is None:
-                raise StoreError("a finish to scheduled needs delay_ms or run_at_ms")
-        err = encode_error(f.error)
-        # `last_finish` keeps the requested target (marked when the reaper made it): a repeat
-        # of this same call is then ALREADY, and a worker's late finish is not mistaken for it.
-        mark = _finish_mark(f)
+_FINISH_SET = (
+    "UPDATE fm_tasks SET state = {target}, last_finish = {mark}, lease_owner = NULL, "
+    "lease_expires_at = NULL, error = CASE WHEN {completed} THEN NULL "
+    "ELSE coalesce({err}, error) END, run_at = {run_at}, updated_at = {now}, "
+    "finished_at = {finished}, attempts = attempts - {release} "
+)
+
+# One finish, fenced by its epoch (and, for the reaper's, by the lease having expired).
+_FINISH_ONE = (
+    _FINISH_SET.format(
+        target="?",
+        mark="?",
+        completed="?",
+        err="?",
+        run_at="?",
+        now="?",
+        finished="?",
+        release="?",
+    )
+    + "WHERE id = ? AND lease_epoch = ? AND state = 'running' "
+)
+
+# Up to `_BULK_CHUNK` finishes of distinct tasks in one statement: the same fence per row.
+_BULK_COLUMNS = 9  # id, epoch, target, mark, completed, err, run_at, finished, release
+_BULK_CHUNK = IN_CHUNK // 2
+
+
+def _finish_bulk_sql(n: int) -> str:
+    rows = ", ".join([f"({marks(_BULK_COLUMNS)})"] * n)
+    return (
+        _FINISH_SET.format(
+            target="v.column3",
+            mark="v.column4",
+            completed="v.column5",
+            err="v.column6",
+            run_at="v.column7",
+            now="?",
+            finished="v.column8",
+            release="v.column9",
+        )
+        + f"FROM (VALUES {rows}) AS v WHERE fm_tasks.id = v.column1 "
+        "AND fm_tasks.lease_epoch = v.column2 AND fm_tasks.state = 'running' "
+        "RETURNING fm_tasks.id, fm_tasks.kind, fm_tasks.cancel_requested, fm_tasks.parent_id"
+    )
+
+
+def _finish_values(f: Finish, now: int) -> tuple[State, int | None, str | None]:
+    """The target, the run_at and the encoded error a finish writes (checked first)."""
+    if f.target not in _FINISH_TARGETS:
+        raise StoreError(f"a running task cannot be finished as {f.target}")
+    run_at = None
+    if f.target is State.SCHEDULED:
+        run_at = now + f.delay_ms if f.delay_ms is not None else f.run_at_ms
+        if run_at is None:
+            raise StoreError("a finish to scheduled needs delay_ms or run_at_ms")
+    return f.target, run_at, encode_error(f.error)
+
+
+def _update_finishes(
+    c: sqlite3.Connection, items: Sequence[Finish], now: int, now_ms: int | None
+) -> list[tuple[str, int, str | None] | None]:
+    """Apply the fenced UPDATE of each finish; per item (kind, cancel_requested, parent_id)
+    of its row, or None when its fence did not hold.
+
+    The worker's finishes (fenced by epoch alone, each task once) go out a chunk per
+    statement; the reaper's (fenced by an expired lease too) and a task named twice, one
+    statement each, in order, so that the second of a pair sees the first applied.
+    """
+    values = [_finish_values(f, now) for f in items]
+    out: list[tuple[str, int, str | None] | None] = [None] * len(items)
+    bulk = len({f.task_id for f in items}) == len(items) and not any(f.expired_lease for f in items)
+    if bulk and len(items) > 1:
+        for start in range(0, len(items), _BULK_CHUNK):
+            chunk = range(start, min(start + _BULK_CHUNK, len(items)))
+            args: list[Any] = [now]
+            for i in chunk:
+                f, (target, run_at, err) = items[i], values[i]
+                finished = now if target in TERMINAL else None
+                args += (f.task_id, f.epoch, target.value, _finish_mark(f))
+                args += (target is State.COMPLETED, err, run_at, finished, int(f.release))
+            found = {
+                r[0]: (r[1], r[2], r[3])
+                for r in c.execute(_finish_bulk_sql(len(chunk)), args).fetchall()
+            }
+            for i in chunk:
+                out[i] = found.get(items[i].task_id)
+        return out
+    tag, lease_ms = lease_now(now_ms)
+    for i, (f, (target, run_at, err)) in enumerate(zip(items, values, strict=True)):
         row = c.execute(
-            "UPDATE fm_tasks SET state = ?, last_finish = ?, lease_owner = NULL, "
-            "lease_expires_at = NULL, error = CASE WHEN ? THEN NULL ELSE coalesce(?, error) END, "
-            "run_at = ?, updated_at = ?, finished_at = ?, attempts = attempts - ? "
-            "WHERE id = ? AND lease_epoch = ? AND state = 'running' "
-            + (f"AND {LEASE_EXPIRED_SQL} " if f.expired_lease else "AND ? IS NULL AND ? IS NULL ")
+            _FINISH_ONE
+            + (f"AND {LEASE_EXPIRED_SQL} " if f.expired_lease else "")
             + "RETURNING kind, cancel_requested, parent_id",
             (
                 target.value,
-                mark,
+                _finish_mark(f),
                 target is State.COMPLETED,
                 err,
                 run_at,
@@ -197,12 +262,28 @@ def tasks_finish(c: sqlite3.Connection, tx: Tx, p: TasksFinish) -> list[FinishOu
                 1 if f.release else 0,
                 f.task_id,
                 f.epoch,
-                *((lease_ms, tag) if f.expired_lease else (None, None)),
+                *((lease_ms, tag) if f.expired_lease else ()),
             ),
         ).fetchone()
+        out[i] = (row[0], row[1], row[2]) if row is not None else None
+    return out
+
+
+def tasks_finish(c: sqlite3.Connection, tx: Tx, p: TasksFinish) -> list[FinishOutcome]:
+    now = p.now_ms if p.now_ms is not None else wall_ms()
+    ended: list[_tree.Ended] = []
+    cancelled: list[str] = []
+    out: list[FinishOutcome] = []
+    events: list[tuple[Any, ...]] = []
+    results: list[tuple[Any, ...]] = []
+    # `last_finish` keeps the requested target (marked when the reaper made it): a repeat
+    # of this same call is then ALREADY, and a worker's late finish is not mistaken for it.
+    rows = _update_finishes(c, p.items, now, p.now_ms)
+    for f, row in zip(p.items, rows, strict=True):
         if row is None:
             out.append(_finish_refused(c, f))
             continue
+        target, err = f.target, encode_error(f.error)
         kind, cancel_requested, parent_id = row
         detail = f.error.category if f.error else None
         if cancel_requested and target not in TERMINAL:

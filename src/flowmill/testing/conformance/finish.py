@@ -307,6 +307,43 @@ class TasksFinishConformance:
         ]
         assert await store.tasks_finish(TasksFinish([], T0)) == []
 
+    async def test_many_finishes_of_distinct_tasks_in_one_call(self, store: Store) -> None:
+        # Each task once (a batch a store may write in one statement): every finish is
+        # still fenced and judged on its own row.
+        ids = [await add(store) for _ in range(6)]
+        rows = await claim(store, limit=6)
+        epoch = {r.id: r.lease_epoch for r in rows}
+        await store.task_cancel(TaskCancel(ids[5], "stop it", T0 + 1))
+        items = [
+            Finish(ids[0], epoch[ids[0]], State.COMPLETED, result=b"0"),
+            Finish(ids[1], epoch[ids[1]], State.FAILED, error=ERR),
+            Finish(ids[2], epoch[ids[2]] + 1, State.COMPLETED),
+            Finish(ids[3], epoch[ids[3]], State.SCHEDULED, delay_ms=5),
+            Finish(ids[4], epoch[ids[4]], State.READY, release=True),
+            Finish(ids[5], epoch[ids[5]], State.SCHEDULED, delay_ms=5),
+        ]
+        outs = await store.tasks_finish(TasksFinish(items, T0 + 2))
+        assert [(o.task_id, o.status, o.state) for o in outs] == [
+            (ids[0], FinishStatus.APPLIED, State.COMPLETED),
+            (ids[1], FinishStatus.APPLIED, State.FAILED),
+            (ids[2], FinishStatus.LEASE_LOST, State.RUNNING),
+            (ids[3], FinishStatus.APPLIED, State.SCHEDULED),
+            (ids[4], FinishStatus.APPLIED, State.READY),
+            (ids[5], FinishStatus.APPLIED, State.CANCELLED),
+        ]
+        results = {r.task_id: (r.state, r.result) for r in await store.results_get(ids)}
+        assert results == {
+            ids[0]: (State.COMPLETED, b"0"),
+            ids[1]: (State.FAILED, None),
+            ids[5]: (State.CANCELLED, None),
+        }
+        assert (await get(store, ids[4])).attempts == 0
+        assert (await store.tasks_finish(TasksFinish(items[:2], T0 + 3))) == [
+            FinishOutcome(ids[0], FinishStatus.ALREADY, State.COMPLETED),
+            FinishOutcome(ids[1], FinishStatus.ALREADY, State.FAILED),
+        ]
+        await assert_history_legal(store)
+
     async def test_a_cancel_requested_while_running_is_not_lost(self, store: Store) -> None:
         task_id = await add(store)
         row = await claim_one(store)
