@@ -1,5 +1,5 @@
 """SQLite jobs of the reads: `task_get`, `tasks_list`, `tasks_count`, `results_get`,
-`events_read`."""
+`events_read`, `waitpoints_list`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from ..._states import State
 from .._common.serde import decode_error, task_record
+from ..contract.signals import SignalRow, WaitpointInfo, WaitpointsList
 from ..contract.tasks import (
     CountRow,
     Event,
@@ -94,3 +95,31 @@ def events_read(c: sqlite3.Connection, p: EventsRead) -> list[Event]:
         (p.after, p.limit),
     )
     return [Event(i, t, k, State(s), a, d) for i, t, k, s, a, d in rows]
+
+
+def waitpoints_list(c: sqlite3.Connection, p: WaitpointsList) -> list[WaitpointInfo]:
+    wps = c.execute(
+        "SELECT id, task_id, key, created_at, expires_at, closed_reason, closed_at "
+        "FROM fm_waitpoints WHERE task_id = ? ORDER BY created_at, id LIMIT ?",
+        (p.task_id, p.limit),
+    ).fetchall()
+    if not wps:
+        return []
+    # A signal is unconsumed (indexed by task) or names the suspension that consumed it
+    # (indexed by suspension, found by task): two indexed reads, no scan of fm_signals.
+    rows = c.execute(
+        "SELECT seq, waitpoint_id, name, payload, at FROM fm_signals "
+        "WHERE task_id = ? AND suspension_id IS NULL "
+        "UNION ALL "
+        "SELECT g.seq, g.waitpoint_id, g.name, g.payload, g.at FROM fm_suspensions s "
+        "JOIN fm_signals g ON g.suspension_id = s.id WHERE s.task_id = ? "
+        "ORDER BY 1",
+        (p.task_id, p.task_id),
+    )
+    signals: dict[str, list[SignalRow]] = {}
+    for _seq, wp, name, payload, at in rows:
+        signals.setdefault(wp, []).append(SignalRow(wp, name, payload, at))
+    return [
+        WaitpointInfo(i, t, k, created, expires, why, closed, tuple(signals.get(i, ())))
+        for i, t, k, created, expires, why, closed in wps
+    ]

@@ -83,7 +83,11 @@ from .schedules import (
     SchedulesUpsertConformance,
 )
 from .schema import MigrateConformance, SchemaVersionConformance
-from .signals import SignalDeliverConformance, WaitpointCreateConformance
+from .signals import (
+    SignalDeliverConformance,
+    WaitpointCreateConformance,
+    WaitpointsListConformance,
+)
 from .spawn import TasksInsertSpawnConformance
 from .suspend import SuspensionsExpireConformance, TaskSuspendConformance
 from .wake import NowMsConformance, WakeConformance
@@ -132,6 +136,7 @@ class StoreConformance(
     DepsReconcileConformance,
     # waiting on the outside world
     WaitpointCreateConformance,
+    WaitpointsListConformance,
     SignalDeliverConformance,
     SignalDeliverClosedConformance,
     ResumeSignalsConformance,
