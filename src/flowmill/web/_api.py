@@ -23,7 +23,7 @@ from ..errors import (
     TaskNotFound,
 )
 from ..store.contract.dag import WorkflowGet, WorkflowsList
-from ..store.contract.signals import FramesRead
+from ..store.contract.signals import FramesRead, WaitpointsList
 from ..store.contract.tasks import ChildrenPage, ChildrenSummaryQuery, TaskRecord, TasksList
 from ._signals import MAX_ID_CHARS, _read_body, _Refused
 from ._throughput import Throughput
@@ -34,6 +34,7 @@ from ._views import (
     stored_json,
     task_detail,
     task_summary,
+    waitpoint_json,
     workflow_json,
 )
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 MAX_LIMIT = 500
 SCAN_ROWS = 5000  # a tag or text filter looks at this many rows a request at most
 MAX_REPLAY = 500
+MAX_WAITPOINTS = 100  # a task page shows this many of its waitpoints, oldest first
 FRAME_TEXT_CHARS = 4096
 Endpoint = Callable[["Request"], Awaitable["Response"]]
 
@@ -217,6 +219,8 @@ class Api:
         store = self.app.store
         summary = await store.children_summary(ChildrenSummaryQuery(task_id))
         signals = await store.resume_signals(task_id)
+        waitpoints = await store.waitpoints_list(WaitpointsList(task_id, MAX_WAITPOINTS + 1))
+        now = await self._now_ms()
         upstream = await store.upstream_get(task_id)
         tdef = self.app.registry.get(rec.kind)
         budget = None
@@ -234,6 +238,8 @@ class Api:
                 {"name": s.name, "waitpoint_id": s.waitpoint_id, "payload": stored_json(s.payload)}
                 for s in signals
             ],
+            "waitpoints": [waitpoint_json(w, now) for w in waitpoints[:MAX_WAITPOINTS]],
+            "waitpoints_more": len(waitpoints) > MAX_WAITPOINTS,
             "upstream": [
                 {"id": u.task_id, "node": u.node, "state": u.state.value} for u in upstream
             ],
