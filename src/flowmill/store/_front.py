@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import perf_counter
 from types import TracebackType
 from typing import Literal
@@ -363,8 +363,12 @@ class StoreFront:
 
     async def tasks_list(self, p: TasksList) -> list[TaskRecord]:
         with self._door("tasks_list"):
+            if p.tag_value is not None and p.tag_key is None:
+                raise ConfigurationError("tasks_list: tag_value needs tag_key")
             if p.limit <= 0:
                 return []
+            if p.text == "":  # every id starts with it: no filter
+                p = replace(p, text=None)
             return await self.backend.tasks_list(p)
 
     async def tasks_count(self) -> list[CountRow]:

@@ -63,6 +63,7 @@ from .leases import (
     TasksClaimStartConformance,
     TasksFinishReapedUnstartedConformance,
 )
+from .list_filters import TasksListFiltersConformance
 from .meta import MetaGetOrSetConformance, TaskProgressEventConformance
 from .ops import (
     EventsReadConformance,
@@ -121,6 +122,7 @@ class StoreConformance(
     TaskRetryConformance,
     TaskGetConformance,
     TasksListConformance,
+    TasksListFiltersConformance,
     TasksCountConformance,
     ResultsGetConformance,
     EventsReadConformance,

@@ -264,13 +264,13 @@ async function tasks(r) {
     field("state", "state", h("select", {name: "state"}, h("option", {value: "", text: "any"}),
       STATES.map((st) => h("option", {value: st, selected: st === val("state"), text: st})))),
     field("tag", "tag (k or k=v)", h("input", {name: "tag", value: val("tag"), size: 12})),
-    field("q", "id or key contains", h("input", {name: "q", value: val("q"), size: 18})),
+    field("q", "id or key starts with", h("input", {name: "q", value: val("q"), size: 18})),
     h("button", {type: "submit", text: "Filter"}));
   const focused = document.activeElement && document.activeElement.name;
   const pager = h("div", {class: "pager"},
     p.get("after") ? h("a", {href: "#/tasks?" + (() => { const q = new URLSearchParams(p); q.delete("after"); return q.toString(); })(), text: "« first page"}) : null,
     list.next ? h("a", {id: "next-page", href: "#/tasks?" + (() => { const q = new URLSearchParams(p); q.set("after", list.next); return q.toString(); })(), text: "next page »"}) : null,
-    h("span", {class: "muted", text: `${list.tasks.length} shown` + (p.get("tag") || p.get("q") ? `, ${list.scanned} rows looked at` : "")}));
+    h("span", {class: "muted", text: `${list.tasks.length} shown`}));
   // Keep the form the user is typing in; replace only the results.
   if (filterState && filterState.key === r.params.toString() && focused) {
     filterState.results.replaceChildren(taskTable(list.tasks, false), pager);
