@@ -80,9 +80,7 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         await backend.cleanup()
     tput = statistics.median(p["on_tps"] / p["off_tps"] for p in pairs)
-    cpu = statistics.median(
-        p["on_cpu_ms_per_task"] / p["off_cpu_ms_per_task"] for p in pairs
-    )
+    cpu = statistics.median(p["on_cpu_ms_per_task"] / p["off_cpu_ms_per_task"] for p in pairs)
     summary = {
         "backend": args.backend,
         "n": args.n,

@@ -110,6 +110,8 @@ def _text_ranges(text: str) -> list[tuple[str, str]]:
     starts with `text`. Keys stored escaped (`_text.enc`: those with NUL or starting with
     the mark) start with the mark followed by the escaped key, and escaping keeps prefixes."""
     escaped = MARK + text.replace(MARK, MARK + MARK).replace("\x00", MARK + "0")
-    if "\x00" in text or text.startswith(MARK):  # no id holds NUL; no plain key starts so
+    if "\x00" in text:  # no id holds NUL (ids are stored as given)
         return [("t.dedup_key", escaped)]
+    if text.startswith(MARK):  # no key stored as given starts with the mark
+        return [("t.id", text), ("t.dedup_key", escaped)]
     return [("t.id", text), ("t.dedup_key", text), ("t.dedup_key", escaped)]
