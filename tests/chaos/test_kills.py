@@ -6,6 +6,8 @@ import asyncio
 import random
 import signal
 import sqlite3
+import subprocess
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -35,6 +37,36 @@ async def _outcome(app: fm.App, ids: list[str], ledger: _ledger.Ledger) -> None:
         rows += await app.store.results_get(ids[i : i + 500])
     ledger.completed = sum(1 for r in rows if r.state is fm.State.COMPLETED)
     ledger.lost = len(ids) - ledger.completed
+
+
+def _stop_outside_a_write(proc: subprocess.Popen[str], *files: str) -> None:
+    """SIGSTOP `proc` at a moment it holds no write lock on any of the SQLite `files`.
+
+    A process stopped inside a write transaction blocks every other writer of that file
+    until it resumes: SQLite's own locking, which no lease can fence (the limit is in
+    docs/explanation/leases-and-fencing.md). The scenario here is a zombie with tasks in
+    flight, so the stop is retried until each file takes a write: flowmill's database
+    and the test's own ledger, which the handlers write to.
+    """
+    for _ in range(200):
+        proc.send_signal(signal.SIGSTOP)
+        if all(_writable(path) for path in files):
+            return
+        proc.send_signal(signal.SIGCONT)  # stopped mid-write: let it finish, try again
+        time.sleep(0.01)
+    raise AssertionError("the zombie was inside a write at every one of 200 stops")
+
+
+def _writable(path: str) -> bool:
+    probe = sqlite3.connect(path, timeout=0.5, isolation_level=None)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        probe.close()
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -156,7 +188,8 @@ async def test_sigstop_zombie_is_fenced(tmp_path: Path, db_url: str, seed: int, 
             lambda: ledger_count(effects, "SELECT count(*) FROM executions") >= 1,
             what="the first worker to start tasks",
         )
-        zombie.send_signal(signal.SIGSTOP)
+        sqlite_files = [db_url.removeprefix("sqlite:///")] if db_url.startswith("sqlite:") else []
+        _stop_outside_a_write(zombie, str(effects), *sqlite_files)
         book.kills += 1
         try:
             with spawn("tests.chaos._chaos_app", db_url, str(effects), "forever", env=env) as other:

@@ -453,7 +453,7 @@ def test_worker_exits_despite_a_handler_thread_that_ignores_stop(jobs: Jobs) -> 
         deadline = time.monotonic() + 60
         while not marker.exists():  # wait for the handler to be running, not for a timer
             assert time.monotonic() < deadline, "the stubborn task never started"
-            assert worker.poll() is None
+            assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
             time.sleep(0.02)
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0

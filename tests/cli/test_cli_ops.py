@@ -128,3 +128,16 @@ def test_durations_and_ages() -> None:
         "3d3h",
     ]
     assert ago(None) == "-"
+
+
+@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)  # a URL with a password
+def test_printed_store_urls_hide_the_password(populated: tuple[str, str]) -> None:
+    url, _ = populated
+    # Trust auth on the test server ignores the password, so the URL still connects.
+    secret = url.replace("postgresql://postgres@", "postgresql://postgres:s3cret-pw@", 1)
+    assert "s3cret-pw" in secret
+    for args in (["top", "--once"], ["queues", "list"], ["tasks", "list"]):
+        code, out, err = run(*args, "--url", secret)
+        assert code == 0, err
+        assert "s3cret-pw" not in out + err
+        assert "***" in out

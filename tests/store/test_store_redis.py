@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -383,8 +385,13 @@ async def test_claims_use_the_server_clock(redis_store: RedisStore) -> None:
 
 
 async def test_a_unix_socket_url(tmp_path: Path) -> None:
-    sock = tmp_path / "valkey.sock"
-    with valkey_server(tmp_path, "--unixsocket", str(sock)):
+    # A socket path is capped near 108 bytes, so it lives in a short folder of its own,
+    # whatever the length of the test's temporary folder.
+    short = Path(tempfile.mkdtemp(prefix="fm-", dir="/tmp"))
+    sock = short / "valkey.sock"
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, short, ignore_errors=True)
+        cleanup.enter_context(valkey_server(tmp_path, "--unixsocket", str(sock)))
         store = RedisStore(f"unix://{sock}?db=1")
         await store.open()
         try:

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from .._app import App
+from .._logging import mask_url
 from ..store.contract.capabilities import MigrateResult
 from ._common import (
     fail,
@@ -41,11 +42,11 @@ def migrate(url: UrlOpt = None) -> None:
 
         done = run_on(app, run)
     if done.created:
-        print(f"{app.url}: created schema version {done.after}")
+        print(f"{mask_url(app.url)}: created schema version {done.after}")
     elif done.upgraded:
-        print(f"{app.url}: upgraded schema from version {done.before} to {done.after}")
+        print(f"{mask_url(app.url)}: upgraded schema from version {done.before} to {done.after}")
     else:
-        print(f"{app.url}: schema version {done.after} is up to date")
+        print(f"{mask_url(app.url)}: schema version {done.after} is up to date")
 
 
 @cli.command()

@@ -21,7 +21,7 @@ from rich.text import Text
 
 from .._app import App
 from .._loader import load_app
-from .._logging import LogFormat
+from .._logging import LogFormat, mask_url
 from .._logging import setup as setup_log_output
 from .._states import State
 from ..errors import FlowmillError, StoreError
@@ -126,8 +126,8 @@ async def require_store(app: App) -> None:
     create an empty database where a mistyped path was meant."""
     if app.store.capabilities.local_file and await app.store.schema_version() is None:
         fail(
-            f"no flowmill database at {app.url} (check --url, or create it with "
-            f"`flowmill migrate --url {app.url}`)"
+            f"no flowmill database at {mask_url(app.url)} (check --url, or create it with "
+            f"`flowmill migrate --url {mask_url(app.url)}`)"
         )
 
 

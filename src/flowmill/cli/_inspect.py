@@ -10,6 +10,7 @@ from rich.console import Console
 from .._app import App, TaskInfo
 from .._budgets import BudgetStatus
 from .._inspect import Undecodable
+from .._logging import mask_url
 from .._states import State
 from ..errors import FlowmillError, IllegalTransition
 from ._common import (
@@ -44,7 +45,7 @@ def status(url: UrlOpt = None, app_path: AppOpt = None, json_out: JsonOpt = Fals
         return
     console = stdout_console()
     if not rows:
-        console.print(f"no tasks in {app.url}")
+        console.print(f"no tasks in {mask_url(app.url)}")
         _print_budgets(console, rows.budgets)
         return
     shown = [s for s in State if s is State.DEAD_LETTERED or any(r.state is s for r in rows)]
@@ -59,7 +60,7 @@ def status(url: UrlOpt = None, app_path: AppOpt = None, json_out: JsonOpt = Fals
         cells = [sum(counts.get((p, s), 0) for p in picked) for s in shown]
         total = sum(r.count for r in rows if r.queue in picked)
         add_row(table, q, *(str(c) for c in cells), str(total))
-    print_titled(console, f"tasks in {app.url}", table)
+    print_titled(console, f"tasks in {mask_url(app.url)}", table)
     _print_budgets(console, rows.budgets)
 
 
@@ -129,7 +130,7 @@ def tasks_list(
     if json_out:
         print_json([task_json(i) for i in infos])
         return
-    _print_tasks(infos, limit, f"tasks in {app.url}")
+    _print_tasks(infos, limit, f"tasks in {mask_url(app.url)}")
 
 
 def _print_tasks(infos: list[TaskInfo], limit: int, title: str) -> None:
@@ -277,7 +278,7 @@ def dead_letters(
         return
     console = stdout_console()
     if not infos:
-        console.print(f"no dead letters in {app.url}")
+        console.print(f"no dead letters in {mask_url(app.url)}")
         return
     rows = [
         [
@@ -291,6 +292,6 @@ def dead_letters(
         for i in infos
     ]
     headers = ["id", "name", "queue", "tries", "finished", "error"]
-    print_columns(console, f"dead letters in {app.url}", headers, rows)
+    print_columns(console, f"dead letters in {mask_url(app.url)}", headers, rows)
     if len(infos) == limit:
         console.print(f"(first {limit}; next page: --after {infos[-1].id})")

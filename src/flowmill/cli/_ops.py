@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._app import App
+from .._logging import mask_url
 from .._operate import MetricsSnapshot, QueueInfo, WorkerInfo, purge_states
 from .._states import State
 from ._common import (
@@ -115,10 +116,10 @@ def workers(
     console = stdout_console()
     shown = [w for w in rows if w.alive] if alive else rows
     if not shown:
-        console.print(f"no {'live ' if alive else ''}workers in {app.url}")
+        console.print(f"no {'live ' if alive else ''}workers in {mask_url(app.url)}")
         return
     live = sum(w.alive for w in rows)
-    print_titled(console, f"workers in {app.url} ({live} alive)", workers_table(shown))
+    print_titled(console, f"workers in {mask_url(app.url)} ({live} alive)", workers_table(shown))
 
 
 @queues_cli.command("list")
@@ -127,9 +128,9 @@ def queues_list(url: UrlOpt = None, app_path: AppOpt = None) -> None:
     app, rows = on_store(url, app_path, lambda app: app.list_queues())
     console = stdout_console()
     if not rows:
-        console.print(f"no queues in {app.url}")
+        console.print(f"no queues in {mask_url(app.url)}")
         return
-    print_titled(console, f"queues in {app.url}", queues_table(rows))
+    print_titled(console, f"queues in {mask_url(app.url)}", queues_table(rows))
 
 
 NameArg = Annotated[str, typer.Argument(metavar="QUEUE", help="The queue's name")]
@@ -139,14 +140,22 @@ NameArg = Annotated[str, typer.Argument(metavar="QUEUE", help="The queue's name"
 def queues_pause(name: NameArg, url: UrlOpt = None) -> None:
     """Stop every worker claiming from QUEUE (submits still succeed) until resumed."""
     app, changed = on_store(url, None, lambda app: app.pause_queue(name))
-    print(f"queue {name} paused in {app.url}" if changed else f"queue {name} was already paused")
+    print(
+        f"queue {name} paused in {mask_url(app.url)}"
+        if changed
+        else f"queue {name} was already paused"
+    )
 
 
 @queues_cli.command("resume")
 def queues_resume(name: NameArg, url: UrlOpt = None) -> None:
     """Let workers claim from QUEUE again."""
     app, changed = on_store(url, None, lambda app: app.resume_queue(name))
-    print(f"queue {name} resumed in {app.url}" if changed else f"queue {name} was not paused")
+    print(
+        f"queue {name} resumed in {mask_url(app.url)}"
+        if changed
+        else f"queue {name} was not paused"
+    )
 
 
 @cli.command()
@@ -201,19 +210,20 @@ def purge(
 
     app, done = on_store(url, None, work)
     names = ", ".join(s.value for s in states)
-    print(f"purged {done} task(s) ({names}) finished more than {older_than} ago from {app.url}")
+    where = mask_url(app.url)
+    print(f"purged {done} task(s) ({names}) finished more than {older_than} ago from {where}")
 
 
 def top_view(app_url: str, snap: MetricsSnapshot) -> Group:
     live = snap.workers_alive
-    head = Text.assemble(
-        ("flowmill top", "bold"),
-        f"  {app_url}  ",
+    head = Text.assemble(("flowmill top", "bold"), f"  {app_url}")
+    # The counts get a line of their own, so a long store URL cannot wrap them apart.
+    counts = Text.assemble(
         (f"{live} worker(s) alive", "green" if live else "yellow"),
         "  ",
         (f"{snap.dead_letters} dead letter(s)", "red" if snap.dead_letters else ""),
     )
-    parts: list[Text | Table] = [head, Text("queues", style="italic")]
+    parts: list[Text | Table] = [head, counts, Text("queues", style="italic")]
     parts.append(queues_table(snap.queues) if snap.queues else Text("no queues"))
     parts.append(Text("workers", style="italic"))
     parts.append(workers_table(snap.workers) if snap.workers else Text("no workers"))
@@ -233,9 +243,9 @@ def top(
     async def work(app: App) -> None:
         snap = await app.metrics_snapshot()
         if once:
-            console.print(top_view(app.url, snap))
+            console.print(top_view(mask_url(app.url), snap))
             return
-        with Live(top_view(app.url, snap), console=console, auto_refresh=False) as live:
+        with Live(top_view(mask_url(app.url), snap), console=console, auto_refresh=False) as live:
             while True:
                 await asyncio.sleep(interval)
                 live.update(top_view(app.url, await app.metrics_snapshot()), refresh=True)

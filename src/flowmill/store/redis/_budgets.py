@@ -31,6 +31,7 @@ from ..contract.budgets import (
     UsageReport,
     UsageStatus,
 )
+from ._leases import HeldLeases
 
 _MAX_TRIES = 1000
 
@@ -77,6 +78,8 @@ class RedisBudgetsMixin:
         ) -> Any: ...
 
         async def now_ms(self) -> int: ...
+
+        _leases: HeldLeases
 
     async def _budget_read(self, budget_id: str) -> tuple[Budget | None, int, int]:
         """(the budget or None, its version or -1, how many of its tasks are ready)."""
@@ -131,17 +134,22 @@ class RedisBudgetsMixin:
                 # the fence is judged first: the call raises LeaseLost or UnknownBudget
                 await self._call(
                     "fm_budget_put",
-                    {
-                        "id": p.budget_id,
-                        "ver": -1,
-                        "task": p.task_id,
-                        "epoch": p.epoch,
-                        "must_exist": True,
-                    },
+                    self._leases.name(
+                        {
+                            "id": p.budget_id,
+                            "ver": -1,
+                            "task": p.task_id,
+                            "epoch": p.epoch,
+                            "must_exist": True,
+                        },
+                        p.task_id,
+                        p.epoch,
+                    ),
                 )
                 raise UnknownBudget(p.budget_id)  # pragma: no cover - the call raised
             report = b.report(amounts, now)
             extra: dict[str, Any] = {"task": p.task_id, "epoch": p.epoch}
+            self._leases.name(extra, p.task_id, p.epoch)
             if p.dedup_key is not None:
                 extra["dedup"] = p.dedup_key
                 extra["record_dedup"] = report.status is not UsageStatus.HARD_BREACH

@@ -5,13 +5,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis import exceptions as rx
 from redis.asyncio import Redis
 
-from ...errors import ConfigurationError, StoreError, StoreUnavailable
+from ...errors import (
+    ConfigurationError,
+    DuplicateTask,
+    IllegalTransition,
+    InvalidParent,
+    LeaseLost,
+    StoreError,
+    StoreUnavailable,
+    TaskNotFound,
+    UnknownBudget,
+)
 
 log = logging.getLogger("flowmill.store.redis")
 
@@ -176,3 +186,27 @@ async def _config(client: Redis, name: str) -> str | None:
         if key in (name, name.encode()):
             return value.decode() if isinstance(value, bytes) else str(value)
     return None
+
+
+def raise_reply(out: dict[str, Any]) -> NoReturn:
+    """Raise the typed error of a function's error map (`{"err": kind, ...}`)."""
+    kind = out["err"]
+    if kind == "dup":
+        raise DuplicateTask(out["key"], out["id"])
+    if kind == "lease":
+        raise LeaseLost(out["id"], out["epoch"])
+    if kind == "parent":
+        raise InvalidParent(out["id"], out.get("state"))
+    if kind == "budget":
+        raise UnknownBudget(out["id"])
+    if kind == "notfound":
+        raise TaskNotFound(out["id"])
+    if kind == "illegal":
+        raise IllegalTransition(out["from"], out["to"])
+    if kind == "exists":
+        raise StoreError(f"a task with id {out['id']!r} already exists")
+    if kind == "target":
+        raise StoreError(f"a running task cannot be finished as {out['target']}")
+    if kind == "when":
+        raise StoreError("a finish to scheduled needs delay_ms or run_at_ms")
+    raise StoreError(f"the Redis store refused the call: {out}")

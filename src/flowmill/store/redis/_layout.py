@@ -8,6 +8,11 @@ that layout gets the next number, aligned with the other backends' migrations.
    the tasks when an older layout is migrated.
 4: leases say whether their handler started (`lease_started`), one-shot waitpoints
    (`closed`); a task or waitpoint without them reads as started and open.
+5: a claim stamps the task with a random lease id (`lease_id`) that every worker write
+   names beside the epoch and attempt (see `_leases`); a task claimed without one (by an
+   older client) is judged on its epoch. The idempotency keys of a waitpoint's signals
+   live in `sik:<waitpoint>` (deleted with its task), no longer all in the `sik` hash:
+   migrating an older layout moves them (`split_signal_keys`).
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from typing import Any
 
 import msgspec
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 INDEXED_SINCE = 3
+SIGNAL_KEYS_SPLIT_SINCE = 5
 _REINDEX_PAGE = 1000
 _enc = msgspec.msgpack.Encoder()
 
@@ -42,3 +48,19 @@ async def reindex(client: Any, k: str) -> None:
         if task is not None:
             waitpoint = key[len(k.encode()) + 3 :]
             await client.sadd(k + "wpt:" + task.decode(), waitpoint)
+
+
+async def split_signal_keys(client: Any, k: str) -> int:
+    """Move the idempotency keys of a layout before `SIGNAL_KEYS_SPLIT_SINCE` (one hash
+    `sik`, fields `<len>:<waitpoint><key>`) to one hash per waitpoint, `sik:<waitpoint>`;
+    returns how many moved. Running it again moves nothing."""
+    moved = 0
+    legacy = k + "sik"
+    async for field, _ in client.hscan_iter(legacy, count=_REINDEX_PAGE):
+        size, _, rest = field.partition(b":")
+        n = int(size)
+        waitpoint, key = rest[:n], rest[n:]
+        await client.hset(k + "sik:" + waitpoint.decode(), key, "1")
+        await client.hdel(legacy, field)
+        moved += 1
+    return moved

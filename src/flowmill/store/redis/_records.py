@@ -9,6 +9,7 @@ import msgspec
 
 from ..._states import Phase, State
 from .._common.serde import decode_error, decode_tags, encode_tags
+from ..contract.budgets import ClaimLimit
 from ..contract.signals import SignalRow
 from ..contract.tasks import ClaimedRow, Event, ExpiredLease, NewTask, TaskRecord
 
@@ -188,3 +189,23 @@ def signal_entry(entry: bytes) -> SignalRow:
     return SignalRow(
         _raw_bytes(wp).decode(), _raw_bytes(name).decode(), _raw_bytes(payload), int(at)
     )
+
+
+def claim_limit(x: ClaimLimit) -> dict[str, Any]:
+    """A claim limit as `fm_claim` reads it."""
+    d: dict[str, Any] = {"scope": x.scope, "name": x.name}
+    if x.per_second is not None:
+        d["per_second"] = float(x.per_second)
+    if x.burst is not None:
+        d["burst"] = x.burst
+    if x.max_running is not None:
+        d["max_running"] = x.max_running
+    return d
+
+
+def limit_now(limit: int, now_ms: int | None) -> dict[str, Any]:
+    """The params of a maintenance call: a batch size, and a clock when one is given."""
+    params: dict[str, Any] = {"limit": limit}
+    if now_ms is not None:
+        params["now"] = now_ms
+    return params

@@ -105,18 +105,22 @@ class RedisSchedulesMixin:
     if TYPE_CHECKING:
 
         async def _fcall(
-            self, fn: str, params: dict[str, Any], blobs: Sequence[bytes] = ()
+            self,
+            fn: str,
+            params: dict[str, Any],
+            blobs: Sequence[bytes] = (),
+            *,
+            durable: bool = False,
         ) -> Any: ...
 
         def _raise_reply(self, encoded: bytes) -> NoReturn: ...
 
-        async def _fsync(self) -> None: ...
-
     async def schedules_upsert(self, p: SchedulesUpsert) -> list[ScheduleRow]:
         blobs = rec.Blobs()
         params = {"schedules": [_decl(d, blobs) for d in p.schedules]}
-        flats = await self._fcall("fm_schedules_upsert", _with_now(params, p.now_ms), blobs.items)
-        await self._fsync()
+        flats = await self._fcall(
+            "fm_schedules_upsert", _with_now(params, p.now_ms), blobs.items, durable=True
+        )
         return _rows(flats)
 
     async def schedules_list(self, p: SchedulesList) -> list[ScheduleRow]:
@@ -135,14 +139,13 @@ class RedisSchedulesMixin:
         if p.last_tick_ms is not None:
             params["last_tick_ms"] = p.last_tick_ms
         status, flat, outcomes = await self._fcall(
-            "fm_schedules_fire", _with_now(params, p.now_ms), blobs.items
+            "fm_schedules_fire", _with_now(params, p.now_ms), blobs.items, durable=True
         )
         if status == b"err":
             self._raise_reply(flat)
         row = None if flat is None else schedule_row(flat)
         if status != b"fired":
             return FireOutcome(FireStatus(status.decode()), row)
-        await self._fsync()
         inserted = tuple(
             InsertOutcome(o[0].decode(), InsertStatus(o[1].decode())) for o in outcomes
         )
@@ -152,6 +155,7 @@ class RedisSchedulesMixin:
         params: dict[str, Any] = {"name": p.name, "paused": p.paused}
         if p.next_fire_ms is not None:
             params["next_fire_ms"] = p.next_fire_ms
-        flat = await self._fcall("fm_schedules_set_paused", _with_now(params, p.now_ms))
-        await self._fsync()
+        flat = await self._fcall(
+            "fm_schedules_set_paused", _with_now(params, p.now_ms), durable=True
+        )
         return None if flat is None else schedule_row(flat)

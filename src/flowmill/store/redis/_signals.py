@@ -40,6 +40,7 @@ from ..contract.signals import (
     WaitpointsList,
 )
 from . import _records as rec
+from ._leases import HeldLeases
 
 _TIMEOUT_ERRORS = {
     "timeout_error": encode_error(SUSPEND_TIMEOUT_ERROR),
@@ -68,7 +69,12 @@ class RedisSignalsMixin:
     if TYPE_CHECKING:
 
         async def _call(
-            self, fn: str, params: dict[str, Any], blobs: Sequence[bytes] = ()
+            self,
+            fn: str,
+            params: dict[str, Any],
+            blobs: Sequence[bytes] = (),
+            *,
+            durable: bool = False,
         ) -> Any: ...
 
         async def _fcall(
@@ -76,6 +82,8 @@ class RedisSignalsMixin:
         ) -> Any: ...
 
         async def _wait_cancellable(self, which: str, timeout_s: float) -> None: ...
+
+        _leases: HeldLeases
 
     async def waitpoint_create(self, p: WaitpointCreate) -> WaitpointRow:
         params = {
@@ -85,6 +93,7 @@ class RedisSignalsMixin:
             "key": p.key,
             "expires_in": p.expires_in_ms,
         }
+        self._leases.name(params, p.task_id, p.epoch)
         out = await self._call("fm_waitpoint_create", _with_now(params, p.now_ms))
         return WaitpointRow(
             out["id"], out["task"], out["key"], int(out["expires_at"]), int(out["created_at"])
@@ -139,8 +148,9 @@ class RedisSignalsMixin:
         params: dict[str, Any] = {"wp": p.waitpoint_id, "name": p.name, "payload": 2}
         if p.idempotency_key is not None:
             params["idem"] = p.idempotency_key
-        out = await self._call("fm_signal_deliver", _with_now(params, p.now_ms), [p.payload])
-        await self._fsync()  # type: ignore[attr-defined]
+        out = await self._call(
+            "fm_signal_deliver", _with_now(params, p.now_ms), [p.payload], durable=True
+        )
         return DeliverOutcome(
             DeliverStatus(out["status"]), out.get("reason"), bool(out.get("resumed"))
         )
@@ -156,8 +166,12 @@ class RedisSignalsMixin:
         }
         if p.timeout_ms is not None:
             params["timeout"] = p.timeout_ms
+        self._leases.name(params, p.task_id, p.epoch)
         out = await self._call("fm_task_suspend", _with_now(params, p.now_ms))
-        return SuspendStatus(out["status"])
+        status = SuspendStatus(out["status"])
+        if status is SuspendStatus.SUSPENDED:  # the lease was released
+            self._leases.drop(p.task_id, p.epoch)
+        return status
 
     async def suspensions_expire(self, p: SuspensionsExpire) -> int:
         if p.limit <= 0:
@@ -179,6 +193,7 @@ class RedisSignalsMixin:
         if p.metadata is not None:
             blobs.append(p.metadata)
             params["metadata"] = 3
+        self._leases.name(params, p.task_id, p.epoch)
         out = await self._call("fm_frames_append", _with_now(params, p.now_ms), blobs)
         return FrameRef(int(out["attempt"]), int(out["seq"]))
 

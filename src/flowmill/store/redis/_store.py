@@ -23,21 +23,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..._states import State
-from ...errors import (
-    ConfigurationError,
-    DuplicateTask,
-    IllegalTransition,
-    InvalidParent,
-    LeaseLost,
-    SchemaError,
-    StoreError,
-    TaskNotFound,
-    UnknownBudget,
-)
+from ...errors import ConfigurationError, SchemaError, StoreError
 from .._common.budget_rules import check_claim_limit
 from .._common.dag_rules import check, has_links
 from .._common.serde import encode_error
-from ..contract.budgets import ClaimedRows, ClaimLimit
+from ..contract.budgets import ClaimedRows
 from ..contract.capabilities import Capabilities, MigrateResult
 from ..contract.tasks import (
     ON_DUPLICATE_CHOICES,
@@ -64,9 +54,25 @@ from ..contract.tasks import (
 from . import _records as rec
 from ._admin import RedisAdminMixin
 from ._budgets import RedisBudgetsMixin
-from ._conn import Durability, check_durability, guarded, parse_url, redact, translate
+from ._conn import (
+    Durability,
+    check_durability,
+    guarded,
+    parse_url,
+    raise_reply,
+    redact,
+    translate,
+)
 from ._dag import RedisDagMixin
-from ._layout import INDEXED_SINCE, SCHEMA_VERSION, reindex
+from ._layout import (
+    INDEXED_SINCE,
+    SCHEMA_VERSION,
+    SIGNAL_KEYS_SPLIT_SINCE,
+    reindex,
+    split_signal_keys,
+)
+from ._leases import HeldLeases
+from ._outage import Outage
 from ._reads import RedisReadsMixin
 from ._schedules import RedisSchedulesMixin
 from ._signals import RedisSignalsMixin
@@ -121,6 +127,10 @@ class RedisStore(
         # the block is the timeout, and keepalives notice a dead peer.
         self._blocking: Any = None
         self._waitaof = False
+        # the lease id of each lease this store's claims hold (see `_leases`)
+        self._leases = HeldLeases()
+        # a server down or restarting is waited for, in one log line (see `_outage`)
+        self._outage = Outage(f"Redis at {redact(url)}")
         # wake-up Stream cursors per waiting asyncio task (see `_wait`)
         self._cursors: weakref.WeakKeyDictionary[Any, dict[str, bytes]] = (
             weakref.WeakKeyDictionary()
@@ -182,6 +192,8 @@ class RedisStore(
         await self._load_library(client)
         if before is not None and before < INDEXED_SINCE:
             await reindex(client, self._k)
+        if before is not None and before < SIGNAL_KEYS_SPLIT_SINCE:
+            await split_signal_keys(client, self._k)
         await client.hset(
             self._k + "meta", mapping={"app": "flowmill", "schema_version": SCHEMA_VERSION}
         )
@@ -280,24 +292,40 @@ class RedisStore(
 
         async def run() -> Any:
             async with self._gate:
-                return await guarded(where, call)
+                return await self._outage.ride(lambda: guarded(where, call))
 
         return await self._detached(run())
 
-    async def _fcall(self, fn: str, params: dict[str, Any], blobs: Sequence[bytes] = ()) -> Any:
-        """One function call; on a library that is missing or stale, load ours and retry."""
+    async def _fcall(
+        self,
+        fn: str,
+        params: dict[str, Any],
+        blobs: Sequence[bytes] = (),
+        *,
+        durable: bool = False,
+    ) -> Any:
+        """One function call; on a library that is missing or stale, load ours and retry.
+
+        `durable`: a write the caller acknowledges (submit, complete, signal, schedules);
+        with durability=fsync it returns once the server's AOF holds it on disk.
+        """
+
+        encoded = _enc.encode(params)
+        fsync = durable and self._waitaof
 
         async def run() -> Any:
             async with self._gate:
-                return await self._fcall_once(fn, _enc.encode(params), blobs)
+                return await self._outage.ride(lambda: self._fcall_once(fn, encoded, blobs, fsync))
 
         return await self._detached(run())
 
-    async def _fcall_once(self, fn: str, encoded: bytes, blobs: Sequence[bytes]) -> Any:
+    async def _fcall_once(
+        self, fn: str, encoded: bytes, blobs: Sequence[bytes], fsync: bool
+    ) -> Any:
         client = self._c()
         args = (encoded, *blobs)
         try:
-            return await client.fcall(fn, 1, self._k, *args)
+            return await self._send(client, fn, args, fsync)
         except rx.ResponseError as exc:
             if "function not found" not in str(exc).lower():
                 raise translate(exc, fn) from exc
@@ -305,26 +333,38 @@ class RedisStore(
             raise translate(exc, fn) from exc
         try:
             await self._load_library(client, force=True)
-            return await client.fcall(fn, 1, self._k, *args)
+            return await self._send(client, fn, args, fsync)
         except (rx.RedisError, OSError) as exc:
             raise translate(exc, fn) from exc
 
-    async def _call(self, fn: str, params: dict[str, Any], blobs: Sequence[bytes] = ()) -> Any:
+    async def _send(self, client: Any, fn: str, args: Sequence[Any], fsync: bool) -> Any:
+        """FCALL, and with `fsync` a WAITAOF on the same connection: WAITAOF waits for the
+        writes of the connection it is sent on, so both go in one pipeline."""
+        if not fsync:
+            return await client.fcall(fn, 1, self._k, *args)
+        pipe = client.pipeline(transaction=False)
+        pipe.fcall(fn, 1, self._k, *args)
+        pipe.execute_command("WAITAOF", 1, 0, 0)
+        reply, _fsynced = await pipe.execute()
+        return reply
+
+    async def _call(
+        self,
+        fn: str,
+        params: dict[str, Any],
+        blobs: Sequence[bytes] = (),
+        *,
+        durable: bool = False,
+    ) -> Any:
         """A function whose reply is one MessagePack map; its `err` raised as typed errors."""
-        out = _dec.decode(await self._fcall(fn, params, blobs))
+        out = _dec.decode(await self._fcall(fn, params, blobs, durable=durable))
         if isinstance(out, dict) and "err" in out:
-            _raise(out)
+            raise_reply(out)
         return out
 
     def _raise_reply(self, encoded: bytes) -> NoReturn:
         """Raise the typed error of a function's MessagePack error map."""
-        _raise(_dec.decode(encoded))
-
-    async def _fsync(self) -> None:
-        """With durability=fsync: wait until the write is in the AOF on disk."""
-        if self._waitaof:
-            client: Any = self._c()
-            await self._run("WAITAOF", lambda: client.execute_command("WAITAOF", 1, 0, 0))
+        raise_reply(_dec.decode(encoded))
 
     async def now_ms(self) -> int:
         # TIME of the node holding the partition: the clock its functions judge by
@@ -400,11 +440,11 @@ class RedisStore(
         if p.now_ms is not None:
             params["now"] = p.now_ms
         if p.fence is not None:
-            params["fence"] = {"id": p.fence.task_id, "epoch": p.fence.epoch}
+            fence = {"id": p.fence.task_id, "epoch": p.fence.epoch}
+            params["fence"] = self._leases.name(fence, p.fence.task_id, p.fence.epoch)
         if p.workflow is not None:
             params["workflow"] = {"id": p.workflow.id, "name": p.workflow.name}
-        out = await self._call("fm_insert", params, blobs.items)
-        await self._fsync()
+        out = await self._call("fm_insert", params, blobs.items, durable=True)
         return [InsertOutcome(o[0], InsertStatus(o[1])) for o in out["out"]]
 
     async def tasks_claim(self, p: TasksClaim) -> list[ClaimedRow]:
@@ -412,6 +452,7 @@ class RedisStore(
             return []
         for limit in p.limits:
             check_claim_limit(limit)
+        seed = HeldLeases.seed()
         params: dict[str, Any] = {
             "worker": p.worker_id,
             "queues": list(p.queues),
@@ -419,13 +460,16 @@ class RedisStore(
             "limit": p.limit,
             "ttl": p.lease_ttl_ms,
             "start": p.start,
+            "lid": seed,
         }
         if p.limits:
-            params["limits"] = [_limit(x) for x in p.limits]
+            params["limits"] = [rec.claim_limit(x) for x in p.limits]
         if p.now_ms is not None:
             params["now"] = p.now_ms
         rows, retry_in, held = await self._fcall("fm_claim", params)
         claimed = [rec.claimed_row(r) for r in rows]
+        for i, row in enumerate(claimed, 1):  # the function's lease ids: `<seed>:<position>`
+            self._leases.took(row.id, row.lease_epoch, row.attempt, f"{seed}:{i}")
         if not p.limits:
             return claimed
         out = ClaimedRows(claimed)
@@ -437,13 +481,19 @@ class RedisStore(
         if not p.leases:
             return []
         params: dict[str, Any] = {
-            "leases": [[ref.task_id, ref.epoch] for ref in p.leases],
+            "leases": [
+                [ref.task_id, ref.epoch, self._leases.lease(ref.task_id, ref.epoch) or False]
+                for ref in p.leases
+            ],
             "ttl": p.lease_ttl_ms,
             "start": p.start,
         }
         if p.now_ms is not None:
             params["now"] = p.now_ms
         out = await self._call("fm_renew", params)
+        for ref, (held, _cr, _exp) in zip(p.leases, out["out"], strict=True):
+            if not held:
+                self._leases.drop(ref.task_id, ref.epoch)
         return [
             RenewOutcome(ref.task_id, bool(held), bool(cr), exp if held else None)
             for ref, (held, cr, exp) in zip(p.leases, out["out"], strict=True)
@@ -468,13 +518,17 @@ class RedisStore(
             if f.release:
                 item["release"] = True
             if f.expired_lease:
-                item["expired"] = True
+                item["expired"] = True  # the reaper's: it holds no lease
+            else:
+                self._leases.name(item, f.task_id, f.epoch)
             items.append(item)
         params: dict[str, Any] = {"items": items}
         if p.now_ms is not None:
             params["now"] = p.now_ms
-        out = await self._call("fm_finish", params, blobs.items)
-        await self._fsync()
+        out = await self._call("fm_finish", params, blobs.items, durable=True)
+        for f in p.items:
+            if not f.expired_lease:  # whatever the outcome, this lease has ended
+                self._leases.drop(f.task_id, f.epoch)
         return [
             FinishOutcome(
                 o[0], FinishStatus(o[1]), State(o[2]) if len(o) > 2 and o[2] is not None else None
@@ -483,15 +537,15 @@ class RedisStore(
         ]
 
     async def tasks_promote(self, p: TasksPromote) -> int:
-        n: int = (await self._call("fm_promote", _limit_now(p.limit, p.now_ms)))["n"]
+        n: int = (await self._call("fm_promote", rec.limit_now(p.limit, p.now_ms)))["n"]
         return n
 
     async def tasks_expire(self, p: TasksExpire) -> int:
-        n: int = (await self._call("fm_expire", _limit_now(p.limit, p.now_ms)))["n"]
+        n: int = (await self._call("fm_expire", rec.limit_now(p.limit, p.now_ms)))["n"]
         return n
 
     async def leases_expired(self, p: LeasesExpired) -> list[ExpiredLease]:
-        rows = await self._fcall("fm_leases_expired", _limit_now(p.limit, p.now_ms))
+        rows = await self._fcall("fm_leases_expired", rec.limit_now(p.limit, p.now_ms))
         return [rec.expired_lease(r) for r in rows]
 
     async def task_cancel(self, p: TaskCancel) -> CancelOutcome:
@@ -523,50 +577,9 @@ class RedisStore(
             params["message"] = p.message
         if p.now_ms is not None:
             params["now"] = p.now_ms
-        await self._call("fm_progress", params)
+        await self._call("fm_progress", self._leases.name(params, p.task_id, p.epoch))
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
-
-
-def _limit(x: ClaimLimit) -> dict[str, Any]:
-    d: dict[str, Any] = {"scope": x.scope, "name": x.name}
-    if x.per_second is not None:
-        d["per_second"] = float(x.per_second)
-    if x.burst is not None:
-        d["burst"] = x.burst
-    if x.max_running is not None:
-        d["max_running"] = x.max_running
-    return d
-
-
-def _limit_now(limit: int, now_ms: int | None) -> dict[str, Any]:
-    params: dict[str, Any] = {"limit": limit}
-    if now_ms is not None:
-        params["now"] = now_ms
-    return params
-
-
-def _raise(out: dict[str, Any]) -> NoReturn:
-    kind = out["err"]
-    if kind == "dup":
-        raise DuplicateTask(out["key"], out["id"])
-    if kind == "lease":
-        raise LeaseLost(out["id"], out["epoch"])
-    if kind == "parent":
-        raise InvalidParent(out["id"], out.get("state"))
-    if kind == "budget":
-        raise UnknownBudget(out["id"])
-    if kind == "notfound":
-        raise TaskNotFound(out["id"])
-    if kind == "illegal":
-        raise IllegalTransition(out["from"], out["to"])
-    if kind == "exists":
-        raise StoreError(f"a task with id {out['id']!r} already exists")
-    if kind == "target":
-        raise StoreError(f"a running task cannot be finished as {out['target']}")
-    if kind == "when":
-        raise StoreError("a finish to scheduled needs delay_ms or run_at_ms")
-    raise StoreError(f"the Redis store refused the call: {out}")

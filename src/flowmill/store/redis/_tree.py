@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..._states import State
+from ...errors import LeaseLost
 from .._common.serde import decode_error
 from ..contract.tasks import (
     ChildrenPage,
@@ -22,6 +23,7 @@ from ..contract.tasks import (
     HooksClaim,
     TaskWaitChildren,
 )
+from ._leases import HeldLeases
 
 
 class RedisTreeMixin:
@@ -29,6 +31,7 @@ class RedisTreeMixin:
 
     if TYPE_CHECKING:
         _k: str
+        _leases: HeldLeases
 
         def _c(self) -> Any: ...
 
@@ -46,7 +49,13 @@ class RedisTreeMixin:
         params: dict[str, Any] = {"id": p.task_id, "epoch": p.epoch, "memo": 2}
         if p.now_ms is not None:
             params["now"] = p.now_ms
-        out = await self._call("fm_wait_children", params, [p.memo])
+        self._leases.name(params, p.task_id, p.epoch)
+        try:
+            out = await self._call("fm_wait_children", params, [p.memo])
+        except LeaseLost:
+            self._leases.drop(p.task_id, p.epoch)
+            raise
+        self._leases.drop(p.task_id, p.epoch)  # parked: the lease ended
         return State(out["state"])
 
     async def children_page(self, p: ChildrenPage) -> list[ChildRow]:
@@ -81,21 +90,25 @@ class RedisTreeMixin:
     async def hooks_claim(self, p: HooksClaim) -> list[HookRow]:
         if not p.kinds or p.limit <= 0:
             return []
+        seed = HeldLeases.seed()
         params: dict[str, Any] = {
             "worker": p.worker_id,
             "kinds": list(p.kinds),
             "limit": p.limit,
             "ttl": p.lease_ttl_ms,
+            "lid": seed,
         }
         if p.now_ms is not None:
             params["now"] = p.now_ms
         rows = await self._fcall("fm_hooks_claim", params)
-        return [
-            HookRow(
+        out: list[HookRow] = []
+        for n, (i, k, h, pl, memo, st, e, a) in enumerate(rows, 1):
+            row = HookRow(
                 i.decode(), k.decode(), h.decode(), pl, memo, State(st.decode()), int(e), int(a)
             )
-            for i, k, h, pl, memo, st, e, a in rows
-        ]
+            self._leases.took(row.task_id, row.epoch, row.attempt, f"{seed}:{n}")
+            out.append(row)
+        return out
 
     async def hook_done(self, p: HookDone) -> None:
         params: dict[str, Any] = {
@@ -106,4 +119,10 @@ class RedisTreeMixin:
         }
         if p.now_ms is not None:
             params["now"] = p.now_ms
-        await self._call("fm_hook_done", params)
+        self._leases.name(params, p.task_id, p.epoch)
+        try:
+            await self._call("fm_hook_done", params)
+        except LeaseLost:
+            self._leases.drop(p.task_id, p.epoch)
+            raise
+        self._leases.drop(p.task_id, p.epoch)

@@ -66,6 +66,20 @@ local function set(K, id, fields)
   if #del > 0 then redis.call('HDEL', tkey(K, id), unpack(del)) end
 end
 
+-- leases: a claim stamps the task with (attempt, epoch, lease id); the lease id is random,
+-- minted by the client (Lua has no good randomness): its `lid` and the row's position in
+-- the reply (`<lid>:1`, `<lid>:2`...), which the client computes too, so the replies keep
+-- the shape older clients read. A worker's write names its lease as
+-- { attempt, lease id } beside the epoch and is refused unless all three match: an epoch
+-- alone can repeat when a failover loses the write of a claim and the task is claimed
+-- again. A write that names no lease (a reference made by hand, not by a claim of this
+-- client) and a task claimed without a lease id (by a client of layout 4, during a rolling
+-- upgrade) are judged on the epoch.
+local function same_lease(lease_id, attempts, lease)
+  if not lease or not lease_id then return true end
+  return lease_id == lease[2] and tonumber(attempts) == lease[1]
+end
+
 -- indexes: what a task's state puts it in --------------------------------------------
 
 local function unindex(K, id, r)
@@ -297,7 +311,8 @@ local function wait_children(keys, args)
   local now = clock(p.now)
   local id = p.id
   local r = load(K, id)
-  if not r or r.state ~= 'running' or tonumber(r.lease_epoch) ~= p.epoch then
+  if not r or r.state ~= 'running' or tonumber(r.lease_epoch) ~= p.epoch
+    or not same_lease(r.lease_id, r.attempts, p.lease) then
     return reply({ err = 'lease', id = id, epoch = p.epoch })
   end
   set(K, id, {
@@ -403,9 +418,10 @@ local function hooks_claim(keys, args)
       and (not r.lease_expires_at or tonumber(r.lease_expires_at) < now) then
       local epoch = tonumber(r.lease_epoch) + 1
       local attempts = tonumber(r.hook_attempts or 0) + 1
+      local lid = p.lid and (p.lid .. ':' .. (#out + 1)) or false
       set(K, id, {
         lease_epoch = epoch, lease_owner = p.worker, lease_expires_at = now + p.ttl,
-        hook_attempts = attempts,
+        hook_attempts = attempts, lease_id = lid,
       })
       out[#out + 1] = { id, r.kind, r.hook, r.payload, r.memo or false, r.state, epoch, attempts }
     end
@@ -417,8 +433,9 @@ local function hook_done(keys, args)
   local K = keys[1]
   local p = params(args[1])
   local now = clock(p.now)
-  local v = redis.call('HMGET', tkey(K, p.id), 'lease_epoch', 'hook', 'hook_attempts')
-  if not v[2] or tonumber(v[1]) ~= p.epoch then
+  local v = redis.call('HMGET', tkey(K, p.id), 'lease_epoch', 'hook', 'hook_attempts',
+    'lease_id')
+  if not v[2] or tonumber(v[1]) ~= p.epoch or not same_lease(v[4], v[3], p.lease) then
     return reply({ err = 'lease', id = p.id, epoch = p.epoch })
   end
   local fields = { lease_owner = false, lease_expires_at = false, updated_at = now }
@@ -607,8 +624,10 @@ end
 
 local function fence_ok(K, fence)
   if not fence then return true end
-  local r = redis.call('HMGET', tkey(K, fence.id), 'state', 'lease_epoch')
+  local r = redis.call('HMGET', tkey(K, fence.id), 'state', 'lease_epoch', 'lease_id',
+    'attempts')
   return r[1] == 'running' and tonumber(r[2]) == fence.epoch
+    and same_lease(r[3], r[4], fence.lease)
 end
 
 -- Insert p.tasks (blobs in args). Returns the outcomes, or nil and an error map; on an
@@ -895,15 +914,17 @@ local function claim(keys, args)
   end
   local out = {}
   local expires = now + p.ttl
-  for _, id in ipairs(chosen) do
+  for i, id in ipairs(chosen) do
     local r = load(K, id)
     unindex(K, id, r)
     r.state = 'running'
     r.lease_expires_at = expires
     local attempts = tonumber(r.attempts) + 1
     local epoch = tonumber(r.lease_epoch) + 1
+    local lid = p.lid and (p.lid .. ':' .. i) or false
     set(K, id, {
       state = 'running', attempts = attempts, lease_epoch = epoch, lease_owner = p.worker,
+      lease_id = lid,
       lease_expires_at = expires, cancel_requested = '0', last_finish = false,
       started_at = now, updated_at = now,
       -- a prefetch (start=false) is marked started by a renewal before its handler runs
@@ -942,8 +963,9 @@ local function renew(keys, args)
   local expires = now + p.ttl
   local out = {}
   for i, l in ipairs(p.leases) do
-    local v = redis.call('HMGET', tkey(K, l[1]), 'state', 'lease_epoch', 'cancel_requested')
-    if v[1] == 'running' and tonumber(v[2]) == l[2] then
+    local v = redis.call('HMGET', tkey(K, l[1]), 'state', 'lease_epoch', 'cancel_requested',
+      'lease_id', 'attempts')
+    if v[1] == 'running' and tonumber(v[2]) == l[2] and same_lease(v[4], v[5], l[3]) then
       -- valid until reclaimed: a lease past its time that the reaper has not taken is kept
       redis.call('HSET', tkey(K, l[1]), 'lease_expires_at', expires)
       if p.start then redis.call('HSET', tkey(K, l[1]), 'lease_started', '1') end
@@ -960,8 +982,9 @@ local function progress(keys, args)
   local K = keys[1]
   local p = params(args[1])
   local now = clock(p.now)
-  local v = redis.call('HMGET', tkey(K, p.id), 'state', 'lease_epoch', 'kind')
-  if v[1] ~= 'running' or tonumber(v[2]) ~= p.epoch then
+  local v = redis.call('HMGET', tkey(K, p.id), 'state', 'lease_epoch', 'kind', 'lease_id',
+    'attempts')
+  if v[1] ~= 'running' or tonumber(v[2]) ~= p.epoch or not same_lease(v[4], v[5], p.lease) then
     return reply({ err = 'lease', id = p.id, epoch = p.epoch })
   end
   set(K, p.id, { progress_pct = p.pct, progress_message = p.message or false, updated_at = now })
@@ -990,10 +1013,15 @@ local function finish(keys, args)
     local mark = f.target
     if f.expired then mark = mark .. ':reaped' end
     local r = load(K, id)
-    local ok = r and r.state == 'running' and tonumber(r.lease_epoch) == f.epoch
+    local epoch_ok = r and tonumber(r.lease_epoch) == f.epoch
+    local ok = epoch_ok and r.state == 'running' and same_lease(r.lease_id, r.attempts, f.lease)
     if ok and f.expired then ok = tonumber(r.lease_expires_at) < now end
     if not ok then
-      if r and tonumber(r.lease_epoch) == f.epoch and r.last_finish == mark then
+      -- a repeat of the finish this lease applied (a release gave its attempt back: the
+      -- lease id alone says it is the same lease)
+      local again = epoch_ok and r.last_finish == mark
+        and (not f.lease or not r.lease_id or r.lease_id == f.lease[2])
+      if again then
         out[i] = { id, 'already', r.state }
       else
         out[i] = { id, 'lease_lost', r and r.state or nil }
@@ -1181,10 +1209,11 @@ end
 
 -- waitpoints, signals, suspensions, frames -------------------------------------------------
 
-local function fenced(K, id, epoch)
+local function fenced(K, id, epoch, lease)
   local v = redis.call('HMGET', tkey(K, id), 'state', 'lease_epoch', 'kind', 'attempts',
-    'cancel_requested')
+    'cancel_requested', 'lease_id')
   if v[1] ~= 'running' or tonumber(v[2]) ~= epoch then return nil end
+  if not same_lease(v[6], v[4], lease) then return nil end
   return v
 end
 
@@ -1192,7 +1221,7 @@ local function waitpoint_create(keys, args)
   local K = keys[1]
   local p = params(args[1])
   local now = clock(p.now)
-  if not fenced(K, p.task, p.epoch) then
+  if not fenced(K, p.task, p.epoch, p.lease) then
     return reply({ err = 'lease', id = p.task, epoch = p.epoch })
   end
   local f = #p.task .. ':' .. p.task .. p.key
@@ -1304,11 +1333,15 @@ local function signal_deliver(keys, args)
   local wp = redis.call('HMGET', K .. 'wp:' .. p.wp, 'task', 'expires_at')
   if not wp[1] then return reply({ status = 'rejected', reason = 'unknown waitpoint' }) end
   local id = wp[1]
-  local ik = nil
+  -- the idempotency keys of a waitpoint's signals (`sik:<waitpoint>`, deleted with its
+  -- task): a repeat is answered as such even after the waitpoint expired or the task ended
+  local sik = K .. 'sik:' .. p.wp
   if p.idem then
-    -- a repeat is answered as such even after the waitpoint expired or the task ended
-    ik = #p.wp .. ':' .. p.wp .. p.idem
-    if redis.call('HEXISTS', K .. 'sik', ik) == 1 then return reply({ status = 'duplicate' }) end
+    if redis.call('HEXISTS', sik, p.idem) == 1
+      -- layout 4 kept them all in one hash, moved by the migration to layout 5
+      or redis.call('HEXISTS', K .. 'sik', #p.wp .. ':' .. p.wp .. p.idem) == 1 then
+      return reply({ status = 'duplicate' })
+    end
   end
   if tonumber(wp[2]) <= now then
     return reply({ status = 'rejected', reason = 'waitpoint expired' })
@@ -1323,7 +1356,7 @@ local function signal_deliver(keys, args)
     return reply({ status = 'closed', reason = 'waitpoint closed: its suspension ' .. closed })
   end
   redis.call('RPUSH', K .. 'su:' .. id, cmsgpack.pack({ p.wp, p.name, args[p.payload], now }))
-  if ik then redis.call('HSET', K .. 'sik', ik, '1') end
+  if p.idem then redis.call('HSET', sik, p.idem, '1') end
   if r.state ~= 'suspended' then return reply({ status = 'accepted' }) end
   local sp = redis.call('HMGET', K .. 'sp:' .. id, 'open', 'condition')
   if sp[1] ~= '1' or not consume_if_satisfied(K, id, sp[2]) then
@@ -1343,7 +1376,7 @@ local function task_suspend(keys, args)
   local K = keys[1]
   local p = params(args[1])
   local now = clock(p.now)
-  local v = fenced(K, p.id, p.epoch)
+  local v = fenced(K, p.id, p.epoch, p.lease)
   if not v then return reply({ err = 'lease', id = p.id, epoch = p.epoch }) end
   if v[5] == '1' then return reply({ status = 'cancel_requested' }) end
   local sp = K .. 'sp:' .. p.id
@@ -1424,7 +1457,7 @@ local function frames_append(keys, args)
   local K = keys[1]
   local p = params(args[1])
   local now = clock(p.now)
-  local v = fenced(K, p.id, p.epoch)
+  local v = fenced(K, p.id, p.epoch, p.lease)
   if not v then return reply({ err = 'lease', id = p.id, epoch = p.epoch }) end
   local attempt = tonumber(v[4])
   local fk = K .. 'fr:' .. p.id .. ':' .. attempt
@@ -1467,7 +1500,7 @@ local function budget_put(keys, args)
   reset_wakes()
   local K = keys[1]
   local p = params(args[1])
-  if p.task and not fenced(K, p.task, p.epoch) then
+  if p.task and not fenced(K, p.task, p.epoch, p.lease) then
     return reply({ err = 'lease', id = p.task, epoch = p.epoch })
   end
   local bk = K .. 'b:' .. p.id
@@ -1783,7 +1816,7 @@ local function purge_one(K, id, r)
   for _, w in ipairs(redis.call('SMEMBERS', K .. 'wpt:' .. id)) do
     local key = redis.call('HGET', K .. 'wp:' .. w, 'key')
     if key then redis.call('HDEL', K .. 'wpk', #id .. ':' .. id .. key) end
-    redis.call('DEL', K .. 'wp:' .. w)
+    redis.call('DEL', K .. 'wp:' .. w, K .. 'sik:' .. w)
   end
   redis.call('DEL', K .. 'wpt:' .. id, K .. 'su:' .. id, K .. 'sc:' .. id, K .. 'sp:' .. id,
     K .. 'ch:' .. id, K .. 'up:' .. id, K .. 'dno:' .. id, K .. 'dn:' .. id, tkey(K, id))

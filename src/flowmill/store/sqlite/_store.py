@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -175,14 +176,7 @@ class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin, SQLiteSchedulesMixin, 
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             if not self.memory:
-                # Switch only a file not yet in WAL mode: the switch needs a lock that a busy
-                # writer's checkpoint can refuse at once (no busy wait), and every open by a
-                # CLI command next to a running worker would risk "database is locked".
-                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise StoreError(f"cannot switch {self.path} to WAL mode (got {mode})")
+                _ensure_wal(conn, self.path, self.busy_timeout_ms)
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA temp_store = MEMORY")
             conn.execute("PRAGMA cache_size = -32000")
@@ -388,3 +382,33 @@ class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin, SQLiteSchedulesMixin, 
     async def events_read(self, p: EventsRead) -> list[Event]:
         result: list[Event] = await self._read(lambda c, tx: events_read(c, p))
         return result
+
+
+def _ensure_wal(conn: sqlite3.Connection, path: str, busy_timeout_ms: int) -> None:
+    """Put the file in WAL mode, unless it is already.
+
+    Only a file not yet in WAL is switched: the switch needs a lock that SQLite refuses at
+    once, without its busy wait, while another connection holds the file (a busy writer's
+    checkpoint, or a second process opening the same fresh file at the same moment). So a
+    refusal is retried here, up to the busy timeout, re-reading the mode each time: the
+    other opener has usually just switched it.
+    """
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    pause = 0.002
+    while True:
+        mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+        if mode == "wal":
+            return
+        try:
+            mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+            continue
+        if mode != "wal":
+            raise StoreError(f"cannot switch {path} to WAL mode (got {mode})")
+        return
