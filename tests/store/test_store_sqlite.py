@@ -454,6 +454,7 @@ class TestListWindow:
             (TasksList(kind="b", queue="q1"), [ids[i] for i in range(30) if i % 2 == 1]),
             (TasksList(text="k-2-"), [ids[i] for i in range(30) if i % 3 == 2]),
             (TasksList(states=[State.READY]), ids),
+            (TasksList(states=[State.READY], queue="q1"), [ids[i] for i in range(30) if i % 2]),
             (TasksList(kind="nope"), []),
         ]:
             for limit in (1, 4, 50):

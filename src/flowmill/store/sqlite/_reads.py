@@ -81,6 +81,10 @@ def _list_page(c: sqlite3.Connection, p: TasksList) -> list[TaskRecord]:
         return _select(c, source, [*where, "g.seq > ?"], [*args, after], "g.seq", p.limit)
     if len(where) == 0:
         return _select(c, "fm_tasks t", ["t.seq > ?"], [after], "t.seq", p.limit)
+    if len(p.states) == 1 and p.queue is not None and p.kind is None and p.text is None:
+        # fm_tasks_state (state, queue) holds these in seq order already (the maintenance
+        # loop's question): no window needed.
+        return _select(c, "fm_tasks t", [*where, "t.seq > ?"], [*args, after], "t.seq", p.limit)
     # A filter that many tasks match is answered fastest in seq order, one that few match
     # by its index and a sort. Look at the next LIST_WINDOW tasks in order first; only if
     # they hold less than a page, ask the index for the rest (which it then finds few of).
