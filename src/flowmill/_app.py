@@ -409,11 +409,27 @@ class App(Budgets, Operations):
         name: str | None = None,
         limit: int = 100,
         after: str | None = None,
+        tag: str | None = None,
+        tag_value: str | None = None,
+        search: str | None = None,
     ) -> list[TaskInfo]:
-        """Tasks in submission order, filtered; pass the last id as `after` for the next page."""
+        """Tasks in submission order, filtered; pass the last id as `after` for the next page.
+
+        `tag` keeps tasks with that tag (with the value `tag_value`, when given); `search`
+        those whose id or key starts with it. Every filter is served by an index on the
+        SQL stores."""
         await self.open()
         recs = await self.store.tasks_list(
-            TasksList(tuple(State(s) for s in states), queue, name, limit, after)
+            TasksList(
+                tuple(State(s) for s in states),
+                queue,
+                name,
+                limit,
+                after,
+                tag_key=tag,
+                tag_value=tag_value,
+                text=search,
+            )
         )
         return [task_info(self, r) for r in recs]
 

@@ -219,6 +219,32 @@ def test_tasks_list_filters_and_pages(jobs: Jobs, populated: Populated) -> None:
     assert "no matching tasks" in out
 
 
+def test_tasks_list_by_tag_and_search(jobs: Jobs) -> None:
+    async def go() -> list[str]:
+        async with fm.App(jobs.url) as app:
+            app.task(name="add")(lambda x: x)
+            blue = await app.submit("add", 1, key="order-7", tags={"team": "blue"})
+            red = await app.submit("add", 2, key="invoice-7", tags={"team": "red"})
+            return [blue.id, red.id]
+
+    blue, red = asyncio.run(go())
+    code, out, _ = run("tasks", "list", "--url", jobs.url, "--tag", "team")
+    assert code == 0
+    assert re.findall(r"^([0-9a-f-]{36})\s", out, flags=re.M) == [blue, red]
+    code, out, _ = run("tasks", "list", "--url", jobs.url, "--tag", "team=red", "--json")
+    assert code == 0
+    assert [t["id"] for t in json.loads(out)] == [red]
+    code, out, _ = run("tasks", "list", "--url", jobs.url, "--search", "order-")
+    assert code == 0
+    assert blue in out and red not in out
+    code, out, _ = run("tasks", "list", "--url", jobs.url, "--search", red[:30])
+    assert code == 0
+    assert red in out and blue not in out
+    code, _, err = run("tasks", "list", "--url", jobs.url, "--tag", "=x")
+    assert code == 2
+    assert "bad --tag '=x'" in err
+
+
 def test_tasks_show_raw_and_typed(jobs: Jobs, populated: Populated) -> None:
     code, out, _ = run("tasks", "show", populated.done, "--url", jobs.url)
     assert code == 0

@@ -196,6 +196,8 @@ async def test_bad_arguments_fail_in_the_front_with_typed_errors() -> None:
         await front.budget_define(BudgetDefine("b", hard={"usd": 1}, soft={"usd": 2}))
     with pytest.raises(InvalidUsage, match="must be >= 0"):
         await front.budget_report_usage(BudgetUsage("t1", 1, "b", {"usd": -1}))
+    with pytest.raises(ConfigurationError, match="tag_value needs tag_key"):
+        await front.tasks_list(TasksList(tag_value="v"))
     assert backend.calls == []
 
 

@@ -13,15 +13,18 @@ import sqlite3
 from contextlib import closing
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flowmill.store._common.migrations import load
 from flowmill.store.contract import MigrateResult
+from flowmill.store.contract.tasks import TasksInsert, TasksList
 from flowmill.store.postgres import PostgresStore
 from flowmill.store.postgres import _schema as postgres_schema
 from flowmill.store.sqlite import SQLiteStore
 from flowmill.store.sqlite import _schema as sqlite_schema
+from flowmill.testing.conformance._util import task
 
 from ._pg_store_fixtures import pg_url, schema
 
@@ -36,6 +39,7 @@ CHECKSUMS: dict[str, dict[str, str]] = {
         "0004_lease_start_clock.sql": (
             "530780c5b4aad04be9426be01f63c3da3466b617d5e4aac7fbb54d06c283d2b8"
         ),
+        "0005_list_filters.sql": "0f6fdf6f6884949b19d6e530b4bcb2dca603b5d9757c2de84d0dfdf1b162acfa",
     },
     "flowmill.store.postgres": {
         "0001_initial.sql": "e4ee1a77c10fec53b1f205c371616de86699a2708d25f2462f7c2846ed2dcb26",
@@ -44,6 +48,7 @@ CHECKSUMS: dict[str, dict[str, str]] = {
         "0004_lease_start_clock.sql": (
             "2f7ccef46fe548a34f78ba5899482ae2b987810c96da16254dbbf2d55155d61f"
         ),
+        "0005_list_filters.sql": "9724b49364c8aa4a395aa0a81a8079ba5473be89ed0cbaca9e8e43d7cd0c57be",
     },
 }
 
@@ -134,3 +139,53 @@ async def test_an_older_postgres_schema_is_upgraded(
         assert await store.meta_get_or_set("probe", "x") == "x"
     finally:
         await store.close()
+
+
+async def _tagged_before_0005(store: Any) -> list[str]:
+    await store.open()
+    try:
+        rows = [task(tags={"team": "blue"}), task(), task(tags={"team": "red"}, key="ord-1")]
+        return [o.id for o in await store.tasks_insert(TasksInsert(rows))]
+    finally:
+        await store.close()
+
+
+async def _filters_after_0005(store: Any, ids: list[str]) -> None:
+    await store.open()
+    try:
+        tagged = await store.tasks_list(TasksList(tag_key="team"))
+        assert [r.id for r in tagged] == [ids[0], ids[2]]  # migration 0005 filled its index
+        red = await store.tasks_list(TasksList(tag_key="team", tag_value="red"))
+        assert [r.id for r in red] == [ids[2]]
+        assert [r.id for r in await store.tasks_list(TasksList(text="ord-"))] == [ids[2]]
+    finally:
+        await store.close()
+
+
+async def test_migration_0005_indexes_the_tags_already_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "old.db")
+    full = sqlite_schema.MIGRATIONS
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", full[:4])
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 4)
+    ids = await _tagged_before_0005(SQLiteStore(path))
+    with closing(sqlite3.connect(path)) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert "fm_tasks" in tables and "fm_task_tags" not in tables
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", full)
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", len(full))
+    await _filters_after_0005(SQLiteStore(path), ids)
+
+
+@pytest.mark.postgres
+async def test_migration_0005_indexes_the_tags_already_stored_on_postgres(
+    pg_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = postgres_schema.MIGRATIONS
+    monkeypatch.setattr(postgres_schema, "MIGRATIONS", full[:4])
+    monkeypatch.setattr(postgres_schema, "SCHEMA_VERSION", 4)
+    ids = await _tagged_before_0005(PostgresStore(pg_url, schema=schema))
+    monkeypatch.setattr(postgres_schema, "MIGRATIONS", full)
+    monkeypatch.setattr(postgres_schema, "SCHEMA_VERSION", len(full))
+    await _filters_after_0005(PostgresStore(pg_url, schema=schema), ids)

@@ -432,3 +432,38 @@ async def _pragma(store: SQLiteStore, name: str) -> object:
         lambda conn, tx: conn.execute(f"PRAGMA {name}").fetchone()[0]
     )
     return value
+
+
+class TestListWindow:
+    """A filtered `tasks_list` reads a window in seq order, then the index for the rest."""
+
+    @pytest.mark.parametrize("window", [1, 3, 7, 100])
+    async def test_every_window_gives_the_same_pages(
+        self, opened: SQLiteStore, monkeypatch: pytest.MonkeyPatch, window: int
+    ) -> None:
+        from flowmill.store.sqlite import _reads
+
+        rows = [
+            task(kind="a" if i % 4 == 0 else "b", queue=f"q{i % 2}", key=f"k-{i % 3}-{i}")
+            for i in range(30)
+        ]
+        ids = [o.id for o in await opened.tasks_insert(TasksInsert(rows))]
+        monkeypatch.setattr(_reads, "LIST_WINDOW", window)
+        for p, want in [
+            (TasksList(kind="a"), [ids[i] for i in range(30) if i % 4 == 0]),
+            (TasksList(kind="b", queue="q1"), [ids[i] for i in range(30) if i % 2 == 1]),
+            (TasksList(text="k-2-"), [ids[i] for i in range(30) if i % 3 == 2]),
+            (TasksList(states=[State.READY]), ids),
+            (TasksList(states=[State.READY], queue="q1"), [ids[i] for i in range(30) if i % 2]),
+            (TasksList(kind="nope"), []),
+        ]:
+            for limit in (1, 4, 50):
+                seen: list[str] = []
+                after: str | None = None
+                while page := await opened.tasks_list(
+                    TasksList(p.states, p.queue, p.kind, limit, after, text=p.text)
+                ):
+                    assert len(page) <= limit
+                    seen.extend(r.id for r in page)
+                    after = page[-1].id
+                assert seen == want, (p, limit)

@@ -250,6 +250,47 @@ async def test_a_suspended_task_shows_its_signals(app: fm.App, client: httpx.Asy
     assert [s["name"] for s in page["signals"]] == ["approved"]
 
 
+async def test_a_task_page_lists_its_waitpoints(
+    app: fm.App, client: httpx.AsyncClient, clock: fm.ManualClock
+) -> None:
+    @app.task(name="waits")
+    async def waits(n: int) -> None:
+        return None
+
+    await app.submit(waits, 1)
+    async with app.claimer(worker_id="w", kinds=["waits"]) as c:
+        task = await c.claim()
+        assert task is not None
+        approval = await task.create_waitpoint("approval", timedelta(hours=1))
+        await clock.advance(timedelta(seconds=1))  # listed oldest first
+        other = await task.create_waitpoint("other", timedelta(minutes=1))
+        await task.suspend(Signal("approved", approval))
+    made = (await client.get(f"/api/tasks/{task.task_id}", headers=bearer())).json()
+    assert [(w["key"], w["state"], w["signals"]) for w in made["waitpoints"]] == [
+        ("approval", "pending", []),
+        ("other", "pending", []),
+    ]
+    assert made["waitpoints_more"] is False
+    await clock.advance(timedelta(seconds=30))
+    r = await client.post(
+        f"/signals/{approval.id}",
+        json={"token": approval.token, "name": "approved", "payload": {"by": "ann"}},
+    )
+    assert r.status_code == 202
+    await clock.advance(timedelta(seconds=31))  # the other one is past its due time now
+    page = (await client.get(f"/api/tasks/{task.task_id}", headers=bearer())).json()
+    first, second = page["waitpoints"]
+    assert (first["id"], first["state"], first["closed_reason"]) == (
+        approval.id,
+        "delivered",
+        "resumed",
+    )
+    assert [(s["name"], s["payload"]) for s in first["signals"]] == [("approved", {"by": "ann"})]
+    assert first["delivered_at_ms"] == first["created_at_ms"] + 31_000
+    assert first["expires_at_ms"] == first["created_at_ms"] + 3_600_000
+    assert (second["id"], second["state"], second["delivered_at_ms"]) == (other.id, "expired", None)
+
+
 async def test_metrics_text_and_the_open_option(app: fm.App) -> None:
     job = register(app)
     await app.submit(job, 1, queue="mail")

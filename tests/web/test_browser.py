@@ -16,6 +16,7 @@ import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,7 @@ async def test_the_dashboard_in_chromium(db_url: str, tmp_path: Path) -> None:
     @app.task(name="talker")
     async def talker(n: int, ctx: fm.Context) -> str:
         await ctx.append_frame("log", b"first line")
+        await ctx.create_waitpoint("approval", timedelta(hours=1))  # listed on its page
         await talk.wait()
         await ctx.append_frame("log", b"second line")
         return "done"
@@ -234,6 +236,8 @@ async def test_the_dashboard_in_chromium(db_url: str, tmp_path: Path) -> None:
                 lambda d: "second line" in d.find_element("css selector", "#frames").text,
             )
             await page.until("the result", present("#result"))
+            await page.until("its waitpoint", present("#waitpoints tr[data-state=pending]"))
+            assert "approval" in await page.text("#waitpoints")
             facts = await page.text("dl.kv")
             assert "attempts\n1 of 3" in facts and "object" not in facts
             await page.shot("dashboard-task")

@@ -217,3 +217,13 @@ def parse_states(values: list[str] | None) -> list[State]:
             except ValueError:
                 fail(f"unknown state {name!r}: use one of {', '.join(s.value for s in State)}", 2)
     return out
+
+
+def parse_tag(value: str | None) -> tuple[str | None, str | None]:
+    """`--tag KEY` or `--tag KEY=VALUE` as (key, value); (None, None) without the option."""
+    if value is None:
+        return None, None
+    key, eq, tag_value = value.partition("=")
+    if not key:
+        fail(f"bad --tag {value!r}: use KEY or KEY=VALUE", 2)
+    return key, (tag_value if eq else None)

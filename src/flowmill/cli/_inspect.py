@@ -19,6 +19,7 @@ from ._common import (
     new_table,
     on_store,
     parse_states,
+    parse_tag,
     print_columns,
     print_titled,
     shorten,
@@ -95,6 +96,14 @@ def tasks_list(
     ] = None,
     queue: Annotated[str | None, typer.Option(metavar="NAME", help="Only this queue")] = None,
     name: Annotated[str | None, typer.Option(metavar="NAME", help="Only this task name")] = None,
+    tag: Annotated[
+        str | None,
+        typer.Option(metavar="KEY[=VALUE]", help="Only tasks with this tag (and value)"),
+    ] = None,
+    search: Annotated[
+        str | None,
+        typer.Option(metavar="TEXT", help="Only tasks whose id or key starts with TEXT"),
+    ] = None,
     limit: LimitOpt = 50,
     after: AfterOpt = None,
     url: UrlOpt = None,
@@ -103,10 +112,20 @@ def tasks_list(
 ) -> None:
     """Tasks in submission order, filtered (the next page: --after the last id)."""
     states = parse_states(state)
+    tag_key, tag_value = parse_tag(tag)
     app, infos = on_store(
         url,
         app_path,
-        lambda app: app.list_tasks(states=states, queue=queue, name=name, limit=limit, after=after),
+        lambda app: app.list_tasks(
+            states=states,
+            queue=queue,
+            name=name,
+            limit=limit,
+            after=after,
+            tag=tag_key,
+            tag_value=tag_value,
+            search=search,
+        ),
     )
     if json_out:
         print_json([task_json(i) for i in infos])

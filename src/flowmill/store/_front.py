@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import perf_counter
 from types import TracebackType
 from typing import Literal
@@ -69,7 +69,9 @@ from .contract.signals import (
     SuspensionsExpire,
     TaskSuspend,
     WaitpointCreate,
+    WaitpointInfo,
     WaitpointRow,
+    WaitpointsList,
 )
 from .contract.tasks import (
     ON_DUPLICATE_CHOICES,
@@ -115,7 +117,7 @@ OPERATIONS: tuple[str, ...] = (
     "task_get", "tasks_list", "tasks_count", "results_get", "events_read",
     "task_wait_children", "children_page", "children_summary", "hooks_claim", "hook_done",
     "wait_for_work", "wait_for_finish",
-    "waitpoint_create", "waitpoint_get", "signal_deliver", "task_suspend",
+    "waitpoint_create", "waitpoint_get", "waitpoints_list", "signal_deliver", "task_suspend",
     "suspensions_expire", "resume_signals", "frames_append", "frames_read",
     "wait_for_frames", "meta_get_or_set",
     "upstream_get", "workflow_get", "workflows_list", "workflow_cancel", "deps_reconcile",
@@ -361,8 +363,12 @@ class StoreFront:
 
     async def tasks_list(self, p: TasksList) -> list[TaskRecord]:
         with self._door("tasks_list"):
+            if p.tag_value is not None and p.tag_key is None:
+                raise ConfigurationError("tasks_list: tag_value needs tag_key")
             if p.limit <= 0:
                 return []
+            if p.text == "":  # every id starts with it: no filter
+                p = replace(p, text=None)
             return await self.backend.tasks_list(p)
 
     async def tasks_count(self) -> list[CountRow]:
@@ -422,6 +428,12 @@ class StoreFront:
     async def waitpoint_get(self, waitpoint_id: str) -> WaitpointRow | None:
         with self._door("waitpoint_get"):
             return await self.backend.waitpoint_get(waitpoint_id)
+
+    async def waitpoints_list(self, p: WaitpointsList) -> list[WaitpointInfo]:
+        with self._door("waitpoints_list"):
+            if p.limit <= 0:
+                return []
+            return await self.backend.waitpoints_list(p)
 
     async def signal_deliver(self, p: SignalDeliver) -> DeliverOutcome:
         with self._door("signal_deliver"):

@@ -23,8 +23,8 @@ from ..errors import (
     TaskNotFound,
 )
 from ..store.contract.dag import WorkflowGet, WorkflowsList
-from ..store.contract.signals import FramesRead
-from ..store.contract.tasks import ChildrenPage, ChildrenSummaryQuery, TaskRecord, TasksList
+from ..store.contract.signals import FramesRead, WaitpointsList
+from ..store.contract.tasks import ChildrenPage, ChildrenSummaryQuery, TasksList
 from ._signals import MAX_ID_CHARS, _read_body, _Refused
 from ._throughput import Throughput
 from ._views import (
@@ -34,6 +34,7 @@ from ._views import (
     stored_json,
     task_detail,
     task_summary,
+    waitpoint_json,
     workflow_json,
 )
 
@@ -44,8 +45,8 @@ if TYPE_CHECKING:
     from .._app import App
 
 MAX_LIMIT = 500
-SCAN_ROWS = 5000  # a tag or text filter looks at this many rows a request at most
 MAX_REPLAY = 500
+MAX_WAITPOINTS = 100  # a task page shows this many of its waitpoints, oldest first
 FRAME_TEXT_CHARS = 4096
 Endpoint = Callable[["Request"], Awaitable["Response"]]
 
@@ -173,39 +174,26 @@ class Api:
         after = _text(request, "after")
         limit = _int(request, "limit", 50, 1, MAX_LIMIT)
         await self.app.open()
-
-        def matches(r: TaskRecord) -> bool:
-            if tag is not None and (
-                tag[0] not in r.tags or (tag[1] is not None and r.tags[tag[0]] != tag[1])
-            ):
-                return False
-            return q is None or q in r.id or (r.dedup_key is not None and q in r.dedup_key)
-
         if q is not None and after is None:  # an exact id first: one indexed read
             rec = await self.app.store.task_get(q)
             if rec is not None and (not states or rec.state in states):
-                return {"tasks": [task_summary(rec)], "next": None, "scanned": 1}
-        filtered = tag is not None or q is not None
-        page_size = min(SCAN_ROWS, 500) if filtered else limit
-        out: list[TaskRecord] = []
-        scanned, cursor, more = 0, after, True
-        while more and len(out) < limit and scanned < SCAN_ROWS:
-            page = await self.app.store.tasks_list(
-                TasksList(states, queue, kind, page_size, cursor)
+                return {"tasks": [task_summary(rec)], "next": None}
+        # Every filter is the store's, and indexed: a page costs the same on a million rows.
+        rows = await self.app.store.tasks_list(
+            TasksList(
+                states,
+                queue,
+                kind,
+                limit,
+                after,
+                tag_key=None if tag is None else tag[0],
+                tag_value=None if tag is None else tag[1],
+                text=q,
             )
-            more = len(page) == page_size
-            for r in page:
-                scanned += 1
-                cursor = r.id
-                if matches(r):
-                    out.append(r)
-                    if len(out) == limit:
-                        more = more or r is not page[-1]
-                        break
+        )
         return {
-            "tasks": [task_summary(r) for r in out],
-            "next": cursor if more else None,
-            "scanned": scanned,
+            "tasks": [task_summary(r) for r in rows],
+            "next": rows[-1].id if len(rows) == limit else None,
         }
 
     async def task(self, request: Request) -> JSON:
@@ -217,6 +205,8 @@ class Api:
         store = self.app.store
         summary = await store.children_summary(ChildrenSummaryQuery(task_id))
         signals = await store.resume_signals(task_id)
+        waitpoints = await store.waitpoints_list(WaitpointsList(task_id, MAX_WAITPOINTS + 1))
+        now = await self._now_ms()
         upstream = await store.upstream_get(task_id)
         tdef = self.app.registry.get(rec.kind)
         budget = None
@@ -234,6 +224,8 @@ class Api:
                 {"name": s.name, "waitpoint_id": s.waitpoint_id, "payload": stored_json(s.payload)}
                 for s in signals
             ],
+            "waitpoints": [waitpoint_json(w, now) for w in waitpoints[:MAX_WAITPOINTS]],
+            "waitpoints_more": len(waitpoints) > MAX_WAITPOINTS,
             "upstream": [
                 {"id": u.task_id, "node": u.node, "state": u.state.value} for u in upstream
             ],

@@ -13,6 +13,7 @@ import msgspec
 from .._states import State
 from ..store.contract.dag import NodeRow, WorkflowRecord
 from ..store.contract.records import ErrorInfo
+from ..store.contract.signals import WaitpointInfo
 from ..store.contract.tasks import ChildrenSummary, ChildRow, TaskRecord
 
 JSON = dict[str, Any]
@@ -75,6 +76,23 @@ def task_detail(r: TaskRecord) -> JSON:
         "terminal": r.state.terminal,
         "can_cancel": not r.state.terminal,
         "can_retry": r.state in (State.FAILED, State.DEAD_LETTERED),
+    }
+
+
+def waitpoint_json(w: WaitpointInfo, now_ms: int) -> JSON:
+    """One waitpoint of a task page: its state at `now_ms` and the signals it received."""
+    return {
+        "id": w.id,
+        "key": w.key,
+        "state": w.state(now_ms),
+        "created_at_ms": w.created_at_ms,
+        "expires_at_ms": w.expires_at_ms,
+        "closed_reason": w.closed_reason,
+        "closed_at_ms": w.closed_at_ms,
+        "delivered_at_ms": w.signals[0].at_ms if w.signals else None,
+        "signals": [
+            {"name": s.name, "at_ms": s.at_ms, "payload": stored_json(s.payload)} for s in w.signals
+        ],
     }
 
 

@@ -88,7 +88,10 @@ from .signals import (
     SuspensionsExpire,
     TaskSuspend,
     WaitpointCreate,
+    WaitpointInfo,
     WaitpointRow,
+    WaitpointsList,
+    WaitpointState,
 )
 from .tasks import (
     ON_DUPLICATE_CHOICES,
@@ -223,7 +226,10 @@ __all__ = [
     "UsageReport",
     "UsageStatus",
     "WaitpointCreate",
+    "WaitpointInfo",
     "WaitpointRow",
+    "WaitpointState",
+    "WaitpointsList",
     "WorkerHeartbeat",
     "WorkerRow",
     "WorkerStatus",

@@ -54,7 +54,9 @@ from .signals import (
     SuspensionsExpire,
     TaskSuspend,
     WaitpointCreate,
+    WaitpointInfo,
     WaitpointRow,
+    WaitpointsList,
 )
 from .tasks import (
     CancelOutcome,
@@ -130,6 +132,9 @@ class SignalsStore(Protocol):
     async def waitpoint_create(self, p: WaitpointCreate) -> WaitpointRow: ...
 
     async def waitpoint_get(self, waitpoint_id: str) -> WaitpointRow | None: ...
+
+    async def waitpoints_list(self, p: WaitpointsList) -> list[WaitpointInfo]:
+        """A task's waitpoints, oldest first, with their state and signals (for operators)."""
 
     async def signal_deliver(self, p: SignalDeliver) -> DeliverOutcome: ...
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
 MAX_FRAME_BYTES = 64 * 1024
 
@@ -120,6 +121,48 @@ class SignalRow:
     name: str
     payload: bytes
     at_ms: int
+
+
+WaitpointState = Literal["pending", "delivered", "expired", "closed"]
+
+
+@dataclass(frozen=True, slots=True)
+class WaitpointsList:
+    """`waitpoints_list`: the waitpoints of task `task_id`, oldest first (by creation time,
+    then id), at most `limit`, each with the signals delivered to it that the store holds.
+    An unknown task has none."""
+
+    task_id: str
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class WaitpointInfo:
+    """One waitpoint as an operator sees it: when it was made and is due, whether and why
+    it closed, and its signals in delivery order.
+
+    `closed_reason` is `resumed` or `timed out` (see `SignalDeliver`); `closed_at_ms` is
+    None where the backend does not record the instant (Redis). `signals` holds what the
+    store keeps: on SQL backends every signal ever delivered to the waitpoint; on Redis
+    those not yet consumed and those the task's latest satisfied suspension consumed."""
+
+    id: str
+    task_id: str
+    key: str
+    created_at_ms: int
+    expires_at_ms: int
+    closed_reason: str | None
+    closed_at_ms: int | None
+    signals: tuple[SignalRow, ...]
+
+    def state(self, now_ms: int) -> WaitpointState:
+        """`delivered` once a signal is held for it, else `closed` (its suspension ended
+        without one), `expired` (past `expires_at_ms`), or `pending`."""
+        if self.signals:
+            return "delivered"
+        if self.closed_reason is not None:
+            return "closed"
+        return "expired" if self.expires_at_ms <= now_ms else "pending"
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,9 @@ from ..contract.signals import (
     SuspensionsExpire,
     TaskSuspend,
     WaitpointCreate,
+    WaitpointInfo,
     WaitpointRow,
+    WaitpointsList,
 )
 from ._text import dec, enc, enc_opt
 
@@ -142,6 +144,34 @@ class PostgresSignalsMixin:
         return await self._run(job, idempotent=True)
 
     # -- signals ---------------------------------------------------------------------------
+
+    async def waitpoints_list(self, p: WaitpointsList) -> list[WaitpointInfo]:
+        params = {"task": p.task_id, "limit": p.limit}
+
+        async def job(conn: Conn) -> list[WaitpointInfo]:
+            wps = await (await conn.execute(self._sq.waitpoints_list, params)).fetchall()
+            if not wps:
+                return []
+            # One statement, one snapshot: a signal consumed meanwhile is seen once.
+            rows = await (await conn.execute(self._sq.waitpoint_signals, params)).fetchall()
+            signals: dict[str, list[SignalRow]] = {}
+            for _seq, wp, name, payload, at in rows:
+                signals.setdefault(wp, []).append(SignalRow(wp, dec(name), payload, int(at)))
+            return [
+                WaitpointInfo(
+                    i,
+                    t,
+                    dec(k),
+                    int(created),
+                    int(expires),
+                    why,
+                    None if closed is None else int(closed),
+                    tuple(signals.get(i, ())),
+                )
+                for i, t, k, created, expires, why, closed in wps
+            ]
+
+        return await self._run(job, idempotent=True)
 
     async def signal_deliver(self, p: SignalDeliver) -> DeliverOutcome:
         params = {

@@ -43,6 +43,21 @@ SELECT (SELECT count(*) FROM f), ins.* FROM (SELECT 1) x LEFT JOIN ins ON true
             f"SELECT {wp_cols} FROM {s}.waitpoints WHERE task_id = %(task)s AND key = %(key)s"
         )
         self.waitpoint_get = f"SELECT {wp_cols} FROM {s}.waitpoints WHERE id = %(id)s"
+        self.waitpoints_list = (
+            f"SELECT id, task_id, key, created_at, expires_at, closed_reason, closed_at "
+            f"FROM {s}.waitpoints WHERE task_id = %(task)s ORDER BY created_at, id "
+            "LIMIT %(limit)s"
+        )
+        # A signal is unconsumed (indexed by task) or names the suspension that consumed
+        # it (indexed by suspension, found by task): two indexed reads, no scan.
+        self.waitpoint_signals = f"""
+SELECT seq, waitpoint_id, name, payload, at FROM {s}.signals
+WHERE task_id = %(task)s AND suspension_id IS NULL
+UNION ALL
+SELECT g.seq, g.waitpoint_id, g.name, g.payload, g.at FROM {s}.suspensions p
+JOIN {s}.signals g ON g.suspension_id = p.id WHERE p.task_id = %(task)s
+ORDER BY 1
+"""
 
         # -- signal_deliver: the task row locked first, then everything else read ---------
         # Every write about a task's signals holds this lock, so the next statement (a new

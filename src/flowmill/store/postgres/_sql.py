@@ -502,7 +502,14 @@ SELECT id, kind, 'running', updated_at, %(detail)s FROM upd
             f"SELECT {TASK_COLUMNS} FROM {s}.tasks t "
             f"LEFT JOIN {s}.results r ON r.task_id = t.id WHERE "
         )
+        self.tasks_list_tagged_head = (
+            f"SELECT {TASK_COLUMNS} FROM {s}.task_tags g JOIN {s}.tasks t ON t.seq = g.seq "
+            f"LEFT JOIN {s}.results r ON r.task_id = t.id WHERE "
+        )
         self.tasks_list_after = f"t.seq > (SELECT seq FROM {s}.tasks WHERE id = %(after_id)s)"
+        self.tasks_list_tagged_after = (
+            f"g.seq > (SELECT seq FROM {s}.tasks WHERE id = %(after_id)s)"
+        )
         self.tasks_count = (
             f"SELECT queue, state, count(*) FROM {s}.tasks GROUP BY queue, state "
             "ORDER BY queue, state"

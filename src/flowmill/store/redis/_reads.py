@@ -18,6 +18,16 @@ from ..contract.tasks import (
 from . import _records as rec
 
 _RESULT_CHUNK = 500
+_FILTER_PAGE = 500  # tasks read per call while a tag or text filter looks for matches
+
+
+def _matches(r: TaskRecord, p: TasksList) -> bool:
+    """Whether `r` passes the tag and text filters of `p` (the function did the rest)."""
+    if p.tag_key is not None and (
+        p.tag_key not in r.tags or (p.tag_value is not None and r.tags[p.tag_key] != p.tag_value)
+    ):
+        return False
+    return p.text is None or r.id.startswith(p.text) or (r.dedup_key or "").startswith(p.text)
 
 
 class RedisReadsMixin:
@@ -45,16 +55,34 @@ class RedisReadsMixin:
     async def tasks_list(self, p: TasksList) -> list[TaskRecord]:
         if p.limit <= 0:
             return []
-        params: dict[str, Any] = {"limit": p.limit}
+        params: dict[str, Any] = {}
         if p.states:
             params["states"] = [s.value for s in p.states]
         if p.queue is not None:
             params["queue"] = p.queue
         if p.kind is not None:
             params["kind"] = p.kind
-        if p.after_id is not None:
-            params["after"] = p.after_id
-        rows = await self._fcall("fm_list", params)
+        if p.tag_key is None and p.text is None:
+            return await self._list_page(params, p.limit, p.after_id)
+        # No index holds tags or key prefixes here: walk the list page by page, in order,
+        # until the page is full or the tasks run out (never a cap that misses a match).
+        out: list[TaskRecord] = []
+        after, size = p.after_id, max(p.limit, _FILTER_PAGE)
+        while len(out) < p.limit:
+            page = await self._list_page(params, size, after)
+            out.extend(r for r in page if _matches(r, p))
+            if len(page) < size:
+                break
+            after = page[-1].id
+        return out[: p.limit]
+
+    async def _list_page(
+        self, params: dict[str, Any], limit: int, after: str | None
+    ) -> list[TaskRecord]:
+        query = {**params, "limit": limit}
+        if after is not None:
+            query["after"] = after
+        rows = await self._fcall("fm_list", query)
         return [rec.task_record(rec.as_hash(r)) for r in rows]
 
     async def tasks_count(self) -> list[CountRow]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgspec
+
 from ..._states import Phase, State
 from .._common.serde import decode_error, decode_tags, encode_tags
 from ..contract.budgets import ClaimLimit
+from ..contract.signals import SignalRow
 from ..contract.tasks import ClaimedRow, Event, ExpiredLease, NewTask, TaskRecord
 
 Hash = Mapping[bytes, bytes]
@@ -163,6 +166,28 @@ def event(entry_id: bytes, fields: Mapping[bytes, bytes]) -> Event:
         state=State(fields[b"s"].decode()),
         at_ms=int(fields[b"a"]),
         detail=None if detail is None else detail.decode(),
+    )
+
+
+# The header size of a msgpack str or bin by its first byte (fixstr is 0xa0..0xbf).
+_HEADER = {0xD9: 2, 0xDA: 3, 0xDB: 5, 0xC4: 2, 0xC5: 3, 0xC6: 5}
+_SIGNAL = msgspec.msgpack.Decoder(tuple[msgspec.Raw, msgspec.Raw, msgspec.Raw, int | float])
+
+
+def _raw_bytes(raw: msgspec.Raw) -> bytes:
+    """The bytes of a msgpack str or bin, undecoded (Lua packs every string as str)."""
+    data = bytes(raw)
+    head = 1 if 0xA0 <= data[0] <= 0xBF else _HEADER.get(data[0])
+    if head is None:
+        raise ValueError(f"not a msgpack string: first byte {data[0]:#x}")
+    return data[head:]
+
+
+def signal_entry(entry: bytes) -> SignalRow:
+    """One signal as the library stores it in a task's lists: msgpack [wp, name, payload, at]."""
+    wp, name, payload, at = _SIGNAL.decode(entry)
+    return SignalRow(
+        _raw_bytes(wp).decode(), _raw_bytes(name).decode(), _raw_bytes(payload), int(at)
     )
 
 

@@ -35,8 +35,11 @@ from ..contract.signals import (
     SuspensionsExpire,
     TaskSuspend,
     WaitpointCreate,
+    WaitpointInfo,
     WaitpointRow,
+    WaitpointsList,
 )
+from . import _records as rec
 from ._leases import HeldLeases
 
 _TIMEOUT_ERRORS = {
@@ -103,6 +106,43 @@ class RedisSignalsMixin:
         if v[0] is None:
             return None
         return WaitpointRow(waitpoint_id, v[0].decode(), v[1].decode(), int(v[2]), int(v[3]))
+
+    async def waitpoints_list(self, p: WaitpointsList) -> list[WaitpointInfo]:
+        client: Any = self._c()  # type: ignore[attr-defined]
+        k: str = self._k  # type: ignore[attr-defined]
+        run: Any = self._run  # type: ignore[attr-defined]
+        ids = sorted(
+            i.decode()
+            for i in await run("waitpoints_list", lambda: client.smembers(k + "wpt:" + p.task_id))
+        )
+        if not ids:
+            return []
+        pipe = client.pipeline(transaction=True)  # one consistent view of the task's keys
+        for i in ids:
+            pipe.hmget(k + "wp:" + i, "task", "key", "created_at", "expires_at", "closed")
+        pipe.lrange(k + "sc:" + p.task_id, 0, -1)  # consumed by its latest resume
+        pipe.lrange(k + "su:" + p.task_id, 0, -1)  # not consumed yet
+        *rows, consumed, pending = await run("waitpoints_list", pipe.execute)
+        signals: dict[str, list[SignalRow]] = {}
+        for entry in (*consumed, *pending):
+            sig = rec.signal_entry(entry)
+            signals.setdefault(sig.waitpoint_id, []).append(sig)
+        out = [
+            WaitpointInfo(
+                i,
+                task.decode(),
+                key.decode(),
+                int(created),
+                int(expires),
+                None if closed is None else closed.decode(),
+                None,
+                tuple(signals.get(i, ())),
+            )
+            for i, (task, key, created, expires, closed) in zip(ids, rows, strict=True)
+            if task is not None
+        ]
+        out.sort(key=lambda w: (w.created_at_ms, w.id))
+        return out[: p.limit]
 
     async def signal_deliver(self, p: SignalDeliver) -> DeliverOutcome:
         params: dict[str, Any] = {"wp": p.waitpoint_id, "name": p.name, "payload": 2}

@@ -1,14 +1,17 @@
 """SQLite jobs of the reads: `task_get`, `tasks_list`, `tasks_count`, `results_get`,
-`events_read`."""
+`events_read`, `waitpoints_list`."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..._states import State
+from .._common.list_filters import has_tag, prefix_end, tag_image
 from .._common.serde import decode_error, task_record
+from ..contract.signals import SignalRow, WaitpointInfo, WaitpointsList
 from ..contract.tasks import (
     CountRow,
     Event,
@@ -45,24 +48,96 @@ def task_get(c: sqlite3.Connection, task_id: str) -> TaskRecord | None:
     return None if row is None else task_record(_shown(row), _result_of(c, task_id))
 
 
+# Tasks a filtered list looks at in seq order before it asks an index (see `_list_page`).
+LIST_WINDOW = 4000
+_T_COLUMNS = ", ".join("t." + c.strip() for c in _TASK_COLUMNS.split(","))
+
+
 def tasks_list(c: sqlite3.Connection, p: TasksList) -> list[TaskRecord]:
-    where: list[str] = ["1 = 1"]
+    if p.tag_key is None:
+        return _list_page(c, p)
+    # The tag index holds an image of each tag (`tag_image`) that two tags can share: drop
+    # a row that matched only through it, and read on to fill the page.
+    out: list[TaskRecord] = []
+    while True:
+        rows = _list_page(c, p)
+        out.extend(r for r in rows if has_tag(r, p.tag_key, p.tag_value))
+        if len(rows) < p.limit or len(out) >= p.limit:
+            return out[: p.limit]
+        p = replace(p, after_id=rows[-1].id)
+
+
+def _list_page(c: sqlite3.Connection, p: TasksList) -> list[TaskRecord]:
+    after = 0
+    if p.after_id is not None:
+        row = c.execute("SELECT seq FROM fm_tasks WHERE id = ?", (p.after_id,)).fetchone()
+        if row is None:
+            return []
+        after = row[0]
+    where, args = _filters(p)
+    if p.tag_key is not None:
+        # Walk the tag's index in seq order: the first page is found without a sort.
+        source = "fm_task_tags g JOIN fm_tasks t ON t.seq = g.seq"
+        return _select(c, source, [*where, "g.seq > ?"], [*args, after], "g.seq", p.limit)
+    if len(where) == 0:
+        return _select(c, "fm_tasks t", ["t.seq > ?"], [after], "t.seq", p.limit)
+    if len(p.states) == 1 and p.queue is not None and p.kind is None and p.text is None:
+        # fm_tasks_state (state, queue) holds these in seq order already (the maintenance
+        # loop's question): no window needed.
+        return _select(c, "fm_tasks t", [*where, "t.seq > ?"], [*args, after], "t.seq", p.limit)
+    # A filter that many tasks match is answered fastest in seq order, one that few match
+    # by its index and a sort. Look at the next LIST_WINDOW tasks in order first; only if
+    # they hold less than a page, ask the index for the rest (which it then finds few of).
+    end = c.execute(
+        "SELECT seq FROM fm_tasks WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?",
+        (after, LIST_WINDOW - 1),
+    ).fetchone()
+    window = [*where, "t.seq > ?"] + ([] if end is None else ["t.seq <= ?"])
+    bounds = [after] if end is None else [after, end[0]]
+    rows = _select(c, "fm_tasks t NOT INDEXED", window, [*args, *bounds], "t.seq", p.limit)
+    if len(rows) == p.limit or end is None:
+        return rows
+    rest = p.limit - len(rows)
+    # `+t.seq`: the cursor must not steer the plan to a walk in seq order (what the window
+    # just did); the filters' own indexes are what finds the few matches left.
+    return rows + _select(c, "fm_tasks t", [*where, "+t.seq > ?"], [*args, end[0]], "t.seq", rest)
+
+
+def _filters(p: TasksList) -> tuple[list[str], list[Any]]:
+    """The WHERE terms of `p`'s filters (all but the page cursor) and their arguments."""
+    where: list[str] = []
     args: list[Any] = []
+    if p.tag_key is not None:
+        where.append("g.key = ?")
+        args.append(tag_image(p.tag_key))
+        if p.tag_value is not None:
+            where.append("g.value = ?")
+            args.append(tag_image(p.tag_value))
     if p.states:
-        where.append(f"state IN ({marks(len(p.states))})")
+        where.append(f"t.state IN ({marks(len(p.states))})")
         args.extend(s.value for s in p.states)
     if p.queue is not None:
-        where.append("queue = ?")
+        where.append("t.queue = ?")
         args.append(p.queue)
     if p.kind is not None:
-        where.append("kind = ?")
+        where.append("t.kind = ?")
         args.append(p.kind)
-    if p.after_id is not None:
-        where.append("seq > (SELECT seq FROM fm_tasks WHERE id = ?)")
-        args.append(p.after_id)
+    if p.text is not None:
+        ranges = []
+        end = prefix_end(p.text)
+        for column in ("t.id", "t.dedup_key"):
+            ranges.append(f"{column} >= ?" + ("" if end is None else f" AND {column} < ?"))
+            args.extend((p.text,) if end is None else (p.text, end))
+        where.append("(" + " OR ".join(ranges) + ")")
+    return where, args
+
+
+def _select(
+    c: sqlite3.Connection, source: str, where: list[str], args: list[Any], order: str, limit: int
+) -> list[TaskRecord]:
     rows = c.execute(
-        f"SELECT {_TASK_COLUMNS} FROM fm_tasks WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
-        (*args, p.limit),
+        f"SELECT {_T_COLUMNS} FROM {source} WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?",
+        (*args, limit),
     ).fetchall()
     return [task_record(_shown(r), _result_of(c, r[0])) for r in rows]
 
@@ -94,3 +169,31 @@ def events_read(c: sqlite3.Connection, p: EventsRead) -> list[Event]:
         (p.after, p.limit),
     )
     return [Event(i, t, k, State(s), a, d) for i, t, k, s, a, d in rows]
+
+
+def waitpoints_list(c: sqlite3.Connection, p: WaitpointsList) -> list[WaitpointInfo]:
+    wps = c.execute(
+        "SELECT id, task_id, key, created_at, expires_at, closed_reason, closed_at "
+        "FROM fm_waitpoints WHERE task_id = ? ORDER BY created_at, id LIMIT ?",
+        (p.task_id, p.limit),
+    ).fetchall()
+    if not wps:
+        return []
+    # A signal is unconsumed (indexed by task) or names the suspension that consumed it
+    # (indexed by suspension, found by task): two indexed reads, no scan of fm_signals.
+    rows = c.execute(
+        "SELECT seq, waitpoint_id, name, payload, at FROM fm_signals "
+        "WHERE task_id = ? AND suspension_id IS NULL "
+        "UNION ALL "
+        "SELECT g.seq, g.waitpoint_id, g.name, g.payload, g.at FROM fm_suspensions s "
+        "JOIN fm_signals g ON g.suspension_id = s.id WHERE s.task_id = ? "
+        "ORDER BY 1",
+        (p.task_id, p.task_id),
+    )
+    signals: dict[str, list[SignalRow]] = {}
+    for _seq, wp, name, payload, at in rows:
+        signals.setdefault(wp, []).append(SignalRow(wp, name, payload, at))
+    return [
+        WaitpointInfo(i, t, k, created, expires, why, closed, tuple(signals.get(i, ())))
+        for i, t, k, created, expires, why, closed in wps
+    ]

@@ -41,9 +41,12 @@ from ..contract.signals import (
     SuspensionsExpire,
     TaskSuspend,
     WaitpointCreate,
+    WaitpointInfo,
     WaitpointRow,
+    WaitpointsList,
 )
 from . import _tree
+from ._reads import waitpoints_list
 from ._tasks import cancelled_tasks
 from ._threads import Job, Tx
 
@@ -84,6 +87,10 @@ class SQLiteSignalsMixin:
             return None if row is None else WaitpointRow(*row)
 
         result: WaitpointRow | None = await self._read(job)
+        return result
+
+    async def waitpoints_list(self, p: WaitpointsList) -> list[WaitpointInfo]:
+        result: list[WaitpointInfo] = await self._read(lambda c, tx: waitpoints_list(c, p))
         return result
 
     async def signal_deliver(self, p: SignalDeliver) -> DeliverOutcome:

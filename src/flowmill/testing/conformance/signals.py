@@ -1,4 +1,5 @@
-"""Conformance: waitpoints (`waitpoint_create`, `waitpoint_get`) and signals (`signal_deliver`)."""
+"""Conformance: waitpoints (`waitpoint_create`, `waitpoint_get`, `waitpoints_list`) and signals
+(`signal_deliver`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from ...store.contract.signals import (
     SuspendStatus,
     SuspensionsExpire,
     WaitpointCreate,
+    WaitpointInfo,
     WaitpointRow,
+    WaitpointsList,
 )
 from ...store.contract.tasks import (
     TaskCancel,
@@ -207,3 +210,62 @@ class SignalDeliverConformance:
         assert await suspend(store, again, Signal("more", wp2)) is SuspendStatus.SUSPENDED
         assert (await deliver(store, wp2, "more")).resumed
         assert await names(store, row.id) == ["more"]
+
+
+class WaitpointsListConformance:
+    """`waitpoints_list`: a task's waitpoints, oldest first, with state and signals."""
+
+    async def test_lists_state_and_signals(self, store: Store) -> None:
+        row = await running(store, max_attempts=1)
+        a = await waitpoint(store, row, "approval", expires_in=HOUR, now=T0 + 1)
+        b = await waitpoint(store, row, "second", expires_in=1_000, now=T0 + 2)
+        other = await running(store)
+        await waitpoint(store, other, "approval")
+        listed = await store.waitpoints_list(WaitpointsList(row.id))
+        assert listed == [
+            WaitpointInfo(a.id, row.id, "approval", T0 + 1, T0 + 1 + HOUR, None, None, ()),
+            WaitpointInfo(b.id, row.id, "second", T0 + 2, T0 + 1_002, None, None, ()),
+        ]
+        assert [w.state(T0 + 10) for w in listed] == ["pending", "pending"]
+        assert listed[1].state(T0 + 1_002) == "expired"
+        # Bytes that are not text, long enough for a multi-byte length on every encoding.
+        payload = b"\x00\xff" + bytes(range(256)) * 2
+        assert await suspend(store, row, Signal("go", a), now=T0 + 3) is SuspendStatus.SUSPENDED
+        assert (await deliver(store, a, "go", payload, now=T0 + 4)).resumed
+        got_a, got_b = await store.waitpoints_list(WaitpointsList(row.id))
+        assert got_a.signals == (SignalRow(a.id, "go", payload, T0 + 4),)
+        assert got_a.closed_reason == "resumed"
+        assert got_a.closed_at_ms in (None, T0 + 4)  # Redis does not record the instant
+        assert got_a.state(T0 + 10) == "delivered"
+        assert (got_b.signals, got_b.closed_reason) == ((), None)  # not named: still open
+        assert got_b.state(T0 + 10) == "pending"
+
+    async def test_a_buffered_signal_is_listed_before_any_suspension(self, store: Store) -> None:
+        row = await running(store)
+        wp = await waitpoint(store, row, "k")
+        out = await deliver(store, wp, "early", b"1", now=T0 + 5)
+        assert (out.status, out.resumed) == (DeliverStatus.ACCEPTED, False)
+        (got,) = await store.waitpoints_list(WaitpointsList(row.id))
+        assert got.signals == (SignalRow(wp.id, "early", b"1", T0 + 5),)
+        assert (got.closed_reason, got.state(T0 + 6)) == (None, "delivered")
+
+    async def test_a_timed_out_suspension_closes_its_waitpoint(self, store: Store) -> None:
+        row = await running(store)
+        wp = await waitpoint(store, row, "k")
+        await suspend(store, row, Signal("go", wp), timeout_ms=1_000)
+        assert await store.suspensions_expire(SuspensionsExpire(now_ms=T0 + 1_000)) == 1
+        (got,) = await store.waitpoints_list(WaitpointsList(row.id))
+        assert (got.closed_reason, got.signals, got.state(T0 + 1_001)) == (
+            "timed out",
+            (),
+            "closed",
+        )
+        assert got.closed_at_ms in (None, T0 + 1_000)
+
+    async def test_unknown_task_and_limit(self, store: Store) -> None:
+        assert await store.waitpoints_list(WaitpointsList("no-such-task")) == []
+        row = await running(store)
+        first = await waitpoint(store, row, "b", now=T0 + 1)
+        await waitpoint(store, row, "a", now=T0 + 2)
+        assert [w.id for w in await store.waitpoints_list(WaitpointsList(row.id, 1))] == [first.id]
+        assert await store.waitpoints_list(WaitpointsList(row.id, 0)) == []

@@ -63,6 +63,7 @@ from .leases import (
     TasksClaimStartConformance,
     TasksFinishReapedUnstartedConformance,
 )
+from .list_filters import TasksListFiltersConformance
 from .meta import MetaGetOrSetConformance, TaskProgressEventConformance
 from .ops import (
     EventsReadConformance,
@@ -83,7 +84,11 @@ from .schedules import (
     SchedulesUpsertConformance,
 )
 from .schema import MigrateConformance, SchemaVersionConformance
-from .signals import SignalDeliverConformance, WaitpointCreateConformance
+from .signals import (
+    SignalDeliverConformance,
+    WaitpointCreateConformance,
+    WaitpointsListConformance,
+)
 from .spawn import TasksInsertSpawnConformance
 from .suspend import SuspensionsExpireConformance, TaskSuspendConformance
 from .wake import NowMsConformance, WakeConformance
@@ -117,6 +122,7 @@ class StoreConformance(
     TaskRetryConformance,
     TaskGetConformance,
     TasksListConformance,
+    TasksListFiltersConformance,
     TasksCountConformance,
     ResultsGetConformance,
     EventsReadConformance,
@@ -132,6 +138,7 @@ class StoreConformance(
     DepsReconcileConformance,
     # waiting on the outside world
     WaitpointCreateConformance,
+    WaitpointsListConformance,
     SignalDeliverConformance,
     SignalDeliverClosedConformance,
     ResumeSignalsConformance,

@@ -264,13 +264,13 @@ async function tasks(r) {
     field("state", "state", h("select", {name: "state"}, h("option", {value: "", text: "any"}),
       STATES.map((st) => h("option", {value: st, selected: st === val("state"), text: st})))),
     field("tag", "tag (k or k=v)", h("input", {name: "tag", value: val("tag"), size: 12})),
-    field("q", "id or key contains", h("input", {name: "q", value: val("q"), size: 18})),
+    field("q", "id or key starts with", h("input", {name: "q", value: val("q"), size: 18})),
     h("button", {type: "submit", text: "Filter"}));
   const focused = document.activeElement && document.activeElement.name;
   const pager = h("div", {class: "pager"},
     p.get("after") ? h("a", {href: "#/tasks?" + (() => { const q = new URLSearchParams(p); q.delete("after"); return q.toString(); })(), text: "« first page"}) : null,
     list.next ? h("a", {id: "next-page", href: "#/tasks?" + (() => { const q = new URLSearchParams(p); q.set("after", list.next); return q.toString(); })(), text: "next page »"}) : null,
-    h("span", {class: "muted", text: `${list.tasks.length} shown` + (p.get("tag") || p.get("q") ? `, ${list.scanned} rows looked at` : "")}));
+    h("span", {class: "muted", text: `${list.tasks.length} shown`}));
   // Keep the form the user is typing in; replace only the results.
   if (filterState && filterState.key === r.params.toString() && focused) {
     filterState.results.replaceChildren(taskTable(list.tasks, false), pager);
@@ -315,6 +315,14 @@ async function task(r) {
         kids.next ? h("a", {href: "#/task/" + encodeURIComponent(id) + "?after=" + kids.next, text: "next children »"}) : null));
   }
   if (t.upstream.length) out.push(h("h2", {text: "Upstream"}), h("ul", {}, t.upstream.map((u) => h("li", {}, taskLink(u.id), " ", u.node || "", " ", stateBadge(u.state)))));
+  if (t.waitpoints.length) out.push(h("h2", {text: "Waitpoints"}), h("table", {id: "waitpoints"},
+    h("thead", {}, h("tr", {}, ["key", "id", "state", "created", "due", "delivered", "closed", "signals"].map((c) => h("th", {text: c})))),
+    h("tbody", {}, t.waitpoints.map((w) => h("tr", {"data-state": w.state}, h("td", {class: "mono", text: w.key}), h("td", {}, h("code", {text: w.id})),
+      h("td", {}, h("span", {class: "state wp-" + w.state, text: w.state})), h("td", {text: ago(w.created_at_ms)}),
+      h("td", {text: new Date(w.expires_at_ms).toLocaleString()}), h("td", {text: w.delivered_at_ms ? ago(w.delivered_at_ms) : "–"}),
+      h("td", {text: w.closed_reason ? w.closed_reason + (w.closed_at_ms ? " " + ago(w.closed_at_ms) : "") : "–"}),
+      h("td", {}, w.signals.map((sg) => h("div", {}, sg.name + " ", h("code", {text: JSON.stringify(sg.payload)})))))))),
+    t.waitpoints_more ? h("p", {class: "muted", text: `the first ${t.waitpoints.length} waitpoints are shown`}) : null);
   if (t.signals.length) out.push(h("h2", {text: "Signals that resumed it"}), h("ul", {}, t.signals.map((sg) => h("li", {}, h("code", {text: sg.waitpoint_id}), " " + sg.name + " ", h("code", {text: JSON.stringify(sg.payload)})))));
   if (t.budget) out.push(h("h2", {text: "Budget " + t.budget.id}), h("p", {class: t.budget.hard_breached ? "error" : ""}, "usage " + JSON.stringify(t.budget.usage) + " of hard " + JSON.stringify(t.budget.hard)));
   return out;
