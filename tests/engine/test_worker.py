@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 
 import flowmill as fm
-from flowmill.store.contract.tasks import LeasesRenew, TasksClaim
+from flowmill.store.contract.tasks import LeasesRenew, TasksClaim, TasksFinish
 
 from ..conftest import eventually
 
@@ -446,3 +446,51 @@ async def test_stop_when_idle_drains_and_returns(app: fm.App) -> None:
     rows = await app.store.results_get([h.id for h in handles])
     assert len(rows) == 500
     assert {r.state for r in rows} == {fm.State.COMPLETED}
+
+
+class OutageOnce:
+    """A store proxy whose first claim, first wait for work and first finish each fail with
+    StoreUnavailable, as during a short outage."""
+
+    def __init__(self, app: fm.App) -> None:
+        self.inner = app.store
+        self.failed: set[str] = set()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def _first(self, op: str) -> None:
+        if op not in self.failed:
+            self.failed.add(op)
+            raise fm.StoreUnavailable(f"{op}: connection reset")
+
+    async def tasks_claim(self, p: TasksClaim) -> object:
+        self._first("claim")
+        return await self.inner.tasks_claim(p)
+
+    async def wait_for_work(self, timeout_s: float) -> None:
+        self._first("wait")
+        await self.inner.wait_for_work(timeout_s)
+
+    async def tasks_finish(self, p: TasksFinish) -> object:
+        self._first("finish")
+        return await self.inner.tasks_finish(p)
+
+
+async def test_outage_retries_do_not_wait_for_a_manual_clock(app: fm.App) -> None:
+    # The app runs on a ManualClock that nothing advances here: retries against a store
+    # outage are paced in real time, or this drain would never end.
+    @app.task
+    async def double(job: Job) -> int:
+        return job.n * 2
+
+    handles = [await app.submit(double, Job(n)) for n in range(3)]
+    proxy = OutageOnce(app)
+    app.store, original = proxy, app.store  # type: ignore[assignment]
+    try:
+        worker = app.worker()
+        await asyncio.wait_for(worker.run(stop_when_idle=True), 30)
+    finally:
+        app.store = original
+    assert proxy.failed == {"claim", "wait", "finish"}
+    assert [await h.result(timeout=timedelta(seconds=5)) for h in handles] == [0, 2, 4]

@@ -3,6 +3,7 @@ passing outage, and an orchestrator's memo stored while it waits for its childre
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -66,7 +67,8 @@ class Recorder:
                     log.warning("dropping outcome of %s: lease lost (%s)", row.id, exc)
                     return _log.LEASE_LOST
                 log.warning("recording %s failed (%s); retrying in %.2fs", row.id, exc, delay)
-                await self.clock.sleep(delay)
+                # Real time: retry pacing is not task time (a ManualClock would stall it).
+                await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             except StoreError:
                 # Not an outage: retrying cannot help. The lease will expire and the reaper

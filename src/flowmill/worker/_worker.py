@@ -181,7 +181,9 @@ class Worker(WorkerCore):
             except StoreError as exc:
                 self._store_ok = False
                 log.warning("claim failed (%s); retrying in %.2fs", exc, backoff)
-                await self.clock.sleep(backoff)
+                # Real time, not the injected clock: pacing retries against an outage is
+                # not task time, and a ManualClock that no test advances would stall here.
+                await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             self._dispatch()
@@ -223,7 +225,7 @@ class Worker(WorkerCore):
                 await self.app.store.wait_for_work(self.poll_s)
             except StoreError as exc:
                 log.debug("waiting for work failed: %s", exc)
-                await self.clock.sleep(self.poll_s)
+                await asyncio.sleep(self.poll_s)  # real time, as the claim retry above
             self._wake.set()
 
     async def _store_idle(self) -> bool:
