@@ -39,7 +39,7 @@ CHECKSUMS: dict[str, dict[str, str]] = {
         "0004_lease_start_clock.sql": (
             "530780c5b4aad04be9426be01f63c3da3466b617d5e4aac7fbb54d06c283d2b8"
         ),
-        "0005_list_filters.sql": "0f6fdf6f6884949b19d6e530b4bcb2dca603b5d9757c2de84d0dfdf1b162acfa",
+        "0005_list_filters.sql": "cd657ae7528034d0269d5d4a6f3d890353f267a5582c3f7afb858c34868bf14d",
     },
     "flowmill.store.postgres": {
         "0001_initial.sql": "e4ee1a77c10fec53b1f205c371616de86699a2708d25f2462f7c2846ed2dcb26",
@@ -48,7 +48,7 @@ CHECKSUMS: dict[str, dict[str, str]] = {
         "0004_lease_start_clock.sql": (
             "2f7ccef46fe548a34f78ba5899482ae2b987810c96da16254dbbf2d55155d61f"
         ),
-        "0005_list_filters.sql": "9724b49364c8aa4a395aa0a81a8079ba5473be89ed0cbaca9e8e43d7cd0c57be",
+        "0005_list_filters.sql": "a7480a8265d0a034ebf744c336aebcf320550c906c3c7e1514d1de1c381250e2",
     },
 }
 
@@ -189,3 +189,78 @@ async def test_migration_0005_indexes_the_tags_already_stored_on_postgres(
     monkeypatch.setattr(postgres_schema, "MIGRATIONS", full)
     monkeypatch.setattr(postgres_schema, "SCHEMA_VERSION", len(full))
     await _filters_after_0005(PostgresStore(pg_url, schema=schema), ids)
+
+
+# Rows whose tags are not a JSON object, as a tool outside flowmill could leave them: the
+# tag index skips them, and neither the migration, a re-tag nor a purge fails on them.
+CORRUPT_TAGS = ["{", "[1, 2]", "42"]
+
+
+async def test_migration_0005_and_its_triggers_pass_over_corrupt_tags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "old.db")
+    full = sqlite_schema.MIGRATIONS
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", full[:4])
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 4)
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        bad = [o.id for o in await store.tasks_insert(TasksInsert([task() for _ in range(3)]))]
+        good = (await store.tasks_insert(TasksInsert([task(tags={"team": "blue"})])))[0].id
+    finally:
+        await store.close()
+    with closing(sqlite3.connect(path)) as conn:
+        for task_id, tags in zip(bad, CORRUPT_TAGS, strict=True):
+            conn.execute("UPDATE fm_tasks SET tags = ? WHERE id = ?", (tags, task_id))
+        conn.commit()
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", full)
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", len(full))
+    store = SQLiteStore(path)
+    await store.open()  # migrates
+    try:
+        assert [r.id for r in await store.tasks_list(TasksList(tag_key="team"))] == [good]
+    finally:
+        await store.close()
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute('UPDATE fm_tasks SET tags = \'{"x": "1"}\' WHERE id = ?', (bad[0],))
+        conn.execute("UPDATE fm_tasks SET tags = '{' WHERE id = ?", (good,))
+        conn.execute(f"DELETE FROM fm_tasks WHERE id IN ({','.join('?' * 3)})", bad)
+        conn.commit()
+        assert conn.execute("SELECT count(*) FROM fm_task_tags").fetchone() == (0,)
+
+
+@pytest.mark.postgres
+async def test_migration_0005_and_its_triggers_pass_over_corrupt_tags_on_postgres(
+    pg_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    full = postgres_schema.MIGRATIONS
+    monkeypatch.setattr(postgres_schema, "MIGRATIONS", full[:4])
+    monkeypatch.setattr(postgres_schema, "SCHEMA_VERSION", 4)
+    store = PostgresStore(pg_url, schema=schema)
+    await store.open()
+    try:
+        bad = [o.id for o in await store.tasks_insert(TasksInsert([task() for _ in range(3)]))]
+        good = (await store.tasks_insert(TasksInsert([task(tags={"team": "blue"})])))[0].id
+    finally:
+        await store.close()
+    tasks = f'"{schema}".tasks'
+    with psycopg.connect(pg_url.split("?", 1)[0], autocommit=True) as conn:
+        for task_id, tags in zip(bad, CORRUPT_TAGS, strict=True):
+            conn.execute(f"UPDATE {tasks} SET tags = %s WHERE id = %s", (tags, task_id))
+    monkeypatch.setattr(postgres_schema, "MIGRATIONS", full)
+    monkeypatch.setattr(postgres_schema, "SCHEMA_VERSION", len(full))
+    store = PostgresStore(pg_url, schema=schema)
+    await store.open()  # migrates
+    try:
+        assert [r.id for r in await store.tasks_list(TasksList(tag_key="team"))] == [good]
+    finally:
+        await store.close()
+    with psycopg.connect(pg_url.split("?", 1)[0], autocommit=True) as conn:
+        conn.execute(f'UPDATE {tasks} SET tags = \'{{"x": "1"}}\' WHERE id = %s', (bad[0],))
+        conn.execute(f"UPDATE {tasks} SET tags = '{{' WHERE id = %s", (good,))
+        conn.execute(f"DELETE FROM {tasks} WHERE id = ANY(%s)", (bad,))
+        (left,) = conn.execute(f'SELECT count(*) FROM "{schema}".task_tags').fetchone() or (None,)
+        assert left == 0

@@ -102,7 +102,7 @@ def tasks_list(
     ] = None,
     search: Annotated[
         str | None,
-        typer.Option(metavar="TEXT", help="Only tasks whose id or key starts with TEXT"),
+        typer.Option(metavar="PREFIX", help="Only tasks whose id or key starts with PREFIX"),
     ] = None,
     limit: LimitOpt = 50,
     after: AfterOpt = None,

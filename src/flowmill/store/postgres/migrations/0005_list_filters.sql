@@ -9,7 +9,9 @@
 -- `text` cannot hold NUL and jsonb refuses the escape \u0000, so the stored JSON has each
 -- \u0000 replaced by \u0001 followed by 0 before it is split: `task_tags` holds that
 -- image of each key and value, the store searches for the same image of the wanted tag,
--- and drops the rare row that only matched through the replacement.
+-- and drops the rare row that only matched through the replacement. A tags value that is
+-- not a JSON object (a row corrupted outside flowmill) indexes no tag, so it never blocks
+-- the write, the purge or this migration that meets it.
 
     CREATE TABLE {s}.task_tags (
         key text COLLATE "C" NOT NULL,
@@ -19,9 +21,19 @@
     );
     CREATE INDEX task_tags_value ON {s}.task_tags (key, value, seq);
     CREATE FUNCTION {s}.task_tags_split(tags text) RETURNS TABLE (key text, value text)
-        LANGUAGE sql IMMUTABLE AS $fn$
-        SELECT e.key, e.value
-        FROM jsonb_each_text(replace(tags, E'\\u0000', E'\\u00010')::jsonb) e
+        LANGUAGE plpgsql IMMUTABLE AS $fn$
+        DECLARE
+            j jsonb;
+        BEGIN
+            BEGIN
+                j := replace(tags, E'\\u0000', E'\\u00010')::jsonb;
+            EXCEPTION WHEN others THEN
+                RETURN;
+            END;
+            IF jsonb_typeof(j) = 'object' THEN
+                RETURN QUERY SELECT e.key, e.value FROM jsonb_each_text(j) e;
+            END IF;
+        END
     $fn$;
     CREATE FUNCTION {s}.task_tags_keep() RETURNS trigger LANGUAGE plpgsql AS $fn$
     BEGIN
