@@ -812,6 +812,27 @@ local function insert(keys, args)
   return reply({ out = outcomes })
 end
 
+-- Several inserts in one call (the store sends concurrent callers' inserts together):
+-- p.groups are fm_insert's maps (their blobs numbered in this call's args), each applied
+-- in order as if called alone; the reply has one `{ out = outcomes }` or error map each.
+local function insert_many(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local server_now = nil
+  local out = {}
+  for i, g in ipairs(p.groups) do
+    local now = g.now
+    if now == nil then
+      server_now = server_now or clock(nil)
+      now = server_now
+    end
+    local outcomes, err = insert_tasks(K, g, now, args)
+    if outcomes then out[i] = { out = outcomes } else out[i] = err end
+  end
+  return reply({ out = out })
+end
+
 -- claim, renew, progress ------------------------------------------------------------------
 
 -- concurrency caps and rate limits: running counts per kind/queue, token buckets
@@ -1900,6 +1921,7 @@ redis.register_function('fm_version', version)
 redis.register_function{ function_name = 'fm_next_due', callback = next_due,
   flags = { 'no-writes' } }
 redis.register_function('fm_insert', insert)
+redis.register_function('fm_insert_many', insert_many)
 redis.register_function('fm_claim', claim)
 redis.register_function('fm_renew', renew)
 redis.register_function('fm_progress', progress)
