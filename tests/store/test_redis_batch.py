@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from flowmill.errors import DuplicateTask
-from flowmill.store.contract.tasks import InsertStatus, TasksInsert
+from flowmill.errors import DuplicateTask, LeaseLost
+from flowmill.store.contract.tasks import InsertStatus, LeaseRef, TasksInsert
 from flowmill.store.redis import RedisStore
-from flowmill.testing.conformance._util import T0, task
+from flowmill.testing.conformance._util import T0, claim_one, task
 
 pytestmark = pytest.mark.redis
 
@@ -101,3 +101,28 @@ async def test_an_error_is_its_callers_alone(store: RedisStore) -> None:
     assert await store.task_get(dup_batch[0].id) is None
     for t in (lone, *after):
         assert await store.task_get(t.id) is not None
+
+
+async def test_spawns_in_one_call_are_fenced_each(store: RedisStore) -> None:
+    """The call checks a fence once for all its spawns; a stale epoch is still refused."""
+    parent_id = (await store.tasks_insert(TasksInsert([task()], "skip", T0)))[0].id
+    row = await claim_one(store)
+    assert row.id == parent_id
+    good = LeaseRef(parent_id, row.lease_epoch)
+    stale = LeaseRef(parent_id, row.lease_epoch + 1)
+    kids = [task(parent_id=parent_id) for _ in range(4)]
+    calls = _count_fcalls(store)
+    results = await asyncio.gather(
+        store.tasks_insert(TasksInsert([kids[0]], "skip", T0, fence=good)),
+        store.tasks_insert(TasksInsert([kids[1]], "skip", T0, fence=good)),
+        store.tasks_insert(TasksInsert([kids[2]], "skip", T0, fence=stale)),
+        store.tasks_insert(TasksInsert([kids[3]], "skip", T0, fence=good)),
+        return_exceptions=True,
+    )
+    assert calls == Counter({"fm_insert_many": 1}), calls
+    assert isinstance(results[2], LeaseLost)
+    for i in (0, 1, 3):
+        assert [o.id for o in results[i]] == [kids[i].id]  # type: ignore[union-attr]
+    assert await store.task_get(kids[2].id) is None
+    total = await store._c().hget(f"{store._k}t:{parent_id}", "children_total")
+    assert total == b"3"

@@ -143,9 +143,16 @@ local function wake(K, which)
 end
 
 local dag_queue, draining = {}, false
+-- finish counts the children that completed into their parents once per parent, at the end
+-- of the call (`parents_flush`), not once per child; a failed child still counts at once
+local parents_due, parents_order = nil, nil
+-- fm_insert_many checks each fence once per call (inserts do not change the fencing task)
+local fences_seen = nil
 local function reset_wakes()
   woke = {}
   dag_queue, draining = {}, false
+  parents_due, parents_order = nil, nil
+  fences_seen = nil
 end
 
 -- endings shared by every path to a terminal state ---------------------------------------
@@ -170,9 +177,25 @@ local function ended(K, id, r, state, result, err, now, quiet_parent)
   redis.call('ZREM', K .. 'ttl', id)
   wake(K, 'wf')
   if r.parent_id and not quiet_parent then
-    children_ended(K, r.parent_id, { { id, state } }, now)
+    if parents_due and not CHILD_FAILURES[state] then
+      local kids = parents_due[r.parent_id]
+      if not kids then
+        kids = {}
+        parents_due[r.parent_id] = kids
+        parents_order[#parents_order + 1] = r.parent_id
+      end
+      kids[#kids + 1] = { id, state }
+    else
+      children_ended(K, r.parent_id, { { id, state } }, now)
+    end
   end
   if r.has_dependents == '1' then dag_ended(K, id, state, now) end
+end
+
+local function parents_flush(K, now)
+  local due, order = parents_due, parents_order
+  parents_due, parents_order = nil, nil
+  for _, pid in ipairs(order or {}) do children_ended(K, pid, due[pid], now) end
 end
 
 local function hook_due(K, id, r)
@@ -624,10 +647,19 @@ end
 
 local function fence_ok(K, fence)
   if not fence then return true end
+  local seen_key = nil
+  if fences_seen then
+    local lease = fence.lease
+    seen_key = fence.id .. ':' .. fence.epoch
+    if lease then seen_key = seen_key .. ':' .. lease[1] .. ':' .. lease[2] end
+    if fences_seen[seen_key] then return true end
+  end
   local r = redis.call('HMGET', tkey(K, fence.id), 'state', 'lease_epoch', 'lease_id',
     'attempts')
-  return r[1] == 'running' and tonumber(r[2]) == fence.epoch
+  local ok = r[1] == 'running' and tonumber(r[2]) == fence.epoch
     and same_lease(r[3], r[4], fence.lease)
+  if ok and seen_key then fences_seen[seen_key] = true end
+  return ok
 end
 
 -- Insert p.tasks (blobs in args). Returns the outcomes, or nil and an error map; on an
@@ -748,6 +780,7 @@ local function insert_tasks(K, p, now, args)
       workflow_id = t.workflow_id or false, node = t.node or false,
     }
     for k, v in pairs(r) do if v == false then r[k] = nil end end
+    r.ev0 = event(K, id, t.kind, row.state, now, nil)
     set(K, id, r) -- a fresh hash: nothing to delete
     if t.workflow_id then redis.call('ZADD', K .. 'wfn:' .. t.workflow_id, seq, id) end
     redis.call('ZADD', K .. 'all', seq, id)
@@ -759,7 +792,6 @@ local function insert_tasks(K, p, now, args)
       grown[t.parent] = (grown[t.parent] or 0) + 1
       redis.call('ZADD', K .. 'ch:' .. t.parent, seq, id)
     end
-    redis.call('HSET', tkey(K, id), 'ev0', event(K, id, t.kind, row.state, now, nil))
     any_ready = any_ready or row.state == 'ready'
   end
   if p.workflow then
@@ -821,6 +853,7 @@ local function insert_many(keys, args)
   local p = params(args[1])
   local server_now = nil
   local out = {}
+  fences_seen = {}
   for i, g in ipairs(p.groups) do
     local now = g.now
     if now == nil then
@@ -1029,6 +1062,7 @@ local function finish(keys, args)
     end
   end
   local out = {}
+  parents_due, parents_order = {}, {}
   for i, f in ipairs(p.items) do
     local id = f.id
     local mark = f.target
@@ -1085,6 +1119,7 @@ local function finish(keys, args)
       out[i] = { id, 'applied', target }
     end
   end
+  parents_flush(K, now)
   return reply({ out = out })
 end
 
