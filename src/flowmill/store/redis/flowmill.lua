@@ -174,7 +174,7 @@ local function ended(K, id, r, state, result, err, now, quiet_parent)
     local f = dfield(r.kind, r.dedup_key)
     if redis.call('HGET', K .. 'dd', f) == id then redis.call('HDEL', K .. 'dd', f) end
   end
-  redis.call('ZREM', K .. 'ttl', id)
+  if r.expires_at then redis.call('ZREM', K .. 'ttl', id) end -- only a ttl indexes it
   wake(K, 'wf')
   if r.parent_id and not quiet_parent then
     if parents_due and not CHILD_FAILURES[state] then
@@ -985,7 +985,7 @@ local function claim(keys, args)
       lease_started = p.start == false and '0' or '1',
     })
     index(K, id, r)
-    redis.call('ZREM', K .. 'ttl', id)
+    if r.expires_at then redis.call('ZREM', K .. 'ttl', id) end
     event(K, id, r.kind, 'running', now, p.worker)
     out[#out + 1] = {
       id, r.kind, r.queue, tonumber(r.priority), r.payload, r.phase, r.memo or false,
