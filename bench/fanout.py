@@ -4,6 +4,7 @@
     .venv/bin/python bench/fanout.py --children 238000      # one run
     .venv/bin/python bench/fanout.py --synchronous normal
     .venv/bin/python bench/fanout.py --backend postgres
+    .venv/bin/python bench/fanout.py --backend redis       # keys under a private prefix
     .venv/bin/python bench/fanout.py --json                 # machine-readable
 
 Each run gets a fresh store (a new SQLite file in a temporary directory, or a new
@@ -34,11 +35,13 @@ import flowmill as fm
 from _fanout_app import WORKER_SCRIPT, FanoutReport, ScanRequest, build_app
 from throughput import (
     DEFAULT_PG_URL,
+    DEFAULT_REDIS_URL,
     EXIT_OPEN_FAILED,
     READY_TIMEOUT_S,
     Backend,
     BenchError,
     PostgresBackend,
+    RedisBackend,
     SQLiteBackend,
     Target,
     WorkerProcess,
@@ -440,8 +443,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--roots", type=int, default=10, help="root directories spawned by execute")
     p.add_argument("--fanout", type=int, default=4, help="sub-directories per directory")
-    p.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
+    p.add_argument("--backend", choices=("sqlite", "postgres", "redis"), default="sqlite")
     p.add_argument("--pg-url", default=DEFAULT_PG_URL, help=f"default {DEFAULT_PG_URL}")
+    p.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help=f"default {DEFAULT_REDIS_URL}")
     p.add_argument("--concurrency", type=int, default=64, help="worker concurrency")
     p.add_argument("--synchronous", choices=("full", "normal"), default="full")
     p.add_argument("--dir", default=None, help="where SQLite files go (default: system temp)")
@@ -452,7 +456,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="give up when the worker claims nothing for this many seconds (default 60)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.add_argument("--keep", action="store_true", help="keep the SQLite files / PostgreSQL schemas")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the SQLite files / PostgreSQL schemas / Redis keys",
+    )
     p.add_argument(
         "--worker-prefix",
         default="",
@@ -474,11 +482,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> int:
-    backend: Backend = (
-        SQLiteBackend(args.synchronous, args.dir)
-        if args.backend == "sqlite"
-        else PostgresBackend(args.pg_url)
-    )
+    backend: Backend
+    if args.backend == "sqlite":
+        backend = SQLiteBackend(args.synchronous, args.dir)
+    elif args.backend == "redis":
+        backend = RedisBackend(args.redis_url)
+    else:
+        backend = PostgresBackend(args.pg_url)
     info = machine()  # the load average before the run says how busy the machine was
     runs: list[Run] = []
     try:

@@ -6,10 +6,13 @@ Not a timed test: the figures are only checked to be there and positive.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench" / "fanout.py"
@@ -72,3 +75,23 @@ def test_unreachable_postgres_exits_2() -> None:
     assert out.returncode == 2, out.stdout + out.stderr
     assert out.stderr.startswith("error: ")
     assert "wall time" not in out.stdout
+
+
+def test_redis_runs_under_a_private_prefix_and_cleans_it() -> None:
+    redis = pytest.importorskip("redis")
+    url = os.environ.get("FLOWMILL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        pytest.skip(f"{url} does not answer: {exc}")
+    try:
+        out = run_bench("--backend", "redis", "--redis-url", url, "--children", "200")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert figure(out.stdout, "wall time (200 children)", "s") > 0
+        prefix = re.search(r"keys (fmbench:\d+:[0-9a-f]+:)\*", out.stdout)
+        assert prefix is not None, out.stdout
+        assert list(client.scan_iter(match=prefix.group(1) + "*", count=1000)) == []
+    finally:
+        client.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,7 @@ class RedisReadsMixin:
 
     if TYPE_CHECKING:
         _k: str
+        _cursors: weakref.WeakKeyDictionary[Any, dict[str, bytes]]
 
         def _c(self) -> Any: ...
 
@@ -99,12 +102,25 @@ class RedisReadsMixin:
         ids = list(task_ids)
         out: list[ResultRow] = []
         client = self._c()
+        # A task's first wait_for_finish answers at once, since it cannot know what it
+        # missed (see `_wait`). The newest finish wake-up, read on the same connection just
+        # before the results, is a cursor that misses nothing: a finish after it either
+        # shows in these results or comes after it. The result waiter's next wait then
+        # blocks at once, without a read of its own and a spurious wake-up.
+        waiter = asyncio.current_task()
+        cursors = self._cursors.setdefault(waiter, {}) if waiter is not None else {}
+        mark = "wf" not in cursors
         for i in range(0, len(ids), _RESULT_CHUNK):
             chunk = ids[i : i + _RESULT_CHUNK]
             pipe = client.pipeline(transaction=False)
+            if mark and i == 0:
+                pipe.xrevrange(self._k + "wf", count=1)
             for task_id in chunk:
                 pipe.hmget(self._k + "t:" + task_id, "res_state", "result", "res_error")
             got = await self._run("results_get", pipe.execute)
+            if mark and i == 0:
+                newest, got = got[0], got[1:]
+                cursors["wf"] = newest[0][0] if newest else b"0-0"
             for task_id, (state, result, error) in zip(chunk, got, strict=True):
                 if state is not None:
                     out.append(

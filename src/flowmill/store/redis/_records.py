@@ -11,7 +11,7 @@ from ..._states import Phase, State
 from .._common.serde import decode_error, decode_tags, encode_tags
 from ..contract.budgets import ClaimLimit
 from ..contract.signals import SignalRow
-from ..contract.tasks import ClaimedRow, Event, ExpiredLease, NewTask, TaskRecord
+from ..contract.tasks import ClaimedRow, Event, ExpiredLease, NewTask, TaskRecord, TasksInsert
 
 Hash = Mapping[bytes, bytes]
 
@@ -76,6 +76,21 @@ class Blobs:
     def add(self, data: bytes) -> int:
         self.items.append(data)
         return len(self.items) + 1  # ARGV[1] is the map
+
+
+def insert_group(p: TasksInsert, fence: dict[str, Any] | None, blobs: Blobs) -> dict[str, Any]:
+    """One caller's insert, as the map `fm_insert` reads (one group of `fm_insert_many`)."""
+    params: dict[str, Any] = {
+        "tasks": [new_task(t, blobs) for t in p.tasks],
+        "mode": p.on_duplicate,
+    }
+    if p.now_ms is not None:
+        params["now"] = p.now_ms
+    if fence is not None:
+        params["fence"] = fence
+    if p.workflow is not None:
+        params["workflow"] = {"id": p.workflow.id, "name": p.workflow.name}
+    return params
 
 
 def new_task(t: NewTask, blobs: Blobs) -> dict[str, Any]:

@@ -143,9 +143,16 @@ local function wake(K, which)
 end
 
 local dag_queue, draining = {}, false
+-- finish counts the children that completed into their parents once per parent, at the end
+-- of the call (`parents_flush`), not once per child; a failed child still counts at once
+local parents_due, parents_order = nil, nil
+-- fm_insert_many checks each fence once per call (inserts do not change the fencing task)
+local fences_seen = nil
 local function reset_wakes()
   woke = {}
   dag_queue, draining = {}, false
+  parents_due, parents_order = nil, nil
+  fences_seen = nil
 end
 
 -- endings shared by every path to a terminal state ---------------------------------------
@@ -167,12 +174,28 @@ local function ended(K, id, r, state, result, err, now, quiet_parent)
     local f = dfield(r.kind, r.dedup_key)
     if redis.call('HGET', K .. 'dd', f) == id then redis.call('HDEL', K .. 'dd', f) end
   end
-  redis.call('ZREM', K .. 'ttl', id)
+  if r.expires_at then redis.call('ZREM', K .. 'ttl', id) end -- only a ttl indexes it
   wake(K, 'wf')
   if r.parent_id and not quiet_parent then
-    children_ended(K, r.parent_id, { { id, state } }, now)
+    if parents_due and not CHILD_FAILURES[state] then
+      local kids = parents_due[r.parent_id]
+      if not kids then
+        kids = {}
+        parents_due[r.parent_id] = kids
+        parents_order[#parents_order + 1] = r.parent_id
+      end
+      kids[#kids + 1] = { id, state }
+    else
+      children_ended(K, r.parent_id, { { id, state } }, now)
+    end
   end
   if r.has_dependents == '1' then dag_ended(K, id, state, now) end
+end
+
+local function parents_flush(K, now)
+  local due, order = parents_due, parents_order
+  parents_due, parents_order = nil, nil
+  for _, pid in ipairs(order or {}) do children_ended(K, pid, due[pid], now) end
 end
 
 local function hook_due(K, id, r)
@@ -624,10 +647,19 @@ end
 
 local function fence_ok(K, fence)
   if not fence then return true end
+  local seen_key = nil
+  if fences_seen then
+    local lease = fence.lease
+    seen_key = fence.id .. ':' .. fence.epoch
+    if lease then seen_key = seen_key .. ':' .. lease[1] .. ':' .. lease[2] end
+    if fences_seen[seen_key] then return true end
+  end
   local r = redis.call('HMGET', tkey(K, fence.id), 'state', 'lease_epoch', 'lease_id',
     'attempts')
-  return r[1] == 'running' and tonumber(r[2]) == fence.epoch
+  local ok = r[1] == 'running' and tonumber(r[2]) == fence.epoch
     and same_lease(r[3], r[4], fence.lease)
+  if ok and seen_key then fences_seen[seen_key] = true end
+  return ok
 end
 
 -- Insert p.tasks (blobs in args). Returns the outcomes, or nil and an error map; on an
@@ -748,6 +780,7 @@ local function insert_tasks(K, p, now, args)
       workflow_id = t.workflow_id or false, node = t.node or false,
     }
     for k, v in pairs(r) do if v == false then r[k] = nil end end
+    r.ev0 = event(K, id, t.kind, row.state, now, nil)
     set(K, id, r) -- a fresh hash: nothing to delete
     if t.workflow_id then redis.call('ZADD', K .. 'wfn:' .. t.workflow_id, seq, id) end
     redis.call('ZADD', K .. 'all', seq, id)
@@ -759,7 +792,6 @@ local function insert_tasks(K, p, now, args)
       grown[t.parent] = (grown[t.parent] or 0) + 1
       redis.call('ZADD', K .. 'ch:' .. t.parent, seq, id)
     end
-    redis.call('HSET', tkey(K, id), 'ev0', event(K, id, t.kind, row.state, now, nil))
     any_ready = any_ready or row.state == 'ready'
   end
   if p.workflow then
@@ -810,6 +842,28 @@ local function insert(keys, args)
   local outcomes, err = insert_tasks(K, p, clock(p.now), args)
   if not outcomes then return reply(err) end
   return reply({ out = outcomes })
+end
+
+-- Several inserts in one call (the store sends concurrent callers' inserts together):
+-- p.groups are fm_insert's maps (their blobs numbered in this call's args), each applied
+-- in order as if called alone; the reply has one `{ out = outcomes }` or error map each.
+local function insert_many(keys, args)
+  reset_wakes()
+  local K = keys[1]
+  local p = params(args[1])
+  local server_now = nil
+  local out = {}
+  fences_seen = {}
+  for i, g in ipairs(p.groups) do
+    local now = g.now
+    if now == nil then
+      server_now = server_now or clock(nil)
+      now = server_now
+    end
+    local outcomes, err = insert_tasks(K, g, now, args)
+    if outcomes then out[i] = { out = outcomes } else out[i] = err end
+  end
+  return reply({ out = out })
 end
 
 -- claim, renew, progress ------------------------------------------------------------------
@@ -931,7 +985,7 @@ local function claim(keys, args)
       lease_started = p.start == false and '0' or '1',
     })
     index(K, id, r)
-    redis.call('ZREM', K .. 'ttl', id)
+    if r.expires_at then redis.call('ZREM', K .. 'ttl', id) end
     event(K, id, r.kind, 'running', now, p.worker)
     out[#out + 1] = {
       id, r.kind, r.queue, tonumber(r.priority), r.payload, r.phase, r.memo or false,
@@ -1008,6 +1062,7 @@ local function finish(keys, args)
     end
   end
   local out = {}
+  parents_due, parents_order = {}, {}
   for i, f in ipairs(p.items) do
     local id = f.id
     local mark = f.target
@@ -1064,6 +1119,7 @@ local function finish(keys, args)
       out[i] = { id, 'applied', target }
     end
   end
+  parents_flush(K, now)
   return reply({ out = out })
 end
 
@@ -1900,6 +1956,7 @@ redis.register_function('fm_version', version)
 redis.register_function{ function_name = 'fm_next_due', callback = next_due,
   flags = { 'no-writes' } }
 redis.register_function('fm_insert', insert)
+redis.register_function('fm_insert_many', insert_many)
 redis.register_function('fm_claim', claim)
 redis.register_function('fm_renew', renew)
 redis.register_function('fm_progress', progress)
