@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 
+from flowmill._states import State
 from flowmill.store._common.migrations import load
 from flowmill.store.contract import MigrateResult
-from flowmill.store.contract.tasks import TasksInsert, TasksList
+from flowmill.store.contract.admin import TasksPurge
+from flowmill.store.contract.tasks import EventsRead, TasksInsert, TasksList
 from flowmill.store.postgres import PostgresStore
 from flowmill.store.postgres import _schema as postgres_schema
 from flowmill.store.sqlite import SQLiteStore
@@ -40,6 +42,9 @@ CHECKSUMS: dict[str, dict[str, str]] = {
             "530780c5b4aad04be9426be01f63c3da3466b617d5e4aac7fbb54d06c283d2b8"
         ),
         "0005_list_filters.sql": "cd657ae7528034d0269d5d4a6f3d890353f267a5582c3f7afb858c34868bf14d",
+        "0006_events_by_seq.sql": (
+            "3cf62c4662a19ef5eabc87ba7d11ce2da5e275f351cb7b1e68a9a368269b87f1"
+        ),
     },
     "flowmill.store.postgres": {
         "0001_initial.sql": "e4ee1a77c10fec53b1f205c371616de86699a2708d25f2462f7c2846ed2dcb26",
@@ -49,6 +54,9 @@ CHECKSUMS: dict[str, dict[str, str]] = {
             "2f7ccef46fe548a34f78ba5899482ae2b987810c96da16254dbbf2d55155d61f"
         ),
         "0005_list_filters.sql": "a7480a8265d0a034ebf744c336aebcf320550c906c3c7e1514d1de1c381250e2",
+        "0006_events_by_seq.sql": (
+            "a1f34b03df4fa3a643831f0ba00b96fe17a3eca8a374f7491cc6ed5cae58bed3"
+        ),
     },
 }
 
@@ -169,8 +177,16 @@ async def test_migration_0005_indexes_the_tags_already_stored(
     full = sqlite_schema.MIGRATIONS
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", full[:4])
     monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 4)
-    ids = await _tagged_before_0005(SQLiteStore(path))
-    with closing(sqlite3.connect(path)) as conn:
+    await SQLiteStore(path).migrate()
+    # Today's code writes columns of later migrations: the old rows go in as raw SQL.
+    ids = ["0190a000-0000-7000-8000-00000000000" + str(i) for i in range(3)]
+    with closing(sqlite3.connect(path)) as conn, conn:
+        for i, tags, key in (
+            (0, '{"team": "blue"}', None),
+            (1, None, None),
+            (2, '{"team": "red"}', "ord-1"),
+        ):
+            _raw_task(conn, ids[i], "ready", tags=tags, key=key)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     assert "fm_tasks" in tables and "fm_task_tags" not in tables
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", full)
@@ -203,14 +219,14 @@ async def test_migration_0005_and_its_triggers_pass_over_corrupt_tags(
     full = sqlite_schema.MIGRATIONS
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", full[:4])
     monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 4)
-    store = SQLiteStore(path)
-    await store.open()
-    try:
-        bad = [o.id for o in await store.tasks_insert(TasksInsert([task() for _ in range(3)]))]
-        good = (await store.tasks_insert(TasksInsert([task(tags={"team": "blue"})])))[0].id
-    finally:
-        await store.close()
+    await SQLiteStore(path).migrate()
+    # Today's code writes columns of later migrations: the old rows go in as raw SQL.
+    bad = [f"0190a000-0000-7000-8000-0000000000b{i}" for i in range(3)]
+    good = "0190a000-0000-7000-8000-0000000000c0"
     with closing(sqlite3.connect(path)) as conn:
+        for task_id in bad:
+            _raw_task(conn, task_id, "ready")
+        _raw_task(conn, good, "ready", tags='{"team": "blue"}')
         for task_id, tags in zip(bad, CORRUPT_TAGS, strict=True):
             conn.execute("UPDATE fm_tasks SET tags = ? WHERE id = ?", (tags, task_id))
         conn.commit()
@@ -264,3 +280,66 @@ async def test_migration_0005_and_its_triggers_pass_over_corrupt_tags_on_postgre
         conn.execute(f"DELETE FROM {tasks} WHERE id = ANY(%s)", (bad,))
         (left,) = conn.execute(f'SELECT count(*) FROM "{schema}".task_tags').fetchone() or (None,)
         assert left == 0
+
+
+def _raw_task(
+    conn: sqlite3.Connection,
+    task_id: str,
+    state: str,
+    *,
+    tags: str | None = None,
+    key: str | None = None,
+    finished_at: int | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO fm_tasks (id, kind, queue, state, payload, max_attempts, retry_policy, "
+        "created_at, updated_at, tags, dedup_key, finished_at) "
+        "VALUES (?, 'k', 'default', ?, x'6e756c6c', 3, x'7b7d', 1, 1, ?, ?, ?)",
+        (task_id, state, tags, key, finished_at),
+    )
+
+
+async def test_migration_0006_finds_the_events_already_stored_by_task_seq(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "old.db")
+    full = sqlite_schema.MIGRATIONS
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", full[:5])
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 5)
+    await SQLiteStore(path).migrate()
+    old, kept = "0190a000-0000-7000-8000-0000000000a1", "0190a000-0000-7000-8000-0000000000a2"
+    with closing(sqlite3.connect(path)) as conn, conn:
+        _raw_task(conn, old, "completed", finished_at=10)
+        _raw_task(conn, kept, "ready")
+        for task_id, state in ((old, "ready"), (kept, "ready"), (old, "completed")):
+            conn.execute(
+                "INSERT INTO fm_events (task_id, kind, state, at) VALUES (?, 'k', ?, 1)",
+                (task_id, state),
+            )
+        conn.execute(  # an event whose task is gone: it keeps a NULL seq, and stays
+            "INSERT INTO fm_events (task_id, kind, state, at) VALUES ('gone', 'k', 'ready', 1)"
+        )
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", full)
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", len(full))
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        with closing(sqlite3.connect(path)) as conn:
+            seqs = dict(conn.execute("SELECT id, seq FROM fm_tasks").fetchall())
+            backfilled = conn.execute("SELECT task_id, task_seq FROM fm_events ORDER BY id")
+            assert backfilled.fetchall() == [
+                (old, seqs[old]),
+                (kept, seqs[kept]),
+                (old, seqs[old]),
+                ("gone", None),
+            ]
+            indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert "fm_events_task_seq" in indexes and "fm_events_task" not in indexes
+        assert await store.tasks_purge(TasksPurge(100, (State.COMPLETED,))) == 1
+        events = await store.events_read(EventsRead())
+        assert [(e.task_id, e.state) for e in events] == [
+            (kept, State.READY),
+            ("gone", State.READY),
+        ]
+    finally:
+        await store.close()

@@ -150,7 +150,7 @@ def tasks_purge(c: sqlite3.Connection, p: TasksPurge) -> int:
     # Walk the finish-time index from the oldest: the state index would visit every
     # finished task of those states (a million completed rows) on each maintenance pass.
     picked = c.execute(
-        "SELECT t.id, t.workflow_id FROM fm_tasks t INDEXED BY fm_tasks_finished "
+        "SELECT t.id, t.workflow_id, t.seq FROM fm_tasks t INDEXED BY fm_tasks_finished "
         f"WHERE t.finished_at IS NOT NULL AND t.finished_at < ? "
         f"AND t.state IN ({marks(len(states))}) AND {PURGE_GUARDS} "
         "ORDER BY t.finished_at LIMIT ?",
@@ -161,6 +161,9 @@ def tasks_purge(c: sqlite3.Connection, p: TasksPurge) -> int:
     ids = [r[0] for r in picked]
     workflows = sorted({r[1] for r in picked if r[1] is not None})
     where = f"IN ({marks(len(ids))})"
+    # A task's events are found by its seq (fm_events_task_seq): an event row's task_seq
+    # is its task's, and a seq is reused only after this deletes the events that had it.
+    c.execute(f"DELETE FROM fm_events WHERE task_seq {where}", [r[2] for r in picked])
     c.execute(
         f"DELETE FROM fm_signals WHERE suspension_id IN "
         f"(SELECT id FROM fm_suspensions WHERE task_id {where})",
@@ -171,7 +174,6 @@ def tasks_purge(c: sqlite3.Connection, p: TasksPurge) -> int:
         f"DELETE FROM fm_suspensions WHERE task_id {where}",
         f"DELETE FROM fm_waitpoints WHERE task_id {where}",
         f"DELETE FROM fm_frames WHERE task_id {where}",
-        f"DELETE FROM fm_events WHERE task_id {where}",
         f"DELETE FROM fm_results WHERE task_id {where}",
         f"DELETE FROM fm_deps WHERE task_id {where}",
         f"DELETE FROM fm_deps WHERE upstream_id {where}",

@@ -28,12 +28,11 @@ from ..contract.dag import (
     WorkflowsList,
 )
 from ..contract.tasks import ErrorInfo, NewTask
-from ._sql import IN_CHUNK, marks
+from ._sql import EVENT_SQL, IN_CHUNK, marks
 from ._threads import Tx
 
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
 _FAILURES = frozenset(s.value for s in UPSTREAM_FAILURES)
-_EVENT_SQL = "INSERT INTO fm_events (task_id, kind, state, at, detail) VALUES (?, ?, ?, ?, ?)"
 _RESULT_SQL = (
     "INSERT OR REPLACE INTO fm_results (task_id, state, result, error, finished_at) "
     "VALUES (?, ?, NULL, ?, ?)"
@@ -204,7 +203,7 @@ def _decide(
         c.execute(
             "UPDATE fm_tasks SET state = 'ready', updated_at = ? WHERE id = ?", (now, task_id)
         )
-        c.execute(_EVENT_SQL, (task_id, kind, "ready", now, "dependencies done"))
+        c.execute(EVENT_SQL, (task_id, kind, "ready", now, "dependencies done"))
         tx.wake(_wake.WORK)
         return
     culprit = _first_bad_upstream(c, task_id, failures_only=bool(failed))
@@ -219,7 +218,7 @@ def _decide(
         "UPDATE fm_tasks SET state = ?, error = ?, updated_at = ?, finished_at = ? WHERE id = ?",
         (target.value, err, now, now, task_id),
     )
-    c.execute(_EVENT_SQL, (task_id, kind, target.value, now, error.category))
+    c.execute(EVENT_SQL, (task_id, kind, target.value, now, error.category))
     c.execute(_RESULT_SQL, (task_id, target.value, err, now))
     tx.wake(_wake.FINISH)
 

@@ -24,7 +24,7 @@ from ..contract.tasks import (
 )
 from . import _dag, _tree
 from ._clock import wall_ms
-from ._sql import marks
+from ._sql import EVENT_SQL, marks
 from ._threads import Tx
 
 _INSERT_SQL = (
@@ -36,7 +36,6 @@ _INSERT_SQL = (
 
 _LINKED_INSERT_SQL = _dag.insert_sql(_INSERT_SQL)
 
-EVENT_SQL = "INSERT INTO fm_events (task_id, kind, state, at, detail) VALUES (?, ?, ?, ?, ?)"
 
 _ACTIVE_LIST = tuple(s.value for s in State if not s.terminal)
 
@@ -204,8 +203,8 @@ def tasks_insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOu
         else:
             c.executemany(_INSERT_SQL, rows)
         c.execute(
-            "INSERT INTO fm_events (task_id, kind, state, at) "
-            "SELECT id, kind, state, created_at FROM fm_tasks WHERE seq > ? ORDER BY seq",
+            "INSERT INTO fm_events (task_id, task_seq, kind, state, at) "
+            "SELECT id, seq, kind, state, created_at FROM fm_tasks WHERE seq > ? ORDER BY seq",
             (last_seq,),
         )
         if grown:

@@ -47,13 +47,13 @@ from ..contract.signals import (
 )
 from . import _tree
 from ._reads import waitpoints_list
+from ._sql import EVENT_SQL
 from ._tasks import cancelled_tasks
 from ._threads import Job, Tx
 
 SATISFIED = "satisfied"
 TIMEOUT = "timeout"
 
-_EVENT_SQL = "INSERT INTO fm_events (task_id, kind, state, at, detail) VALUES (?, ?, ?, ?, ?)"
 _RESULT_SQL = (
     "INSERT OR REPLACE INTO fm_results (task_id, state, result, error, finished_at) "
     "VALUES (?, ?, NULL, ?, ?)"
@@ -279,7 +279,7 @@ def signal_deliver(c: sqlite3.Connection, tx: Tx, p: SignalDeliver) -> DeliverOu
         "UPDATE fm_tasks SET state = 'ready', updated_at = ? WHERE id = ? AND state = 'suspended'",
         (now, task_id),
     )
-    c.execute(_EVENT_SQL, (task_id, kind, "ready", now, "resumed"))
+    c.execute(EVENT_SQL, (task_id, kind, "ready", now, "resumed"))
     tx.wake(_wake.WORK)
     return DeliverOutcome(DeliverStatus.ACCEPTED, resumed=True)
 
@@ -310,7 +310,7 @@ def task_suspend(c: sqlite3.Connection, p: TaskSuspend, condition: dict[str, Any
         (now, p.task_id),
     )
     detail = suspend_detail(p)
-    c.execute(_EVENT_SQL, (p.task_id, kind, "suspended", now, detail))
+    c.execute(EVENT_SQL, (p.task_id, kind, "suspended", now, detail))
     return SuspendStatus.SUSPENDED
 
 
@@ -376,7 +376,7 @@ def suspensions_expire(c: sqlite3.Connection, tx: Tx, p: SuspensionsExpire) -> i
         results.append((task_id, target.value, err, now))
         if parent_id is not None:
             ended.append((parent_id, task_id, target))
-    c.executemany(_EVENT_SQL, events)
+    c.executemany(EVENT_SQL, events)
     if results:
         c.executemany(_RESULT_SQL, results)
         tx.wake(_wake.FINISH)

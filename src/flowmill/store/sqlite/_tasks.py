@@ -44,8 +44,8 @@ from . import _dag, _tree
 from ._admin import NOT_PAUSED_SQL
 from ._budgets import NOT_HELD_SQL, claim_limited
 from ._clock import lease_now, wall_ms
-from ._insert import EVENT_SQL, key_holder
-from ._sql import IN_CHUNK, marks
+from ._insert import key_holder
+from ._sql import EVENT_SQL, IN_CHUNK, marks
 from ._threads import Tx
 
 

@@ -29,7 +29,7 @@ from ..contract.tasks import (
     TaskWaitChildren,
 )
 from ._clock import lease_now
-from ._sql import marks
+from ._sql import EVENT_SQL, marks
 from ._threads import Tx
 
 _STOPPABLE = (
@@ -39,7 +39,6 @@ _STOPPABLE = (
     State.WAITING_CHILDREN.value,
     State.SUSPENDED.value,
 )
-_EVENT_SQL = "INSERT INTO fm_events (task_id, kind, state, at, detail) VALUES (?, ?, ?, ?, ?)"
 _RESULT_SQL = (
     "INSERT OR REPLACE INTO fm_results (task_id, state, result, error, finished_at) "
     "VALUES (?, ?, NULL, ?, ?)"
@@ -121,7 +120,7 @@ def _ready_for_finalize(c: sqlite3.Connection, tx: Tx, task_id: str, kind: str, 
         "updated_at = ? WHERE id = ?",
         (now, task_id),
     )
-    c.execute(_EVENT_SQL, (task_id, kind, "ready", now, "children done: finalize"))
+    c.execute(EVENT_SQL, (task_id, kind, "ready", now, "children done: finalize"))
     tx.wake(_wake.WORK)
 
 
@@ -136,7 +135,7 @@ def fail_parent(
         "hook = CASE WHEN has_on_cancel = 1 THEN ? ELSE hook END WHERE id = ?",
         (err, now, now, ON_CANCEL, task_id),
     )
-    c.execute(_EVENT_SQL, (task_id, kind, "failed", now, error.category))
+    c.execute(EVENT_SQL, (task_id, kind, "failed", now, error.category))
     c.execute(_RESULT_SQL, (task_id, "failed", err, now))
     tx.wake(_wake.FINISH)
     cancel_descendants(c, tx, [task_id], f"parent {task_id} failed", now)
@@ -175,7 +174,7 @@ def cancel_descendants(
                     f"WHERE id IN ({marks(len(ids))})",
                     (err, now, now, ON_CANCEL, *ids),
                 )
-                c.executemany(_EVENT_SQL, [(i, k, "cancelled", now, reason) for i, k in stop])
+                c.executemany(EVENT_SQL, [(i, k, "cancelled", now, reason) for i, k in stop])
                 c.executemany(_RESULT_SQL, [(i, "cancelled", err, now) for i in ids])
                 c.execute(
                     "UPDATE fm_tasks SET children_active = children_active - ? WHERE id = ?",
@@ -224,7 +223,7 @@ def task_wait_children(c: sqlite3.Connection, tx: Tx, p: TaskWaitChildren, now: 
         "UPDATE fm_tasks SET state = 'waiting_children', phase = 'finalize' WHERE id = ?",
         (p.task_id,),
     )
-    c.execute(_EVENT_SQL, (p.task_id, kind, "waiting_children", now, f"{active} children"))
+    c.execute(EVENT_SQL, (p.task_id, kind, "waiting_children", now, f"{active} children"))
     return State.WAITING_CHILDREN
 
 
@@ -236,7 +235,7 @@ def _cancel_parked(c: sqlite3.Connection, tx: Tx, task_id: str, kind: str, now: 
         "hook = CASE WHEN has_on_cancel = 1 THEN ? ELSE hook END WHERE id = ?",
         (err, now, now, ON_CANCEL, task_id),
     )
-    c.execute(_EVENT_SQL, (task_id, kind, "cancelled", now, error.message))
+    c.execute(EVENT_SQL, (task_id, kind, "cancelled", now, error.message))
     c.execute(_RESULT_SQL, (task_id, "cancelled", err, now))
     tx.wake(_wake.FINISH)
     cancel_descendants(c, tx, [task_id], error.message, now)

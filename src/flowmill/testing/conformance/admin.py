@@ -203,6 +203,12 @@ class TasksPurgeConformance:
             await store.frames_read(FramesRead(row.id))
         events = await store.events_read(EventsRead(0, 1_000))
         assert row.id not in {e.task_id for e in events}
+        # The kept task keeps every event (submitted, running, completed).
+        assert [e.state for e in events if e.task_id == young] == [
+            State.READY,
+            State.RUNNING,
+            State.COMPLETED,
+        ]
         assert await state_of(store, young) is State.COMPLETED
         assert await store.tasks_purge(p) == 0
 
