@@ -132,7 +132,10 @@ class AttemptRunner:
         finally:
             if timer is not None:
                 timer.cancel()
-        if fut.done():
+        # The handler may end in the same loop turn as the stop that ended it (a sync handler
+        # raising `Cancelled` from `check_cancelled` on a busy loop): an error then is that
+        # stop's outcome, not a handler error. A value is kept as it is.
+        if fut.done() and not (token.is_set and not _succeeded(fut)):
             return _ended(fut)
         return await self._stop(is_async, fut, token)
 
@@ -172,6 +175,10 @@ class AttemptRunner:
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _succeeded(fut: asyncio.Future[Any]) -> bool:
+    return not fut.cancelled() and fut.exception() is None
 
 
 def _ended(
