@@ -15,6 +15,7 @@ from flowmill._conditions import Count, Signal
 from flowmill._signals import Waitpoint
 from flowmill.store.contract.signals import DeliverOutcome, DeliverStatus, OnTimeout, SuspendStatus
 
+from ..conftest import eventually
 from .test_worker import running
 
 WAIT = timedelta(seconds=20)
@@ -49,8 +50,6 @@ async def _waitpoint(made_by: dict[str, Waitpoint], task_id: str) -> Waitpoint:
     async def made() -> bool:
         return task_id in made_by
 
-    from ..conftest import eventually
-
     await eventually(made, what="the waitpoint")
     return made_by[task_id]
 
@@ -65,8 +64,6 @@ async def test_suspend_then_signal_resumes_the_handler(app: fm.App) -> None:
         async def suspended() -> bool:
             return (await app.get(h.id)).state is fm.State.SUSPENDED
 
-        from ..conftest import eventually
-
         await eventually(suspended, what="suspension")
         info = await app.get(h.id)
         assert info.attempts == 0  # the attempt was given back while it waits
@@ -80,6 +77,10 @@ async def test_suspend_then_signal_resumes_the_handler(app: fm.App) -> None:
             "task already ended (completed)",
         )
     assert seen == [[("approved", {"by": "ana"})]]
+
+
+async def _is(app: fm.App, task_id: str, state: fm.State) -> bool:
+    return (await app.get(task_id)).state is state
 
 
 async def test_bad_tokens_are_rejected_and_change_nothing(app: fm.App) -> None:
@@ -104,7 +105,11 @@ async def test_bad_tokens_are_rejected_and_change_nothing(app: fm.App) -> None:
         with pytest.raises(fm.ConfigurationError):
             await app.deliver_signal(wa.id, wa.token, "")
         for h in (a, b):
-            assert (await app.get(h.id)).state is fm.State.SUSPENDED
+            # The waitpoint exists before its task suspends: wait for the suspension, then
+            # see that no rejected delivery resumed it (`seen` stays empty).
+            await eventually(
+                lambda h=h: _is(app, h.id, fm.State.SUSPENDED), what=f"{h.id} to suspend"
+            )
     assert seen == []
 
 

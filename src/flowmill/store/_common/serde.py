@@ -1,4 +1,5 @@
-"""JSON forms of the small structured columns every backend stores (errors, tags)."""
+"""JSON forms of the small structured columns every backend stores (errors, tags), and the
+text of the events every backend records alike."""
 
 from __future__ import annotations
 
@@ -96,3 +97,8 @@ def task_record(
         started_at_ms=r[24],
         finished_at_ms=r[25],
     )
+
+
+def progress_detail(pct: float, message: str | None) -> str:
+    """The detail of a progress event: `progress 40%: loading`."""
+    return f"progress {pct:g}%" + (f": {message}" if message else "")

@@ -78,11 +78,6 @@ def _waitpoint(row: Any) -> WaitpointRow:
     return WaitpointRow(i, task_id, dec(key), int(expires_at), int(created_at))
 
 
-def progress_detail(pct: float, message: str | None) -> str:
-    """The detail of the `running` event a progress report records: `progress 40%: loading`."""
-    return f"progress {pct:g}%" + (f": {message}" if message else "")
-
-
 def suspend_detail(p: TaskSuspend) -> str:
     """The detail of a `suspended` event: what ends the wait if no signal does."""
     if p.timeout_ms is None:

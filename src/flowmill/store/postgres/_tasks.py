@@ -24,7 +24,7 @@ from ...errors import (
     StoreUnavailable,
     TaskNotFound,
 )
-from .._common.serde import encode_error
+from .._common.serde import encode_error, progress_detail
 from ..contract.budgets import ClaimedRows
 from ..contract.tasks import (
     ON_DUPLICATE_CHOICES,
@@ -57,7 +57,6 @@ from ._errors import (
 )
 from ._insert import insert_keyed, insert_params
 from ._rows import claimed_row
-from ._signals import progress_detail
 from ._sql import Queries
 from ._text import dec, enc, enc_all
 from ._tree import Tree

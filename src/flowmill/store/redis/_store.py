@@ -26,7 +26,7 @@ from ..._states import State
 from ...errors import ConfigurationError, SchemaError, StoreError
 from .._common.budget_rules import check_claim_limit
 from .._common.dag_rules import check, has_links
-from .._common.serde import encode_error
+from .._common.serde import encode_error, progress_detail
 from ..contract.budgets import ClaimedRows
 from ..contract.capabilities import Capabilities, MigrateResult
 from ..contract.tasks import (
@@ -88,11 +88,6 @@ _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
 _RESULT_CHUNK = 500
 _WAKE_READ = 128
-
-
-def progress_detail(pct: float, message: str | None) -> str:
-    """The detail of a progress event: `progress 40%: loading`."""
-    return f"progress {pct:g}%" + (f": {message}" if message else "")
 
 
 class RedisStore(

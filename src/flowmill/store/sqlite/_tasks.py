@@ -17,7 +17,7 @@ from ...errors import (
     TaskNotFound,
 )
 from .._common import wake as _wake
-from .._common.serde import encode_error
+from .._common.serde import encode_error, progress_detail
 from ..contract.dag import (
     WorkflowCancel,
 )
@@ -476,11 +476,6 @@ def task_progress(c: sqlite3.Connection, p: TaskProgress) -> None:
     if row is None:
         raise LeaseLost(p.task_id, p.epoch)
     c.execute(EVENT_SQL, (p.task_id, row[0], "running", now, progress_detail(p.pct, p.message)))
-
-
-def progress_detail(pct: float, message: str | None) -> str:
-    """The detail of a progress event: `progress 40%: loading`."""
-    return f"progress {pct:g}%" + (f": {message}" if message else "")
 
 
 def workflow_cancel(c: sqlite3.Connection, tx: Tx, p: WorkflowCancel) -> int:
