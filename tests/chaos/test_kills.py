@@ -40,7 +40,7 @@ async def _outcome(app: fm.App, ids: list[str], ledger: _ledger.Ledger) -> None:
 
 
 def _stop_outside_a_write(proc: subprocess.Popen[str], *files: str) -> None:
-    """SIGSTOP `proc` at a moment it holds no write lock on any of the SQLite `files`.
+    """SIGSTOP `proc` at a moment it holds no lock on any of the SQLite `files`.
 
     A process stopped inside a write transaction blocks every other writer of that file
     until it resumes: SQLite's own locking, which no lease can fence (the limit is in
@@ -58,9 +58,11 @@ def _stop_outside_a_write(proc: subprocess.Popen[str], *files: str) -> None:
 
 
 def _writable(path: str) -> bool:
+    # EXCLUSIVE, not IMMEDIATE: in rollback-journal mode (the ledger) a stopped reader's
+    # shared lock blocks every commit too, and only an exclusive lock sees it.
     probe = sqlite3.connect(path, timeout=0.5, isolation_level=None)
     try:
-        probe.execute("BEGIN IMMEDIATE")
+        probe.execute("BEGIN EXCLUSIVE")
         probe.execute("ROLLBACK")
         return True
     except sqlite3.OperationalError:
