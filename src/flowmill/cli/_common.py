@@ -10,14 +10,10 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import msgspec
 import typer
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from .._app import App
 from .._loader import load_app
@@ -26,10 +22,19 @@ from .._logging import setup as setup_log_output
 from .._states import State
 from ..errors import FlowmillError, StoreError
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+# rich is imported inside the functions that print with it: `flowmill worker` prints
+# nothing with rich, and a worker process should not carry its modules (see issue 17).
+
 T = TypeVar("T")
 
 
 def stdout_console() -> Console:
+    from rich.console import Console
+
     # Made per call, not at import: a test runner swaps sys.stdout between invocations.
     # Piped output is not cut to 80 columns: lines that grep sees whole are worth more.
     wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
@@ -37,6 +42,9 @@ def stdout_console() -> Console:
 
 
 def new_table(*columns: str, header: bool = True) -> Table:
+    from rich import box
+    from rich.table import Table
+
     table = Table(show_header=header, box=box.SIMPLE_HEAD, show_edge=False)
     for col in columns:
         table.add_column(col)
@@ -45,17 +53,23 @@ def new_table(*columns: str, header: bool = True) -> Table:
 
 def print_titled(console: Console, title: str, table: Table) -> None:
     """A table under a title line that is never wrapped: a long database URL stays whole."""
+    from rich.text import Text
+
     console.print(Text(title, style="italic"), soft_wrap=True)
     console.print(table)
 
 
 def add_row(table: Table, *cells: str) -> None:
+    from rich.text import Text
+
     # Text cells: a payload, error or name may hold "[...]", which is not rich markup here.
     table.add_row(*(Text(c) for c in cells))
 
 
 def print_columns(console: Console, title: str, headers: list[str], rows: list[list[str]]) -> None:
     """Aligned plain columns, one line per row, never wrapped: a terminal or grep sees it whole."""
+    from rich.text import Text
+
     widths = [max(len(h), *(len(r[n]) for r in rows)) for n, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
@@ -69,6 +83,9 @@ def print_columns(console: Console, title: str, headers: list[str], rows: list[l
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """One line on stderr, no traceback, and a non-zero exit."""
+    from rich.console import Console
+    from rich.text import Text
+
     Console(stderr=True, highlight=False, soft_wrap=True).print(
         Text.assemble(("error:", "bold red"), " ", message)
     )
