@@ -3,7 +3,6 @@ talks to, and value formatting."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -20,7 +19,11 @@ from .._loader import load_app
 from .._logging import LogFormat, mask_url
 from .._logging import setup as setup_log_output
 from .._states import State
-from ..errors import FlowmillError, StoreError
+from ..errors import FlowmillError
+from ._base import explain_store_error as explain_store_error
+from ._base import print_error
+from ._base import run_on as run_on
+from ._base import store_file as store_file
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -83,12 +86,7 @@ def print_columns(console: Console, title: str, headers: list[str], rows: list[l
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """One line on stderr, no traceback, and a non-zero exit."""
-    from rich.console import Console
-    from rich.text import Text
-
-    Console(stderr=True, highlight=False, soft_wrap=True).print(
-        Text.assemble(("error:", "bold red"), " ", message)
-    )
+    print_error(message)
     raise typer.Exit(code)
 
 
@@ -131,13 +129,6 @@ def make_app(url: str | None, app_path: str | None) -> App:
     return app
 
 
-def store_file(app: App) -> str | None:
-    """The absolute path of the app's SQLite file (None for another store)."""
-    if not app.store.capabilities.local_file or not app.url.startswith("sqlite:///"):
-        return None
-    return os.path.abspath(app.url.removeprefix("sqlite:///").split("?", 1)[0])
-
-
 async def require_store(app: App) -> None:
     """Refuse to read a local store file that holds no flowmill schema: opening it would
     create an empty database where a mistyped path was meant."""
@@ -146,42 +137,6 @@ async def require_store(app: App) -> None:
             f"no flowmill database at {mask_url(app.url)} (check --url, or create it with "
             f"`flowmill migrate --url {mask_url(app.url)}`)"
         )
-
-
-def explain_store_error(app: App, exc: StoreError) -> StoreError:
-    """A SQLite file the user cannot open or write: name it and say what to do."""
-    path = store_file(app)
-    text = str(exc)
-    if path is not None and "unable to open database file" in text:
-        return StoreError(
-            f"cannot open {path}: check that it and its directory exist and that this user "
-            "may read and write both"
-        )
-    if path is None or "readonly database" not in text:
-        return exc
-    name = os.path.basename(path)
-    return StoreError(
-        f"{path} is read-only for this user: flowmill writes to its database, and to "
-        f"{name}-wal and {name}-shm beside it, even to read it; make the file and its "
-        f"directory writable (e.g. chmod u+w {path}), or point --url at a writable copy"
-    )
-
-
-def run_on(app: App, work: Callable[[App], Awaitable[T]]) -> T:
-    """Run `work(app)` on a fresh event loop, then close the app."""
-
-    async def main() -> T:
-        try:
-            return await work(app)
-        except StoreError as exc:
-            better = explain_store_error(app, exc)
-            if better is exc:
-                raise
-            raise better from exc
-        finally:
-            await app.close()
-
-    return asyncio.run(main())
 
 
 def on_store(

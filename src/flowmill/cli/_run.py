@@ -1,34 +1,16 @@
-"""`flowmill worker` and `flowmill submit`: run tasks, and submit one."""
+"""`flowmill worker`'s typer command: its options and help. The work is done in `_worker`,
+whose plain parser runs the command lines it reads without this module (see there)."""
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
-from datetime import timedelta
 from typing import Annotated
 
 import typer
 
-from .._app import App
-from .._loader import load_app
-from .._logging import LogFormat, mask_url
-from ..errors import StoreError
-from ..worker._health import HealthServer
-from ..worker._lifecycle import ExitCode, StartHookFailed
-from ..worker._processes import supervise, watch_parent
-from ..worker._worker import Worker
-from ._common import (
-    fail,
-    one_line_errors,
-    run_on,
-    seconds,
-    setup_logging,
-)
 from ._root import AppArg, LogLevelOpt, cli
-
-log = logging.getLogger("flowmill.cli")
-
+from ._worker import WorkerOptions, run_worker_command
+from ._worker import _child_args as _child_args
+from ._worker import run_worker as run_worker
 
 _EXIT_CODES = (
     "Exit codes: 0 stopped as asked (SIGTERM/SIGINT: attempts ended or were handed back; "
@@ -133,101 +115,23 @@ def worker(
     --cancel-grace plus a moment to hand back must fit your supervisor's kill timeout
     (defaults: 20 + 2 x 3 s, within Kubernetes' 30 s).
     """
-    fmt: LogFormat = "json" if log_format.lower() == "json" else "text"
-    if log_format.lower() != fmt:
-        fail(f"bad --log-format {log_format!r}: use text or json", ExitCode.USAGE)
-    setup_logging(log_level, fmt)
-    if processes > 1:
-        if health_port is not None:
-            fail(
-                "--health-port serves one worker process: with --processes, run one worker "
-                "per container and scale with replicas instead",
-                ExitCode.USAGE,
-            )
-        child = _child_args(sys.argv[1:])
-        raise typer.Exit(supervise(processes, [sys.executable, "-m", "flowmill", *child]))
-    watch_parent()
-    with one_line_errors():
-        app = load_app(app_path)
-        w = app.worker(
+    code = run_worker_command(
+        WorkerOptions(
+            app_path,
             concurrency=concurrency,
-            queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
-            lease_ttl=timedelta(seconds=lease_ttl),
-            shutdown_grace=timedelta(seconds=shutdown_grace),
-            cancel_grace=timedelta(seconds=cancel_grace),
-            repeat_signal_window=timedelta(seconds=repeat_signal_window),
-            reap_interval=seconds("--reap-interval", reap_interval),
+            queues=queues,
+            lease_ttl=lease_ttl,
+            shutdown_grace=shutdown_grace,
+            cancel_grace=cancel_grace,
+            repeat_signal_window=repeat_signal_window,
+            reap_interval=reap_interval,
+            health_port=health_port,
+            health_host=health_host,
+            processes=processes,
+            log_level=log_level,
+            log_format=log_format,
+            metrics_port=metrics_port,
         )
-    if metrics_port is not None:
-        from .._metrics import instrument
-
-        instrument(w, port=metrics_port)
-    health = (
-        HealthServer(w.readiness, health_host, health_port) if health_port is not None else None
     )
-    code = run_worker(app, w, health)
-    if w.runner.stats.abandoned_threads > 0:
-        # A sync handler ignored its stop request and still runs in a non-daemon executor
-        # thread, which would keep the interpreter from exiting: leave without waiting.
-        log.warning(
-            "%d handler thread(s) did not stop; exiting without waiting for them",
-            w.runner.stats.abandoned_threads,
-        )
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
     if code:
         raise typer.Exit(code)
-
-
-def run_worker(app: App, w: Worker, health: HealthServer | None) -> ExitCode:
-    """Run `w` until it stops; the exit code says why it stopped."""
-
-    async def run(app: App) -> ExitCode:
-        if health is not None:
-            try:
-                await health.start()
-            except OSError as exc:
-                log.error("cannot serve the health endpoint on %s:%d: %s", health.host,
-                          health.port, exc)  # fmt: skip
-                return ExitCode.CONFIG
-        try:
-            try:
-                await app.open()
-            except StoreError as exc:
-                log.error("cannot open the store %s: %s", mask_url(app.url), exc)
-                return ExitCode.STORE_UNAVAILABLE
-            await w.run(install_signal_handlers=True)
-            return w.exit_code
-        finally:
-            if health is not None:
-                await health.close()
-
-    try:
-        return run_on(app, run)
-    except StartHookFailed as exc:
-        log.error("%s", exc, exc_info=exc.__cause__)
-        return ExitCode.START_HOOK_FAILED
-    except KeyboardInterrupt:  # Ctrl-C before the worker's own handlers were in place
-        return ExitCode.INTERRUPTED
-    except Exception:
-        log.exception("the worker failed")
-        return ExitCode.CRASHED
-
-
-def _child_args(argv: list[str]) -> list[str]:
-    """This command line without --processes (so each child runs one worker)."""
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg == "--processes":
-            skip = True
-            continue
-        if arg.startswith("--processes="):
-            continue
-        out.append(arg)
-    return out
