@@ -23,6 +23,7 @@ from ._signals import Frame, ResumeSignal, Waitpoint
 from ._states import TERMINAL, TRANSITIONS, Phase, State
 from ._sync import SyncTaskHandle
 from ._task import Priority, TaskDef
+from ._version import __version__ as __version__
 from .errors import (
     Cancelled,
     ConfigurationError,
@@ -68,8 +69,6 @@ from .workflows import (
     fan_out_in,
     pipeline,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "TERMINAL",

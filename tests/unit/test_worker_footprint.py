@@ -7,11 +7,14 @@ Each check runs in a fresh interpreter, so what the test process imported does n
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import flowmill
 
 # Optional for a SQLite worker, whether run in-process or by `flowmill worker`: the CLI
 # framework (typer, with click, shellingham and pydantic), rich, the dashboard, the metrics
@@ -31,6 +34,8 @@ OPTIONAL = (
     "hiredis",
     "prometheus_client",
     "opentelemetry",
+    "importlib.metadata",  # the heartbeat's version is `flowmill._version`'s
+    "email",
     "flowmill.web",
     "flowmill.store.postgres",
     "flowmill.store.redis",
@@ -72,6 +77,10 @@ asyncio.run(main())
 with open(os.environ["FOOTPRINT_OUT"], "w") as f:
     json.dump(sorted(sys.modules), f)
 """
+
+
+def test_the_version_is_the_installed_packages() -> None:
+    assert flowmill.__version__ == importlib.metadata.version("flowmill")
 
 
 def _loaded(names: list[str], prefixes: tuple[str, ...]) -> list[str]:

@@ -3,8 +3,6 @@ and a last one marking it stopped (`app.workers()`, `flowmill workers` read them
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import os
 import socket
@@ -12,21 +10,17 @@ from collections.abc import Callable, Sequence
 
 from .._clock import Clock
 from .._runtime import Runtime
+from .._version import __version__
 from ..errors import StoreError
 from ..store.contract.admin import WorkerHeartbeat
 
 log = logging.getLogger("flowmill.worker")
 
 
-@functools.cache
 def flowmill_version() -> str:
-    """The installed flowmill's version (reading package metadata takes tens of ms: once)."""
-    from importlib.metadata import PackageNotFoundError, version  # slow to import: lazily
-
-    try:
-        return version("flowmill")
-    except PackageNotFoundError:  # running from a source tree
-        return "unknown"
+    """flowmill's version (from `_version`, not the package metadata: importing
+    `importlib.metadata` would cost each worker ~2 MB and tens of ms at start-up)."""
+    return __version__
 
 
 class Heartbeat:
@@ -52,13 +46,11 @@ class Heartbeat:
         self.in_flight = in_flight
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.version = ""  # read off the event loop by the first beat
+        self.version = flowmill_version()
         self.started_at_ms = clock.wall_ms()
 
     async def beat(self, *, stopped: bool = False) -> bool:
         """Send one heartbeat; False (logged) when the store could not take it."""
-        if not self.version:
-            self.version = await asyncio.to_thread(flowmill_version)
         try:
             await self.rt.store.worker_heartbeat(
                 WorkerHeartbeat(
