@@ -1,4 +1,5 @@
-"""The `flowmill` command's Typer apps, the options its commands share, and `main`."""
+"""The `flowmill` command's Typer apps and the options its commands share (`main` is in
+`flowmill.cli`)."""
 
 from __future__ import annotations
 
@@ -126,8 +127,3 @@ JsonOpt = Annotated[
     bool,
     typer.Option("--json", help="Print JSON (see docs/howto/cli-json.md) instead of a table"),
 ]
-
-
-def main() -> None:
-    """Entry point of the `flowmill` console script and `python -m flowmill`."""
-    cli(prog_name="flowmill")
