@@ -20,8 +20,7 @@ from typing import Any
 
 from .._app import App
 from .._loader import load_app
-from .._logging import LogFormat
-from .._logging import mask_url as mask_url
+from .._logging import LogFormat, mask_url
 from .._logging import setup as setup_log_output
 from ..errors import FlowmillError, StoreError
 from ..worker._health import HealthServer
