@@ -44,6 +44,11 @@ class ResultWaiter:
 
     async def _run(self) -> None:
         store = self._app.store
+        # A task's first wait for a wake-up returns at once (it cannot know what it
+        # missed): take it before the first read, so that a result committed after that
+        # read wakes the wait below, and no second read is needed to start listening.
+        with contextlib.suppress(Exception):  # failing, it costs one more read below
+            await store.wait_for_finish(0)
         while self._waiting:
             ids = list(self._waiting)
             try:

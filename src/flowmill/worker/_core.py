@@ -161,6 +161,11 @@ class WorkerCore:
         self._limits = app.claim_limits(self.queues)  # rate limits and caps of every worker
         self._capped = False  # a cap held tasks back: another worker's finish may free it
         self._wake = asyncio.Event()
+        # Whether an attempt's end should wake the claim loop: not when its last claim
+        # found the store out of ready tasks (new ones send a wake-up of their own), so
+        # that an idle worker's every finish is not followed by a claim that finds nothing.
+        self._claim_on_release = True
+        self._room_limited = False  # the last claim left out a kind at its max_concurrency
         self._idle = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._stopping = False
@@ -262,7 +267,8 @@ class WorkerCore:
     def _release_slot(self, a: _Attempt) -> None:
         self._attempts.pop(a.row.id, None)
         self._per_kind[a.row.kind] -= 1
-        self._wake.set()
+        if self._claim_on_release:
+            self._wake.set()
         if not self._attempts:
             self._idle.set()
 

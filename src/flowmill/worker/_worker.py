@@ -119,6 +119,7 @@ class Worker(WorkerCore):
     def _claim_requests(self, free: int) -> list[tuple[list[str], int]]:
         unlimited: list[str] = []
         requests: list[tuple[list[str], int]] = []
+        self._room_limited = False
         for name, tdef in self.app.registry.items():
             if tdef.max_concurrency is None:
                 unlimited.append(name)
@@ -126,6 +127,8 @@ class Worker(WorkerCore):
             room = tdef.max_concurrency - self._per_kind[name]
             if room > 0:
                 requests.append(([name], min(room, free)))
+            else:
+                self._room_limited = True  # an end of this kind makes room to claim it
         if unlimited:
             requests.insert(0, (unlimited, min(free, self.claim_batch)))
         return requests
@@ -135,6 +138,7 @@ class Worker(WorkerCore):
         idle_rounds = 0
         while not self._stopping:
             self._wake.clear()
+            self._claim_on_release = True  # until a claim finds the store out of tasks
             free = self.concurrency + self.prefetch - len(self._attempts)
             requests = self._claim_requests(free) if free > 0 else []
             if not requests:
@@ -143,8 +147,10 @@ class Worker(WorkerCore):
             short = False
             retry_in: int | None = None  # ms until a rate limit gives a held task a token
             capped = False
+            more = False  # some request got all it asked for: the store may hold more
             try:
                 for kinds, limit in requests:
+                    exhausted = False
                     # Rows a free slot runs at once are claimed started (the attempt counts
                     # now, in the claim itself); the prefetched rest unstarted, each marked
                     # started just before its handler runs (see `_mark_started`).
@@ -175,7 +181,9 @@ class Worker(WorkerCore):
                             self._accept(row, marked=start)
                         if len(rows) < n:
                             short = True
+                            exhausted = True
                             break
+                    more = more or not exhausted
                 backoff = 0.05
                 self._store_ok = True
             except StoreError as exc:
@@ -188,6 +196,10 @@ class Worker(WorkerCore):
                 continue
             self._dispatch()
             self._capped = capped
+            if not (more or capped or retry_in is not None or self._room_limited):
+                # The store had no more ready tasks: those made ready later send a wake-up.
+                # (stop_when_idle keeps waking: its idle check needs the ends.)
+                self._claim_on_release = self._stop_when_idle
             if short:
                 if self._stop_when_idle and not self._attempts and retry_in is None:
                     # Idle twice in a row, with a claim in between: a task made ready just

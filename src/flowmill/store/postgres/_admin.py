@@ -26,6 +26,7 @@ from ..contract.admin import (
     WorkersPage,
     WorkersPrune,
 )
+from ._compact import compact_statements
 from ._schema import quote_schema
 from ._sql import ACTIVE_SQL, CLOCK, NOW
 from ._text import dec, enc
@@ -117,6 +118,7 @@ dw AS (DELETE FROM {s}.workflows wf WHERE wf.id IN (SELECT workflow_id FROM pick
 dt AS (DELETE FROM {s}.tasks WHERE seq IN (SELECT seq FROM pick) RETURNING 1)
 SELECT count(*) FROM dt
 """
+        compact_statements(self)
 
 
 def _worker_row(r: Sequence[Any]) -> WorkerRow:

@@ -39,6 +39,7 @@ from ..contract.budgets import (
     UsageStatus,
 )
 from ..contract.tasks import TasksClaim
+from ._compact import compact_statements
 from ._rows import claimed_row
 from ._schema import quote_schema
 from ._sql import CLOCK, NOW
@@ -129,6 +130,7 @@ FROM unnest(%(scopes)s::text[], %(names)s::text[], %(tokens)s::float8[], %(ats)s
     AS v(scope, name, tokens, at)
 WHERE l.scope = v.scope AND l.name = v.name
 """
+        compact_statements(self)
 
 
 def _budget(row: Sequence[Any]) -> Budget:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from ..._states import TERMINAL
 from ..contract.dag import UPSTREAM_FAILURES
+from ._compact import compact_statements
 
 # Literals only, derived from the state enum.
 TERMINAL_SQL = ", ".join(f"'{st.value}'" for st in sorted(TERMINAL))
@@ -124,3 +125,4 @@ FROM w ORDER BY w.created_at DESC, w.id DESC
 SELECT id FROM {s}.tasks WHERE workflow_id = %(id)s AND state NOT IN ({TERMINAL_SQL})
 ORDER BY seq DESC
 """
+        compact_statements(self)

@@ -25,6 +25,7 @@ from ..contract.schedules import (
     SchedulesUpsert,
 )
 from ..contract.tasks import InsertOutcome, InsertStatus, TasksInsert
+from ._compact import compact_statements
 from ._insert import insert_keyed
 from ._schema import quote_schema
 from ._sql import CLOCK
@@ -102,6 +103,7 @@ class ScheduleQueries:
             "next_fire_ms = coalesce(%(next)s::bigint, next_fire_ms) "
             "WHERE name = %(name)s AND paused"
         )
+        compact_statements(self)
 
 
 def _row(r: tuple[Any, ...]) -> ScheduleRow:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..._states import TERMINAL
 from .._common.waitpoints import RESUMED, TIMED_OUT
+from ._compact import compact_statements
 from ._schema import quote_schema
 from ._sql import NOW
 
@@ -302,3 +303,4 @@ ORDER BY f.seq
             "ON CONFLICT (key) DO NOTHING"
         )
         self.meta_get_or_set_read = f"SELECT value FROM {s}.meta WHERE key = %(key)s"
+        compact_statements(self)

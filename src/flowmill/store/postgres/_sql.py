@@ -9,6 +9,7 @@ and constant fragments derived from the state enum.
 from __future__ import annotations
 
 from ..._states import ACTIVE, CHILD_FAILURES
+from ._compact import compact_statements
 from ._schema import quote_schema
 
 # Constant SQL fragments built from the state enum, never from user input. The dedup
@@ -522,3 +523,4 @@ SELECT id, kind, 'running', updated_at, %(detail)s FROM upd
             f"SELECT id, task_id, kind, state, at, detail FROM {s}.events WHERE id > %(after)s "
             "ORDER BY id LIMIT %(limit)s"
         )
+        compact_statements(self)

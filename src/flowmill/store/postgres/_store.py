@@ -37,6 +37,7 @@ from . import _schema as _pg_schema
 from ._admin import AdminQueries, PostgresAdminMixin
 from ._batch import Combiner
 from ._budgets import BudgetQueries, PostgresBudgetsMixin
+from ._cursor import StoreCursor
 from ._dag import Dag
 from ._errors import (
     connect_error,
@@ -187,7 +188,7 @@ class PostgresStore(
             self._conninfo,
             min_size=self.min_size,
             max_size=self.max_size,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "cursor_factory": StoreCursor},
             timeout=self.timeout_s,
             name=f"flowmill:{self.schema}",
             open=False,

@@ -8,6 +8,7 @@ row lock of an UPDATE, never by reading a value and writing it back.
 from __future__ import annotations
 
 from ..._states import ACTIVE, State
+from ._compact import compact_statements
 from ._schema import quote_schema
 from ._sql import INSERT_COLUMNS, INSERT_VALUES, NEW_TASK_ROWS, NOW, ON_CANCEL
 
@@ -260,3 +261,4 @@ UPDATE {s}.tasks t SET lease_owner = NULL, lease_expires_at = NULL,
     hook = CASE WHEN %(ok)s OR t.hook_attempts >= %(max_attempts)s THEN NULL ELSE t.hook END
 WHERE t.id = %(id)s AND t.lease_epoch = %(epoch)s AND t.hook IS NOT NULL
 """
+        compact_statements(self)
