@@ -228,6 +228,10 @@ def test_each_kind_of_junk_gets_its_4xx(db_url: str) -> None:
             assert msgspec.json.decode(resp.content)["error"]
         resp = client.post("/signals/%00", content=form)
         assert (resp.status_code, resp.json()["error"]) == (404, "unknown waitpoint")
+        for slashed in (f"{path}/", f"{path}%2F", "/signals/0%2F"):  # no empty-bodied 307
+            resp = client.post(slashed, content=form)
+            assert resp.status_code == 404, (slashed, resp.status_code)
+            assert msgspec.json.decode(resp.content)["error"]
         # After all that junk the real thing still works.
         ok = post(form, **{"content-type": "application/json; charset=utf-8"})
         assert ok == (202, {"status": "accepted", "resumed": True})

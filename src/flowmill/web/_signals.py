@@ -221,7 +221,7 @@ def signals_app(app: App) -> Starlette:
         finally:
             await app.close()
 
-    return Starlette(
+    web = Starlette(
         routes=[
             Route("/signals/{waitpoint_id}", deliver, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
@@ -229,3 +229,8 @@ def signals_app(app: App) -> Starlette:
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
+    # A path with a trailing slash (or an encoded one, `/signals/wp%2F`) is not a
+    # waitpoint: answer it with the JSON 404 instead of Starlette's empty-bodied 307, which
+    # most HTTP clients do not follow for a POST.
+    web.router.redirect_slashes = False
+    return web
