@@ -93,3 +93,23 @@ async def test_hot_statements_are_parsed_once(
     calls[0] = 0
     await _cycle(store, 2)
     assert calls[0] == 0
+
+
+@pytest.mark.skipif(not CACHED_PARSE, reason="this psycopg's internals differ: plain cursor")
+def test_the_cached_parse_is_used_only_while_it_agrees_with_psycopgs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flowmill.store.postgres import _cursor
+
+    assert _cursor._agrees()
+
+    from psycopg._queries import _query2pg_nocache
+
+    def changed(query: str, encoding: str) -> Any:  # internals that parse differently
+        q, formats, order, parts = _query2pg_nocache(query.encode(encoding), encoding)
+        return q + b" ", formats, order, parts
+
+    monkeypatch.setattr(_cursor, "_parsed", changed)
+    assert not _cursor._agrees()
+    monkeypatch.setattr(_cursor, "_parsed", lambda query, encoding: (query,))
+    assert not _cursor._agrees()

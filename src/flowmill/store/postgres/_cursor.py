@@ -56,7 +56,27 @@ if PostgresQuery is not None and hasattr(AsyncCursor, "_query_cls"):
 
         _query_cls = _Query
 
-    CACHED_PARSE = True
+    def _agrees() -> bool:
+        """Whether the cached parse gives what psycopg's own does, on this psycopg: a
+        layout change in its internals then costs speed, never a wrong statement."""
+        from psycopg.adapt import Transformer
+
+        text = "SELECT %(a)s::text, %(b)s::int, '%%' || %(a)s -- " + "x" * 4200
+        args = {"a": "z", "b": 1}
+        try:
+            mine, stock = _Query(Transformer()), PostgresQuery(Transformer())
+            mine.convert(text, args)
+            stock.convert(text, args)
+            return bool(
+                (mine.query, mine.params, mine.types, mine.formats)
+                == (stock.query, stock.params, stock.types, stock.formats)
+            )
+        except Exception:  # any surprise: use the plain cursor
+            return False
+
+    CACHED_PARSE = _agrees()
+    if not CACHED_PARSE:  # pragma: no cover
+        StoreCursor = AsyncCursor  # type: ignore[misc,assignment]
 else:  # pragma: no cover
     StoreCursor = AsyncCursor  # type: ignore[misc,assignment]
     CACHED_PARSE = False
