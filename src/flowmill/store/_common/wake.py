@@ -126,11 +126,19 @@ class WakeBus:
             self.frames.fire()
 
     def notify(self, data: bytes) -> None:
-        """Wake local waiters in this process and every other process. Thread-safe."""
+        """Wake every other process, then local waiters in this process. Thread-safe.
+
+        The other processes go first: waking this process's loop first would hand it the
+        GIL, and the datagrams (often another process's critical path, such as a result
+        that app waits for) would wait until the loop let go of it again.
+        """
+        self._send(data)
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._deliver, data)
+
+    def _send(self, data: bytes) -> None:
         if self.directory is None:
             return
         if self._send_sock is None:
