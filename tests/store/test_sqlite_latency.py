@@ -10,12 +10,105 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from flowmill._states import State
 from flowmill.store._common import wake as _wake
+from flowmill.store.contract.tasks import TasksInsert
+from flowmill.store.sqlite import SQLiteStore
+from flowmill.store.sqlite import _store as sqlite_store
+from flowmill.testing.conformance._util import T0, claim_one, finish, task
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = SQLiteStore(str(tmp_path / "flowmill.db"), busy_timeout_ms=5_000)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def _running(store: SQLiteStore) -> tuple[str, int]:
+    (out,) = await store.tasks_insert(TasksInsert([task()], "skip", T0))
+    row = await claim_one(store)
+    assert row.id == out.id
+    return row.id, row.lease_epoch
+
+
+async def test_the_wait_after_results_get_blocks_until_a_finish(store: SQLiteStore) -> None:
+    task_id, epoch = await _running(store)
+    reads: list[list[str]] = []
+    real = store.results_get
+
+    async def counting(ids: Any) -> Any:
+        reads.append(list(ids))
+        return await real(ids)
+
+    async def waiter() -> None:
+        assert await counting([task_id]) == []
+        await store.wait_for_finish(30)
+
+    w = asyncio.ensure_future(waiter())
+    for _ in range(200):  # let it reach its wait
+        await asyncio.sleep(0)
+    assert not w.done()  # a first wait that was not armed would have answered at once
+    await finish(store, task_id, epoch, State.COMPLETED)
+    await asyncio.wait_for(w, 10)
+    assert reads == [[task_id]]
+    (row,) = await store.results_get([task_id])
+    assert row.state is State.COMPLETED
+
+
+async def test_a_finish_between_the_read_and_the_wait_wakes_it(store: SQLiteStore) -> None:
+    task_id, epoch = await _running(store)
+
+    async def waiter() -> None:
+        assert await store.results_get([task_id]) == []
+        await finish(store, task_id, epoch, State.COMPLETED)  # before the wait starts
+        await store.wait_for_finish(30)
+
+    await asyncio.wait_for(waiter(), 10)
+
+
+async def test_a_small_result_read_runs_on_the_callers_thread_when_the_reader_is_idle(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_id, epoch = await _running(store)
+    await finish(store, task_id, epoch, State.COMPLETED)
+    threads: list[int] = []
+    real = sqlite_store.results_get
+
+    def recording(c: sqlite3.Connection, ids: list[str]) -> Any:
+        threads.append(threading.get_ident())
+        return real(c, ids)
+
+    monkeypatch.setattr(sqlite_store, "results_get", recording)
+    (row,) = await store.results_get([task_id])
+    assert row.state is State.COMPLETED
+    assert threads == [threading.get_ident()]
+
+    # While the reader thread holds its connection, the read queues for that thread.
+    reader = store._reader
+    assert reader is not None
+    reader._conn_lock.acquire()
+    try:
+        pending = asyncio.ensure_future(store.results_get([task_id]))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not pending.done()
+    finally:
+        reader._conn_lock.release()
+    (row,) = await asyncio.wait_for(pending, 10)
+    assert row.state is State.COMPLETED
+    assert len(threads) == 2 and threads[1] != threading.get_ident()
 
 
 async def test_other_processes_get_the_wake_up_before_this_loop_is_woken(

@@ -44,6 +44,21 @@ class Pulse:
         for ev in list(self._flags.values()):
             ev.set()
 
+    def arm(self) -> None:
+        """Start keeping this task's wake-ups from now on, and forget older ones.
+
+        For a caller about to read the state that the wake-ups are about: every fire before
+        this is reflected in that read, so its next `wait` blocks (rather than returning at
+        once as a first wait does) and still returns for a fire that comes after the read.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        ev = self._flags.get(task)
+        if ev is None:
+            self._flags[task] = asyncio.Event()
+        else:
+            ev.clear()
+
     async def wait(self, timeout_s: float) -> None:
         task = asyncio.current_task()
         assert task is not None

@@ -375,8 +375,23 @@ class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin, SQLiteSchedulesMixin, 
         return result
 
     async def results_get(self, task_ids: Sequence[str]) -> list[ResultRow]:
+        """The results of those of `task_ids` that have ended.
+
+        It also arms this task's finish wake-ups (see `Pulse.arm`): a result waiter's next
+        `wait_for_finish` then blocks at once, without a second read, and still wakes for a
+        finish committed after this read (the socket is bound before the read).
+        """
+        if self._reader is None:
+            raise StoreError("the store is not open")
+        self._bus.listen(asyncio.get_running_loop())
+        self._bus.finish.arm()
         ids = list(task_ids)
-        result: list[ResultRow] = await self._read(lambda c, tx: results_get(c, ids))
+        job = lambda c, tx: results_get(c, ids)  # noqa: E731
+        # A few primary-key lookups: read on this loop's thread when the reader is idle.
+        if len(ids) <= _INLINE_MAX:
+            result: list[ResultRow] = await self._reader.run_inline(job)
+        else:
+            result = await self._reader.run(job)
         return result
 
     async def events_read(self, p: EventsRead) -> list[Event]:

@@ -65,10 +65,11 @@ class ConnectionThread:
         # `_closed` and every put are under this lock, so nothing is queued after the drain.
         self._lock = threading.Lock()
         self._closed = False
-        # Held by whichever thread runs a group on the connection: the writer thread, or an
-        # event loop committing its own small jobs inline while the writer is idle.
+        # Held by whichever thread uses the connection: its own thread, or an event loop
+        # committing (writer) or reading (reader) its own small jobs inline while it is idle.
         self._conn_lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._busy_ms: int | None = None  # the connection's busy_timeout, read once
         # Small jobs of one loop gathered in one loop iteration, committed together by
         # `_flush` (group commit for concurrent submitters on one loop, no thread hop).
         self._batch: list[_Item] = []
@@ -97,9 +98,13 @@ class ConnectionThread:
         connection or has work queued, the group goes to its queue instead. A sequential
         submitter thus waits for its own commit without two thread hops, and concurrent
         submitters on one loop still share one commit.
+
+        On the reader, a small read runs at once on the calling thread when the reader
+        thread is idle (`_read_inline`), else on that thread.
         """
         if not self._writer:
-            return await self.run(job)
+            done, value = self._read_inline(job)
+            return value if done else await self.run(job)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         with self._lock:
@@ -116,6 +121,43 @@ class ConnectionThread:
             else:
                 self._queue.put((job, fut))
         return await fut
+
+    def _read_inline(self, job: Job) -> tuple[bool, Any]:
+        """Run a small read on the calling thread if the reader is idle: (True, its value).
+
+        (False, None) when the reader thread is busy or has reads queued, or when SQLite
+        would make the read wait for a lock (an event loop must not sit in its busy
+        handler): the caller then hands the read to the thread.
+        """
+        with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+        if not self._queue.empty() or not self._conn_lock.acquire(blocking=False):
+            return False, None
+        try:
+            conn = self._conn
+            if conn is None:
+                return False, None
+            if self._busy_ms is None:
+                self._busy_ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                conn.execute("BEGIN")
+                try:
+                    return True, job(conn, Tx())
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    return False, None
+                raise translate(exc) from exc
+            except sqlite3.Error as exc:
+                raise translate(exc) from exc
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        finally:
+            self._conn_lock.release()
 
     def _flush(self) -> None:
         with self._lock:
@@ -201,7 +243,8 @@ class ConnectionThread:
                     with self._conn_lock:
                         self._run_group(conn, group)
                 else:
-                    self._run_single(conn, first)
+                    with self._conn_lock:  # an idle reader's small reads run inline
+                        self._run_single(conn, first)
             except BaseException as exc:  # a bug here must not leave callers waiting forever
                 _fail_all(group, translate(exc))
                 if not isinstance(exc, Exception):
