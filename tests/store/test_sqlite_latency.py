@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ import pytest
 
 from flowmill._states import State
 from flowmill.store._common import wake as _wake
-from flowmill.store.contract.tasks import TasksInsert
-from flowmill.store.sqlite import SQLiteStore
+from flowmill.store.contract.tasks import InsertStatus, TasksInsert
+from flowmill.store.sqlite import SQLiteStore, _threads
 from flowmill.store.sqlite import _store as sqlite_store
 from flowmill.testing.conformance._util import T0, claim_one, finish, task
 
@@ -109,6 +110,49 @@ async def test_a_small_result_read_runs_on_the_callers_thread_when_the_reader_is
     (row,) = await asyncio.wait_for(pending, 10)
     assert row.state is State.COMPLETED
     assert len(threads) == 2 and threads[1] != threading.get_ident()
+
+
+async def test_a_write_waits_for_another_process_in_short_steps(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer polls the lock after pauses from 50 us up to 1 ms (SQLite's own busy
+    handler would sleep 1 ms, then 2, then 5 ...); the other writer commits during them."""
+    await store.tasks_insert(TasksInsert([task()], "skip", T0))
+    pauses: list[float] = []
+    with closing(
+        sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    ) as other:
+        other.execute("BEGIN IMMEDIATE")  # the write lock, held by "another process"
+
+        def pause(seconds: float) -> None:
+            pauses.append(seconds)
+            if len(pauses) == 8:
+                other.execute("COMMIT")  # that process ends its commit
+
+        monkeypatch.setattr(_threads.time, "sleep", pause)
+        # Big enough for the writer thread: no inline attempt on this loop.
+        outs = await asyncio.wait_for(
+            store.tasks_insert(TasksInsert([task() for _ in range(20)], "skip", T0)), 10
+        )
+    assert [o.status for o in outs] == [InsertStatus.INSERTED] * 20
+    assert len(pauses) == 8
+    assert pauses[0] == pytest.approx(0.00005)
+    assert max(pauses) <= 0.001
+
+
+async def test_a_write_still_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
+    s = SQLiteStore(str(tmp_path / "flowmill.db"), busy_timeout_ms=50)
+    await s.open()
+    try:
+        with closing(sqlite3.connect(s.path, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(Exception, match="locked"):
+                await asyncio.wait_for(
+                    s.tasks_insert(TasksInsert([task() for _ in range(20)], "skip", T0)), 10
+                )
+            other.execute("ROLLBACK")
+    finally:
+        await s.close()
 
 
 async def test_other_processes_get_the_wake_up_before_this_loop_is_woken(
