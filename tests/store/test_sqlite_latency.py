@@ -183,3 +183,42 @@ async def test_other_processes_get_the_wake_up_before_this_loop_is_woken(
             bus.close()
         assert seen == [True]
         assert peer.recv(8) == _wake.FINISH
+
+
+async def test_a_claim_and_a_finish_commit_inline_only_on_an_idle_loop(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[tuple[str, int]] = []
+    for name in ("tasks_claim", "tasks_finish"):
+        real = getattr(sqlite_store, name)
+
+        def recording(*a: Any, _name: str = name, _real: Any = real) -> Any:
+            threads.append((_name, threading.get_ident()))
+            return _real(*a)
+
+        monkeypatch.setattr(sqlite_store, name, recording)
+    here = threading.get_ident()
+
+    # Nothing else to run on this loop: both commit here, without a hop to the writer.
+    task_id, epoch = await _running(store)
+    await finish(store, task_id, epoch, State.COMPLETED)
+    assert threads == [("tasks_claim", here), ("tasks_finish", here)]
+
+    # Another task keeps the loop busy: the commits go to the writer thread, so that they
+    # do not stall it.
+    threads.clear()
+    done = False
+
+    async def spinner() -> None:
+        while not done:
+            await asyncio.sleep(0)
+
+    spin = asyncio.ensure_future(spinner())
+    try:
+        task_id, epoch = await _running(store)
+        await finish(store, task_id, epoch, State.COMPLETED)
+    finally:
+        done = True
+        await spin
+    assert [name for name, _ in threads] == ["tasks_claim", "tasks_finish"]
+    assert all(ident != here for _, ident in threads)

@@ -82,6 +82,7 @@ class ConnectionThread:
         # `_flush` (group commit for concurrent submitters on one loop, no thread hop).
         self._batch: list[_Item] = []
         self._batch_loop: asyncio.AbstractEventLoop | None = None
+        self._batch_idle_only = False  # a job in the batch runs inline only on an idle loop
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
@@ -98,7 +99,7 @@ class ConnectionThread:
             self._queue.put((job, fut))
         return await fut
 
-    async def run_inline(self, job: Job) -> Any:
+    async def run_inline(self, job: Job, *, idle_loop: bool = False) -> Any:
         """`run` for a small write: committed on the calling loop's thread if the writer is idle.
 
         The jobs that this loop hands in during one iteration are gathered and run as one
@@ -106,6 +107,10 @@ class ConnectionThread:
         connection or has work queued, the group goes to its queue instead. A sequential
         submitter thus waits for its own commit without two thread hops, and concurrent
         submitters on one loop still share one commit.
+
+        With `idle_loop`, the group commits inline only if the loop has nothing else ready
+        to run when it is flushed: a worker's claim or finish, whose commit would otherwise
+        stall handlers that could run meanwhile (the writer thread overlaps them).
 
         On the reader, a small read runs at once on the calling thread when the reader
         thread is idle (`_read_inline`), else on that thread.
@@ -126,6 +131,7 @@ class ConnectionThread:
                 loop.call_soon(self._flush)
             if self._batch_loop is loop:
                 self._batch.append((job, fut))
+                self._batch_idle_only = self._batch_idle_only or idle_loop
             else:
                 self._queue.put((job, fut))
         return await fut
@@ -169,10 +175,12 @@ class ConnectionThread:
 
     def _flush(self) -> None:
         with self._lock:
+            loop = self._batch_loop
             group, self._batch, self._batch_loop = self._batch, [], None
+            idle_only, self._batch_idle_only = self._batch_idle_only, False
         if not group:
             return
-        if self._conn_lock.acquire(blocking=False):
+        if (not idle_only or _nothing_ready(loop)) and self._conn_lock.acquire(blocking=False):
             try:
                 conn = self._conn
                 if conn is not None and self._queue.empty() and _begin_at_once(conn):
@@ -341,6 +349,14 @@ class ConnectionThread:
             with contextlib.suppress(Exception):  # a wake-up is a hint; the commit stands
                 self._after_commit(tx.notify)
         _settle_all(outcomes)
+
+
+def _nothing_ready(loop: asyncio.AbstractEventLoop | None) -> bool:
+    """Whether `loop` (running this callback) has no other callback ready to run.
+
+    Read from asyncio's own loop; any other loop (uvloop) counts as busy."""
+    ready = getattr(loop, "_ready", None)
+    return ready is not None and not ready
 
 
 def _begin_at_once(conn: sqlite3.Connection) -> bool:
