@@ -222,3 +222,20 @@ async def test_a_claim_and_a_finish_commit_inline_only_on_an_idle_loop(
         await spin
     assert [name for name, _ in threads] == ["tasks_claim", "tasks_finish"]
     assert all(ident != here for _, ident in threads)
+
+
+async def test_a_write_runs_no_statement_but_its_own(store: SQLiteStore) -> None:
+    """No busy_timeout toggling around BEGIN: the writer's connection keeps SQLite's busy
+    timeout at 0 and waits for other processes itself."""
+    writer = store._writer
+    assert writer is not None and writer._conn is not None
+    statements: list[str] = []
+    writer._conn.set_trace_callback(statements.append)
+    try:
+        task_id, epoch = await _running(store)
+        await finish(store, task_id, epoch, State.COMPLETED)
+    finally:
+        writer._conn.set_trace_callback(None)
+    assert statements.count("BEGIN IMMEDIATE") == 3
+    assert statements.count("COMMIT") == 3
+    assert not [s for s in statements if s.upper().startswith("PRAGMA")]

@@ -77,7 +77,7 @@ class ConnectionThread:
         # committing (writer) or reading (reader) its own small jobs inline while it is idle.
         self._conn_lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
-        self._busy_ms: int | None = None  # the connection's busy_timeout, read once
+        self._busy_ms = 0  # the connection's busy_timeout (the writer's SQLite one is 0)
         # Small jobs of one loop gathered in one loop iteration, committed together by
         # `_flush` (group commit for concurrent submitters on one loop, no thread hop).
         self._batch: list[_Item] = []
@@ -152,8 +152,6 @@ class ConnectionThread:
             conn = self._conn
             if conn is None:
                 return False, None
-            if self._busy_ms is None:
-                self._busy_ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
             conn.execute("PRAGMA busy_timeout = 0")
             try:
                 conn.execute("BEGIN")
@@ -163,7 +161,7 @@ class ConnectionThread:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
             except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) or "busy" in str(exc):
+                if _is_busy(exc):
                     return False, None
                 raise translate(exc) from exc
             except sqlite3.Error as exc:
@@ -224,6 +222,18 @@ class ConnectionThread:
                 self._closed = True
                 self._ready.set()
                 return
+        try:
+            self._busy_ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+            if self._writer:
+                # The writer waits for other processes' write locks itself (see
+                # `_begin_immediate`); nothing else it runs waits for a lock.
+                conn.execute("PRAGMA busy_timeout = 0")
+        except BaseException as exc:
+            conn.close()
+            self._error = translate(exc)
+            self._closed = True
+            self._ready.set()
+            return
         self._conn = conn
         self._ready.set()
         try:
@@ -303,7 +313,7 @@ class ConnectionThread:
         """
         try:
             if not begun:
-                _begin_immediate(conn)
+                _begin_immediate(conn, self._busy_ms)
         except BaseException as exc:
             _fail_all(group, translate(exc))
             return
@@ -362,47 +372,38 @@ def _nothing_ready(loop: asyncio.AbstractEventLoop | None) -> bool:
 def _begin_at_once(conn: sqlite3.Connection) -> bool:
     """BEGIN IMMEDIATE without waiting: False if another process holds the write lock.
 
-    An inline group runs on an event loop's thread, which must not sit in SQLite's busy
-    handler (up to busy_timeout) while another process writes: it goes to the writer thread,
-    which may wait.
+    An inline group runs on an event loop's thread, which must not wait while another
+    process writes: it goes to the writer thread, which may wait (`_begin_immediate`).
+    The writer's connection has SQLite's busy timeout at 0, so this never waits.
     """
-    (timeout,) = conn.execute("PRAGMA busy_timeout").fetchone()
-    conn.execute("PRAGMA busy_timeout = 0")
     try:
         conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError:
-        return False
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {int(timeout)}")
+    except sqlite3.OperationalError as exc:
+        if _is_busy(exc):
+            return False
+        raise
     return True
 
 
-def _begin_immediate(conn: sqlite3.Connection) -> None:
-    """BEGIN IMMEDIATE, waiting up to busy_timeout for another process's write lock.
+def _begin_immediate(conn: sqlite3.Connection, timeout_ms: int) -> None:
+    """BEGIN IMMEDIATE, waiting up to `timeout_ms` for another process's write lock.
 
     SQLite's own busy handler sleeps 1, 2, 5, 10, ... ms between tries, so a lock held for
     a tenth of a millisecond more (another process's commit, or an empty claim) costs at
     least a whole millisecond. The writer thread tries again after much shorter pauses.
     """
-    (timeout,) = conn.execute("PRAGMA busy_timeout").fetchone()
-    conn.execute("PRAGMA busy_timeout = 0")
-    try:
-        start = time.monotonic()
-        pause = _FIRST_PAUSE_S
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                waited = time.monotonic() - start
-                if waited >= timeout / 1000:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 2, _LONG_PAUSE_S if waited > _SHORT_PHASE_S else _SHORT_PAUSE_S)
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {int(timeout)}")
+    start = time.monotonic()
+    pause = _FIRST_PAUSE_S
+    while not _begin_at_once(conn):
+        waited = time.monotonic() - start
+        if waited >= timeout_ms / 1000:
+            raise sqlite3.OperationalError("database is locked")
+        time.sleep(pause)
+        pause = min(pause * 2, _LONG_PAUSE_S if waited > _SHORT_PHASE_S else _SHORT_PAUSE_S)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 def _rollback_to_savepoint(conn: sqlite3.Connection) -> bool:
