@@ -160,6 +160,9 @@ class WorkerCore:
         self._per_kind: collections.Counter[str] = collections.Counter()
         self._limits = app.claim_limits(self.queues)  # rate limits and caps of every worker
         self._capped = False  # a cap held tasks back: another worker's finish may free it
+        # The last claim was cut short by room (slots, prefetch, a kind's max_concurrency),
+        # not by a lack of ready tasks: a slot freed here may let the next claim take more.
+        self._room_limited = True
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._stop_requested = asyncio.Event()
@@ -262,7 +265,10 @@ class WorkerCore:
     def _release_slot(self, a: _Attempt) -> None:
         self._attempts.pop(a.row.id, None)
         self._per_kind[a.row.kind] -= 1
-        self._wake.set()
+        if self._room_limited or self._stop_when_idle:
+            # Otherwise the last claim found fewer ready tasks than it had room for: a new
+            # one comes with a work wake-up, and claiming now would find nothing.
+            self._wake.set()
         if not self._attempts:
             self._idle.set()
 

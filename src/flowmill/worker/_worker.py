@@ -126,6 +126,8 @@ class Worker(WorkerCore):
             room = tdef.max_concurrency - self._per_kind[name]
             if room > 0:
                 requests.append(([name], min(room, free)))
+            else:
+                self._room_limited = True
         if unlimited:
             requests.insert(0, (unlimited, min(free, self.claim_batch)))
         return requests
@@ -136,8 +138,10 @@ class Worker(WorkerCore):
         while not self._stopping:
             self._wake.clear()
             free = self.concurrency + self.prefetch - len(self._attempts)
+            self._room_limited = free <= 0
             requests = self._claim_requests(free) if free > 0 else []
             if not requests:
+                self._room_limited = True
                 await self._wake.wait()
                 continue
             short = False
@@ -176,6 +180,8 @@ class Worker(WorkerCore):
                         if len(rows) < n:
                             short = True
                             break
+                    else:  # this request took all it asked for: more may be ready
+                        self._room_limited = True
                 backoff = 0.05
                 self._store_ok = True
             except StoreError as exc:
