@@ -44,6 +44,21 @@ class Pulse:
         for ev in list(self._flags.values()):
             ev.set()
 
+    def arm(self) -> None:
+        """Start keeping this task's wake-ups from now on, and forget older ones.
+
+        For a caller about to read the state that the wake-ups are about: every fire before
+        this is reflected in that read, so its next `wait` blocks (rather than returning at
+        once as a first wait does) and still returns for a fire that comes after the read.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        ev = self._flags.get(task)
+        if ev is None:
+            self._flags[task] = asyncio.Event()
+        else:
+            ev.clear()
+
     async def wait(self, timeout_s: float) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -126,11 +141,19 @@ class WakeBus:
             self.frames.fire()
 
     def notify(self, data: bytes) -> None:
-        """Wake local waiters in this process and every other process. Thread-safe."""
+        """Wake every other process, then local waiters in this process. Thread-safe.
+
+        The other processes go first: waking this process's loop first would hand it the
+        GIL, and the datagrams (often another process's critical path, such as a result
+        that app waits for) would wait until the loop let go of it again.
+        """
+        self._send(data)
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._deliver, data)
+
+    def _send(self, data: bytes) -> None:
         if self.directory is None:
             return
         if self._send_sock is None:

@@ -234,11 +234,17 @@ class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin, SQLiteSchedulesMixin, 
         self._reader = self._writer = None
         self._bus.close()
 
-    async def _write(self, job: Any) -> Any:
+    async def _write(self, job: Any, *, idle_loop: bool = False) -> Any:
+        """Run a write job on the writer. With `idle_loop` (a worker's claim or finish), it
+        commits on the caller's loop when both that loop and the writer thread are idle:
+        no thread hops on the round trip of a lone task, and no stalled handlers."""
         if self._writer is None:
             raise StoreError("the store is not open")
         # Every write resolves the dependents of the tasks it ended, in its own savepoint.
-        return await self._writer.run(self._ended.wrap(job))
+        wrapped = self._ended.wrap(job)
+        if idle_loop:
+            return await self._writer.run_inline(wrapped, idle_loop=True)
+        return await self._writer.run(wrapped)
 
     async def _read(self, job: Any) -> Any:
         if self._reader is None:
@@ -274,7 +280,9 @@ class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin, SQLiteSchedulesMixin, 
     async def tasks_claim(self, p: TasksClaim) -> list[ClaimedRow]:
         if p.limit <= 0 or not p.kinds or not p.queues:
             return []
-        result: list[ClaimedRow] = await self._write(lambda c, tx: tasks_claim(c, tx, p))
+        result: list[ClaimedRow] = await self._write(
+            lambda c, tx: tasks_claim(c, tx, p), idle_loop=True
+        )
         return result
 
     async def leases_renew(self, p: LeasesRenew) -> list[RenewOutcome]:
@@ -284,7 +292,9 @@ class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin, SQLiteSchedulesMixin, 
         return result
 
     async def tasks_finish(self, p: TasksFinish) -> list[FinishOutcome]:
-        result: list[FinishOutcome] = await self._write(lambda c, tx: tasks_finish(c, tx, p))
+        result: list[FinishOutcome] = await self._write(
+            lambda c, tx: tasks_finish(c, tx, p), idle_loop=True
+        )
         return result
 
     async def tasks_promote(self, p: TasksPromote) -> int:
@@ -375,8 +385,23 @@ class SQLiteStore(SQLiteSignalsMixin, SQLiteBudgetsMixin, SQLiteSchedulesMixin, 
         return result
 
     async def results_get(self, task_ids: Sequence[str]) -> list[ResultRow]:
+        """The results of those of `task_ids` that have ended.
+
+        It also arms this task's finish wake-ups (see `Pulse.arm`): a result waiter's next
+        `wait_for_finish` then blocks at once, without a second read, and still wakes for a
+        finish committed after this read (the socket is bound before the read).
+        """
+        if self._reader is None:
+            raise StoreError("the store is not open")
+        self._bus.listen(asyncio.get_running_loop())
+        self._bus.finish.arm()
         ids = list(task_ids)
-        result: list[ResultRow] = await self._read(lambda c, tx: results_get(c, ids))
+        job = lambda c, tx: results_get(c, ids)  # noqa: E731
+        # A few primary-key lookups: read on this loop's thread when the reader is idle.
+        if len(ids) <= _INLINE_MAX:
+            result: list[ResultRow] = await self._reader.run_inline(job)
+        else:
+            result = await self._reader.run(job)
         return result
 
     async def events_read(self, p: EventsRead) -> list[Event]:

@@ -7,6 +7,7 @@ import contextlib
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,6 +20,13 @@ Job = Callable[[sqlite3.Connection, "Tx"], Any]
 _Item = tuple[Job, "asyncio.Future[Any]"]
 
 _MAX_GROUP = 256
+
+# The writer's pauses while another process holds the write lock (see `_begin_immediate`):
+# from 50 us doubling up to 1 ms for the first 50 ms, then up to 5 ms.
+_FIRST_PAUSE_S = 0.00005
+_SHORT_PAUSE_S = 0.001
+_SHORT_PHASE_S = 0.05
+_LONG_PAUSE_S = 0.005
 
 
 class Tx:
@@ -65,14 +73,16 @@ class ConnectionThread:
         # `_closed` and every put are under this lock, so nothing is queued after the drain.
         self._lock = threading.Lock()
         self._closed = False
-        # Held by whichever thread runs a group on the connection: the writer thread, or an
-        # event loop committing its own small jobs inline while the writer is idle.
+        # Held by whichever thread uses the connection: its own thread, or an event loop
+        # committing (writer) or reading (reader) its own small jobs inline while it is idle.
         self._conn_lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._busy_ms = 0  # the connection's busy_timeout (the writer's SQLite one is 0)
         # Small jobs of one loop gathered in one loop iteration, committed together by
         # `_flush` (group commit for concurrent submitters on one loop, no thread hop).
         self._batch: list[_Item] = []
         self._batch_loop: asyncio.AbstractEventLoop | None = None
+        self._batch_idle_only = False  # a job in the batch runs inline only on an idle loop
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
@@ -89,7 +99,7 @@ class ConnectionThread:
             self._queue.put((job, fut))
         return await fut
 
-    async def run_inline(self, job: Job) -> Any:
+    async def run_inline(self, job: Job, *, idle_loop: bool = False) -> Any:
         """`run` for a small write: committed on the calling loop's thread if the writer is idle.
 
         The jobs that this loop hands in during one iteration are gathered and run as one
@@ -97,9 +107,17 @@ class ConnectionThread:
         connection or has work queued, the group goes to its queue instead. A sequential
         submitter thus waits for its own commit without two thread hops, and concurrent
         submitters on one loop still share one commit.
+
+        With `idle_loop`, the group commits inline only if the loop has nothing else ready
+        to run when it is flushed: a worker's claim or finish, whose commit would otherwise
+        stall handlers that could run meanwhile (the writer thread overlaps them).
+
+        On the reader, a small read runs at once on the calling thread when the reader
+        thread is idle (`_read_inline`), else on that thread.
         """
         if not self._writer:
-            return await self.run(job)
+            done, value = self._read_inline(job)
+            return value if done else await self.run(job)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         with self._lock:
@@ -113,16 +131,54 @@ class ConnectionThread:
                 loop.call_soon(self._flush)
             if self._batch_loop is loop:
                 self._batch.append((job, fut))
+                self._batch_idle_only = self._batch_idle_only or idle_loop
             else:
                 self._queue.put((job, fut))
         return await fut
 
+    def _read_inline(self, job: Job) -> tuple[bool, Any]:
+        """Run a small read on the calling thread if the reader is idle: (True, its value).
+
+        (False, None) when the reader thread is busy or has reads queued, or when SQLite
+        would make the read wait for a lock (an event loop must not sit in its busy
+        handler): the caller then hands the read to the thread.
+        """
+        with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+        if not self._queue.empty() or not self._conn_lock.acquire(blocking=False):
+            return False, None
+        try:
+            conn = self._conn
+            if conn is None:
+                return False, None
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                conn.execute("BEGIN")
+                try:
+                    return True, job(conn, Tx())
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+            except sqlite3.OperationalError as exc:
+                if _is_busy(exc):
+                    return False, None
+                raise translate(exc) from exc
+            except sqlite3.Error as exc:
+                raise translate(exc) from exc
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        finally:
+            self._conn_lock.release()
+
     def _flush(self) -> None:
         with self._lock:
+            loop = self._batch_loop
             group, self._batch, self._batch_loop = self._batch, [], None
+            idle_only, self._batch_idle_only = self._batch_idle_only, False
         if not group:
             return
-        if self._conn_lock.acquire(blocking=False):
+        if (not idle_only or _nothing_ready(loop)) and self._conn_lock.acquire(blocking=False):
             try:
                 conn = self._conn
                 if conn is not None and self._queue.empty() and _begin_at_once(conn):
@@ -166,6 +222,18 @@ class ConnectionThread:
                 self._closed = True
                 self._ready.set()
                 return
+        try:
+            self._busy_ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+            if self._writer:
+                # The writer waits for other processes' write locks itself (see
+                # `_begin_immediate`); nothing else it runs waits for a lock.
+                conn.execute("PRAGMA busy_timeout = 0")
+        except BaseException as exc:
+            conn.close()
+            self._error = translate(exc)
+            self._closed = True
+            self._ready.set()
+            return
         self._conn = conn
         self._ready.set()
         try:
@@ -201,7 +269,8 @@ class ConnectionThread:
                     with self._conn_lock:
                         self._run_group(conn, group)
                 else:
-                    self._run_single(conn, first)
+                    with self._conn_lock:  # an idle reader's small reads run inline
+                        self._run_single(conn, first)
             except BaseException as exc:  # a bug here must not leave callers waiting forever
                 _fail_all(group, translate(exc))
                 if not isinstance(exc, Exception):
@@ -244,7 +313,7 @@ class ConnectionThread:
         """
         try:
             if not begun:
-                conn.execute("BEGIN IMMEDIATE")
+                _begin_immediate(conn, self._busy_ms)
         except BaseException as exc:
             _fail_all(group, translate(exc))
             return
@@ -292,22 +361,49 @@ class ConnectionThread:
         _settle_all(outcomes)
 
 
+def _nothing_ready(loop: asyncio.AbstractEventLoop | None) -> bool:
+    """Whether `loop` (running this callback) has no other callback ready to run.
+
+    Read from asyncio's own loop; any other loop (uvloop) counts as busy."""
+    ready = getattr(loop, "_ready", None)
+    return ready is not None and not ready
+
+
 def _begin_at_once(conn: sqlite3.Connection) -> bool:
     """BEGIN IMMEDIATE without waiting: False if another process holds the write lock.
 
-    An inline group runs on an event loop's thread, which must not sit in SQLite's busy
-    handler (up to busy_timeout) while another process writes: it goes to the writer thread,
-    which may wait.
+    An inline group runs on an event loop's thread, which must not wait while another
+    process writes: it goes to the writer thread, which may wait (`_begin_immediate`).
+    The writer's connection has SQLite's busy timeout at 0, so this never waits.
     """
-    (timeout,) = conn.execute("PRAGMA busy_timeout").fetchone()
-    conn.execute("PRAGMA busy_timeout = 0")
     try:
         conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError:
-        return False
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {int(timeout)}")
+    except sqlite3.OperationalError as exc:
+        if _is_busy(exc):
+            return False
+        raise
     return True
+
+
+def _begin_immediate(conn: sqlite3.Connection, timeout_ms: int) -> None:
+    """BEGIN IMMEDIATE, waiting up to `timeout_ms` for another process's write lock.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10, ... ms between tries, so a lock held for
+    a tenth of a millisecond more (another process's commit, or an empty claim) costs at
+    least a whole millisecond. The writer thread tries again after much shorter pauses.
+    """
+    start = time.monotonic()
+    pause = _FIRST_PAUSE_S
+    while not _begin_at_once(conn):
+        waited = time.monotonic() - start
+        if waited >= timeout_ms / 1000:
+            raise sqlite3.OperationalError("database is locked")
+        time.sleep(pause)
+        pause = min(pause * 2, _LONG_PAUSE_S if waited > _SHORT_PHASE_S else _SHORT_PAUSE_S)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 def _rollback_to_savepoint(conn: sqlite3.Connection) -> bool:
