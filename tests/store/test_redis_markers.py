@@ -4,6 +4,7 @@ without a call before each wait; a delayed task wakes its waiter at its due time
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -12,7 +13,8 @@ import pytest
 from flowmill._states import State
 from flowmill.store.contract.admin import QueueSetPaused
 from flowmill.store.contract.tasks import Finish, TaskRetry, TasksFinish, TasksPromote
-from flowmill.store.redis import RedisStore
+from flowmill.store.redis import LIBRARY_VERSION, RedisStore
+from flowmill.store.redis._store import LIBRARY
 from flowmill.testing.conformance._parents import claim_all, kids, start, wait
 from flowmill.testing.conformance._util import (
     ERR,
@@ -167,3 +169,60 @@ async def test_a_layout_without_markers_gets_them_for_its_ready_queues(
     assert await markers(store) == {b"w": 0}
     assert await markers(store, "mail") == {b"w": 0}
     assert await markers(store, "later") == {}  # made ready (and marked) by its promotion
+
+
+async def test_another_library_version_sends_waiters_back_to_the_stream(
+    valkey_url: str,
+) -> None:
+    # a private server: the library is loaded for the whole server
+    store = await open_test_store(valkey_url)
+    client = store._c()
+    try:
+        store._markers.learn([QUEUE])
+        await store.wait_for_work(0)
+        older = LIBRARY.replace(LIBRARY_VERSION, "0ther0ther00")
+        await client.function_load(older, replace=True)
+        await store.wait_for_work(60)  # the listener's next idle block finds it
+        assert store._markers.stale
+        now = await store.now_ms()
+        await wait_until_woken(store.wait_for_work, lambda: WORK_ACTIONS["insert"](store, now))
+        assert store._markers.stale
+        await client.function_load(LIBRARY, replace=True)
+        await store.wait_for_work(0)
+        assert not store._markers.stale
+    finally:
+        await client.function_load(LIBRARY, replace=True)
+        await _delete_prefix(store)
+        await store.close()
+
+
+async def test_a_woken_store_that_does_not_claim_leaves_the_next_marker_to_others(
+    store: RedisStore,
+) -> None:
+    busy = RedisStore(store.url, prefix=store.prefix)
+    await busy.open()
+    try:
+        for s in (busy, store):
+            s._markers.learn([QUEUE])
+        now = await store.now_ms()
+        woken = asyncio.Event()
+
+        async def busy_waiter() -> None:
+            await busy.wait_for_work(0)
+            await busy.wait_for_work(60)  # the first insert's marker
+            woken.set()
+            await busy.wait_for_work(60)  # still waiting, but it claims nothing (all busy)
+
+        pending = asyncio.ensure_future(busy_waiter())
+        try:
+            await asyncio.sleep(0)
+            while busy._markers._listener is None:
+                await asyncio.sleep(0)  # until its listener starts
+            await insert(busy, task(), now=now)
+            await asyncio.wait_for(woken.wait(), 5)
+            # the idle store gets the next marker, though `busy` still waits
+            await wait_until_woken(store.wait_for_work, lambda: insert(store, task(), now=now))
+        finally:
+            pending.cancel()
+    finally:
+        await busy.close()

@@ -83,3 +83,16 @@ async def test_a_summary_added_up_from_slices_is_the_same(
         State.RUNNING: 1,
         State.READY: 1,
     }
+
+
+async def test_a_client_of_layout_5_still_gets_the_whole_summary(
+    redis_store: RedisStore,
+) -> None:
+    # during a rolling upgrade an older client calls without `limit`: the old reply
+    parent = await start(redis_store, fail_fast=False)
+    await kids(redis_store, parent, 3)
+    params = msgspec.msgpack.encode({"parent": parent.id, "top": 5, "examples": 3})
+    got = msgspec.msgpack.decode(
+        await redis_store._c().fcall("fm_children_summary", 1, redis_store._k, params)
+    )
+    assert got == {"total": 3, "by_state": {"ready": 3}, "top": []}

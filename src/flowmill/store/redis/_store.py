@@ -136,7 +136,12 @@ class RedisStore(
         )
         # work wake-ups once claims named their queues (see `_wakes`)
         self._markers = Markers(
-            self._k, self._run, self._next_due, lambda: self._blocking, self._track
+            self._k,
+            self._run,
+            self._next_due,
+            lambda: self._blocking,
+            self._track,
+            self._library_ours,
         )
         self.capabilities = Capabilities(durable=True, local_file=False)
         self._waits: set[asyncio.Future[Any]] = set()
@@ -257,6 +262,11 @@ class RedisStore(
             if loaded == LIBRARY_VERSION.encode():
                 return
         await client.function_load(LIBRARY, replace=True)
+
+    async def _library_ours(self) -> bool:
+        """Whether the library loaded on the server is this client's version."""
+        loaded = await self._run("fm_version", lambda: self._c().fcall("fm_version", 1, self._k))
+        return bool(loaded == LIBRARY_VERSION.encode())
 
     async def close(self) -> None:
         # calls still running (cancelled callers leave theirs behind) end before the pools

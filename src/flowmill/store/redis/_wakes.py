@@ -10,13 +10,19 @@ delayed task wakes its worker at its due time, after which the next later due ti
 read once (`fm_next_due`).
 
 A store that has not claimed yet (it does not know its queues) waits on the `ww` Stream
-as before. A marker popped by a worker that cannot take the task (another kind on the
-same queue) is caught by the waiter's fallback poll.
+as before, and so does a store that finds another version of the library loaded (checked
+after each block that timed out, at most once a second while idle).
+
+One pop wakes one process, and a process that was woken pops no other marker until it
+claims again: one whose slots are all busy leaves the next markers to the others. A
+marker popped by a process that serves other kinds of that queue wakes no other process:
+the task waits for another waiter's fallback poll.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -44,17 +50,24 @@ class Markers:
         next_due: Callable[[int | None], Awaitable[tuple[int | None, int]]],
         blocking: Callable[[], Any],
         track: Callable[[asyncio.Task[None]], None],
+        ours: Callable[[], Awaitable[bool]],
     ) -> None:
         self._k = k
         self._run = run
         self._next_due = next_due
         self._blocking = blocking
         self._track = track
+        self._ours = ours
+        # the library loaded is not this client's (an older one, loaded by an older client
+        # during a rolling upgrade, writes no markers): wait on the `ww` Stream meanwhile
+        self.stale = False
         self.queues: set[str] = set()
         self._gen = 0
         self._event = asyncio.Event()
         self._seen: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self._waiting = 0
+        # set by each claim, cleared by each wake-up: blocks only while the process claims
+        self._claimed = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         # the earliest due time of a popped `d` marker (the server's clock), and how far
@@ -65,6 +78,7 @@ class Markers:
     def learn(self, queues: Any) -> None:
         """The queues a claim named: their markers wake this store's waiters."""
         self.queues.update(queues)
+        self._claimed.set()
 
     async def wait(self, timeout_s: float, waiter: object) -> None:
         """Until a marker pops after `waiter`'s last wait, or `timeout_s` passes.
@@ -122,14 +136,24 @@ class Markers:
                 await self._due_now()
                 return
             block_s = min(block_s, left / 1000 + 0.001)
+        if not self._claimed.is_set():
+            # woken, and no claim since (all slots busy): the next marker is another's
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(block_s):
+                    await self._claimed.wait()
+            return
         keys = [f"{self._k}wm:{q}" for q in sorted(self.queues)]
         blocking = self._blocking()
         got = await self._run("wm", lambda: blocking.bzpopmin(keys, timeout=block_s))
         if not got:
+            if not await self._ours():
+                self.stale = True
+                self._fire()
             return
         _key, _member, score = got
         due = int(float(score))
         if due <= self._server_now():
+            self._claimed.clear()
             self._fire()
         elif self._due is None or due < self._due:
             self._due = due
@@ -161,6 +185,8 @@ class RedisWakesMixin:
         async def _fcall(self, fn: str, params: dict[str, Any]) -> Any: ...
 
         async def _detached(self, call: Awaitable[T]) -> T: ...
+
+        async def _library_ours(self) -> bool: ...
 
     async def now_ms(self) -> int:
         # TIME of the node holding the partition: the clock its functions judge by
@@ -212,7 +238,10 @@ class RedisWakesMixin:
         await self._detached(self._wait(which, timeout_s, waiter))
 
     async def wait_for_work(self, timeout_s: float) -> None:
-        if not self._markers.queues:  # no claim yet: the queues are not known
+        markers = self._markers
+        if markers.stale:
+            markers.stale = not await self._library_ours()
+        if not markers.queues or markers.stale:  # no claim yet: the queues are not known
             await self._wait_cancellable("ww", timeout_s)
             return
         waiter = asyncio.current_task()

@@ -428,10 +428,17 @@ local function children_summary(keys, args)
   local p = params(args[1])
   local by_state, groups, order = {}, {}, {}
   local total = 0
-  local limit = math.min(math.max(tonumber(p.limit or 1000), 1), 1000)
+  -- a client of layout 5 names no `limit`: it gets every child, and the old reply
+  local whole = p.limit == nil
+  local limit = whole and 0 or math.min(math.max(tonumber(p.limit), 1), 1000)
   local after = p.after and ('(' .. p.after) or '-inf'
-  local kids = redis.call('ZRANGEBYSCORE', K .. 'ch:' .. p.parent, after, '+inf',
-    'WITHSCORES', 'LIMIT', 0, limit)
+  local kids
+  if whole then
+    kids = redis.call('ZRANGEBYSCORE', K .. 'ch:' .. p.parent, '-inf', '+inf', 'WITHSCORES')
+  else
+    kids = redis.call('ZRANGEBYSCORE', K .. 'ch:' .. p.parent, after, '+inf',
+      'WITHSCORES', 'LIMIT', 0, limit)
+  end
   local last = false
   for j = 1, #kids, 2 do
     local cid = kids[j]
@@ -452,6 +459,15 @@ local function children_summary(keys, args)
         if #g[3] < p.examples then g[3][#g[3] + 1] = cid end
       end
     end
+  end
+  if whole then
+    table.sort(order, function(a, b)
+      if a[2] ~= b[2] then return a[2] > b[2] end
+      return a[1] < b[1]
+    end)
+    local top = {}
+    for i = 1, math.min(p.top, #order) do top[i] = order[i] end
+    return reply({ total = total, by_state = by_state, top = top })
   end
   local more = #kids >= limit * 2
   return reply({ total = total, by_state = by_state, groups = order,
