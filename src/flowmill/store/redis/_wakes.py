@@ -13,8 +13,10 @@ A store that has not claimed yet (it does not know its queues) waits on the `ww`
 as before, and so does a store that finds another version of the library loaded (checked
 after each block that timed out, at most once a second while idle).
 
-One pop wakes one process, and a process that was woken pops no other marker until it
-claims again: one whose slots are all busy leaves the next markers to the others. A
+One pop wakes one process, and a process blocks only while it is starved: after a wake-up
+it pops no other marker until a claim of its own comes back short (one whose slots are
+all busy, or that is still claiming full batches, leaves the next markers to the others,
+and never wakes itself with the marker its own full claim left). A
 marker popped by a process that serves other kinds of that queue wakes no other process:
 the task waits for another waiter's fallback poll.
 """
@@ -66,8 +68,10 @@ class Markers:
         self._event = asyncio.Event()
         self._seen: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self._waiting = 0
-        # set by each claim, cleared by each wake-up: blocks only while the process claims
+        # set by a claim that came back short, cleared by a full one and by each wake-up:
+        # the listener blocks only while the process waits for work
         self._claimed = asyncio.Event()
+        self._claimed.set()
         self._listener: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         # the earliest due time of a popped `d` marker (the server's clock), and how far
@@ -78,7 +82,13 @@ class Markers:
     def learn(self, queues: Any) -> None:
         """The queues a claim named: their markers wake this store's waiters."""
         self.queues.update(queues)
-        self._claimed.set()
+
+    def claimed(self, full: bool) -> None:
+        """A claim came back: a full one means the process claims again by itself."""
+        if full:
+            self._claimed.clear()
+        else:
+            self._claimed.set()
 
     async def wait(self, timeout_s: float, waiter: object) -> None:
         """Until a marker pops after `waiter`'s last wait, or `timeout_s` passes.
@@ -137,7 +147,7 @@ class Markers:
                 return
             block_s = min(block_s, left / 1000 + 0.001)
         if not self._claimed.is_set():
-            # woken, and no claim since (all slots busy): the next marker is another's
+            # woken, and no short claim since: the next marker is another's
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(block_s):
                     await self._claimed.wait()
