@@ -226,3 +226,12 @@ async def test_a_woken_store_that_does_not_claim_leaves_the_next_marker_to_other
             pending.cancel()
     finally:
         await busy.close()
+
+
+async def test_a_wait_after_a_full_claim_is_woken(store: RedisStore) -> None:
+    # a full claim pauses the listener (the worker claims again by itself), but a caller
+    # that waits next wants more work
+    now = await store.now_ms()
+    await insert(store, task(), now=now)
+    await claim_one(store, now=now)
+    await wait_until_woken(store.wait_for_work, lambda: insert(store, task(), now=now))

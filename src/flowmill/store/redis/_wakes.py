@@ -72,6 +72,9 @@ class Markers:
         # the listener blocks only while the process waits for work
         self._claimed = asyncio.Event()
         self._claimed.set()
+        # a wait that starts after a full claim (not after a wake-up) is a caller that wants
+        # more work: it blocks the listener again
+        self._wait_arms = False
         self._listener: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         # the earliest due time of a popped `d` marker (the server's clock), and how far
@@ -85,6 +88,7 @@ class Markers:
 
     def claimed(self, full: bool) -> None:
         """A claim came back: a full one means the process claims again by itself."""
+        self._wait_arms = full
         if full:
             self._claimed.clear()
         else:
@@ -99,6 +103,9 @@ class Markers:
         if seen is None or seen != self._gen or timeout_s <= 0:
             self._seen[waiter] = self._gen
             return
+        if self._wait_arms:
+            self._wait_arms = False
+            self._claimed.set()
         event = self._event
         self._waiting += 1
         try:
@@ -118,6 +125,7 @@ class Markers:
             raise error
 
     def _fire(self) -> None:
+        self._wait_arms = False
         self._gen += 1
         event, self._event = self._event, asyncio.Event()
         event.set()
