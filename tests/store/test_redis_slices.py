@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import msgspec
 import pytest
 
@@ -11,9 +13,21 @@ from flowmill.store.redis import RedisStore, _tree
 from flowmill.testing.conformance._parents import claim_all, kids, start, summary_of
 from flowmill.testing.conformance._util import finish
 
-from .test_store_redis import redis_store
+from .test_store_redis import _delete_prefix, open_test_store, valkey_url
 
-__all__ = ["redis_store"]
+__all__ = ["valkey_url"]
+
+
+@pytest.fixture
+async def redis_store(valkey_url: str) -> AsyncIterator[RedisStore]:
+    # a private server: these tests call the functions directly, and the shared Redis may
+    # hold another client's version of the library meanwhile
+    store = await open_test_store(valkey_url)
+    try:
+        yield store
+    finally:
+        await _delete_prefix(store)
+        await store.close()
 
 
 async def test_one_summary_call_reads_at_most_a_thousand_children(
