@@ -13,6 +13,10 @@ that layout gets the next number, aligned with the other backends' migrations.
    older client) is judged on its epoch. The idempotency keys of a waitpoint's signals
    live in `sik:<waitpoint>` (deleted with its task), no longer all in the `sik` hash:
    migrating an older layout moves them (`split_signal_keys`).
+6: wake-up markers, one sorted set per queue (`wm:<queue>`: member `w` when the queue has
+   claimable work, `d` at its earliest due time) that waiting workers block on with
+   BZPOPMIN; migrating an older layout marks every queue that holds ready tasks
+   (`mark_ready_queues`).
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from typing import Any
 
 import msgspec
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 INDEXED_SINCE = 3
 SIGNAL_KEYS_SPLIT_SINCE = 5
+MARKERS_SINCE = 6
 _REINDEX_PAGE = 1000
 _enc = msgspec.msgpack.Encoder()
 
@@ -64,3 +69,13 @@ async def split_signal_keys(client: Any, k: str) -> int:
         await client.hdel(legacy, field)
         moved += 1
     return moved
+
+
+async def mark_ready_queues(client: Any, k: str) -> int:
+    """Give every queue that holds ready tasks its wake-up marker (a layout before
+    `MARKERS_SINCE` has none); returns how many queues were marked."""
+    counts: dict[bytes, bytes] = await client.hgetall(k + "cnt")
+    queues = [f[6:].decode() for f, n in counts.items() if f.startswith(b"ready|") and int(n) > 0]
+    for queue in queues:
+        await client.zadd(k + "wm:" + queue, {"w": 0})
+    return len(queues)

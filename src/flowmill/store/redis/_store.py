@@ -67,8 +67,10 @@ from ._conn import (
 from ._dag import RedisDagMixin
 from ._layout import (
     INDEXED_SINCE,
+    MARKERS_SINCE,
     SCHEMA_VERSION,
     SIGNAL_KEYS_SPLIT_SINCE,
+    mark_ready_queues,
     reindex,
     split_signal_keys,
 )
@@ -78,6 +80,7 @@ from ._reads import RedisReadsMixin
 from ._schedules import RedisSchedulesMixin
 from ._signals import RedisSignalsMixin
 from ._tree import RedisTreeMixin
+from ._wakes import Markers, RedisWakesMixin
 
 _SOURCE = files(__package__ or __name__.rpartition(".")[0]).joinpath("flowmill.lua").read_text()
 LIBRARY_VERSION = hashlib.sha256(_SOURCE.encode()).hexdigest()[:12]
@@ -87,10 +90,10 @@ T = TypeVar("T")
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
 _RESULT_CHUNK = 500
-_WAKE_READ = 128
 
 
 class RedisStore(
+    RedisWakesMixin,
     RedisTreeMixin,
     RedisSignalsMixin,
     RedisBudgetsMixin,
@@ -130,6 +133,15 @@ class RedisStore(
         # wake-up Stream cursors per waiting asyncio task (see `_wait`)
         self._cursors: weakref.WeakKeyDictionary[Any, dict[str, bytes]] = (
             weakref.WeakKeyDictionary()
+        )
+        # work wake-ups once claims named their queues (see `_wakes`)
+        self._markers = Markers(
+            self._k,
+            self._run,
+            self._next_due,
+            lambda: self._blocking,
+            self._track,
+            self._library_ours,
         )
         self.capabilities = Capabilities(durable=True, local_file=False)
         self._waits: set[asyncio.Future[Any]] = set()
@@ -194,6 +206,8 @@ class RedisStore(
             await reindex(client, self._k)
         if before is not None and before < SIGNAL_KEYS_SPLIT_SINCE:
             await split_signal_keys(client, self._k)
+        if before is not None and before < MARKERS_SINCE:
+            await mark_ready_queues(client, self._k)
         await client.hset(
             self._k + "meta", mapping={"app": "flowmill", "schema_version": SCHEMA_VERSION}
         )
@@ -248,6 +262,11 @@ class RedisStore(
             if loaded == LIBRARY_VERSION.encode():
                 return
         await client.function_load(LIBRARY, replace=True)
+
+    async def _library_ours(self) -> bool:
+        """Whether the library loaded on the server is this client's version."""
+        loaded = await self._run("fm_version", lambda: self._c().fcall("fm_version", 1, self._k))
+        return bool(loaded == LIBRARY_VERSION.encode())
 
     async def close(self) -> None:
         # calls still running (cancelled callers leave theirs behind) end before the pools
@@ -371,57 +390,6 @@ class RedisStore(
         """Raise the typed error of a function's MessagePack error map."""
         raise_reply(_dec.decode(encoded))
 
-    async def now_ms(self) -> int:
-        # TIME of the node holding the partition: the clock its functions judge by
-        _due, now = await self._fcall("fm_next_due", {})
-        return int(now)
-
-    # -- wake-ups --------------------------------------------------------------------
-
-    async def _wait(self, which: str, timeout_s: float, waiter: object) -> None:
-        """Block on the wake-up Stream `which` until an entry after `waiter`'s cursor.
-
-        Each waiting asyncio task keeps its own cursor (the last entry it saw), so one
-        loop consuming a wake-up never hides it from another; a task's first wait answers
-        at once, since it cannot know what it missed.
-        """
-        client = self._c()
-        key = self._k + which
-        cursors = self._cursors.setdefault(waiter, {})
-        last = cursors.get(which)
-        if last is None or timeout_s <= 0:
-            newest = await self._run(which, lambda: client.xrevrange(key, count=1))
-            cursors[which] = newest[0][0] if newest else b"0-0"
-            return
-        block_ms = max(1, int(timeout_s * 1000))
-        if which == "ww":
-            block_ms = await self._until_due(block_ms)
-        blocking = self._blocking
-        assert blocking is not None
-        got = await self._run(
-            which, lambda: blocking.xread({key: last}, count=_WAKE_READ, block=block_ms)
-        )
-        if got:
-            cursors[which] = got[0][1][-1][0]
-
-    async def _until_due(self, block_ms: int) -> int:
-        """Delayed tasks wake a waiter at their due time: no longer than until the next one."""
-        due, now = await self._fcall("fm_next_due", {})
-        if due is None:
-            return block_ms
-        return block_ms if due <= now else max(1, min(block_ms, due - now + 1))
-
-    async def _wait_cancellable(self, which: str, timeout_s: float) -> None:
-        """A wake-up wait the caller's cancel always ends at once (see `_detached`)."""
-        waiter = asyncio.current_task()
-        await self._detached(self._wait(which, timeout_s, waiter))
-
-    async def wait_for_work(self, timeout_s: float) -> None:
-        await self._wait_cancellable("ww", timeout_s)
-
-    async def wait_for_finish(self, timeout_s: float) -> None:
-        await self._wait_cancellable("wf", timeout_s)
-
     # -- submission and leases -------------------------------------------------------
 
     async def tasks_insert(self, p: TasksInsert) -> list[InsertOutcome]:
@@ -477,8 +445,10 @@ class RedisStore(
             params["limits"] = [rec.claim_limit(x) for x in p.limits]
         if p.now_ms is not None:
             params["now"] = p.now_ms
+        self._markers.learn(p.queues)
         rows, retry_in, held = await self._fcall("fm_claim", params)
         claimed = [rec.claimed_row(r) for r in rows]
+        self._markers.claimed(len(claimed) >= p.limit)
         for i, row in enumerate(claimed, 1):  # the function's lease ids: `<seed>:<position>`
             self._leases.took(row.id, row.lease_epoch, row.attempt, f"{seed}:{i}")
         if not p.limits:

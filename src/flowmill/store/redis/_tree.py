@@ -25,6 +25,8 @@ from ..contract.tasks import (
 )
 from ._leases import HeldLeases
 
+SUMMARY_SLICE = 1000  # children per fm_children_summary call
+
 
 class RedisTreeMixin:
     """The parent/child operations of `RedisStore`."""
@@ -81,11 +83,30 @@ class RedisTreeMixin:
         ]
 
     async def children_summary(self, p: ChildrenSummaryQuery) -> ChildrenSummary:
-        params = {"parent": p.parent_id, "top": p.top_errors, "examples": p.examples}
-        out = await self._call("fm_children_summary", params)
-        by_state = {State(k): int(v) for k, v in (out["by_state"] or {}).items()}
-        top = tuple(ErrorGroup(str(m), int(n), tuple(ids)) for m, n, ids in out["top"])
-        return ChildrenSummary(p.parent_id, int(out["total"]), by_state, top)
+        # read in slices of SUMMARY_SLICE children, one FCALL each (never all at once)
+        params: dict[str, Any] = {
+            "parent": p.parent_id,
+            "examples": p.examples,
+            "limit": SUMMARY_SLICE,
+        }
+        total = 0
+        by_state: dict[State, int] = {}
+        groups: dict[str, tuple[int, list[str]]] = {}
+        while True:
+            out = await self._call("fm_children_summary", params)
+            total += int(out["total"])
+            for k, v in (out["by_state"] or {}).items():
+                by_state[State(k)] = by_state.get(State(k), 0) + int(v)
+            for m, n, ids in out["groups"] or ():
+                count, seen = groups.get(str(m), (0, []))
+                seen.extend(str(i) for i in ids[: max(p.examples - len(seen), 0)])
+                groups[str(m)] = (count + int(n), seen)
+            if not out["after"]:
+                break
+            params["after"] = out["after"]
+        ranked = sorted(groups.items(), key=lambda g: (-g[1][0], g[0]))[: max(p.top_errors, 0)]
+        top = tuple(ErrorGroup(m, n, tuple(ids)) for m, (n, ids) in ranked)
+        return ChildrenSummary(p.parent_id, total, by_state, top)
 
     async def hooks_claim(self, p: HooksClaim) -> list[HookRow]:
         if not p.kinds or p.limit <= 0:

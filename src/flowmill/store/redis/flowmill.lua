@@ -80,6 +80,29 @@ local function same_lease(lease_id, attempts, lease)
   return lease_id == lease[2] and tonumber(attempts) == lease[1]
 end
 
+-- wake-up markers: a sorted set per queue, `wm:<queue>`, that a waiting worker blocks on
+-- with BZPOPMIN (one pop wakes one waiter: no herd). Member `w` (score 0) says the queue
+-- has claimable work; member `d` holds the earliest due time of its scheduled tasks that
+-- no waiter has taken yet (ZADD LT keeps the earliest), so a waiter blocks no longer than
+-- until then. Every move into `ready` goes through `index`, which adds `w`; a waiter that
+-- missed one still looks at its fallback poll.
+local marked = {}
+local function mkey(K, queue) return K .. 'wm:' .. queue end
+local function mark(K, queue)
+  if marked[queue] then return end
+  marked[queue] = true
+  redis.call('ZADD', mkey(K, queue), 0, 'w')
+end
+-- every queue that holds ready tasks (a wake-up that names no queue: a budget, an unpause)
+local function mark_all(K)
+  local flat = redis.call('HGETALL', K .. 'cnt')
+  for i = 1, #flat, 2 do
+    if string.sub(flat[i], 1, 6) == 'ready|' and tonumber(flat[i + 1]) > 0 then
+      mark(K, string.sub(flat[i], 7))
+    end
+  end
+end
+
 -- indexes: what a task's state puts it in --------------------------------------------
 
 local function unindex(K, id, r)
@@ -106,8 +129,10 @@ local function index(K, id, r)
     redis.call('ZADD', rkey(K, r.queue, r.kind), score, id)
     redis.call('SADD', K .. 'rqk:' .. r.queue, r.kind)
     if r.budget_id then redis.call('HINCRBY', K .. 'bready', r.budget_id, 1) end
+    mark(K, r.queue)
   elseif s == 'scheduled' then
     redis.call('ZADD', K .. 'sch', r.run_at, id)
+    redis.call('ZADD', mkey(K, r.queue), 'LT', r.run_at, 'd')
   elseif s == 'running' then
     redis.call('ZADD', K .. 'ls', r.lease_expires_at, id)
     redis.call('HINCRBY', K .. 'run', 'kind|' .. r.kind, 1)
@@ -140,6 +165,7 @@ local function wake(K, which)
   if woke[which] then return end
   woke[which] = true
   redis.call('XADD', K .. which, 'MAXLEN', '~', '64', '*', 'w', '1')
+  if which == 'ww' and next(marked) == nil then mark_all(K) end
 end
 
 local dag_queue, draining = {}, false
@@ -150,6 +176,7 @@ local parents_due, parents_order = nil, nil
 local fences_seen = nil
 local function reset_wakes()
   woke = {}
+  marked = {}
   dag_queue, draining = {}, false
   parents_due, parents_order = nil, nil
   fences_seen = nil
@@ -393,13 +420,29 @@ local function children_page(keys, args)
   return out
 end
 
+-- one bounded slice of a parent's children (at most `limit`, after the score `after`):
+-- the client adds the slices up, so a parent with 200k children never holds the server in
+-- one call. Error groups come in the order first seen, their examples in child order.
 local function children_summary(keys, args)
   local K = keys[1]
   local p = params(args[1])
   local by_state, groups, order = {}, {}, {}
   local total = 0
-  local kids = redis.call('ZRANGE', K .. 'ch:' .. p.parent, 0, -1)
-  for _, cid in ipairs(kids) do
+  -- a client of layout 5 names no `limit`: it gets every child, and the old reply
+  local whole = p.limit == nil
+  local limit = whole and 0 or math.min(math.max(tonumber(p.limit), 1), 1000)
+  local after = p.after and ('(' .. p.after) or '-inf'
+  local kids
+  if whole then
+    kids = redis.call('ZRANGEBYSCORE', K .. 'ch:' .. p.parent, '-inf', '+inf', 'WITHSCORES')
+  else
+    kids = redis.call('ZRANGEBYSCORE', K .. 'ch:' .. p.parent, after, '+inf',
+      'WITHSCORES', 'LIMIT', 0, limit)
+  end
+  local last = false
+  for j = 1, #kids, 2 do
+    local cid = kids[j]
+    last = kids[j + 1]
     local v = redis.call('HMGET', tkey(K, cid), 'state', 'error')
     if v[1] then
       total = total + 1
@@ -417,13 +460,18 @@ local function children_summary(keys, args)
       end
     end
   end
-  table.sort(order, function(a, b)
-    if a[2] ~= b[2] then return a[2] > b[2] end
-    return a[1] < b[1]
-  end)
-  local top = {}
-  for i = 1, math.min(p.top, #order) do top[i] = order[i] end
-  return reply({ total = total, by_state = by_state, top = top })
+  if whole then
+    table.sort(order, function(a, b)
+      if a[2] ~= b[2] then return a[2] > b[2] end
+      return a[1] < b[1]
+    end)
+    local top = {}
+    for i = 1, math.min(p.top, #order) do top[i] = order[i] end
+    return reply({ total = total, by_state = by_state, top = top })
+  end
+  local more = #kids >= limit * 2
+  return reply({ total = total, by_state = by_state, groups = order,
+    after = more and last or false })
 end
 
 local function hooks_claim(keys, args)
@@ -993,6 +1041,12 @@ local function claim(keys, args)
       r.timeout_ms and tonumber(r.timeout_ms) or false, epoch, expires,
       r.parent_id or false, r.condition or false, r.workflow_id or false,
     }
+  end
+  if limit > 0 and #out >= limit then
+    -- a full claim may have left work behind: the next waiter looks too
+    for _, q in ipairs(p.queues) do
+      if (tonumber(redis.call('HGET', K .. 'cnt', 'ready|' .. q)) or 0) > 0 then mark(K, q) end
+    end
   end
   local retry_in, held = false, 0
   for key, s in pairs(slots) do
@@ -1945,56 +1999,73 @@ end
 local function version() return VERSION end
 
 -- the partition's next due time (or nil) and the server's clock, for a waiter's block
+-- (`after`: the first one later than that)
 local function next_due(keys, args)
-  local first = redis.call('ZRANGE', keys[1] .. 'sch', 0, 0, 'WITHSCORES')
+  local p = args[1] and params(args[1]) or {}
+  local first
+  if p.after then
+    first = redis.call('ZRANGEBYSCORE', keys[1] .. 'sch', '(' .. p.after, '+inf',
+      'WITHSCORES', 'LIMIT', 0, 1)
+  else
+    first = redis.call('ZRANGE', keys[1] .. 'sch', 0, 0, 'WITHSCORES')
+  end
   local now = clock(nil)
   if #first == 0 then return { false, now } end
   return { tonumber(first[2]), now }
 end
 
-redis.register_function('fm_version', version)
-redis.register_function{ function_name = 'fm_next_due', callback = next_due,
+-- every call starts with the per-call state cleared (wake-ups and markers sent, the DAG
+-- queue), whatever its function does first
+local function entry(f)
+  return function(keys, args)
+    reset_wakes()
+    return f(keys, args)
+  end
+end
+
+redis.register_function('fm_version', entry(version))
+redis.register_function{ function_name = 'fm_next_due', callback = entry(next_due),
   flags = { 'no-writes' } }
-redis.register_function('fm_insert', insert)
-redis.register_function('fm_insert_many', insert_many)
-redis.register_function('fm_claim', claim)
-redis.register_function('fm_renew', renew)
-redis.register_function('fm_progress', progress)
-redis.register_function('fm_finish', finish)
-redis.register_function('fm_promote', promote)
-redis.register_function('fm_expire', expire)
-redis.register_function('fm_leases_expired', leases_expired)
-redis.register_function('fm_cancel', cancel)
-redis.register_function('fm_retry', retry)
-redis.register_function('fm_list', list)
-redis.register_function('fm_wait_children', wait_children)
-redis.register_function('fm_children_page', children_page)
-redis.register_function('fm_children_summary', children_summary)
-redis.register_function('fm_hooks_claim', hooks_claim)
-redis.register_function('fm_hook_done', hook_done)
-redis.register_function('fm_waitpoint_create', waitpoint_create)
-redis.register_function('fm_signal_deliver', signal_deliver)
-redis.register_function('fm_task_suspend', task_suspend)
-redis.register_function('fm_suspensions_expire', suspensions_expire)
-redis.register_function('fm_resume_signals', resume_signals)
-redis.register_function('fm_frames_append', frames_append)
-redis.register_function('fm_frames_read', frames_read)
-redis.register_function('fm_budget_put', budget_put)
-redis.register_function('fm_upstream_get', upstream_get)
-redis.register_function('fm_workflow_get', workflow_get)
-redis.register_function('fm_workflows_list', workflows_list)
-redis.register_function('fm_workflow_cancel', workflow_cancel)
-redis.register_function('fm_schedules_upsert', schedules_upsert)
-redis.register_function{ function_name = 'fm_schedules_get', callback = schedules_get,
+redis.register_function('fm_insert', entry(insert))
+redis.register_function('fm_insert_many', entry(insert_many))
+redis.register_function('fm_claim', entry(claim))
+redis.register_function('fm_renew', entry(renew))
+redis.register_function('fm_progress', entry(progress))
+redis.register_function('fm_finish', entry(finish))
+redis.register_function('fm_promote', entry(promote))
+redis.register_function('fm_expire', entry(expire))
+redis.register_function('fm_leases_expired', entry(leases_expired))
+redis.register_function('fm_cancel', entry(cancel))
+redis.register_function('fm_retry', entry(retry))
+redis.register_function('fm_list', entry(list))
+redis.register_function('fm_wait_children', entry(wait_children))
+redis.register_function('fm_children_page', entry(children_page))
+redis.register_function('fm_children_summary', entry(children_summary))
+redis.register_function('fm_hooks_claim', entry(hooks_claim))
+redis.register_function('fm_hook_done', entry(hook_done))
+redis.register_function('fm_waitpoint_create', entry(waitpoint_create))
+redis.register_function('fm_signal_deliver', entry(signal_deliver))
+redis.register_function('fm_task_suspend', entry(task_suspend))
+redis.register_function('fm_suspensions_expire', entry(suspensions_expire))
+redis.register_function('fm_resume_signals', entry(resume_signals))
+redis.register_function('fm_frames_append', entry(frames_append))
+redis.register_function('fm_frames_read', entry(frames_read))
+redis.register_function('fm_budget_put', entry(budget_put))
+redis.register_function('fm_upstream_get', entry(upstream_get))
+redis.register_function('fm_workflow_get', entry(workflow_get))
+redis.register_function('fm_workflows_list', entry(workflows_list))
+redis.register_function('fm_workflow_cancel', entry(workflow_cancel))
+redis.register_function('fm_schedules_upsert', entry(schedules_upsert))
+redis.register_function{ function_name = 'fm_schedules_get', callback = entry(schedules_get),
   flags = { 'no-writes' } }
-redis.register_function('fm_schedules_fire', schedules_fire)
-redis.register_function('fm_schedules_set_paused', schedules_set_paused)
-redis.register_function('fm_worker_heartbeat', worker_heartbeat)
-redis.register_function{ function_name = 'fm_workers_list', callback = workers_list,
+redis.register_function('fm_schedules_fire', entry(schedules_fire))
+redis.register_function('fm_schedules_set_paused', entry(schedules_set_paused))
+redis.register_function('fm_worker_heartbeat', entry(worker_heartbeat))
+redis.register_function{ function_name = 'fm_workers_list', callback = entry(workers_list),
   flags = { 'no-writes' } }
-redis.register_function('fm_workers_prune', workers_prune)
-redis.register_function('fm_queue_set_paused', queue_set_paused)
-redis.register_function{ function_name = 'fm_queues_list', callback = queues_list,
+redis.register_function('fm_workers_prune', entry(workers_prune))
+redis.register_function('fm_queue_set_paused', entry(queue_set_paused))
+redis.register_function{ function_name = 'fm_queues_list', callback = entry(queues_list),
   flags = { 'no-writes' } }
-redis.register_function('fm_tasks_purge', tasks_purge)
-redis.register_function('fm_reindex', reindex)
+redis.register_function('fm_tasks_purge', entry(tasks_purge))
+redis.register_function('fm_reindex', entry(reindex))
