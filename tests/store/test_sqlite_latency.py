@@ -9,8 +9,11 @@ loop is woken.
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import socket
 import sqlite3
+import tempfile
 import threading
 from collections.abc import AsyncIterator
 from contextlib import closing
@@ -156,14 +159,19 @@ async def test_a_write_still_gives_up_after_the_busy_timeout(tmp_path: Path) -> 
 
 
 async def test_other_processes_get_the_wake_up_before_this_loop_is_woken(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    directory = str(tmp_path / "wake")
+    # A short folder of its own: socket paths are capped at 108 bytes, and CI's basetemp
+    # is longer than that.
+    short = tempfile.mkdtemp(prefix="fmw-", dir="/tmp")
+    request.addfinalizer(lambda: shutil.rmtree(short, ignore_errors=True))
+    directory = os.path.join(short, "wake")
     bus = _wake.WakeBus(directory)
     loop = asyncio.get_running_loop()
     bus.listen(loop)
+    assert bus._sock is not None
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as peer:
-        peer.bind(str(tmp_path / "wake" / "peer.s"))
+        peer.bind(os.path.join(directory, "peer.s"))
         peer.setblocking(False)
         seen: list[bool] = []
         real = loop.call_soon_threadsafe
@@ -239,3 +247,24 @@ async def test_a_write_runs_no_statement_but_its_own(store: SQLiteStore) -> None
     assert statements.count("BEGIN IMMEDIATE") == 3
     assert statements.count("COMMIT") == 3
     assert not [s for s in statements if s.upper().startswith("PRAGMA")]
+
+
+async def test_a_socket_that_cannot_be_bound_is_closed_and_waits_fall_back_to_polling(
+    tmp_path: Path,
+) -> None:
+    directory = str(tmp_path / ("d" * 120))  # over the 108-byte cap of a socket path
+    opened: list[socket.socket] = []
+    real = socket.socket
+
+    def recording(*a: Any, **kw: Any) -> socket.socket:
+        sock = real(*a, **kw)
+        opened.append(sock)
+        return sock
+
+    bus = _wake.WakeBus(directory)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket, "socket", recording)
+        bus.listen(asyncio.get_running_loop())
+    assert bus._sock is None
+    assert opened and all(s.fileno() == -1 for s in opened)
+    bus.close()

@@ -114,6 +114,9 @@ class WakeBus:
                 break
             except FileNotFoundError:
                 continue
+            except OSError:  # e.g. a path over the 108-byte cap: no socket left open
+                sock.close()
+                return
         else:
             sock.close()
             return  # no wake-ups for this process: waits fall back to polling
