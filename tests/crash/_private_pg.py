@@ -75,9 +75,25 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
 
 
+def _reachable_by_others(folder: str) -> bool:
+    """Whether another user (the server's `postgres`) can pass through every folder up to
+    `folder`: a private TMPDIR (`mktemp -d` makes it 0700) is not."""
+    path = os.path.abspath(folder)
+    while True:
+        if not os.stat(path).st_mode & 0o001:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
 @contextmanager
 def private_pg() -> Iterator[PrivatePG]:
-    directory = tempfile.mkdtemp(prefix="fm-pg-")
+    base = tempfile.gettempdir()
+    if os.geteuid() == 0 and not _reachable_by_others(base):
+        base = "/tmp"  # the data folder must be reachable by the postgres user
+    directory = tempfile.mkdtemp(prefix="fm-pg-", dir=base)
     if os.geteuid() == 0:
         shutil.chown(directory, "postgres", "postgres")
     initdb = _bin("initdb")
