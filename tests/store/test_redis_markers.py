@@ -22,6 +22,7 @@ from flowmill.testing.conformance._util import (
     T0,
     TTL,
     add,
+    claim,
     claim_one,
     finish,
     insert,
@@ -235,3 +236,68 @@ async def test_a_wait_after_a_full_claim_is_woken(store: RedisStore) -> None:
     await insert(store, task(), now=now)
     await claim_one(store, now=now)
     await wait_until_woken(store.wait_for_work, lambda: insert(store, task(), now=now))
+
+
+async def test_a_marker_taken_by_a_store_serving_other_kinds_reaches_one_that_serves_it(
+    store: RedisStore,
+) -> None:
+    other = RedisStore(store.url, prefix=store.prefix)  # a worker of kind "x" only
+    await other.open()
+    try:
+        for s in (other, store):
+            s._markers.learn([QUEUE])
+        now = await store.now_ms()
+        woken = asyncio.Event()
+
+        async def other_waiter() -> None:
+            await other.wait_for_work(0)
+            await other.wait_for_work(60)  # it takes the marker of a task it cannot run
+            woken.set()
+
+        pending = asyncio.ensure_future(other_waiter())
+        try:
+            while other._markers._listener is None:
+                await asyncio.sleep(0)  # until its listener starts
+            await insert(store, task(), now=now)
+            await asyncio.wait_for(woken.wait(), 5)
+            assert await markers(store) == {}
+
+            async def other_claims_nothing() -> object:
+                got = await claim(other, kinds=("x",), now=now)
+                assert got == []
+                return got
+
+            # its claim leaves the task behind: the store that serves the kind is woken
+            await wait_until_woken(store.wait_for_work, other_claims_nothing)
+        finally:
+            pending.cancel()
+    finally:
+        await other.close()
+
+
+async def test_a_store_woken_for_a_kind_it_does_not_serve_leaves_the_marker_to_others(
+    store: RedisStore,
+) -> None:
+    submitter = RedisStore(store.url, prefix=store.prefix)  # another process
+    await submitter.open()
+    try:
+        store._markers.learn([QUEUE])
+        now = await store.now_ms()
+
+        async def worker_of_x() -> None:  # one task: its waits share one wake-up cursor
+            await store.wait_for_work(0)
+            await store.wait_for_work(60)  # the marker pops here
+            assert await markers(store) == {}
+            assert await claim(store, kinds=("x",), now=now) == []
+            assert b"w" in await markers(store)  # put back for a process serving the kind
+            # resting, it does not pop the marker again at once (it would spin on it)
+            await store.wait_for_work(0.2)
+            assert b"w" in await markers(store)
+
+        flow = asyncio.ensure_future(worker_of_x())
+        while store._markers._listener is None and not flow.done():
+            await asyncio.sleep(0)  # until its listener starts
+        await insert(submitter, task(), now=now)
+        await asyncio.wait_for(flow, 10)
+    finally:
+        await submitter.close()

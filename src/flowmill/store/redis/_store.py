@@ -448,7 +448,7 @@ class RedisStore(
         self._markers.learn(p.queues)
         rows, retry_in, held = await self._fcall("fm_claim", params)
         claimed = [rec.claimed_row(r) for r in rows]
-        self._markers.claimed(len(claimed) >= p.limit)
+        self._markers.claimed(len(claimed) >= p.limit, len(claimed))
         for i, row in enumerate(claimed, 1):  # the function's lease ids: `<seed>:<position>`
             self._leases.took(row.id, row.lease_epoch, row.attempt, f"{seed}:{i}")
         if not p.limits:

@@ -16,9 +16,10 @@ after each block that timed out, at most once a second while idle).
 One pop wakes one process, and a process blocks only while it is starved: after a wake-up
 it pops no other marker until a claim of its own comes back short (one whose slots are
 all busy, or that is still claiming full batches, leaves the next markers to the others,
-and never wakes itself with the marker its own full claim left). A
-marker popped by a process that serves other kinds of that queue wakes no other process:
-the task waits for another waiter's fallback poll.
+and never wakes itself with the marker its own full claim left). A claim that leaves
+ready tasks behind in a queue marks it again, so a marker popped by a process that serves
+other kinds of that queue reaches one that serves the task's kind: the process that
+popped it and claimed nothing leaves the markers to the others for `REST_S`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ _WAKE_READ = 128  # wake-up Stream entries one XREAD takes
 # The longest one BZPOPMIN blocks: queues a claim names later are watched from the next
 # block on, and a listener with no waiter left ends.
 BLOCK_CAP_S = 1.0
+# How long a process woken by a marker whose claim then took nothing leaves the markers
+# to other processes: the marker may have been for a kind it does not serve, and the
+# claim put it back for them (without this pause it would pop it again itself, at once).
+REST_S = 0.5
 
 
 def _wall_ms() -> int:
@@ -81,13 +86,21 @@ class Markers:
         # the server's clock is ahead of this host's
         self._due: int | None = None
         self._offset_ms: int | None = None
+        # a pop woke this process since its last claim; a claim of nothing after it rests
+        # the listener until `_rest_until` (monotonic seconds)
+        self._popped = False
+        self._rest_until = 0.0
 
     def learn(self, queues: Any) -> None:
         """The queues a claim named: their markers wake this store's waiters."""
         self.queues.update(queues)
 
-    def claimed(self, full: bool) -> None:
-        """A claim came back: a full one means the process claims again by itself."""
+    def claimed(self, full: bool, got: int) -> None:
+        """A claim came back with `got` tasks: a full one means the process claims again by
+        itself; none after a pop means the marker was another's, left for the others."""
+        if self._popped and got == 0:
+            self._rest_until = time.monotonic() + REST_S
+        self._popped = False
         self._wait_arms = full
         if full:
             self._claimed.clear()
@@ -160,6 +173,10 @@ class Markers:
                 async with asyncio.timeout(block_s):
                     await self._claimed.wait()
             return
+        rest = self._rest_until - time.monotonic()
+        if rest > 0:  # the last marker was not ours: let another process pop the next
+            await asyncio.sleep(min(rest, block_s))
+            return
         keys = [f"{self._k}wm:{q}" for q in sorted(self.queues)]
         blocking = self._blocking()
         got = await self._run("wm", lambda: blocking.bzpopmin(keys, timeout=block_s))
@@ -172,6 +189,7 @@ class Markers:
         due = int(float(score))
         if due <= self._server_now():
             self._claimed.clear()
+            self._popped = True
             self._fire()
         elif self._due is None or due < self._due:
             self._due = due

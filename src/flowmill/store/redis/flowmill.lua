@@ -1042,10 +1042,14 @@ local function claim(keys, args)
       r.parent_id or false, r.condition or false, r.workflow_id or false,
     }
   end
-  if limit > 0 and #out >= limit then
-    -- a full claim may have left work behind: the next waiter looks too
+  if limit > 0 then
+    -- work left behind: a full claim may have left more, a short one tasks of kinds it does
+    -- not serve (the marker that woke it may have been theirs) or held ones; the next
+    -- waiter looks too
     for _, q in ipairs(p.queues) do
-      if (tonumber(redis.call('HGET', K .. 'cnt', 'ready|' .. q)) or 0) > 0 then mark(K, q) end
+      if not paused[q] and (tonumber(redis.call('HGET', K .. 'cnt', 'ready|' .. q)) or 0) > 0 then
+        mark(K, q)
+      end
     end
   end
   local retry_in, held = false, 0
