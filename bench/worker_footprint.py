@@ -47,6 +47,8 @@ def main() -> None:
     p.add_argument("--peers", default="/work/shared/peers-bench")
     p.add_argument("--bin", default=str(ROOT / ".venv" / "bin"), help="flowmill's venv bin/")
     args = p.parse_args()
+    if not os.path.isfile(os.path.join(args.peers, "p_flowmill.py")):
+        sys.exit(f"error: the peer harness is not at {args.peers} (give --peers DIR)")
     path = f"{args.src}:{args.peers}" if args.src else args.peers
     env = {**os.environ, "FM_BACKEND": args.backend, "PYTHONPATH": path}
 
