@@ -204,35 +204,32 @@ class ConnectionThread:
                 self._queue.put(None)
         self._thread.join()
 
+    def _refuse(self, exc: BaseException, conn: sqlite3.Connection | None = None) -> None:
+        """The thread could not start: close what it opened, keep the error for callers."""
+        if conn is not None:
+            conn.close()
+        self._error = translate(exc)
+        self._closed = True
+        self._ready.set()
+
     def _main(self) -> None:
         try:
             conn = self._connect()
         except BaseException as exc:
-            self._error = translate(exc)
-            self._closed = True
-            self._ready.set()
+            self._refuse(exc)
             return
-        if self._init is not None:
-            # Runs before any job, outside the group transaction (migrations need their own).
-            try:
-                self._init(conn)
-            except BaseException as exc:
-                conn.close()
-                self._error = translate(exc)
-                self._closed = True
-                self._ready.set()
-                return
         try:
+            if self._init is not None:
+                # Runs before any job, outside the group transaction (migrations need
+                # their own).
+                self._init(conn)
             self._busy_ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
             if self._writer:
                 # The writer waits for other processes' write locks itself (see
                 # `_begin_immediate`); nothing else it runs waits for a lock.
                 conn.execute("PRAGMA busy_timeout = 0")
         except BaseException as exc:
-            conn.close()
-            self._error = translate(exc)
-            self._closed = True
-            self._ready.set()
+            self._refuse(exc, conn)
             return
         self._conn = conn
         self._ready.set()
