@@ -8,10 +8,9 @@ import msgspec
 import pytest
 
 from flowmill._states import State
-from flowmill.store.contract.tasks import ChildrenSummaryQuery, ErrorGroup, ErrorInfo
+from flowmill.store.contract.tasks import ChildrenSummaryQuery, ErrorGroup
 from flowmill.store.redis import RedisStore, _tree
-from flowmill.testing.conformance._parents import claim_all, kids, start, summary_of
-from flowmill.testing.conformance._util import finish
+from flowmill.testing.conformance._parents import kids, mixed_children, start, summary_of
 
 from .test_store_redis import _delete_prefix, open_test_store, valkey_url
 
@@ -56,22 +55,7 @@ async def test_one_summary_call_reads_at_most_a_thousand_children(
 async def test_a_summary_added_up_from_slices_is_the_same(
     redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    parent = await start(redis_store, fail_fast=False)
-    ids = await kids(redis_store, parent, 9)
-    rows = await claim_all(redis_store, 8)
-    disk = ErrorInfo("OSError", "disk full", "retryable")
-    slow = ErrorInfo("TimeoutError", "too slow", "timeout")
-    ends: list[tuple[State, ErrorInfo | None]] = [
-        (State.FAILED, disk),
-        (State.FAILED, slow),
-        (State.FAILED, disk),
-        (State.DEAD_LETTERED, disk),
-        (State.COMPLETED, None),
-        (State.COMPLETED, None),
-        (State.CANCELLED, ErrorInfo("Cancelled", "disk full", "cancelled")),
-    ]
-    for row, (end, error) in zip(rows, ends, strict=False):
-        await finish(redis_store, row.id, row.lease_epoch, end, error=error)
+    parent, ids = await mixed_children(redis_store)
     whole = await redis_store.children_summary(ChildrenSummaryQuery(parent.id, 5, 5))
     for size in (1, 2, 4):
         monkeypatch.setattr(_tree, "SUMMARY_SLICE", size)

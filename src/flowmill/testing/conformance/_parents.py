@@ -14,6 +14,7 @@ from ...store.contract.tasks import (
     ChildrenSummary,
     ClaimedRow,
     ErrorGroup,
+    ErrorInfo,
     HookRow,
     HooksClaim,
     InsertOutcome,
@@ -30,6 +31,7 @@ from ._util import (
     all_events,
     claim,
     claim_one,
+    finish,
     get,
     insert,
     task,
@@ -123,3 +125,26 @@ def summary_of(
     parent_id: str, by_state: dict[State, int], top: tuple[ErrorGroup, ...]
 ) -> ChildrenSummary:
     return ChildrenSummary(parent_id, sum(by_state.values()), by_state, top)
+
+
+async def mixed_children(store: Store) -> tuple[ClaimedRow, list[str]]:
+    """A parent with 9 children: 3 failed (2 of them "disk full"), 1 dead-lettered ("disk
+    full"), 2 completed, 1 cancelled, 1 running and 1 ready. Returns the parent and the
+    children's ids in order."""
+    parent = await start(store, fail_fast=False)
+    ids = await kids(store, parent, 9)
+    rows = await claim_all(store, 8)
+    disk = ErrorInfo("OSError", "disk full", "retryable")
+    slow = ErrorInfo("TimeoutError", "too slow", "timeout")
+    ends: list[tuple[State, ErrorInfo | None]] = [
+        (State.FAILED, disk),
+        (State.FAILED, slow),
+        (State.FAILED, disk),
+        (State.DEAD_LETTERED, disk),
+        (State.COMPLETED, None),
+        (State.COMPLETED, None),
+        (State.CANCELLED, ErrorInfo("Cancelled", "disk full", "cancelled")),
+    ]
+    for row, (end, error) in zip(rows, ends, strict=False):
+        await finish(store, row.id, row.lease_epoch, end, error=error)
+    return parent, ids

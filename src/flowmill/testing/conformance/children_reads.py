@@ -9,12 +9,12 @@ from ...store.contract.tasks import (
     ChildrenSummaryQuery,
     ChildRow,
     ErrorGroup,
-    ErrorInfo,
 )
 from ._parents import (
     ORCH2,
     claim_all,
     kids,
+    mixed_children,
     spawn,
     start,
     summary_of,
@@ -80,25 +80,11 @@ class ChildrenSummaryConformance:
     """`children_summary`: counts by state and the most common errors."""
 
     async def test_children_summary_counts_and_top_errors(self, store: Store) -> None:
-        parent = await start(store, fail_fast=False)
-        assert await store.children_summary(ChildrenSummaryQuery(parent.id)) == (
-            summary_of(parent.id, {}, ())
+        empty = await start(store, fail_fast=False)
+        assert await store.children_summary(ChildrenSummaryQuery(empty.id)) == (
+            summary_of(empty.id, {}, ())
         )
-        ids = await kids(store, parent, 9)
-        rows = await claim_all(store, 8)
-        disk = ErrorInfo("OSError", "disk full", "retryable")
-        slow = ErrorInfo("TimeoutError", "too slow", "timeout")
-        ends: list[tuple[State, ErrorInfo | None]] = [
-            (State.FAILED, disk),
-            (State.FAILED, slow),
-            (State.FAILED, disk),
-            (State.DEAD_LETTERED, disk),
-            (State.COMPLETED, None),
-            (State.COMPLETED, None),
-            (State.CANCELLED, ErrorInfo("Cancelled", "disk full", "cancelled")),
-        ]
-        for row, (end, error) in zip(rows, ends, strict=False):
-            await finish(store, row.id, row.lease_epoch, end, error=error)
+        parent, ids = await mixed_children(store)
         got = await store.children_summary(
             ChildrenSummaryQuery(parent.id, top_errors=1, examples=2)
         )
