@@ -82,7 +82,7 @@ from ._tasks import (
     tasks_promote,
     workflow_cancel,
 )
-from ._threads import ConnectionThread, Tx, translate
+from ._threads import ConnectionThread, Tx, is_busy, translate
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -427,7 +427,7 @@ def _ensure_wal(conn: sqlite3.Connection, path: str, busy_timeout_ms: int) -> No
         try:
             mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if not is_busy(exc):
                 raise
             if time.monotonic() >= deadline:
                 raise

@@ -161,7 +161,7 @@ class ConnectionThread:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
             except sqlite3.OperationalError as exc:
-                if _is_busy(exc):
+                if is_busy(exc):
                     return False, None
                 raise translate(exc) from exc
             except sqlite3.Error as exc:
@@ -376,7 +376,7 @@ def _begin_at_once(conn: sqlite3.Connection) -> bool:
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as exc:
-        if _is_busy(exc):
+        if is_busy(exc):
             return False
         raise
     return True
@@ -399,7 +399,8 @@ def _begin_immediate(conn: sqlite3.Connection, timeout_ms: int) -> None:
         pause = min(pause * 2, _LONG_PAUSE_S if waited > _SHORT_PHASE_S else _SHORT_PAUSE_S)
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused because another connection holds a lock (a try may succeed)."""
     return "locked" in str(exc) or "busy" in str(exc)
 
 
