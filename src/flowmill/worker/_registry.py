@@ -17,12 +17,6 @@ from ..store.contract.admin import WorkerHeartbeat
 log = logging.getLogger("flowmill.worker")
 
 
-def flowmill_version() -> str:
-    """flowmill's version (from `_version`, not the package metadata: importing
-    `importlib.metadata` would cost each worker ~2 MB and tens of ms at start-up)."""
-    return __version__
-
-
 class Heartbeat:
     """Keeps one worker's registry row fresh: `beat()` once, `loop()` forever, `stopped()`."""
 
@@ -46,7 +40,9 @@ class Heartbeat:
         self.in_flight = in_flight
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.version = flowmill_version()
+        # from `_version`, not the package metadata: importing `importlib.metadata` would
+        # cost each worker ~2 MB and tens of ms at start-up
+        self.version = __version__
         self.started_at_ms = clock.wall_ms()
 
     async def beat(self, *, stopped: bool = False) -> bool:
