@@ -34,6 +34,8 @@ def test_sqlite_urls() -> None:
         ("nonsense", "bad store URL"),
         ("mysql://x/y", "unknown store URL scheme 'mysql'"),
         ("redis://localhost?durability=sometimes", "durability must be one of"),
+        ("sqlite:///jobs.db?synchronus=full", "unknown option 'synchronus'"),
+        ("sqlite:///jobs.db?synchronous=off", "synchronous must be FULL or NORMAL"),
     ],
 )
 def test_bad_urls(url: str, needle: str) -> None:

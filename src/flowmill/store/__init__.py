@@ -1,4 +1,4 @@
-"""Store backends, chosen by URL: `sqlite:///path`, `sqlite://:memory:`, `postgresql://...`.
+"""Store backends, chosen by URL: `sqlite:///path`, `postgresql://...`, `redis://...`.
 
 `open_store` looks the URL's scheme up in `BACKENDS`, a table of scheme -> factory. A
 backend joins with one entry per scheme: a factory that takes the URL and the options
@@ -21,6 +21,9 @@ StoreFactory = Callable[..., Store]
 """Builds a store from its URL and keyword options: `factory(url, **options)`."""
 
 
+_SQLITE_PARAMS = frozenset({"synchronous"})
+
+
 def _sqlite(url: str, **options: Any) -> Store:
     from .sqlite import SQLiteStore
 
@@ -30,9 +33,21 @@ def _sqlite(url: str, **options: Any) -> Store:
         path = ":memory:"
     elif path.startswith("/"):
         path = path[1:]  # sqlite:///rel.db -> rel.db; sqlite:////abs.db -> /abs.db
-    params = {k: v[-1] for k, v in parse_qs(query).items()}
+    params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    unknown = sorted(set(params) - _SQLITE_PARAMS)
+    if unknown:
+        raise ConfigurationError(
+            f"bad SQLite URL {url!r}: unknown option {', '.join(map(repr, unknown))} "
+            f"(known: {', '.join(sorted(_SQLITE_PARAMS))})"
+        )
     if "synchronous" in params:
-        options.setdefault("synchronous", params["synchronous"].upper())
+        mode = params["synchronous"].upper()
+        if mode not in ("FULL", "NORMAL"):
+            raise ConfigurationError(
+                f"bad SQLite URL {url!r}: synchronous must be FULL or NORMAL, "
+                f"got {params['synchronous']!r}"
+            )
+        options.setdefault("synchronous", mode)
     if not path:
         raise ConfigurationError(f"bad SQLite URL {url!r}: no file path")
     return SQLiteStore(path, **options)
@@ -81,8 +96,8 @@ def open_store(url: str, **options: Any) -> Store:
     """Build (but do not open) the store a URL names; options go to the backend."""
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(
-            f"bad store URL {url!r}: use sqlite:///path/to/file.db, sqlite://:memory: "
-            "or postgresql://user@host/db"
+            f"bad store URL {url!r}: use sqlite:///path/to/file.db, sqlite://:memory:, "
+            "postgresql://user@host/db or redis://host:6379/0"
         )
     scheme = url.split("://", 1)[0].lower()
     factory = BACKENDS.get(scheme)
