@@ -51,14 +51,14 @@ def new_task_ids(
     """
     stamp = (time.time_ns() // 1_000_000).to_bytes(6, "big").hex()
     rand = _urandom(10 * n).hex()
-    tag = "" if near is None else f"{id_tag(near):04x}"
     ids = []
     for i in range(0, 20 * n, 20):
         r = rand[i : i + 20]
         variant = "89ab"[int(r[0], 16) & 3]
-        ids.append(
-            f"{stamp[:8]}-{stamp[8:12]}-7{r[1:4]}-{variant}{r[5:8]}-{r[8:16]}{tag or r[16:20]}"
-        )
+        ids.append(f"{stamp[:8]}-{stamp[8:12]}-7{r[1:4]}-{variant}{r[5:8]}-{r[8:20]}")
+    if near is not None:
+        tag = f"{id_tag(near):04x}"
+        ids = [id[:-4] + tag for id in ids]
     return ids
 
 
