@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -38,9 +39,14 @@ def new_task_id(_urandom: Callable[[int], bytes] = os.urandom) -> str:
     return new_task_ids(1, _urandom)[0]
 
 
-def new_task_ids(n: int, _urandom: Callable[[int], bytes] = os.urandom) -> list[str]:
+def new_task_ids(
+    n: int, _urandom: Callable[[int], bytes] = os.urandom, *, near: str | None = None
+) -> list[str]:
     """`n` time-ordered UUIDs (version 7 layout) from one call for randomness.
 
+    `near`: an id whose placement tag (`id_tag`) the new ids share, as their last 4 hex
+    digits; a partitioned store keeps them in that id's partition (a parent's children, a
+    workflow run's nodes). The other 58 random bits keep them unique.
     Built from hex strings rather than `uuid.UUID`: it is on the submit hot path.
     """
     stamp = (time.time_ns() // 1_000_000).to_bytes(6, "big").hex()
@@ -50,7 +56,33 @@ def new_task_ids(n: int, _urandom: Callable[[int], bytes] = os.urandom) -> list[
         r = rand[i : i + 20]
         variant = "89ab"[int(r[0], 16) & 3]
         ids.append(f"{stamp[:8]}-{stamp[8:12]}-7{r[1:4]}-{variant}{r[5:8]}-{r[8:20]}")
+    if near is not None:
+        tag = f"{id_tag(near):04x}"
+        ids = [id[:-4] + tag for id in ids]
     return ids
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def id_tag(task_id: str) -> int:
+    """The placement tag of a task id, 0..65535: its last 4 hex digits when it ends in
+    them (every id `new_task_ids` mints), else the low 16 bits of the CRC-32 of the id.
+
+    A pure function of the id that every client computes alone; a store of N partitions
+    keeps the task in partition `id_tag(id) % N`.
+    """
+    tail = task_id[-4:]
+    if len(tail) == 4 and _HEX.issuperset(tail):
+        return int(tail, 16)
+    return zlib.crc32(task_id.encode()) & 0xFFFF
+
+
+def key_tag(kind: str, key: str) -> int:
+    """The placement tag of a dedup key (per task kind, as the stores scope it), 0..65535:
+    two submits of the same kind and key get ids with the same tag, so they meet in the
+    same partition whatever the partition count."""
+    return zlib.crc32(f"{len(kind)}:{kind}{key}".encode()) & 0xFFFF
 
 
 def check_on_duplicate(value: str) -> None:
@@ -156,7 +188,13 @@ class Common:
     ) -> list[NewTask]:
         """One NewTask per payload; locals rather than attribute lookups: a hot loop."""
         n = len(payloads)
-        ids = new_task_ids(n)
+        # children next to their parent; a keyed task next to the other submits of its key
+        ids = new_task_ids(n, near=self.parent_id)
+        if keys is not None and self.parent_id is None:
+            ids = [
+                id if key is None else f"{id[:-4]}{key_tag(tdef.name, key):04x}"
+                for id, key in zip(ids, keys, strict=True)
+            ]
         none: list[str | None] = [None] * n
         kind, queue, priority = tdef.name, self.queue, self.priority
         delay_ms, run_at_ms, ttl_ms, tags = self.delay_ms, self.run_at_ms, self.ttl_ms, self.tags

@@ -183,7 +183,9 @@ class Workflow:
         order = self.validate()
         app = self.app
         run_id = new_task_ids(1)[0]
-        ids = dict(zip((n.name for n in order), new_task_ids(len(order)), strict=True))
+        # the nodes next to their run (a partitioned store keeps them in its partition)
+        nodes = new_task_ids(len(order), near=run_id)
+        ids = dict(zip((n.name for n in order), nodes, strict=True))
         news: list[NewTask] = []
         for node in order:
             tdef = node.task

@@ -22,6 +22,7 @@ from ...errors import (
     TaskNotFound,
     UnknownBudget,
 )
+from ._partitions import parse_count
 
 log = logging.getLogger("flowmill.store.redis")
 
@@ -49,10 +50,12 @@ class Settings:
     cluster: bool
     prefix: str
     durability: Durability
+    partitions: int | None = None  # `partitions=`; None: the stamped count, or the default
 
 
 def parse_url(url: str, prefix: str | None = None, durability: str | None = None) -> Settings:
-    """Split flowmill's query parameters (`prefix=`, `durability=`) off a Redis URL.
+    """Split flowmill's query parameters (`prefix=`, `durability=`, `partitions=`) off a
+    Redis URL.
 
     `valkey://` and `valkeys://` are spelled `redis://` / `rediss://` for the driver.
     """
@@ -61,11 +64,14 @@ def parse_url(url: str, prefix: str | None = None, durability: str | None = None
     if scheme not in SCHEMES:
         raise ConfigurationError(f"bad Redis URL {url!r}: use redis://host:6379/0")
     kept: list[tuple[str, str]] = []
+    partitions: int | None = None
     for name, value in parse_qsl(split.query, keep_blank_values=True):
         if name == "prefix":
             prefix = prefix if prefix is not None else value
         elif name == "durability":
             durability = durability if durability is not None else value
+        elif name == "partitions":
+            partitions = parse_count(value)
         else:
             kept.append((name, value))
     cluster = scheme.endswith("+cluster")
@@ -87,7 +93,7 @@ def parse_url(url: str, prefix: str | None = None, durability: str | None = None
             "with appendfsync always on every node"
         )
     prefix = "fm:" if prefix is None else prefix
-    return Settings(driver, cluster, prefix, mode)  # type: ignore[arg-type]
+    return Settings(driver, cluster, prefix, mode, partitions)  # type: ignore[arg-type]
 
 
 def redact(url: str) -> str:

@@ -1,8 +1,8 @@
 """The Redis/Valkey store: one Functions library, one FCALL per transition, Streams for events.
 
-Keys live under `<prefix>{fm:0}:` (the hash tag keeps a partition in one cluster slot);
-see `flowmill.lua` for the layout. Time is the server's (`TIME` inside the functions)
-unless a caller passes `now_ms`.
+Keys live under `<prefix>{fm:0}:` (the hash tag keeps a partition in one cluster slot;
+one partition for now, see `_partitions`); see `flowmill.lua` for the layout. Time is the
+server's (`TIME` inside the functions) unless a caller passes `now_ms`.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ from ._layout import (
 )
 from ._leases import HeldLeases
 from ._outage import Outage
+from ._partitions import DEFAULT_PARTITIONS, check_count, check_stamp, parse_count, prefix_of
 from ._reads import RedisReadsMixin
 from ._schedules import RedisSchedulesMixin
 from ._signals import RedisSignalsMixin
@@ -119,8 +120,14 @@ class RedisStore(
         self._driver_url = settings.driver_url
         self.cluster = settings.cluster
         self._max_connections = max_connections
+        # `partitions=` as the URL gives it (None: the count stamped in the store)
+        self._partitions_asked = settings.partitions
+        if settings.partitions is not None:
+            check_count(settings.partitions, f"cannot open {redact(url)}")
+        # the count the open store runs with, from its meta hash
+        self.partitions = DEFAULT_PARTITIONS
         # One partition for now: every key shares the hash tag {fm:0}.
-        self._k = f"{self.prefix}{{fm:0}}:"
+        self._k = prefix_of(self.prefix, 0)
         self._client: Any = None  # Redis, or RedisCluster for a cluster URL
         # Blocking reads (XREAD BLOCK) get a client without a socket timeout of their own:
         # the block is the timeout, and keepalives notice a dead peer.
@@ -201,6 +208,7 @@ class RedisStore(
                 f"the keys under {self._k!r} have schema version {before}, newer than this "
                 f"flowmill's {SCHEMA_VERSION}: upgrade flowmill"
             )
+        partitions = await self._partitions_of(client)
         await self._load_library(client)
         if before is not None and before < INDEXED_SINCE:
             await reindex(client, self._k)
@@ -209,9 +217,28 @@ class RedisStore(
         if before is not None and before < MARKERS_SINCE:
             await mark_ready_queues(client, self._k)
         await client.hset(
-            self._k + "meta", mapping={"app": "flowmill", "schema_version": SCHEMA_VERSION}
+            self._k + "meta",
+            mapping={
+                "app": "flowmill",
+                "schema_version": SCHEMA_VERSION,
+                "partitions": partitions,
+            },
         )
+        self.partitions = partitions
         return MigrateResult(before, SCHEMA_VERSION)
+
+    async def _partitions_of(self, client: Redis) -> int:
+        """The partition count the store runs with: the one stamped in partition 0's meta
+        hash (a store stamped before partitions existed has none: it has one), which an
+        explicit `partitions=` must match; a store without a stamp takes the URL's."""
+        where = f"cannot open {redact(self.url)}"
+        stamped: Any = await client.hget(self._k + "meta", "partitions")
+        if stamped is not None:
+            n = check_stamp(parse_count(stamped.decode()), self._partitions_asked, where)
+        else:
+            n = self._partitions_asked or DEFAULT_PARTITIONS
+        check_count(n, where)
+        return n
 
     async def _with_client(self, where: str, job: Callable[[Redis], Awaitable[T]]) -> T:
         """Run `job` on the open client, or on a short-lived one before `open()`."""
