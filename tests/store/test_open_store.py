@@ -35,12 +35,28 @@ def test_sqlite_urls() -> None:
         ("mysql://x/y", "unknown store URL scheme 'mysql'"),
         ("redis://localhost?durability=sometimes", "durability must be one of"),
         ("sqlite:///jobs.db?synchronus=full", "unknown option 'synchronus'"),
+        ("redis://localhost/0?prefx=shop:", "unknown option 'prefx'"),
+        ("redis://u:hunter2@localhost/0?decode_responses=1", "unknown option 'decode_responses'"),
         ("sqlite:///jobs.db?synchronous=off", "synchronous must be FULL or NORMAL"),
     ],
 )
 def test_bad_urls(url: str, needle: str) -> None:
     with pytest.raises(ConfigurationError, match=needle):
         open_store(url)
+
+
+def test_a_bad_redis_url_hides_its_password() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        open_store("redis://u:hunter2@localhost/0?nope=1")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_redis_urls_keep_the_drivers_options() -> None:
+    from flowmill.store.redis._conn import parse_url
+
+    settings = parse_url("rediss://h:6380/2?prefix=shop:&socket_timeout=5&ssl_cert_reqs=none")
+    assert settings.prefix == "shop:"
+    assert settings.driver_url == "rediss://h:6380/2?socket_timeout=5&ssl_cert_reqs=none"
 
 
 def test_a_backend_joins_with_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:

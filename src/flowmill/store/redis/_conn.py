@@ -37,6 +37,32 @@ SCHEMES = (
     "valkey+cluster",
     "valkeys+cluster",
 )
+# the driver's (redis-py's) connection options a URL may carry; anything else is refused,
+# so that a misspelt option is an error, not a silent default (and `decode_responses`,
+# which would break every reply flowmill reads, cannot be switched on)
+DRIVER_OPTIONS = frozenset(
+    {
+        "db",
+        "client_name",
+        "health_check_interval",
+        "max_connections",
+        "protocol",
+        "retry_on_timeout",
+        "socket_connect_timeout",
+        "socket_keepalive",
+        "socket_timeout",
+        "timeout",
+        "ssl_ca_certs",
+        "ssl_ca_path",
+        "ssl_cert_reqs",
+        "ssl_certfile",
+        "ssl_check_hostname",
+        "ssl_ciphers",
+        "ssl_keyfile",
+        "ssl_min_version",
+        "ssl_password",
+    }
+)
 Durability = Literal["default", "aof", "fsync"]
 _DURABILITY = ("default", "aof", "fsync")
 T = TypeVar("T")
@@ -72,8 +98,13 @@ def parse_url(url: str, prefix: str | None = None, durability: str | None = None
             durability = durability if durability is not None else value
         elif name == "partitions":
             partitions = parse_count(value)
-        else:
+        elif name in DRIVER_OPTIONS:
             kept.append((name, value))
+        else:
+            raise ConfigurationError(
+                f"bad Redis URL {redact(url)}: unknown option {name!r} (flowmill's: prefix, "
+                f"durability, partitions; the driver's: {', '.join(sorted(DRIVER_OPTIONS))})"
+            )
     cluster = scheme.endswith("+cluster")
     base = scheme.removesuffix("+cluster")
     driver_scheme = {"valkey": "redis", "valkeys": "rediss"}.get(base, base)
