@@ -154,7 +154,11 @@ class WorkerCore:
             interval_s=heartbeat_interval.total_seconds(),
             in_flight=lambda: len(self._attempts),
         )
-        self._attempts: dict[str, _Attempt] = {}
+        # by (task id, lease epoch): after a reclaim this worker may claim a task's next
+        # attempt while its earlier attempt, whose lease it has not yet found lost, still
+        # runs here; both are held, renewed (the earlier one then finds its lease gone and
+        # is asked to stop) and waited for at shutdown
+        self._attempts: dict[tuple[str, int], _Attempt] = {}
         self._queue: collections.deque[_Attempt] = collections.deque()
         self._running = 0
         self._per_kind: collections.Counter[str] = collections.Counter()
@@ -193,7 +197,7 @@ class WorkerCore:
         if attempt is None:  # the claim filters on our kinds, so this means a registry change
             log.error("claimed task %s of unknown kind %s", row.id, row.kind)
             return
-        self._attempts[row.id] = attempt
+        self._attempts[row.id, row.lease_epoch] = attempt
         self._per_kind[row.kind] += 1
         self._queue.append(attempt)
 
@@ -265,7 +269,7 @@ class WorkerCore:
         return ended
 
     def _release_slot(self, a: _Attempt) -> None:
-        self._attempts.pop(a.row.id, None)
+        self._attempts.pop((a.row.id, a.row.lease_epoch), None)
         self._per_kind[a.row.kind] -= 1
         if self._claim_on_release:
             self._wake.set()
