@@ -30,10 +30,10 @@ log = logging.getLogger("flowmill.cli")
 
 
 @cli.command()
-def migrate(url: UrlOpt = None) -> None:
+def migrate(url: UrlOpt = None, app_path: AppOpt = None) -> None:
     """Create or upgrade the store's schema, and print its version."""
     with one_line_errors():
-        app = App(url)
+        app = make_app(url, app_path)
 
         async def run(app: App) -> MigrateResult:
             done = await app.store.migrate()

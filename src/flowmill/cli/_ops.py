@@ -137,9 +137,9 @@ NameArg = Annotated[str, typer.Argument(metavar="QUEUE", help="The queue's name"
 
 
 @queues_cli.command("pause")
-def queues_pause(name: NameArg, url: UrlOpt = None) -> None:
+def queues_pause(name: NameArg, url: UrlOpt = None, app_path: AppOpt = None) -> None:
     """Stop every worker claiming from QUEUE (submits still succeed) until resumed."""
-    app, changed = on_store(url, None, lambda app: app.pause_queue(name))
+    app, changed = on_store(url, app_path, lambda app: app.pause_queue(name))
     print(
         f"queue {name} paused in {mask_url(app.url)}"
         if changed
@@ -148,9 +148,9 @@ def queues_pause(name: NameArg, url: UrlOpt = None) -> None:
 
 
 @queues_cli.command("resume")
-def queues_resume(name: NameArg, url: UrlOpt = None) -> None:
+def queues_resume(name: NameArg, url: UrlOpt = None, app_path: AppOpt = None) -> None:
     """Let workers claim from QUEUE again."""
-    app, changed = on_store(url, None, lambda app: app.resume_queue(name))
+    app, changed = on_store(url, app_path, lambda app: app.resume_queue(name))
     print(
         f"queue {name} resumed in {mask_url(app.url)}"
         if changed
@@ -173,6 +173,7 @@ def purge(
     ] = None,
     batch: Annotated[int, typer.Option(min=1, max=10_000, help="Tasks per transaction")] = 500,
     url: UrlOpt = None,
+    app_path: AppOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
     """Delete finished tasks (with their events, frames, results) older than --older-than."""
@@ -208,7 +209,7 @@ def purge(
                 progress=lambda n: bar.advance(job, n),
             )
 
-    app, done = on_store(url, None, work)
+    app, done = on_store(url, app_path, work)
     names = ", ".join(s.value for s in states)
     where = mask_url(app.url)
     print(f"purged {done} task(s) ({names}) finished more than {older_than} ago from {where}")
