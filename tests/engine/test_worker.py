@@ -12,7 +12,8 @@ from datetime import timedelta
 import pytest
 
 import flowmill as fm
-from flowmill.store.contract.tasks import LeasesRenew, TasksClaim, TasksFinish
+from flowmill.store.contract.tasks import LeasesExpired, LeasesRenew, TasksClaim, TasksFinish
+from flowmill.worker._outcome import reap
 
 from ..conftest import eventually
 
@@ -32,6 +33,15 @@ async def running(worker: fm.Worker) -> AsyncIterator[fm.Worker]:
     finally:
         worker.stop()
         await asyncio.wait_for(task, 30)
+
+
+async def reap_elsewhere(app: fm.App, task_id: str) -> None:
+    """What another worker's reaper does, for which `task_id`'s lease ran out long ago: it
+    takes the task back (to retry it), while its attempt may still run here."""
+    later = (app.clock.store_now() or 0) + 3_600_000
+    expired = await app.store.leases_expired(LeasesExpired(now_ms=later))
+    assert [e.task_id for e in expired] == [task_id]
+    await app.store.tasks_finish(TasksFinish([reap(e) for e in expired], later))
 
 
 async def state_of(app: fm.App, task_id: str) -> fm.State:

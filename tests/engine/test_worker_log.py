@@ -27,10 +27,8 @@ from typing import Any
 import pytest
 
 import flowmill as fm
-from flowmill.store.contract.tasks import LeasesExpired, TasksFinish
-from flowmill.worker._outcome import reap
 
-from .test_worker import running
+from .test_worker import reap_elsewhere, running
 
 MODULE = "wlog_jobs"
 WAIT_S = 60.0
@@ -450,11 +448,7 @@ async def test_a_lost_lease_is_logged_where_it_is_found_and_at_the_attempt_end(
     async with running(w):
         h = await app.submit(stalls, 5)
         await asyncio.wait_for(started.wait(), WAIT_S)
-        # Another worker's reaper, for which the lease expired long ago, takes the task.
-        later = (app.clock.store_now() or 0) + 3_600_000
-        expired = await app.store.leases_expired(LeasesExpired(now_ms=later))
-        assert [e.task_id for e in expired] == [h.id]
-        await app.store.tasks_finish(TasksFinish([reap(e) for e in expired], later))
+        await reap_elsewhere(app, h.id)
         await w.renew_leases()  # the next renewal finds the lease gone
         assert await h.result(timeout=timedelta(seconds=WAIT_S)) == 5
 

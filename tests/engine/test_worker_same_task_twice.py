@@ -12,10 +12,8 @@ import asyncio
 from datetime import timedelta
 
 import flowmill as fm
-from flowmill.store.contract.tasks import LeasesExpired, TasksFinish
-from flowmill.worker._outcome import reap
 
-from .test_worker import running
+from .test_worker import reap_elsewhere, running
 
 WAIT_S = 30.0
 STOP_S = 10.0  # well under the worker's shutdown grace (20 s)
@@ -39,12 +37,8 @@ async def test_the_earlier_attempt_is_still_renewed_and_told_its_lease_is_lost(
     async with running(w):
         h = await app.submit(stalls, 5)
         await asyncio.wait_for(started.wait(), WAIT_S)
-        # Another worker's reaper, for which the lease expired long ago, takes the task...
-        later = (app.clock.store_now() or 0) + 3_600_000
-        expired = await app.store.leases_expired(LeasesExpired(now_ms=later))
-        assert [e.task_id for e in expired] == [h.id]
-        await app.store.tasks_finish(TasksFinish([reap(e) for e in expired], later))
-        # ...and this worker claims and runs attempt 2 while attempt 1 still runs here.
+        await reap_elsewhere(app, h.id)
+        # This worker claims and runs attempt 2 while attempt 1 still runs here.
         assert await h.result(timeout=timedelta(seconds=WAIT_S)) == 5
         # Attempt 1 is still held, so a renewal (this one, or the worker's own since the
         # claim) finds its lease gone and asks it to stop. Were it dropped when attempt 2
