@@ -45,6 +45,9 @@ CHECKSUMS: dict[str, dict[str, str]] = {
         "0006_events_by_seq.sql": (
             "3cf62c4662a19ef5eabc87ba7d11ce2da5e275f351cb7b1e68a9a368269b87f1"
         ),
+        "0007_creation_events.sql": (
+            "72bac3e5ee935db9d3f61980a34e8452c6445e2725b43606aaefb6373f0adfda"
+        ),
     },
     "flowmill.store.postgres": {
         "0001_initial.sql": "e4ee1a77c10fec53b1f205c371616de86699a2708d25f2462f7c2846ed2dcb26",
@@ -56,6 +59,9 @@ CHECKSUMS: dict[str, dict[str, str]] = {
         "0005_list_filters.sql": "a7480a8265d0a034ebf744c336aebcf320550c906c3c7e1514d1de1c381250e2",
         "0006_events_by_seq.sql": (
             "a1f34b03df4fa3a643831f0ba00b96fe17a3eca8a374f7491cc6ed5cae58bed3"
+        ),
+        "0007_creation_events.sql": (
+            "781d0692ba8440a80f66021cfd34877d909ecd70bdac2fd248343ff1621fc721"
         ),
     },
 }

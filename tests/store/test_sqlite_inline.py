@@ -76,3 +76,29 @@ async def test_a_failed_insert_alone_in_its_group_leaves_nothing_behind(
     [out] = await store.tasks_insert(TasksInsert([task()]))
     assert out.status is InsertStatus.INSERTED
     assert len(await store.tasks_list(TasksList(limit=10))) == 2
+
+
+async def test_a_lone_insert_on_an_idle_loop_commits_before_it_yields(
+    store: SQLiteStore,
+) -> None:
+    await store.tasks_insert(TasksInsert([task()]))
+    await asyncio.sleep(0)  # nothing of this test's own left to run on the loop
+    pending = store.tasks_insert(TasksInsert([task()]))
+    # One step of the coroutine runs it to its end: committed without a loop iteration.
+    with pytest.raises(StopIteration) as done:
+        pending.send(None)
+    [outcome] = done.value.value
+    assert outcome.status is InsertStatus.INSERTED
+    assert len(await store.tasks_list(TasksList(limit=10))) == 2
+
+
+async def test_a_loop_that_submits_one_by_one_still_runs_its_timers(store: SQLiteStore) -> None:
+    fired: list[bool] = []
+    asyncio.get_running_loop().call_later(0, fired.append, True)
+    submits = 0
+    while not fired:
+        await store.tasks_insert(TasksInsert([task()]))
+        submits += 1
+        # A coroutine that never yields would starve the timer forever: it yields after
+        # a few commits made at once (`_threads._MAX_NOW_STREAK`).
+        assert submits <= 16

@@ -22,7 +22,7 @@ from ..contract.admin import (
     WorkersPrune,
 )
 from ._clock import now_or_wall
-from ._sql import marks
+from ._sql import NEXT_ID, marks
 from ._threads import Tx
 
 # What every claim adds to its WHERE clause: a paused queue's tasks are not claimable.
@@ -159,6 +159,10 @@ def tasks_purge(c: sqlite3.Connection, p: TasksPurge) -> int:
     if not picked:
         return 0
     ids = [r[0] for r in picked]
+    # Ids are one above the highest seq or event id (`NEXT_ID`): deleting the newest task
+    # or event would hand its id out again, and a reader of the event log past it would
+    # never see the new one. The floor keeps the counter where it was.
+    top = c.execute(f"SELECT {NEXT_ID} - 1").fetchone()[0]
     workflows = sorted({r[1] for r in picked if r[1] is not None})
     where = f"IN ({marks(len(ids))})"
     # A task's events are found by its seq (fm_events_task_seq): an event row's task_seq
@@ -185,6 +189,12 @@ def tasks_purge(c: sqlite3.Connection, p: TasksPurge) -> int:
             f"DELETE FROM fm_workflows WHERE id IN ({marks(len(workflows))}) "
             "AND NOT EXISTS (SELECT 1 FROM fm_tasks x WHERE x.workflow_id = fm_workflows.id)",
             workflows,
+        )
+    if c.execute(f"SELECT {NEXT_ID} - 1").fetchone()[0] < top:
+        c.execute(
+            "INSERT INTO fm_meta (key, value) VALUES ('id_floor', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(top),),
         )
     return len(ids)
 

@@ -24,7 +24,7 @@ from ..contract.tasks import (
 )
 from . import _dag, _tree
 from ._clock import wall_ms
-from ._sql import EVENT_SQL, marks
+from ._sql import EVENT_SQL, NEXT_ID, marks
 from ._threads import Tx
 
 _INSERT_SQL = (
@@ -34,7 +34,20 @@ _INSERT_SQL = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
-_LINKED_INSERT_SQL = _dag.insert_sql(_INSERT_SQL)
+
+def _with_creation(sql: str) -> str:
+    """An INSERT of tasks that also numbers each row and keeps the state it was created in.
+
+    The row is the task's creation event (migration 0007): its seq, drawn from the counter
+    the event log shares, is the event's id, and `created_state` its state (the last value
+    of each row, a copy of its state as inserted).
+    """
+    head, values = sql.split(") VALUES (")
+    return f"{head}, seq, created_state) VALUES ({values[:-1]}, {NEXT_ID}, ?)"
+
+
+_PLAIN_INSERT_SQL = _with_creation(_INSERT_SQL)
+_LINKED_INSERT_SQL = _with_creation(_dag.insert_sql(_INSERT_SQL))
 
 
 _ACTIVE_LIST = tuple(s.value for s in State if not s.terminal)
@@ -192,21 +205,14 @@ def tasks_insert(c: sqlite3.Connection, tx: Tx, p: TasksInsert) -> list[InsertOu
         any_ready = any_ready or state is State.READY
         outcomes.append(InsertOutcome(t.id, InsertStatus.INSERTED))
     if rows:
-        # Every row inserted here gets a seq above the current maximum (we hold the write
-        # lock), so their creation events are copied by SQLite itself, not built in Python.
-        last_seq = c.execute("SELECT coalesce(max(seq), 0) FROM fm_tasks").fetchone()[0]
+        # No fm_events row: each task row is its own creation event (`_with_creation`).
         if linked:
             remap = {t.id: o.id for t, o in zip(p.tasks, outcomes, strict=True) if t.id != o.id}
             ups = {remap.get(u, u) for t in inserted for u in t.depends_on}
             rows = [_dag.extend_row(r, t, ups) for r, t in zip(rows, inserted, strict=True)]
-            c.executemany(_LINKED_INSERT_SQL, rows)
+            c.executemany(_LINKED_INSERT_SQL, [(*r, r[4]) for r in rows])
         else:
-            c.executemany(_INSERT_SQL, rows)
-        c.execute(
-            "INSERT INTO fm_events (task_id, task_seq, kind, state, at) "
-            "SELECT id, seq, kind, state, created_at FROM fm_tasks WHERE seq > ? ORDER BY seq",
-            (last_seq,),
-        )
+            c.executemany(_PLAIN_INSERT_SQL, [(*r, r[4]) for r in rows])
         if grown:
             _tree.grow_parents(c, grown, now)
         if linked:

@@ -163,9 +163,15 @@ def results_get(c: sqlite3.Connection, ids: list[str]) -> list[ResultRow]:
 
 
 def events_read(c: sqlite3.Connection, p: EventsRead) -> list[Event]:
+    # A task's creation event is its row (migration 0007: `created_state`, id = its seq);
+    # the two id-ordered streams are merged. Rows stored before that migration have no
+    # `created_state`: their creation events are rows of fm_events.
     rows = c.execute(
-        "SELECT id, task_id, kind, state, at, detail FROM fm_events WHERE id > ? "
-        "ORDER BY id LIMIT ?",
+        "SELECT id, task_id, kind, state, at, detail FROM fm_events WHERE id > ?1 "
+        "UNION ALL "
+        "SELECT seq, id, kind, created_state, created_at, NULL FROM fm_tasks "
+        "WHERE seq > ?1 AND created_state IS NOT NULL "
+        "ORDER BY 1 LIMIT ?2",
         (p.after, p.limit),
     )
     return [Event(i, t, k, State(s), a, d) for i, t, k, s, a, d in rows]

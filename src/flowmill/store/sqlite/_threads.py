@@ -8,6 +8,7 @@ import queue
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,6 +21,11 @@ Job = Callable[[sqlite3.Connection, "Tx"], Any]
 _Item = tuple[Job, "asyncio.Future[Any]"]
 
 _MAX_GROUP = 256
+
+# A submit on an idle loop commits before its coroutine yields (`_commit_now`), at most this
+# many times in a row on one loop: then it yields once, so that timers and I/O are served
+# between the commits of a coroutine that submits in a loop.
+_MAX_NOW_STREAK = 8
 
 # The writer's pauses while another process holds the write lock (see `_begin_immediate`):
 # from 50 us doubling up to 1 ms for the first 50 ms, then up to 5 ms.
@@ -83,6 +89,9 @@ class ConnectionThread:
         self._batch: list[_Item] = []
         self._batch_loop: asyncio.AbstractEventLoop | None = None
         self._batch_idle_only = False  # a job in the batch runs inline only on an idle loop
+        # Commits tried by `_commit_now` on each loop since it last ran a flush (this lock).
+        self._now_streak: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int]
+        self._now_streak = weakref.WeakKeyDictionary()
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
@@ -120,6 +129,8 @@ class ConnectionThread:
             return value if done else await self.run(job)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
+        if not idle_loop and self._commit_now(loop, job, fut):
+            return await fut  # done already: no yield
         with self._lock:
             if self._closed:
                 raise StoreError("the store is closed")
@@ -135,6 +146,40 @@ class ConnectionThread:
             else:
                 self._queue.put((job, fut))
         return await fut
+
+    def _commit_now(
+        self, loop: asyncio.AbstractEventLoop, job: Job, fut: asyncio.Future[Any]
+    ) -> bool:
+        """Commit `job` alone at once, before its caller yields, if nothing could join it.
+
+        That is when no other callback of this loop is ready to run (one that might submit
+        too: concurrent submitters are gathered by `_flush` instead, into one commit), no
+        batch is gathering, and the writer thread is idle with nothing queued. A lone
+        submitter then skips a loop iteration and a future's round trip. True when the job
+        ran (`fut` holds its outcome); False: nothing ran, the caller takes the usual way.
+        """
+        if not _nothing_ready(loop):
+            return False
+        with self._lock:
+            streak = self._now_streak.get(loop, 0)
+            if self._closed or self._batch_loop is not None or streak >= _MAX_NOW_STREAK:
+                return False
+            self._now_streak[loop] = streak + 1
+        if not self._queue.empty() or not self._conn_lock.acquire(blocking=False):
+            return False
+        try:
+            conn = self._conn
+            if conn is None or not self._queue.empty() or not _begin_at_once(conn):
+                return False
+            try:
+                self._run_group(conn, [(job, fut)], begun=True)
+            except BaseException as exc:
+                _fail_all([(job, fut)], translate(exc))
+                if not isinstance(exc, Exception):
+                    raise
+        finally:
+            self._conn_lock.release()
+        return True
 
     def _read_inline(self, job: Job) -> tuple[bool, Any]:
         """Run a small read on the calling thread if the reader is idle: (True, its value).
@@ -174,6 +219,8 @@ class ConnectionThread:
     def _flush(self) -> None:
         with self._lock:
             loop = self._batch_loop
+            if loop is not None:
+                self._now_streak.pop(loop, None)  # the loop turned: timers and I/O served
             group, self._batch, self._batch_loop = self._batch, [], None
             idle_only, self._batch_idle_only = self._batch_idle_only, False
         if not group:
