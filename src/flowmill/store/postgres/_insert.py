@@ -13,7 +13,7 @@ from ...errors import DuplicateTask, StoreUnavailable
 from .._common.serde import encode_tags
 from ..contract.tasks import InsertOutcome, InsertStatus, NewTask, TasksInsert
 from ._sql import Queries
-from ._text import dec, enc_all, enc_all_opt
+from ._text import dec, enc, enc_all, enc_all_opt, enc_opt
 
 Conn = AsyncConnection[Any]
 
@@ -41,6 +41,32 @@ def task_columns(tasks: Sequence[NewTask]) -> dict[str, list[Any]]:
         "fail_fast": [bool(t.fail_fast) for t in tasks],
         "has_on_cancel": [bool(t.has_on_cancel) for t in tasks],
         "budget_id": enc_all_opt(t.budget_id for t in tasks),
+    }
+
+
+def insert_one_params(t: NewTask, now_ms: int | None, work_channel: str) -> dict[str, Any]:
+    """Parameters of `Queries.task_insert_one`: the columns of `task_columns`, as values."""
+    return {
+        "now": now_ms,
+        "work_channel": work_channel,
+        "id": t.id,
+        "kind": enc(t.kind),
+        "queue": enc(t.queue),
+        "priority": t.priority,
+        "payload": t.payload,
+        "dedup_key": enc_opt(t.dedup_key),
+        "parent_id": t.parent_id,
+        "tags": encode_tags(t.tags) if t.tags else None,
+        "max_attempts": t.max_attempts,
+        "retry_policy": t.retry_policy,
+        "timeout_ms": t.timeout_ms,
+        "delay_ms": t.delay_ms,
+        "run_at_ms": t.run_at_ms,
+        "ttl_ms": t.ttl_ms,
+        "child_key": enc_opt(t.child_key),
+        "fail_fast": bool(t.fail_fast),
+        "has_on_cancel": bool(t.has_on_cancel),
+        "budget_id": enc_opt(t.budget_id),
     }
 
 

@@ -55,7 +55,7 @@ from ._dag import Dag, has_links
 from ._errors import (
     is_connection_error,
 )
-from ._insert import insert_keyed, insert_params
+from ._insert import insert_keyed, insert_one_params, insert_params
 from ._rows import claimed_row
 from ._sql import Queries
 from ._text import dec, enc, enc_all
@@ -162,16 +162,29 @@ class PostgresTasksMixin:
         return await self._run(job, idempotent=False)
 
     async def _insert_plain(self, tasks: list[NewTask], now_ms: int | None) -> list[InsertOutcome]:
-        """Tasks without dedup keys: one INSERT ... SELECT FROM unnest(...) statement."""
-        params = insert_params(tasks, now_ms, self.work_channel)
+        """Tasks without dedup keys: one INSERT ... SELECT FROM unnest(...) statement, or
+        for a single task one with plain values (`Queries.task_insert_one`)."""
+        if len(tasks) == 1:
+            query, params = (
+                self._q.task_insert_one,
+                insert_one_params(tasks[0], now_ms, self.work_channel),
+            )
+        else:
+            query, params = (
+                self._q.tasks_insert_unkeyed,
+                insert_params(tasks, now_ms, self.work_channel),
+            )
 
         async def job(conn: Conn) -> None:
-            await conn.execute(self._q.tasks_insert_unkeyed, params)
+            await conn.execute(query, params)
 
         async def again(conn: Conn) -> None:
             # The statement is atomic: the first run committed all of these rows or none.
             async with conn.transaction():
-                cur = await conn.execute(self._q.tasks_insert_unkeyed_again, params)
+                cur = await conn.execute(
+                    self._q.tasks_insert_unkeyed_again,
+                    insert_params(tasks, now_ms, self.work_channel),
+                )
                 row = await cur.fetchone()
                 inserted = 0 if row is None else int(row[2])
                 if 0 < inserted < len(tasks):
