@@ -1,6 +1,8 @@
-"""PostgreSQL accounting: statements, round trips, commits and WAL bytes per submit and per
-drained task (claim + finish), measured on a private database.
+"""PostgreSQL accounting: statements, round trips, commits and WAL bytes per submit, per
+drained task (claim + finish) and per round trip (submit, then await the result), and the
+plans (generic or custom) of the prepared statements, measured on a private database.
 
+    createdb -h 127.0.0.1 -U postgres pgspeed_1
     .venv/bin/python bench/pg_accounting.py [--url URL] [--n 2000]
 
 Statements are counted on the client (every `execute` of the store's cursor, by the name
@@ -16,7 +18,6 @@ import argparse
 import asyncio
 import collections
 import os
-import sys
 import time
 from typing import Any
 
@@ -25,8 +26,6 @@ import psycopg
 import flowmill as fm
 from flowmill.store.postgres import _cursor
 from flowmill.store.postgres._sql import Queries
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 COUNTS: collections.Counter[str] = collections.Counter()
 NAMES: dict[str, str] = {}
@@ -132,6 +131,10 @@ async def main() -> None:
     async def noop(i: int) -> None:
         return None
 
+    @app.task(name="echo")
+    async def echo(i: int) -> int:
+        return i
+
     await app.open()
     try:
         for i in range(50):  # warm: the pool, psycopg's prepared statements
@@ -163,6 +166,33 @@ async def main() -> None:
         report(
             f"drain (app.worker(concurrency={args.concurrency}))",
             args.n,
+            await wal_between(args.url, start, end),
+            dt,
+        )
+        COUNTS.clear()
+        worker = app.worker(concurrency=args.concurrency)
+        running = asyncio.get_running_loop().create_task(worker.run())
+        for i in range(20):  # warm: the worker's claims and finishes prepared
+            await (await app.submit(echo, i)).result()
+        COUNTS.clear()
+        rts = max(1, args.n // 10)
+        start = await lsn(args.url)
+        t0 = time.perf_counter()
+        for i in range(rts):
+            await (await app.submit(echo, i)).result()
+        dt = time.perf_counter() - t0
+        end = await lsn(args.url)
+        worker.stop()
+        await running
+        plans = await app.store.backend._fetch(  # type: ignore[attr-defined]
+            "SELECT generic_plans, custom_plans, statement FROM pg_prepared_statements"
+        )
+        print("\n== prepared statements on one pooled connection (generic, custom plans)")
+        for generic, custom, text in plans:
+            print(f"   {generic:6} {custom:6}  {text[:40]} ... {text[-110:]}")
+        report(
+            "round trip (submit, then await its result; worker in this process)",
+            rts,
             await wal_between(args.url, start, end),
             dt,
         )
