@@ -10,7 +10,17 @@ from typing import Any
 import pytest
 
 from flowmill._states import State
-from flowmill.store.contract.tasks import EventsRead, NewTask, TaskRecord, TasksInsert
+from flowmill.errors import DuplicateTask
+from flowmill.store.contract.tasks import (
+    EventsRead,
+    Finish,
+    InsertStatus,
+    NewTask,
+    TaskRecord,
+    TasksClaim,
+    TasksFinish,
+    TasksInsert,
+)
 from flowmill.store.postgres import PostgresStore, _cursor
 
 from ._pg_store_fixtures import pg_url, schema, store
@@ -92,3 +102,57 @@ async def test_one_task_with_defaults_is_claimable_and_wakes_a_waiter(
     got = await store.task_get("t")
     assert got is not None and got.state is State.READY and got.tags == {}
     assert got.expires_at_ms is None and got.run_at_ms is None
+
+
+def _transactions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the explicit transactions (BEGIN ... COMMIT) the store opens from now on."""
+    import psycopg
+
+    opened = [0]
+    plain = psycopg.AsyncConnection.transaction
+
+    def transaction(self: Any, *args: Any, **kw: Any) -> Any:
+        opened[0] += 1
+        return plain(self, *args, **kw)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "transaction", transaction)
+    return opened
+
+
+async def test_one_keyed_task_is_one_statement_while_its_key_is_free(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen, opened = _statements(monkeypatch), _transactions(monkeypatch)
+    [out] = await store.tasks_insert(TasksInsert([NewTask("a", "job", b"1", dedup_key="k")]))
+    assert (out.id, out.status) == ("a", InsertStatus.INSERTED)
+    assert seen == [store._q.tasks_insert] and opened == [0]
+
+
+@pytest.mark.parametrize("on_duplicate", ["skip", "replace", "reject"])
+async def test_one_keyed_task_whose_key_is_held_is_decided_from_the_holder(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch, on_duplicate: str
+) -> None:
+    await store.tasks_insert(TasksInsert([NewTask("a", "job", b"1", dedup_key="k")]))
+    seen = _statements(monkeypatch)
+    dup = TasksInsert([NewTask("b", "job", b"2", dedup_key="k")], on_duplicate)
+    if on_duplicate == "reject":
+        with pytest.raises(DuplicateTask) as err:
+            await store.tasks_insert(dup)
+        assert err.value.existing_id == "a"
+    else:
+        [out] = await store.tasks_insert(dup)
+        want = InsertStatus.REPLACED if on_duplicate == "replace" else InsertStatus.SKIPPED
+        assert (out.id, out.status) == ("a", want)
+    # The insert that found the key held is not run again before the lookup.
+    assert seen[:2] == [store._q.tasks_insert, store._q.dedup_lookup]
+    assert await store.task_get("b") is None
+    held = await store.task_get("a")
+    assert held is not None and held.payload == (b"2" if on_duplicate == "replace" else b"1")
+
+
+async def test_one_keyed_task_takes_a_key_its_holder_freed(store: PostgresStore) -> None:
+    await store.tasks_insert(TasksInsert([NewTask("a", "job", b"1", dedup_key="k")]))
+    [row] = await store.tasks_claim(TasksClaim("w", ["default"], ["job"], 1, 30_000))
+    await store.tasks_finish(TasksFinish([Finish(row.id, row.lease_epoch, State.COMPLETED)]))
+    [out] = await store.tasks_insert(TasksInsert([NewTask("b", "job", b"2", dedup_key="k")]))
+    assert (out.id, out.status) == ("b", InsertStatus.INSERTED)

@@ -55,7 +55,7 @@ from ._dag import Dag, has_links
 from ._errors import (
     is_connection_error,
 )
-from ._insert import insert_keyed, insert_one_params, insert_params
+from ._insert import insert_keyed, insert_one_keyed, insert_one_params, insert_params
 from ._rows import claimed_row
 from ._sql import Queries
 from ._text import dec, enc, enc_all
@@ -132,6 +132,11 @@ class PostgresTasksMixin:
         # (Even an empty spawn is refused with a stale lease, as on SQLite.)
         if p.fence is not None or any(t.parent_id is not None for t in tasks):
             return await self._spawn(p, tasks)
+        if len(tasks) == 1 and tasks[0].dedup_key is not None:
+            one = functools.partial(
+                insert_one_keyed, q=self._q, work_channel=self.work_channel, task=tasks[0], p=p
+            )
+            return await self._run(one, idempotent=False)
         if any(t.dedup_key is not None for t in tasks):
             keyed = functools.partial(
                 insert_keyed, q=self._q, work_channel=self.work_channel, tasks=tasks, p=p
