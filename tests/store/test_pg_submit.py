@@ -156,3 +156,22 @@ async def test_one_keyed_task_takes_a_key_its_holder_freed(store: PostgresStore)
     await store.tasks_finish(TasksFinish([Finish(row.id, row.lease_epoch, State.COMPLETED)]))
     [out] = await store.tasks_insert(TasksInsert([NewTask("b", "job", b"2", dedup_key="k")]))
     assert (out.id, out.status) == ("b", InsertStatus.INSERTED)
+
+
+async def test_one_result_is_read_by_its_key_not_an_array(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.tasks_insert(TasksInsert([NewTask("a", "job", b"1"), NewTask("b", "job", b"2")]))
+    for _ in range(2):
+        [row] = await store.tasks_claim(TasksClaim("w", ["default"], ["job"], 1, 30_000))
+        await store.tasks_finish(
+            TasksFinish([Finish(row.id, row.lease_epoch, State.COMPLETED, result=b'"r"')])
+        )
+    seen = _statements(monkeypatch)
+    [one] = await store.results_get(["a"])
+    assert seen == [store._q.result_get]
+    both = await store.results_get(["a", "b", "missing"])
+    assert seen[1:] == [store._q.results_get]
+    assert one in both and len(both) == 2
+    assert (one.task_id, one.state, one.result) == ("a", State.COMPLETED, b'"r"')
+    assert await store.results_get(["missing"]) == []

@@ -540,6 +540,11 @@ SELECT id, kind, 'running', updated_at, %(detail)s FROM upd
             f"SELECT task_id, state, result, error FROM {s}.results "
             "WHERE task_id = ANY(%(ids)b::text[])"
         )
+        # One id: `= ANY(array)` is planned again on every call (its custom plans look
+        # cheaper than a generic one), `=` gets a generic plan after five.
+        self.result_get = (
+            f"SELECT task_id, state, result, error FROM {s}.results WHERE task_id = %(id)s"
+        )
         self.events_read = (
             f"SELECT id, task_id, kind, state, at, detail FROM {s}.events WHERE id > %(after)s "
             "ORDER BY id LIMIT %(limit)s"
