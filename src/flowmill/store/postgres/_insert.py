@@ -13,7 +13,7 @@ from ...errors import DuplicateTask, StoreUnavailable
 from .._common.serde import encode_tags
 from ..contract.tasks import InsertOutcome, InsertStatus, NewTask, TasksInsert
 from ._sql import Queries
-from ._text import dec, enc_all, enc_all_opt
+from ._text import dec, enc, enc_all, enc_all_opt, enc_opt
 
 Conn = AsyncConnection[Any]
 
@@ -41,6 +41,32 @@ def task_columns(tasks: Sequence[NewTask]) -> dict[str, list[Any]]:
         "fail_fast": [bool(t.fail_fast) for t in tasks],
         "has_on_cancel": [bool(t.has_on_cancel) for t in tasks],
         "budget_id": enc_all_opt(t.budget_id for t in tasks),
+    }
+
+
+def insert_one_params(t: NewTask, now_ms: int | None, work_channel: str) -> dict[str, Any]:
+    """Parameters of `Queries.task_insert_one`: the columns of `task_columns`, as values."""
+    return {
+        "now": now_ms,
+        "work_channel": work_channel,
+        "id": t.id,
+        "kind": enc(t.kind),
+        "queue": enc(t.queue),
+        "priority": t.priority,
+        "payload": t.payload,
+        "dedup_key": enc_opt(t.dedup_key),
+        "parent_id": t.parent_id,
+        "tags": encode_tags(t.tags) if t.tags else None,
+        "max_attempts": t.max_attempts,
+        "retry_policy": t.retry_policy,
+        "timeout_ms": t.timeout_ms,
+        "delay_ms": t.delay_ms,
+        "run_at_ms": t.run_at_ms,
+        "ttl_ms": t.ttl_ms,
+        "child_key": enc_opt(t.child_key),
+        "fail_fast": bool(t.fail_fast),
+        "has_on_cancel": bool(t.has_on_cancel),
+        "budget_id": enc_opt(t.budget_id),
     }
 
 
@@ -80,6 +106,19 @@ def insert_params(
     return params
 
 
+async def insert_one_keyed(
+    conn: Conn, q: Queries, work_channel: str, task: NewTask, p: TasksInsert
+) -> list[InsertOutcome]:
+    """One task with a dedup key, on an autocommit connection: its insert alone (one round
+    trip, one commit) while the key is free, instead of BEGIN, insert, COMMIT. When the key
+    is held nothing was written, and `insert_keyed` decides from its lookup on."""
+    cur = await conn.execute(q.tasks_insert, insert_params([task], p.now_ms, work_channel))
+    row = await cur.fetchone()
+    if row is not None and task.id in (row[1] or ()):
+        return [InsertOutcome(task.id, InsertStatus.INSERTED)]
+    return await insert_keyed(conn, q, work_channel, [task], p, tried=True)
+
+
 async def insert_keyed(
     conn: Conn,
     q: Queries,
@@ -87,6 +126,8 @@ async def insert_keyed(
     tasks: list[NewTask],
     p: TasksInsert,
     dependents: Set[str] | None = None,
+    *,
+    tried: bool = False,
 ) -> list[InsertOutcome]:
     """Tasks with dedup keys, as SQLite decides them, in one transaction.
 
@@ -95,6 +136,8 @@ async def insert_keyed(
     transaction's, committed meanwhile). A key whose holder ended between the two
     statements is tried again. A linked batch (dependencies, a workflow run: `dependents`
     names the ids its tasks depend on) goes through `Queries.tasks_insert_linked`.
+    `tried`: every task has a key of its own and was just inserted in vain (see
+    `insert_one_keyed`): start from the lookup.
     """
     first: dict[tuple[str, str], int] = {}
     send: list[int] = []
@@ -112,14 +155,16 @@ async def insert_keyed(
             rows[head] = dataclasses.replace(t, id=tasks[head].id)
     existing: dict[tuple[str, str], tuple[str, State]] = {}
     async with conn.transaction():
-        for _ in range(_DEDUP_TRIES):
+        for attempt in range(_DEDUP_TRIES):
             batch = [rows[i] for i in send]
-            cur = await conn.execute(
-                q.tasks_insert if dependents is None else q.tasks_insert_linked,
-                insert_params(batch, p.now_ms, work_channel, dependents),
-            )
-            row = await cur.fetchone()
-            inserted = set(row[1] or ()) if row is not None else set()
+            inserted: set[str] = set()
+            if not (tried and attempt == 0):
+                cur = await conn.execute(
+                    q.tasks_insert if dependents is None else q.tasks_insert_linked,
+                    insert_params(batch, p.now_ms, work_channel, dependents),
+                )
+                row = await cur.fetchone()
+                inserted = set(row[1] or ()) if row is not None else set()
             conflicted = [t for t in batch if t.dedup_key is not None and t.id not in inserted]
             if not conflicted:
                 break

@@ -97,7 +97,10 @@ class PostgresReadsMixin:
         ids = list(task_ids)
         if not ids:
             return []
-        rows = await self._fetch(self._q.results_get, {"ids": ids})
+        if len(ids) == 1:  # the usual wait for one result: a plan PostgreSQL keeps
+            rows = await self._fetch(self._q.result_get, {"id": ids[0]})
+        else:
+            rows = await self._fetch(self._q.results_get, {"ids": ids})
         return [ResultRow(t, State(s), r, decode_error(e)) for t, s, r, e in rows]
 
     async def events_read(self, p: EventsRead) -> list[Event]:

@@ -130,6 +130,26 @@ FROM ins
 """
 
 
+def _insert_one(s: str) -> str:
+    """`tasks_insert_unkeyed` for a single task, its values as plain parameters: one
+    task submitted on its own (the common `await app.submit(...)`) costs no arrays to
+    encode, send and unnest."""
+    values = ", ".join(f"%({c})s::{t} AS {c}" for c, t in NEW_TASK_COLUMNS)
+    return f"""
+WITH {_NOW},
+r AS (SELECT v.*, c.now, coalesce(c.now + v.delay_ms, v.run_at_ms) AS run_at
+    FROM (SELECT %(id)s::text AS id, {values}) v, c),
+ins AS (
+    INSERT INTO {s}.tasks ({INSERT_COLUMNS})
+    SELECT {INSERT_VALUES} FROM r
+    RETURNING id, kind, state, created_at
+),
+ev AS (INSERT INTO {s}.events (task_id, kind, state, at) SELECT id, kind, state, created_at
+    FROM ins)
+SELECT pg_notify(%(work_channel)s, '') FROM ins WHERE state = 'ready'
+"""
+
+
 class Queries:
     """Every statement the PostgreSQL store runs, for one schema."""
 
@@ -152,6 +172,7 @@ class Queries:
         self.tasks_insert_unkeyed_again = self.tasks_insert.replace(
             conflict, "    ON CONFLICT (id) DO NOTHING\n"
         )
+        self.task_insert_one = _insert_one(s)
 
         self.dedup_lookup = f"""
 SELECT t.kind, t.dedup_key, t.id, t.state
@@ -518,6 +539,11 @@ SELECT id, kind, 'running', updated_at, %(detail)s FROM upd
         self.results_get = (
             f"SELECT task_id, state, result, error FROM {s}.results "
             "WHERE task_id = ANY(%(ids)b::text[])"
+        )
+        # One id: `= ANY(array)` is planned again on every call (its custom plans look
+        # cheaper than a generic one), `=` gets a generic plan after five.
+        self.result_get = (
+            f"SELECT task_id, state, result, error FROM {s}.results WHERE task_id = %(id)s"
         )
         self.events_read = (
             f"SELECT id, task_id, kind, state, at, detail FROM {s}.events WHERE id > %(after)s "

@@ -55,7 +55,7 @@ from ._dag import Dag, has_links
 from ._errors import (
     is_connection_error,
 )
-from ._insert import insert_keyed, insert_params
+from ._insert import insert_keyed, insert_one_keyed, insert_one_params, insert_params
 from ._rows import claimed_row
 from ._sql import Queries
 from ._text import dec, enc, enc_all
@@ -132,6 +132,11 @@ class PostgresTasksMixin:
         # (Even an empty spawn is refused with a stale lease, as on SQLite.)
         if p.fence is not None or any(t.parent_id is not None for t in tasks):
             return await self._spawn(p, tasks)
+        if len(tasks) == 1 and tasks[0].dedup_key is not None:
+            one = functools.partial(
+                insert_one_keyed, q=self._q, work_channel=self.work_channel, task=tasks[0], p=p
+            )
+            return await self._run(one, idempotent=False)
         if any(t.dedup_key is not None for t in tasks):
             keyed = functools.partial(
                 insert_keyed, q=self._q, work_channel=self.work_channel, tasks=tasks, p=p
@@ -162,16 +167,29 @@ class PostgresTasksMixin:
         return await self._run(job, idempotent=False)
 
     async def _insert_plain(self, tasks: list[NewTask], now_ms: int | None) -> list[InsertOutcome]:
-        """Tasks without dedup keys: one INSERT ... SELECT FROM unnest(...) statement."""
-        params = insert_params(tasks, now_ms, self.work_channel)
+        """Tasks without dedup keys: one INSERT ... SELECT FROM unnest(...) statement, or
+        for a single task one with plain values (`Queries.task_insert_one`)."""
+        if len(tasks) == 1:
+            query, params = (
+                self._q.task_insert_one,
+                insert_one_params(tasks[0], now_ms, self.work_channel),
+            )
+        else:
+            query, params = (
+                self._q.tasks_insert_unkeyed,
+                insert_params(tasks, now_ms, self.work_channel),
+            )
 
         async def job(conn: Conn) -> None:
-            await conn.execute(self._q.tasks_insert_unkeyed, params)
+            await conn.execute(query, params)
 
         async def again(conn: Conn) -> None:
             # The statement is atomic: the first run committed all of these rows or none.
             async with conn.transaction():
-                cur = await conn.execute(self._q.tasks_insert_unkeyed_again, params)
+                cur = await conn.execute(
+                    self._q.tasks_insert_unkeyed_again,
+                    insert_params(tasks, now_ms, self.work_channel),
+                )
                 row = await cur.fetchone()
                 inserted = 0 if row is None else int(row[2])
                 if 0 < inserted < len(tasks):
