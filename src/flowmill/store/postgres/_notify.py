@@ -50,8 +50,6 @@ class AfterCommit:
                 self.sent += 1
             except StoreError as exc:
                 log.debug("flowmill: a work wake-up was not sent: %s", exc)
-            except Exception:  # a bug here must not fail the store's close
-                log.exception("flowmill: sending a work wake-up failed")
             if not self._again:
                 return
             self._again = False
