@@ -16,12 +16,10 @@ from flowmill._states import State
 from flowmill.errors import SchemaError, StoreError, StoreUnavailable
 from flowmill.store.contract import Capabilities, MigrateResult, Store
 from flowmill.store.contract.tasks import (
-    ChildrenSummaryQuery,
     EventsRead,
     Finish,
     FinishStatus,
     InsertStatus,
-    LeaseRef,
     NewTask,
     TasksClaim,
     TasksFinish,
@@ -29,7 +27,6 @@ from flowmill.store.contract.tasks import (
 )
 from flowmill.store.postgres import PostgresStore
 from flowmill.store.postgres._schema import SCHEMA_VERSION
-from flowmill.store.postgres._tree_sql import TreeQueries
 from flowmill.testing import StoreConformance
 from flowmill.testing._pg import (
     drop_pg_schema,
@@ -339,45 +336,6 @@ async def test_notify_wakes_a_waiter_in_another_store(pg_url: str, schema: str) 
         (row,) = await writer.tasks_claim(claim_params(1))
         await writer.tasks_finish(TasksFinish([Finish(row.id, row.lease_epoch, State.COMPLETED)]))
         await asyncio.wait_for(done, 10)
-    finally:
-        await waiter.close()
-        await writer.close()
-
-
-async def test_a_spawn_wakes_workers_once_it_has_committed(pg_url: str, schema: str) -> None:
-    """A spawn's NOTIFY is sent on its own after the spawn commits, not in the spawn's
-    statement: there it would hold the server-wide notify lock through the commit's WAL
-    flush, so that every notifying transaction (each spawn of a fan-out) committed after
-    the one before it. Only a spawn that made a ready task sends it."""
-    assert "pg_notify" not in TreeQueries(schema).spawn
-    waiter, writer = PostgresStore(pg_url, schema=schema), PostgresStore(pg_url, schema=schema)
-    await waiter.open()
-    await writer.open()
-    try:
-        (parent,) = new(1, "p")
-        await writer.tasks_insert(TasksInsert([parent]))
-        (row,) = await writer.tasks_claim(claim_params(1))
-        fence = LeaseRef(row.id, row.lease_epoch)
-        sent = writer._spawn_wake.sent
-        await writer.tasks_insert(
-            TasksInsert(new(1, "later", parent_id=row.id, delay_ms=3_600_000), fence=fence)
-        )
-        await writer._spawn_wake.close()
-        assert writer._spawn_wake.sent == sent  # nothing ready: nobody to wake
-
-        work = await start_waiting(waiter.wait_for_work)
-        outs = await asyncio.gather(
-            *(
-                writer.tasks_insert(TasksInsert(new(2, f"c{i}", parent_id=row.id), fence=fence))
-                for i in range(5)
-            )
-        )
-        assert all(o.status is InsertStatus.INSERTED for out in outs for o in out)
-        await asyncio.wait_for(work, 10)
-        await writer._spawn_wake.close()
-        assert sent < writer._spawn_wake.sent <= sent + 5
-        summary = await writer.children_summary(ChildrenSummaryQuery(row.id))
-        assert summary.total == 11
     finally:
         await waiter.close()
         await writer.close()

@@ -50,7 +50,6 @@ from ._errors import (
 )
 from ._links import PostgresLinksMixin
 from ._listen import Listener, channel_names, frames_channel_name
-from ._notify import AfterCommit
 from ._reads import PostgresReadsMixin
 from ._schedules import PostgresSchedulesMixin, ScheduleQueries
 from ._signals import PostgresSignalsMixin
@@ -139,7 +138,6 @@ class PostgresStore(
             max_inflight=max_inflight_batches,
             split_on=lambda exc: not isinstance(exc, StoreUnavailable),
         )
-        self._spawn_wake = AfterCommit(self._wake_workers)
         self._inserter: Combiner[NewTask, InsertOutcome] = Combiner(
             lambda tasks: self._insert_plain(tasks, None),
             max_items=COMBINE_MAX_ITEMS,
@@ -211,7 +209,6 @@ class PostgresStore(
         await self._finisher.close()
         await self._inserter.close()
         await self._spawner.close()
-        await self._spawn_wake.close()
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
@@ -275,14 +272,6 @@ class PostgresStore(
         if pool is not None:
             with contextlib.suppress(Exception):
                 await pool.check()
-
-    async def _wake_workers(self) -> None:
-        """NOTIFY the work channel on its own (see `_notify`: no flush holds the lock)."""
-
-        async def job(conn: Conn) -> None:
-            await conn.execute(self._tree.tq.notify_work, {"channel": self.work_channel})
-
-        await self._run(job, idempotent=True)
 
     async def now_ms(self) -> int:
         async def job(conn: Conn) -> int:

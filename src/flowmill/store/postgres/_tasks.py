@@ -56,7 +56,6 @@ from ._errors import (
     is_connection_error,
 )
 from ._insert import insert_keyed, insert_params
-from ._notify import AfterCommit
 from ._rows import claimed_row
 from ._sql import Queries
 from ._text import dec, enc, enc_all
@@ -107,7 +106,6 @@ class PostgresTasksMixin:
         _finisher: Combiner[Finish, FinishOutcome]
         _spawner: Combiner[TasksInsert, list[InsertOutcome] | FlowmillError]
         _inserter: Combiner[NewTask, InsertOutcome]
-        _spawn_wake: AfterCommit
 
         async def _run(self, job: Callable[[Conn], Awaitable[T]], *, idempotent: bool) -> T: ...
 
@@ -161,10 +159,7 @@ class PostgresTasksMixin:
         self, calls: list[TasksInsert], now_ms: int | None
     ) -> list[list[InsertOutcome] | FlowmillError]:
         job = functools.partial(self._tree.spawn_calls, calls=calls, now_ms=now_ms)
-        out, ready = await self._run(job, idempotent=False)
-        if ready:
-            self._spawn_wake.ask()  # committed: wake the workers (see `_notify`)
-        return out
+        return await self._run(job, idempotent=False)
 
     async def _insert_plain(self, tasks: list[NewTask], now_ms: int | None) -> list[InsertOutcome]:
         """Tasks without dedup keys: one INSERT ... SELECT FROM unnest(...) statement."""

@@ -89,11 +89,10 @@ class Tree:
 
     async def spawn_calls(
         self, conn: Conn, calls: Sequence[TasksInsert], now_ms: int | None
-    ) -> tuple[list[list[InsertOutcome] | FlowmillError], bool]:
+    ) -> list[list[InsertOutcome] | FlowmillError]:
         """Spawns (inserts with parents or fenced by a lease) without dedup keys: any number
         of calls in one statement, each checked apart; per call its outcomes, or the error
-        that refused it (and then stored nothing of it). And whether a ready task went in:
-        the caller wakes workers once the statement has committed."""
+        that refused it (and then stored nothing of it)."""
         tasks = [t for c in calls for t in c.tasks]
         params = insert_params(tasks, now_ms, self.work_channel)
         params["grp"] = [k for k, c in enumerate(calls, 1) for _ in c.tasks]
@@ -102,7 +101,7 @@ class Tree:
         cur = await conn.execute(self.tq.spawn, params)
         row = await cur.fetchone()
         assert row is not None
-        fence_ok, parents_ok, found, states, inserted_ids, ready = row
+        fence_ok, parents_ok, found, states, inserted_ids = row[0], row[1], row[2], row[3], row[4]
         state_of: dict[str, str] = dict(zip(found or (), states or (), strict=True))
         inserted = set(inserted_ids or ())
         refused = [_refusal(c, fence_ok[k], parents_ok[k], state_of) for k, c in enumerate(calls)]
@@ -131,7 +130,7 @@ class Tree:
                     holder = holders[(t.parent_id, enc(t.child_key))]
                     outcomes.append(InsertOutcome(holder, InsertStatus.SKIPPED))
             out.append(outcomes)
-        return out, bool(ready)
+        return out
 
     async def spawn_keyed(
         self, conn: Conn, p: TasksInsert, dependents: Set[str] | None = None

@@ -63,9 +63,7 @@ SELECT fence_ok, parents_ok, found, states FROM ok
         # Without dedup keys, spawns are one statement for any number of calls (merged by
         # the store's combiner): call k's rows carry `grp` = k, and each call's fence and
         # parents are checked apart. Nothing of a refused call is written; a child key
-        # already taken under that parent (now, or by an earlier row) skips the row. The
-        # last column says whether a ready row went in: the store sends the work wake-up
-        # once this has committed, not in it (see `_notify`).
+        # already taken under that parent (now, or by an earlier row) skips the row.
         self.spawn = f"""
 WITH {NOW}, {NEW_TASK_ROWS},
 g AS MATERIALIZED (
@@ -105,14 +103,14 @@ grow AS (
     WHERE t.id = g.parent_id
 ),
 ev AS (INSERT INTO {s}.events (task_id, kind, state, at) SELECT id, kind, state, created_at
-    FROM ins)
+    FROM ins),
+n AS (SELECT pg_notify(%(work_channel)s, '') FROM (SELECT 1 FROM ins WHERE state = 'ready'
+    LIMIT 1) x)
 SELECT (SELECT array_agg(fence_ok ORDER BY grp) FROM ok),
     (SELECT array_agg(parents_ok ORDER BY grp) FROM ok),
     (SELECT array_agg(id ORDER BY id) FROM p), (SELECT array_agg(state ORDER BY id) FROM p),
-    (SELECT array_agg(id) FROM ins), EXISTS (SELECT 1 FROM ins WHERE state = 'ready')
+    (SELECT array_agg(id) FROM ins), (SELECT count(*) FROM n)
 """
-        # The spawns' wake-up, sent once they have committed.
-        self.notify_work = "SELECT pg_notify(%(channel)s, '')"
         self.child_key_holders = f"""
 SELECT t.parent_id, t.child_key, t.id
 FROM unnest(%(parents)s::text[], %(keys)s::text[]) AS k(parent_id, child_key)
