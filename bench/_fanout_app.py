@@ -63,6 +63,7 @@ class ScanRequest(msgspec.Struct, frozen=True):
     children: int
     roots: int = 10
     fanout: int = 4
+    batch: bool = False  # a directory spawns its sub-directories in one call (spawn_siblings)
 
 
 class ScanMemo(msgspec.Struct, frozen=True):
@@ -80,6 +81,7 @@ class ScanDir(msgspec.Struct, frozen=True):
     children: int
     roots: int
     fanout: int
+    batch: bool = False
 
 
 class DirReport(msgspec.Struct, frozen=True):
@@ -114,10 +116,16 @@ def subdirs(index: int, children: int, roots: int, fanout: int) -> range:
 
 
 async def scan_dir(d: ScanDir, ctx: fm.Context) -> DirReport:
-    """Scan one directory: spawn its sub-directories as siblings (a BFS step)."""
+    """Scan one directory: spawn its sub-directories as siblings (a BFS step), one
+    `spawn_sibling` call each, or all in one `spawn_siblings` call with `batch`."""
     subs = subdirs(d.index, d.children, d.roots, d.fanout)
-    for i in subs:
-        await ctx.spawn_sibling(SCAN_DIR, ScanDir(i, d.depth + 1, d.children, d.roots, d.fanout))
+    dirs = [ScanDir(i, d.depth + 1, d.children, d.roots, d.fanout, d.batch) for i in subs]
+    if d.batch:
+        if dirs:
+            await ctx.spawn_siblings(SCAN_DIR, dirs)
+    else:
+        for sub in dirs:
+            await ctx.spawn_sibling(SCAN_DIR, sub)
     return DirReport(d.index, d.depth, discovered=1, subdirs=len(subs))
 
 
@@ -128,7 +136,8 @@ class ScanCatalog(fm.Executor[ScanRequest, ScanMemo, FanoutReport]):
         started = time.time_ns()
         roots = min(req.roots, req.children)
         await ctx.spawn_many(
-            SCAN_DIR, [ScanDir(i, 0, req.children, req.roots, req.fanout) for i in range(roots)]
+            SCAN_DIR,
+            [ScanDir(i, 0, req.children, req.roots, req.fanout, req.batch) for i in range(roots)],
         )
         return ScanMemo(execute_started_ns=started, roots_spawned=roots)
 

@@ -7,6 +7,7 @@
     .venv/bin/python bench/fanout.py --backend redis       # keys under a private prefix
     .venv/bin/python bench/fanout.py --json                 # machine-readable
     .venv/bin/python bench/fanout.py --store-timings        # + the worker's store calls
+    .venv/bin/python bench/fanout.py --spawn batch          # spawn_siblings, one call each
 
 Each run gets a fresh store (a new SQLite file in a temporary directory, or a new
 PostgreSQL schema that is dropped afterwards) and one worker process
@@ -250,6 +251,7 @@ async def fanout_run(
     prefix: str,
     stall_s: float,
     store_timings: bool = False,
+    batch: bool = False,
 ) -> Run:
     """Submit the orchestrator, say go, time until its result; check the sum and the counts."""
     load_before = os.getloadavg()[0]
@@ -264,7 +266,7 @@ async def fanout_run(
         cpu0 = os.times()
         submit_ns = time.time_ns()
         start = time.perf_counter()
-        handle = await app.submit(catalog, ScanRequest(n, roots, fanout))
+        handle = await app.submit(catalog, ScanRequest(n, roots, fanout, batch))
         proc.send("go")
         report = await _wait_result(handle, lines, n, stall_s)
         seconds = time.perf_counter() - start
@@ -513,6 +515,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="report the worker's store calls: per operation the calls, the seconds they "
         "took (summed over overlapping calls) and the longest",
     )
+    p.add_argument(
+        "--spawn",
+        choices=("each", "batch"),
+        default="each",
+        help="how a directory spawns its sub-directories: one spawn_sibling call each "
+        "(default, the benchmark's workload) or all in one spawn_siblings call",
+    )
     args = p.parse_args(argv)
     try:
         args.children = [int(c) for c in str(args.children).split(",") if c.strip()]
@@ -544,7 +553,8 @@ async def run(args: argparse.Namespace) -> int:
             print(
                 f"# flowmill {info['flowmill']} fan-out: backend {backend.describe()}, "
                 f"children {', '.join(f'{n:,}' for n in args.children)}, {args.roots} roots, "
-                f"fan-out {args.fanout}, worker concurrency {args.concurrency}, "
+                f"fan-out {args.fanout} (spawn {args.spawn}), "
+                f"worker concurrency {args.concurrency}, "
                 f"{info['cpus']} CPUs, load average {info['load_average_1m']}, "
                 f"Python {info['python']}",
                 flush=True,
@@ -561,6 +571,7 @@ async def run(args: argparse.Namespace) -> int:
                     prefix=args.worker_prefix,
                     stall_s=args.stall_timeout,
                     store_timings=args.store_timings,
+                    batch=args.spawn == "batch",
                 )
                 runs.append(r)
                 if not args.json:
@@ -585,6 +596,7 @@ async def run(args: argparse.Namespace) -> int:
             "synchronous": args.synchronous if backend.name == "sqlite" else None,
             "roots": args.roots,
             "fanout": args.fanout,
+            "spawn": args.spawn,
             "concurrency": args.concurrency,
             "machine": info,
             "load_average_1m_after": round(os.getloadavg()[0], 2),

@@ -89,6 +89,22 @@ def test_store_timings_count_the_workers_store_calls(tmp_path: Path) -> None:
     assert re.search(r"^#     tasks_insert: 291 calls, ", text.stdout, re.MULTILINE), text.stdout
 
 
+def test_spawn_batch_spawns_a_directorys_subdirectories_in_one_call(tmp_path: Path) -> None:
+    out = run_bench(
+        "--children", "300", "--synchronous", "normal", "--spawn", "batch", "--store-timings",
+        "--json", "--dir", str(tmp_path),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    data = json.loads(out.stdout)
+    assert data["spawn"] == "batch"
+    (run,) = data["runs"]
+    assert run["discovered"] == 300  # the same tree: finalize summed one per child
+    assert run["worker_claimed"] == 302
+    # Directories 0..72 have sub-directories (10 + 72 * 4 = 298 < 300): one call each,
+    # and execute's one call for the roots.
+    assert run["store_calls"]["tasks_insert"]["calls"] == 73 + 1
+
+
 def test_unreachable_postgres_exits_2() -> None:
     out = run_bench(
         "--backend", "postgres", "--pg-url", "postgresql://nobody@127.0.0.1:1/none",
