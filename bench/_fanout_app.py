@@ -15,7 +15,7 @@ registered under the same names whatever module name this file is imported as.
 
 Worker process protocol (one line per message, on stdin/stdout):
 
-    python bench/_fanout_app.py --url URL [--schema S] [--concurrency 64]
+    python bench/_fanout_app.py --url URL [--schema S] [--concurrency 64] [--store-timings]
 
 * the process opens the app, then prints `ready rss_kb=<resident KiB>`;
 * it waits for a `go` line, then runs `worker.run(stop_when_idle=True)`;
@@ -26,7 +26,10 @@ Worker process protocol (one line per message, on stdin/stdout):
   the end of `run()`), `peak_rss_kb` (VmHWM, read after the store is closed),
   `ready_rss_kb`, `outcomes` (`state:count,...`) and `cpu.<thread>` (CPU seconds each
   thread used between go and the end of `run()`, Linux only; `cpu.process` for the whole
-  process).
+  process); with `--store-timings`, also `store.<operation>=<calls>:<seconds>:<max
+  seconds>` for each store operation the worker called between go and the end of `run()`
+  (the store front's own timings, `StoreFront.subscribe`; seconds are summed over calls
+  that may overlap: waiting time, not busy time).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import flowmill as fm
 from _bench_app import thread_cpu
 from _common import peak_rss_kb, rss_kb, say, stdin_reader, stop_on_stdin
+from flowmill.store._front import StoreEvent
 
 SCAN_DIR = "bench.scan_dir"
 SCAN_CATALOG = "bench.scan_catalog"
@@ -59,6 +63,7 @@ class ScanRequest(msgspec.Struct, frozen=True):
     children: int
     roots: int = 10
     fanout: int = 4
+    batch: bool = False  # a directory spawns its sub-directories in one call (spawn_siblings)
 
 
 class ScanMemo(msgspec.Struct, frozen=True):
@@ -76,6 +81,7 @@ class ScanDir(msgspec.Struct, frozen=True):
     children: int
     roots: int
     fanout: int
+    batch: bool = False
 
 
 class DirReport(msgspec.Struct, frozen=True):
@@ -110,10 +116,16 @@ def subdirs(index: int, children: int, roots: int, fanout: int) -> range:
 
 
 async def scan_dir(d: ScanDir, ctx: fm.Context) -> DirReport:
-    """Scan one directory: spawn its sub-directories as siblings (a BFS step)."""
+    """Scan one directory: spawn its sub-directories as siblings (a BFS step), one
+    `spawn_sibling` call each, or all in one `spawn_siblings` call with `batch`."""
     subs = subdirs(d.index, d.children, d.roots, d.fanout)
-    for i in subs:
-        await ctx.spawn_sibling(SCAN_DIR, ScanDir(i, d.depth + 1, d.children, d.roots, d.fanout))
+    dirs = [ScanDir(i, d.depth + 1, d.children, d.roots, d.fanout, d.batch) for i in subs]
+    if d.batch:
+        if dirs:
+            await ctx.spawn_siblings(SCAN_DIR, dirs)
+    else:
+        for sub in dirs:
+            await ctx.spawn_sibling(SCAN_DIR, sub)
     return DirReport(d.index, d.depth, discovered=1, subdirs=len(subs))
 
 
@@ -124,7 +136,8 @@ class ScanCatalog(fm.Executor[ScanRequest, ScanMemo, FanoutReport]):
         started = time.time_ns()
         roots = min(req.roots, req.children)
         await ctx.spawn_many(
-            SCAN_DIR, [ScanDir(i, 0, req.children, req.roots, req.fanout) for i in range(roots)]
+            SCAN_DIR,
+            [ScanDir(i, 0, req.children, req.roots, req.fanout, req.batch) for i in range(roots)],
         )
         return ScanMemo(execute_started_ns=started, roots_spawned=roots)
 
@@ -170,7 +183,31 @@ def build_app(url: str, schema: str | None = None) -> tuple[fm.App, fm.TaskDef, 
 # -- the worker process ------------------------------------------------------------------
 
 
-async def _worker_main(url: str, schema: str | None, concurrency: int) -> int:
+class StoreTimings:
+    """Per store operation: calls, summed seconds and the longest call (a subscriber)."""
+
+    def __init__(self) -> None:
+        self.ops: dict[str, list[float]] = {}
+
+    def __call__(self, event: StoreEvent) -> None:
+        op = self.ops.get(event.operation)
+        if op is None:
+            op = self.ops[event.operation] = [0, 0.0, 0.0]
+        op[0] += 1
+        op[1] += event.duration_s
+        op[2] = max(op[2], event.duration_s)
+
+    def fields(self) -> str:
+        """`store.<operation>=<calls>:<seconds>:<max seconds>` for the `done` line."""
+        return " ".join(
+            f"store.{name}={int(n)}:{total:.6f}:{longest:.6f}"
+            for name, (n, total, longest) in sorted(self.ops.items())
+        )
+
+
+async def _worker_main(
+    url: str, schema: str | None, concurrency: int, store_timings: bool = False
+) -> int:
     app, _, _ = build_app(url, schema)
     await app.open()
     worker = app.worker(concurrency=concurrency)
@@ -183,6 +220,8 @@ async def _worker_main(url: str, schema: str | None, concurrency: int) -> int:
         return 0
     started = time.monotonic()
     cpu_before = thread_cpu()
+    timings = StoreTimings()
+    unsubscribe = app.store.subscribe(timings) if store_timings else None
 
     def tick() -> None:
         say(f"tick {time.monotonic() - started:.2f} {rss_kb() or 0} {worker.stats.claimed}")
@@ -198,6 +237,8 @@ async def _worker_main(url: str, schema: str | None, concurrency: int) -> int:
         await worker.run(stop_when_idle=True)
         elapsed = time.monotonic() - started
         cpu_after = thread_cpu()  # before close: the store's threads are still alive
+        if unsubscribe is not None:
+            unsubscribe()
     finally:
         for t in helpers:
             t.cancel()
@@ -209,7 +250,8 @@ async def _worker_main(url: str, schema: str | None, concurrency: int) -> int:
     outcomes = ",".join(f"{k}:{v}" for k, v in sorted(worker.stats.outcomes.items())) or "-"
     say(
         f"done claimed={worker.stats.claimed} seconds={elapsed:.6f} "
-        f"peak_rss_kb={peak_rss_kb()} ready_rss_kb={ready_rss} outcomes={outcomes} {cpu}"
+        f"peak_rss_kb={peak_rss_kb()} ready_rss_kb={ready_rss} outcomes={outcomes} {cpu} "
+        f"{timings.fields()}".rstrip()
     )
     return 0
 
@@ -219,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True)
     parser.add_argument("--schema", default=None)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--store-timings", action="store_true")
     args = parser.parse_args(argv)
-    return asyncio.run(_worker_main(args.url, args.schema, args.concurrency))
+    return asyncio.run(_worker_main(args.url, args.schema, args.concurrency, args.store_timings))
 
 
 if __name__ == "__main__":

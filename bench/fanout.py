@@ -6,6 +6,8 @@
     .venv/bin/python bench/fanout.py --backend postgres
     .venv/bin/python bench/fanout.py --backend redis       # keys under a private prefix
     .venv/bin/python bench/fanout.py --json                 # machine-readable
+    .venv/bin/python bench/fanout.py --store-timings        # + the worker's store calls
+    .venv/bin/python bench/fanout.py --spawn batch          # spawn_siblings, one call each
 
 Each run gets a fresh store (a new SQLite file in a temporary directory, or a new
 PostgreSQL schema that is dropped afterwards) and one worker process
@@ -80,6 +82,8 @@ class Run:
     bench_cpu_s: float
     rss_samples: list[tuple[float, int, int]] = field(default_factory=list)
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after
+    # --store-timings: operation -> (calls, seconds summed over calls, longest call's seconds)
+    store_calls: dict[str, tuple[int, float, float]] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -128,6 +132,10 @@ class Run:
             "discovered": self.report.discovered,
             "max_depth": self.report.max_depth,
             "rss_samples": [list(s) for s in self.rss_samples],
+            "store_calls": {
+                op: {"calls": n, "seconds": total, "max_seconds": longest}
+                for op, (n, total, longest) in self.store_calls.items()
+            },
         }
 
 
@@ -135,7 +143,12 @@ class Run:
 
 
 async def start_worker(
-    target: Target, concurrency: int, label: str, logs: str, prefix: str
+    target: Target,
+    concurrency: int,
+    label: str,
+    logs: str,
+    prefix: str,
+    store_timings: bool = False,
 ) -> WorkerProcess:
     """Start `_fanout_app.py` (under `prefix`, e.g. a profiler) as a `WorkerProcess`."""
     stderr_path = os.path.join(logs, f"{label}.stderr")
@@ -150,6 +163,8 @@ async def start_worker(
     ]
     if target.schema is not None:
         cmd += ["--schema", target.schema]
+    if store_timings:
+        cmd.append("--store-timings")
     # The child's stderr goes to a file (a pipe nobody reads could fill up and block it).
     err = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -235,13 +250,15 @@ async def fanout_run(
     logs: str,
     prefix: str,
     stall_s: float,
+    store_timings: bool = False,
+    batch: bool = False,
 ) -> Run:
     """Submit the orchestrator, say go, time until its result; check the sum and the counts."""
     load_before = os.getloadavg()[0]
     target = backend.fresh(f"fanout_{n}")
     app, _, catalog = build_app(target.url, target.schema)
     await app.open()
-    proc = await start_worker(target, concurrency, f"fanout-{n}", logs, prefix)
+    proc = await start_worker(target, concurrency, f"fanout-{n}", logs, prefix, store_timings)
     lines: WorkerLines | None = None
     try:
         await proc.expect("ready", READY_TIMEOUT_S)
@@ -249,7 +266,7 @@ async def fanout_run(
         cpu0 = os.times()
         submit_ns = time.time_ns()
         start = time.perf_counter()
-        handle = await app.submit(catalog, ScanRequest(n, roots, fanout))
+        handle = await app.submit(catalog, ScanRequest(n, roots, fanout, batch))
         proc.send("go")
         report = await _wait_result(handle, lines, n, stall_s)
         seconds = time.perf_counter() - start
@@ -280,7 +297,18 @@ async def fanout_run(
         bench_cpu_s=(cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
         rss_samples=lines.ticks,
         load=(round(load_before, 2), round(os.getloadavg()[0], 2)),
+        store_calls=store_calls(done),
     )
+
+
+def store_calls(done: dict[str, str]) -> dict[str, tuple[int, float, float]]:
+    """The `store.<operation>=<calls>:<seconds>:<max seconds>` fields of the done line."""
+    out: dict[str, tuple[int, float, float]] = {}
+    for key, value in done.items():
+        if key.startswith("store."):
+            calls, total, longest = value.split(":")
+            out[key[6:]] = (int(calls), float(total), float(longest))
+    return out
 
 
 async def _wait_result(
@@ -366,6 +394,20 @@ def detail_lines(run: Run) -> list[str]:
         f"CPU seconds: {cpu}",
         f"#   worker RSS: {run.ready_rss_kb / 1024:.1f} MB when ready; MB at claimed {at}",
         f"#   bench process CPU while waiting: {run.bench_cpu_s:.2f}s",
+        *store_call_lines(run),
+    ]
+
+
+def store_call_lines(run: Run) -> list[str]:
+    """--store-timings: the worker's store calls, most waited-for first (seconds are summed
+    over calls that overlap: the time callers waited, not the time the store was busy)."""
+    if not run.store_calls:
+        return []
+    ranked = sorted(run.store_calls.items(), key=lambda kv: -kv[1][1])
+    return ["#   worker store calls: calls, seconds waited (summed), mean ms, max ms"] + [
+        f"#     {op}: {n:,} calls, {total:.2f} s, {total * 1000 / n:.2f} ms, "
+        f"{longest * 1000:.1f} ms"
+        for op, (n, total, longest) in ranked
     ]
 
 
@@ -467,6 +509,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="command to run the worker process under, e.g. "
         "'py-spy record -o /tmp/{label}.svg --' ({label} becomes fanout-<N>)",
     )
+    p.add_argument(
+        "--store-timings",
+        action="store_true",
+        help="report the worker's store calls: per operation the calls, the seconds they "
+        "took (summed over overlapping calls) and the longest",
+    )
+    p.add_argument(
+        "--spawn",
+        choices=("each", "batch"),
+        default="each",
+        help="how a directory spawns its sub-directories: one spawn_sibling call each "
+        "(default, the benchmark's workload) or all in one spawn_siblings call",
+    )
     args = p.parse_args(argv)
     try:
         args.children = [int(c) for c in str(args.children).split(",") if c.strip()]
@@ -498,7 +553,8 @@ async def run(args: argparse.Namespace) -> int:
             print(
                 f"# flowmill {info['flowmill']} fan-out: backend {backend.describe()}, "
                 f"children {', '.join(f'{n:,}' for n in args.children)}, {args.roots} roots, "
-                f"fan-out {args.fanout}, worker concurrency {args.concurrency}, "
+                f"fan-out {args.fanout} (spawn {args.spawn}), "
+                f"worker concurrency {args.concurrency}, "
                 f"{info['cpus']} CPUs, load average {info['load_average_1m']}, "
                 f"Python {info['python']}",
                 flush=True,
@@ -514,6 +570,8 @@ async def run(args: argparse.Namespace) -> int:
                     logs=logs,
                     prefix=args.worker_prefix,
                     stall_s=args.stall_timeout,
+                    store_timings=args.store_timings,
+                    batch=args.spawn == "batch",
                 )
                 runs.append(r)
                 if not args.json:
@@ -538,6 +596,7 @@ async def run(args: argparse.Namespace) -> int:
             "synchronous": args.synchronous if backend.name == "sqlite" else None,
             "roots": args.roots,
             "fanout": args.fanout,
+            "spawn": args.spawn,
             "concurrency": args.concurrency,
             "machine": info,
             "load_average_1m_after": round(os.getloadavg()[0], 2),

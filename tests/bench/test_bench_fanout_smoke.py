@@ -63,7 +63,46 @@ def test_json_two_sizes_report_the_growth(tmp_path: Path) -> None:
         assert run["worker_claimed"] == run["children"] + 2  # + execute and finalize
         assert run["seconds"] > 0
         assert run["worker_peak_rss_mb"] > 0
+        assert run["store_calls"] == {}  # only with --store-timings
     assert isinstance(data["peak_rss_growth_mb"], float)
+
+
+def test_store_timings_count_the_workers_store_calls(tmp_path: Path) -> None:
+    out = run_bench(
+        "--children", "300", "--synchronous", "normal", "--store-timings", "--json",
+        "--dir", str(tmp_path),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    (run,) = json.loads(out.stdout)["runs"]
+    calls = run["store_calls"]
+    # execute spawns the 10 roots in one call; every other directory is one spawn_sibling.
+    assert calls["tasks_insert"]["calls"] == 300 - 10 + 1
+    assert calls["children_summary"]["calls"] == 1
+    assert calls["children_page"]["calls"] >= 1
+    assert calls["tasks_finish"]["calls"] >= 1
+    for op in calls.values():
+        assert op["calls"] >= 1
+        assert 0 <= op["max_seconds"] <= op["seconds"]
+
+    text = run_bench("--children", "300", "--store-timings", "--dir", str(tmp_path))
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert re.search(r"^#     tasks_insert: 291 calls, ", text.stdout, re.MULTILINE), text.stdout
+
+
+def test_spawn_batch_spawns_a_directorys_subdirectories_in_one_call(tmp_path: Path) -> None:
+    out = run_bench(
+        "--children", "300", "--synchronous", "normal", "--spawn", "batch", "--store-timings",
+        "--json", "--dir", str(tmp_path),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    data = json.loads(out.stdout)
+    assert data["spawn"] == "batch"
+    (run,) = data["runs"]
+    assert run["discovered"] == 300  # the same tree: finalize summed one per child
+    assert run["worker_claimed"] == 302
+    # Directories 0..72 have sub-directories (10 + 72 * 4 = 298 < 300): one call each,
+    # and execute's one call for the roots.
+    assert run["store_calls"]["tasks_insert"]["calls"] == 73 + 1
 
 
 def test_unreachable_postgres_exits_2() -> None:
