@@ -56,6 +56,18 @@ local function load(K, id)
   return r
 end
 
+-- only the fields a hot path reads (an HMGET of them, not the whole hash: HGETALL moves
+-- every field, the payload and result included, into Lua); nil when the task is missing
+local function load_only(K, id, names)
+  local v = redis.call('HMGET', tkey(K, id), unpack(names))
+  if not v[1] then return nil end -- names[1] is 'state', which every task has
+  local r = {}
+  for j = 1, #names do
+    if v[j] then r[names[j]] = v[j] end
+  end
+  return r
+end
+
 local function set(K, id, fields)
   -- fields: name -> value, or false to delete the field
   local put, del = {}, {}
@@ -87,6 +99,7 @@ end
 -- until then. Every move into `ready` goes through `index`, which adds `w`; a waiter that
 -- missed one still looks at its fallback poll.
 local marked = {}
+local kinds_added = {} -- `rqk:<queue>` members this call added (reset with `marked`)
 local function mkey(K, queue) return K .. 'wm:' .. queue end
 local function mark(K, queue)
   if marked[queue] then return end
@@ -105,9 +118,53 @@ end
 
 -- indexes: what a task's state puts it in --------------------------------------------
 
+-- one command over a long list of arguments, in slices unpack can take (each slice an
+-- even number of arguments: score-member pairs stay together)
+local function call_sliced(cmd, key, list)
+  for i = 1, #list, 1000 do
+    redis.call(cmd, key, unpack(list, i, math.min(i + 999, #list)))
+  end
+end
+
+-- deferred index writes: while a finish runs, what its tasks' moves add to the counters
+-- (`cnt` but its `ready|` fields, which wake-ups read; `run`), take out of the lease set
+-- and add to the ended set is gathered and written once at its end (flush_deferred), not
+-- once per task; nil outside such a call
+local deferred = nil
+
+local function defer_add(K, hash, f, n)
+  local d = deferred[hash]
+  if d[f] == nil then d.order[#d.order + 1] = f end
+  d[f] = (d[f] or 0) + n
+end
+
+local function flush_deferred(K)
+  local d = deferred
+  if not d then return end
+  for _, f in ipairs(d.cnt.order) do
+    local n = d.cnt[f]
+    if n ~= 0 and redis.call('HINCRBY', K .. 'cnt', f, n) <= 0 then
+      redis.call('HDEL', K .. 'cnt', f)
+    end
+  end
+  for _, f in ipairs(d.run.order) do
+    if d.run[f] ~= 0 then redis.call('HINCRBY', K .. 'run', f, d.run[f]) end
+  end
+  call_sliced('ZREM', K .. 'ls', d.ls)
+  call_sliced('ZADD', K .. 'fin', d.fin)
+  deferred = { cnt = { order = {} }, run = { order = {} }, ls = {}, fin = {} }
+end
+
 local function unindex(K, id, r)
   local s = r.state
   r.was = s
+  if deferred and s == 'running' then
+    deferred.ls[#deferred.ls + 1] = id
+    defer_add(K, 'run', 'kind|' .. r.kind, -1)
+    defer_add(K, 'run', 'queue|' .. r.queue, -1)
+    defer_add(K, 'cnt', 'running|' .. r.queue, -1)
+    return
+  end
   if s == 'ready' then
     redis.call('ZREM', rkey(K, r.queue, r.kind), id)
     if r.budget_id then redis.call('HINCRBY', K .. 'bready', r.budget_id, -1) end
@@ -127,18 +184,27 @@ local function index(K, id, r)
   if s == 'ready' then
     local score = -tonumber(r.priority) * PRIO + tonumber(r.seq)
     redis.call('ZADD', rkey(K, r.queue, r.kind), score, id)
-    redis.call('SADD', K .. 'rqk:' .. r.queue, r.kind)
+    local qk = #r.queue .. ':' .. r.queue .. r.kind
+    if not kinds_added[qk] then -- once per queue and kind a call (the set only grows)
+      kinds_added[qk] = true
+      redis.call('SADD', K .. 'rqk:' .. r.queue, r.kind)
+    end
     if r.budget_id then redis.call('HINCRBY', K .. 'bready', r.budget_id, 1) end
     mark(K, r.queue)
   elseif s == 'scheduled' then
     redis.call('ZADD', K .. 'sch', r.run_at, id)
     redis.call('ZADD', mkey(K, r.queue), 'LT', r.run_at, 'd')
   elseif s == 'running' then
+    flush_deferred(K) -- (never in a finish: a task it removed from `ls` comes back)
     redis.call('ZADD', K .. 'ls', r.lease_expires_at, id)
     redis.call('HINCRBY', K .. 'run', 'kind|' .. r.kind, 1)
     redis.call('HINCRBY', K .. 'run', 'queue|' .. r.queue, 1)
   end
-  redis.call('HINCRBY', K .. 'cnt', s .. '|' .. r.queue, 1)
+  if deferred and s ~= 'running' and (s ~= 'ready' or deferred.ready_too) then
+    defer_add(K, 'cnt', s .. '|' .. r.queue, 1)
+  else
+    redis.call('HINCRBY', K .. 'cnt', s .. '|' .. r.queue, 1)
+  end
   if r.was == 'suspended' and s ~= 'suspended' then
     -- left `suspended` by any write (cancel, cascade): its open suspension ends with it
     local sp = K .. 'sp:' .. id
@@ -177,6 +243,8 @@ local fences_seen = nil
 local function reset_wakes()
   woke = {}
   marked = {}
+  kinds_added = {}
+  deferred = nil
   dag_queue, draining = {}, false
   parents_due, parents_order = nil, nil
   fences_seen = nil
@@ -188,15 +256,28 @@ local children_ended -- forward
 local cancelled_tasks -- forward
 local dag_ended -- forward
 
-local function ended(K, id, r, state, result, err, now, quiet_parent)
-  -- the result row, the dedup key freed, the ttl index, the wake-up, the parent counted
-  set(K, id, {
-    res_state = state,
-    result = result or false,
-    res_error = err or false,
-    evl = redis.call('GET', K .. 'evn'),
-  })
-  redis.call('ZADD', K .. 'fin', now, id)
+-- the result row's fields, for a caller that writes them with the task's own (`evl`: the
+-- last event of the task, the one its ending just added)
+local function result_fields(fields, state, result, err, evl)
+  fields.res_state = state
+  fields.result = result or false
+  fields.res_error = err or false
+  fields.evl = evl
+  return fields
+end
+
+local function ended(K, id, r, state, result, err, now, quiet_parent, written)
+  -- the result row, the dedup key freed, the ttl index, the wake-up, the parent counted;
+  -- `written`: the caller wrote the result row already (with result_fields)
+  if not written then
+    set(K, id, result_fields({}, state, result, err, redis.call('GET', K .. 'evn')))
+  end
+  if deferred then
+    deferred.fin[#deferred.fin + 1] = now
+    deferred.fin[#deferred.fin + 1] = id
+  else
+    redis.call('ZADD', K .. 'fin', now, id)
+  end
   if r.dedup_key then
     local f = dfield(r.kind, r.dedup_key)
     if redis.call('HGET', K .. 'dd', f) == id then redis.call('HDEL', K .. 'dd', f) end
@@ -809,9 +890,19 @@ local function insert_tasks(K, p, now, args)
   -- apply
   local any_ready = false
   local grown = {}
-  for _, row in ipairs(rows) do
+  -- the rows' sequence and event numbers are taken at once (nothing else takes any while
+  -- the loop runs), their `all` and `ch:<parent>` entries and counters written after it
+  local n_rows = #rows
+  local seq_last, ev_last = 0, 0
+  if n_rows > 0 then
+    seq_last = redis.call('INCRBY', K .. 'seq', n_rows)
+    ev_last = redis.call('INCRBY', K .. 'evn', n_rows)
+  end
+  local all, kids, kids_order = {}, {}, {}
+  deferred = { cnt = { order = {} }, run = { order = {} }, ls = {}, fin = {}, ready_too = true }
+  for i, row in ipairs(rows) do
     local t, id = row.t, row.id
-    local seq = redis.call('INCR', K .. 'seq')
+    local seq = seq_last - n_rows + i
     local r = {
       id = id, seq = seq, kind = t.kind, queue = t.queue, priority = t.priority,
       state = row.state, phase = 'execute', attempts = 0, max_attempts = t.max_attempts,
@@ -827,21 +918,44 @@ local function insert_tasks(K, p, now, args)
       upstream_policy = t.policy or false, condition = t.condition or false,
       workflow_id = t.workflow_id or false, node = t.node or false,
     }
-    for k, v in pairs(r) do if v == false then r[k] = nil end end
-    r.ev0 = event(K, id, t.kind, row.state, now, nil)
-    set(K, id, r) -- a fresh hash: nothing to delete
+    local ev = ev_last - n_rows + i
+    redis.call('XADD', K .. 'ev', ev .. '-1', 't', id, 'k', t.kind, 's', row.state, 'a', now)
+    r.ev0 = ev
+    -- a fresh hash: nothing to delete (the false fields are left out)
+    local put = {}
+    for k, v in pairs(r) do
+      if v == false then
+        r[k] = nil
+      else
+        put[#put + 1] = k
+        put[#put + 1] = v
+      end
+    end
+    redis.call('HSET', tkey(K, id), unpack(put))
     if t.workflow_id then redis.call('ZADD', K .. 'wfn:' .. t.workflow_id, seq, id) end
-    redis.call('ZADD', K .. 'all', seq, id)
+    all[#all + 1] = seq
+    all[#all + 1] = id
     index(K, id, r)
     if row.expires then redis.call('ZADD', K .. 'ttl', row.expires, id) end
     if row.dkey then redis.call('HSET', K .. 'dd', row.dkey, id) end
     if row.ck then redis.call('HSET', K .. 'ck', row.ck, id) end
     if t.parent then
       grown[t.parent] = (grown[t.parent] or 0) + 1
-      redis.call('ZADD', K .. 'ch:' .. t.parent, seq, id)
+      local ch = kids[t.parent]
+      if not ch then
+        ch = {}
+        kids[t.parent] = ch
+        kids_order[#kids_order + 1] = t.parent
+      end
+      ch[#ch + 1] = seq
+      ch[#ch + 1] = id
     end
     any_ready = any_ready or row.state == 'ready'
   end
+  call_sliced('ZADD', K .. 'all', all)
+  for _, pid in ipairs(kids_order) do call_sliced('ZADD', K .. 'ch:' .. pid, kids[pid]) end
+  flush_deferred(K)
+  deferred = nil
   if p.workflow then
     local n = 0
     for _, row in ipairs(rows) do if row.t.workflow_id == p.workflow.id then n = n + 1 end end
@@ -974,6 +1088,13 @@ local function claimable(K, id, now, cache)
   return not (v[3] and budget_held(K, v[3], now, cache))
 end
 
+-- what a claim reads of a chosen task (its reply row, and its indexes)
+local CLAIM_FIELDS = {
+  'state', 'kind', 'queue', 'priority', 'payload', 'phase', 'memo', 'attempts',
+  'max_attempts', 'retry_policy', 'timeout_ms', 'lease_epoch', 'parent_id', 'condition',
+  'workflow_id', 'expires_at', 'budget_id', 'last_finish', 'lease_id',
+}
+
 local function claim(keys, args)
   reset_wakes()
   local K = keys[1]
@@ -1016,25 +1137,44 @@ local function claim(keys, args)
   end
   local out = {}
   local expires = now + p.ttl
+  -- the indexes of every chosen task move together (what unindex(ready) and
+  -- index(running) do one task at a time): one ZREM per ready set, one ZADD of the lease
+  -- set, the counters added up per queue and kind, the event numbers taken at once
+  local by_set, set_order, per_queue, per_kind, leased = {}, {}, {}, {}, {}
+  local ev_last = #chosen > 0 and redis.call('INCRBY', K .. 'evn', #chosen) or 0
   for i, id in ipairs(chosen) do
-    local r = load(K, id)
-    unindex(K, id, r)
+    local r = load_only(K, id, CLAIM_FIELDS)
+    local rk = rkey(K, r.queue, r.kind)
+    if not by_set[rk] then
+      by_set[rk] = {}
+      set_order[#set_order + 1] = rk
+    end
+    local ids = by_set[rk]
+    ids[#ids + 1] = id
+    if r.budget_id then redis.call('HINCRBY', K .. 'bready', r.budget_id, -1) end
+    per_queue[r.queue] = (per_queue[r.queue] or 0) + 1
+    per_kind[r.kind] = (per_kind[r.kind] or 0) + 1
+    leased[#leased + 1] = expires
+    leased[#leased + 1] = id
     r.state = 'running'
     r.lease_expires_at = expires
     local attempts = tonumber(r.attempts) + 1
     local epoch = tonumber(r.lease_epoch) + 1
     local lid = p.lid and (p.lid .. ':' .. i) or false
-    set(K, id, {
+    local fields = {
       state = 'running', attempts = attempts, lease_epoch = epoch, lease_owner = p.worker,
-      lease_id = lid,
-      lease_expires_at = expires, cancel_requested = '0', last_finish = false,
-      started_at = now, updated_at = now,
+      lease_expires_at = expires, cancel_requested = '0', started_at = now, updated_at = now,
       -- a prefetch (start=false) is marked started by a renewal before its handler runs
       lease_started = p.start == false and '0' or '1',
-    })
-    index(K, id, r)
+    }
+    -- a field the task does not have is not deleted (no HDEL on a first claim)
+    if lid then fields.lease_id = lid elseif r.lease_id then fields.lease_id = false end
+    if r.last_finish then fields.last_finish = false end
+    set(K, id, fields)
     if r.expires_at then redis.call('ZREM', K .. 'ttl', id) end
-    event(K, id, r.kind, 'running', now, p.worker)
+    local n = ev_last - #chosen + i
+    redis.call('XADD', K .. 'ev', n .. '-1', 't', id, 'k', r.kind, 's', 'running', 'a', now,
+      'd', p.worker)
     out[#out + 1] = {
       id, r.kind, r.queue, tonumber(r.priority), r.payload, r.phase, r.memo or false,
       attempts, tonumber(r.max_attempts), r.retry_policy,
@@ -1042,6 +1182,15 @@ local function claim(keys, args)
       r.parent_id or false, r.condition or false, r.workflow_id or false,
     }
   end
+  for _, rk in ipairs(set_order) do call_sliced('ZREM', rk, by_set[rk]) end
+  call_sliced('ZADD', K .. 'ls', leased)
+  for q, n in pairs(per_queue) do
+    local f = 'ready|' .. q
+    if redis.call('HINCRBY', K .. 'cnt', f, -n) <= 0 then redis.call('HDEL', K .. 'cnt', f) end
+    redis.call('HINCRBY', K .. 'cnt', 'running|' .. q, n)
+    redis.call('HINCRBY', K .. 'run', 'queue|' .. q, n)
+  end
+  for k, n in pairs(per_kind) do redis.call('HINCRBY', K .. 'run', 'kind|' .. k, n) end
   if limit > 0 then
     -- work left behind: a full claim may have left more, a short one tasks of kinds it does
     -- not serve (the marker that woke it may have been theirs) or held ones; the next
@@ -1079,8 +1228,11 @@ local function renew(keys, args)
       'lease_id', 'attempts')
     if v[1] == 'running' and tonumber(v[2]) == l[2] and same_lease(v[4], v[5], l[3]) then
       -- valid until reclaimed: a lease past its time that the reaper has not taken is kept
-      redis.call('HSET', tkey(K, l[1]), 'lease_expires_at', expires)
-      if p.start then redis.call('HSET', tkey(K, l[1]), 'lease_started', '1') end
+      if p.start then
+        redis.call('HSET', tkey(K, l[1]), 'lease_expires_at', expires, 'lease_started', '1')
+      else
+        redis.call('HSET', tkey(K, l[1]), 'lease_expires_at', expires)
+      end
       redis.call('ZADD', K .. 'ls', expires, l[1])
       out[i] = { 1, v[3] == '1' and 1 or 0, expires }
     else
@@ -1106,6 +1258,14 @@ end
 
 -- finish -------------------------------------------------------------------------------------
 
+-- what a finish reads of a task: its lease, its indexes, and what its ending touches (the
+-- dedup key, the ttl index, the parent, the dependents); never the payload or result
+local FINISH_FIELDS = {
+  'state', 'lease_epoch', 'lease_id', 'attempts', 'lease_expires_at', 'last_finish',
+  'cancel_requested', 'kind', 'queue', 'priority', 'seq', 'budget_id', 'dedup_key',
+  'expires_at', 'parent_id', 'has_dependents',
+}
+
 local function finish(keys, args)
   reset_wakes()
   local K = keys[1]
@@ -1121,11 +1281,12 @@ local function finish(keys, args)
   end
   local out = {}
   parents_due, parents_order = {}, {}
+  deferred = { cnt = { order = {} }, run = { order = {} }, ls = {}, fin = {} }
   for i, f in ipairs(p.items) do
     local id = f.id
     local mark = f.target
     if f.expired then mark = mark .. ':reaped' end
-    local r = load(K, id)
+    local r = load_only(K, id, FINISH_FIELDS)
     local epoch_ok = r and tonumber(r.lease_epoch) == f.epoch
     local ok = epoch_ok and r.state == 'running' and same_lease(r.lease_id, r.attempts, f.lease)
     if ok and f.expired then ok = tonumber(r.lease_expires_at) < now end
@@ -1165,11 +1326,15 @@ local function finish(keys, args)
         fields.state, fields.error, fields.run_at, fields.finished_at = target, err, false, now
       end
       r.state, r.run_at = target, run_at
+      -- the event first: an ending writes its number (`evl`) with the task's fields, in one
+      -- HSET and one HDEL (the call is atomic: no reader sees the order)
+      local n = event(K, id, r.kind, target, now, detail)
+      local result = f.result and args[f.result]
+      if TERMINAL[target] then result_fields(fields, target, result, err, n) end
       set(K, id, fields)
       index(K, id, r)
-      event(K, id, r.kind, target, now, detail)
       if TERMINAL[target] then
-        ended(K, id, r, target, f.result and args[f.result], err, now)
+        ended(K, id, r, target, result, err, now, false, true)
         if target == 'cancelled' then cancelled_tasks(K, { id }, 'parent cancelled', now) end
       elseif target == 'ready' then
         wake(K, 'ww')
@@ -1178,6 +1343,8 @@ local function finish(keys, args)
     end
   end
   parents_flush(K, now)
+  flush_deferred(K)
+  deferred = nil
   return reply({ out = out })
 end
 
