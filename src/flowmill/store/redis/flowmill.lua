@@ -120,6 +120,18 @@ end
 
 -- one command over a long list of arguments, in slices unpack can take (each slice an
 -- even number of arguments: score-member pairs stay together)
+-- the list of `groups` under `key`, made (and `key` appended to `order`) on first use:
+-- entries grouped by key, the keys in the order first seen
+local function group_of(groups, order, key)
+  local g = groups[key]
+  if not g then
+    g = {}
+    groups[key] = g
+    order[#order + 1] = key
+  end
+  return g
+end
+
 local function call_sliced(cmd, key, list)
   for i = 1, #list, 1000 do
     redis.call(cmd, key, unpack(list, i, math.min(i + 999, #list)))
@@ -286,12 +298,7 @@ local function ended(K, id, r, state, result, err, now, quiet_parent, written)
   wake(K, 'wf')
   if r.parent_id and not quiet_parent then
     if parents_due and not CHILD_FAILURES[state] then
-      local kids = parents_due[r.parent_id]
-      if not kids then
-        kids = {}
-        parents_due[r.parent_id] = kids
-        parents_order[#parents_order + 1] = r.parent_id
-      end
+      local kids = group_of(parents_due, parents_order, r.parent_id)
       kids[#kids + 1] = { id, state }
     else
       children_ended(K, r.parent_id, { { id, state } }, now)
@@ -941,12 +948,7 @@ local function insert_tasks(K, p, now, args)
     if row.ck then redis.call('HSET', K .. 'ck', row.ck, id) end
     if t.parent then
       grown[t.parent] = (grown[t.parent] or 0) + 1
-      local ch = kids[t.parent]
-      if not ch then
-        ch = {}
-        kids[t.parent] = ch
-        kids_order[#kids_order + 1] = t.parent
-      end
+      local ch = group_of(kids, kids_order, t.parent)
       ch[#ch + 1] = seq
       ch[#ch + 1] = id
     end
@@ -1145,11 +1147,7 @@ local function claim(keys, args)
   for i, id in ipairs(chosen) do
     local r = load_only(K, id, CLAIM_FIELDS)
     local rk = rkey(K, r.queue, r.kind)
-    if not by_set[rk] then
-      by_set[rk] = {}
-      set_order[#set_order + 1] = rk
-    end
-    local ids = by_set[rk]
+    local ids = group_of(by_set, set_order, rk)
     ids[#ids + 1] = id
     if r.budget_id then redis.call('HINCRBY', K .. 'bready', r.budget_id, -1) end
     per_queue[r.queue] = (per_queue[r.queue] or 0) + 1
